@@ -1,0 +1,423 @@
+//! Per-account window state: a compact slab of accounts indexed by a 64-bit account hash, the short
+//! sliding window (a small ring of recent signals), the slow-burn window (a sliding-window counter
+//! over two buckets), evidence ids, and expiry on watermark and idle time. Pure.
+//!
+//! Memory is the design constraint (≤ 160 bytes per tracked account at 1 million accounts): an
+//! index `u64 → u32` plus a dense `Vec<Slot>`; signals are 8-byte entries stored inline for up to
+//! two events; evidence ids of one account share a single allocation.
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+
+use super::hash::IdentityBuild;
+use super::policy::{Policy, MAX_SIGNALS};
+
+/// Most evidence `event_id`s kept per account (and reported per decision).
+pub const MAX_EVIDENCE: usize = 10;
+
+/// One signal in the short window: 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Event time, seconds since the Unix epoch.
+    pub t: u32,
+    /// Risk quantised to 1/65535.
+    pub risk_q: u16,
+    pub signal: u8,
+    /// Breaker cell (interned source) index.
+    pub cell: u8,
+}
+
+impl Entry {
+    pub fn risk(&self) -> f32 {
+        f32::from(self.risk_q) / 65535.0
+    }
+}
+
+pub fn quantise_risk(risk: f32) -> u16 {
+    (risk.clamp(0.0, 1.0) * 65535.0).round() as u16
+}
+
+/// Slow-burn window as a sliding-window counter: the sum of the current bucket plus the previous
+/// bucket's sum weighted by how much of it still overlaps the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slow {
+    cur: f32,
+    prev: f32,
+    /// Bucket index (`t / length`) of `cur`.
+    bucket: u32,
+    kinds_cur: u32,
+    kinds_prev: u32,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: u64,
+    ring: SmallVec<[Entry; 2]>,
+    /// Newest `min(ring.len(), MAX_EVIDENCE)` event ids, oldest first, joined by '\n' (ids cannot
+    /// contain control characters, the contract rejects them).
+    ids: Option<Box<str>>,
+    slow: Slow,
+    /// Processing time of the last update, seconds.
+    touched_s: u32,
+}
+
+const FREE: u64 = 0;
+
+/// What the short and slow windows say after adding one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub short: f32,
+    pub slow: f32,
+    pub slow_kinds: u32,
+}
+
+/// Contribution of one signal kind to a window score (for explanations).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub signal: u8,
+    pub count: u32,
+    /// Sum of `weight × risk` before the cap.
+    pub sum: f32,
+    /// What counted, after the cap.
+    pub counted: f32,
+    /// Bit set of cells (sources) that reported it, as indexes.
+    pub cells: Vec<u8>,
+}
+
+/// A snapshot of an account's short window for explaining a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowView {
+    pub start_s: u32,
+    pub end_s: u32,
+    pub contributions: Vec<Contribution>,
+    pub evidence: Vec<String>,
+}
+
+pub struct AccountStore {
+    index: HashMap<u64, u32, IdentityBuild>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    sweep_cursor: usize,
+    window_s: u32,
+    slow_len_s: u32,
+    max_events: usize,
+    idle_ttl_s: u32,
+    weights: [f32; MAX_SIGNALS],
+    caps: [f32; MAX_SIGNALS],
+}
+
+impl AccountStore {
+    pub fn new(policy: &Policy) -> Self {
+        let mut weights = [0.0; MAX_SIGNALS];
+        let mut caps = [0.0; MAX_SIGNALS];
+        for (i, s) in policy.signals.iter().enumerate() {
+            weights[i] = s.weight;
+            caps[i] = s.cap;
+        }
+        AccountStore {
+            index: HashMap::with_hasher(IdentityBuild::default()),
+            slots: Vec::new(),
+            free: Vec::new(),
+            sweep_cursor: 0,
+            window_s: policy.window.as_secs() as u32,
+            slow_len_s: policy.slow.length.as_secs().max(1) as u32,
+            max_events: policy.max_events_per_account,
+            idle_ttl_s: policy.idle_ttl.as_secs() as u32,
+            weights,
+            caps,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Adds one signal to the account's windows and returns its scores.
+    pub fn add(&mut self, key: u64, entry: Entry, event_id: &str, now_s: u32) -> Scores {
+        let key = if key == FREE { 1 } else { key };
+        let idx = match self.index.get(&key) {
+            Some(&i) => i as usize,
+            None => self.allocate(key),
+        };
+        let window_s = self.window_s;
+        let max_events = self.max_events;
+        let slow_len = self.slow_len_s;
+        let contrib = self.contribution(entry);
+        let slot = &mut self.slots[idx];
+        slot.touched_s = now_s;
+
+        // Short window: evict what fell out (relative to the newest event time), then push.
+        let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0).max(entry.t);
+        let cutoff = newest.saturating_sub(window_s);
+        let old_len = slot.ring.len();
+        let old_ids = slot.ids.take();
+        let mut kept_flags: SmallVec<[bool; 16]> = SmallVec::new();
+        if slot.ring.iter().any(|e| e.t < cutoff) {
+            kept_flags.extend(slot.ring.iter().map(|e| e.t >= cutoff));
+            slot.ring.retain(|e| e.t >= cutoff);
+        }
+        let mut drop_oldest = false;
+        if slot.ring.len() >= max_events {
+            slot.ring.remove(0);
+            drop_oldest = true;
+        }
+        slot.ring.push(entry);
+        slot.ids = Some(rebuild_ids(old_ids.as_deref(), old_len, &kept_flags, drop_oldest, event_id));
+
+        // Slow window.
+        let b = entry.t / slow_len;
+        let bit = 1u32 << (entry.signal as u32 % 32);
+        let s = &mut slot.slow;
+        if s.cur == 0.0 && s.prev == 0.0 && s.kinds_cur == 0 {
+            *s = Slow { cur: contrib, prev: 0.0, bucket: b, kinds_cur: bit, kinds_prev: 0 };
+        } else if b == s.bucket {
+            s.cur += contrib;
+            s.kinds_cur |= bit;
+        } else if b == s.bucket + 1 {
+            *s = Slow { cur: contrib, prev: s.cur, bucket: b, kinds_cur: bit, kinds_prev: s.kinds_cur };
+        } else if b > s.bucket + 1 {
+            *s = Slow { cur: contrib, prev: 0.0, bucket: b, kinds_cur: bit, kinds_prev: 0 };
+        } else if b + 1 == s.bucket {
+            s.prev += contrib;
+            s.kinds_prev |= bit;
+        }
+        let into = (newest.max(s.bucket * slow_len) - s.bucket * slow_len).min(slow_len) as f32 / slow_len as f32;
+        let slow = s.cur + s.prev * (1.0 - into);
+        let slow_kinds = (s.kinds_cur | if s.prev > 0.0 { s.kinds_prev } else { 0 }).count_ones();
+
+        Scores { short: self.short_score(idx), slow, slow_kinds }
+    }
+
+    fn contribution(&self, e: Entry) -> f32 {
+        let i = e.signal as usize % MAX_SIGNALS;
+        (self.weights[i] * e.risk()).min(self.caps[i])
+    }
+
+    fn short_score(&self, idx: usize) -> f32 {
+        let mut sums = [0.0f32; MAX_SIGNALS];
+        for e in &self.slots[idx].ring {
+            let i = e.signal as usize % MAX_SIGNALS;
+            sums[i] += self.weights[i] * e.risk();
+        }
+        let mut score = 0.0;
+        for (i, s) in sums.iter().enumerate() {
+            if *s > 0.0 {
+                score += s.min(self.caps[i]);
+            }
+        }
+        score
+    }
+
+    /// The explanation of an account's short window (allocates; called only for decisions).
+    pub fn view(&self, key: u64) -> Option<WindowView> {
+        let key = if key == FREE { 1 } else { key };
+        let slot = &self.slots[*self.index.get(&key)? as usize];
+        let mut contributions: Vec<Contribution> = Vec::new();
+        for e in &slot.ring {
+            let w = self.weights[e.signal as usize % MAX_SIGNALS] * e.risk();
+            match contributions.iter_mut().find(|c| c.signal == e.signal) {
+                Some(c) => {
+                    c.count += 1;
+                    c.sum += w;
+                    if !c.cells.contains(&e.cell) {
+                        c.cells.push(e.cell);
+                    }
+                }
+                None => contributions.push(Contribution { signal: e.signal, count: 1, sum: w, counted: 0.0, cells: vec![e.cell] }),
+            }
+        }
+        for c in &mut contributions {
+            c.counted = c.sum.min(self.caps[c.signal as usize % MAX_SIGNALS]);
+        }
+        contributions.sort_by(|a, b| b.counted.total_cmp(&a.counted).then(a.signal.cmp(&b.signal)));
+        Some(WindowView {
+            start_s: slot.ring.iter().map(|e| e.t).min().unwrap_or(0),
+            end_s: slot.ring.iter().map(|e| e.t).max().unwrap_or(0),
+            contributions,
+            evidence: slot.ids.as_deref().map(|s| s.split('\n').map(str::to_string).collect()).unwrap_or_default(),
+        })
+    }
+
+    fn allocate(&mut self, key: u64) -> usize {
+        let slot = Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i as usize
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, idx as u32);
+        idx
+    }
+
+    /// Frees up to `budget` slots' worth of expired accounts, resuming where the last sweep ended.
+    /// An account expires when both windows are empty relative to `watermark_s`, or when it was
+    /// untouched for `idle_ttl` of processing time. Returns how many accounts were freed.
+    pub fn sweep(&mut self, watermark_s: u32, now_s: u32, budget: usize) -> usize {
+        let mut freed = 0;
+        let n = self.slots.len();
+        if n == 0 {
+            return 0;
+        }
+        for _ in 0..budget.min(n) {
+            if self.sweep_cursor >= n {
+                self.sweep_cursor = 0;
+            }
+            let i = self.sweep_cursor;
+            self.sweep_cursor += 1;
+            let slot = &self.slots[i];
+            if slot.key == FREE {
+                continue;
+            }
+            let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0);
+            let short_empty = newest.saturating_add(self.window_s) < watermark_s;
+            let slow_empty = (slot.slow.bucket.saturating_add(2)).saturating_mul(self.slow_len_s) <= watermark_s;
+            let idle = now_s.saturating_sub(slot.touched_s) > self.idle_ttl_s;
+            if (short_empty && slow_empty) || idle {
+                let key = slot.key;
+                self.index.remove(&key);
+                self.slots[i] = Slot { key: FREE, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
+                self.free.push(i as u32);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Estimated bytes held: index table, slots, and per-account heap (rings that spilled, ids).
+    /// Computed by walking the store: call it for reports, not per event.
+    pub fn heap_bytes(&self) -> usize {
+        let index = self.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        let slots = self.slots.capacity() * std::mem::size_of::<Slot>() + self.free.capacity() * 4;
+        let per: usize = self
+            .slots
+            .iter()
+            .map(|s| {
+                let ring = if s.ring.spilled() { s.ring.capacity() * std::mem::size_of::<Entry>() } else { 0 };
+                ring + s.ids.as_ref().map_or(0, |i| i.len())
+            })
+            .sum();
+        index + slots + per
+    }
+
+    pub fn slot_size() -> usize {
+        std::mem::size_of::<Slot>()
+    }
+}
+
+/// Keeps the evidence ids aligned with the ring: the ids of surviving entries (at most
+/// `MAX_EVIDENCE - 1` of them) plus the new one.
+fn rebuild_ids(old: Option<&str>, old_len: usize, kept_flags: &[bool], drop_oldest: bool, new_id: &str) -> Box<str> {
+    let mut out = String::with_capacity(new_id.len() + old.map_or(0, str::len) + 1);
+    if let Some(old) = old {
+        let ids: SmallVec<[&str; MAX_EVIDENCE]> = old.split('\n').collect();
+        // ids[k] belongs to ring position old_len - ids.len() + k.
+        let first_pos = old_len.saturating_sub(ids.len());
+        let mut survivors: SmallVec<[&str; MAX_EVIDENCE]> = SmallVec::new();
+        for (k, id) in ids.iter().enumerate() {
+            let pos = first_pos + k;
+            if kept_flags.is_empty() || kept_flags.get(pos).copied().unwrap_or(true) {
+                survivors.push(id);
+            }
+        }
+        // `drop_oldest` removed the oldest surviving ring entry; drop its id if we hold it.
+        let ring_after_evict = if kept_flags.is_empty() { old_len } else { kept_flags.iter().filter(|k| **k).count() };
+        if drop_oldest && survivors.len() == ring_after_evict && !survivors.is_empty() {
+            survivors.remove(0);
+        }
+        let skip = survivors.len().saturating_sub(MAX_EVIDENCE - 1);
+        for id in &survivors[skip..] {
+            out.push_str(id);
+            out.push('\n');
+        }
+    }
+    out.push_str(new_id);
+    out.into_boxed_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> AccountStore {
+        AccountStore::new(&Policy::default_with_version("t"))
+    }
+
+    fn sig(p: &Policy, name: &str) -> u8 {
+        p.signal_index(name).unwrap()
+    }
+
+    #[test]
+    fn short_window_sums_and_caps_per_signal() {
+        let p = Policy::default_with_version("t");
+        let mut s = store();
+        let fl = sig(&p, "failed_login"); // weight 0.1, cap 0.5
+        let cs = sig(&p, "credential_stuffing"); // weight 0.6, cap 0.9
+        let mut last = None;
+        for i in 0..10u32 {
+            last = Some(s.add(42, Entry { t: 1000 + i, risk_q: quantise_risk(1.0), signal: fl, cell: 0 }, &format!("e{i}"), 0));
+        }
+        assert!((last.unwrap().short - 0.5).abs() < 1e-4, "failed_login capped at 0.5");
+        let sc = s.add(42, Entry { t: 1011, risk_q: quantise_risk(0.5), signal: cs, cell: 1 }, "cs", 0);
+        assert!((sc.short - 0.8).abs() < 1e-3, "{sc:?}");
+        let v = s.view(42).unwrap();
+        assert_eq!(v.contributions.len(), 2);
+        assert_eq!(v.contributions[0].signal, fl);
+        assert_eq!(v.contributions[0].count, 10);
+        assert_eq!(v.evidence.len(), MAX_EVIDENCE);
+        assert_eq!(v.evidence.last().unwrap(), "cs");
+        assert_eq!(v.evidence[0], "e1", "11 events, the newest 10 ids");
+    }
+
+    #[test]
+    fn entries_leave_the_short_window_with_their_evidence() {
+        let p = Policy::default_with_version("t");
+        let mut s = store();
+        let cs = sig(&p, "credential_stuffing");
+        s.add(7, Entry { t: 1000, risk_q: quantise_risk(1.0), signal: cs, cell: 0 }, "old", 0);
+        let sc = s.add(7, Entry { t: 1000 + 901, risk_q: quantise_risk(0.5), signal: cs, cell: 0 }, "new", 0);
+        assert!((sc.short - 0.3).abs() < 1e-3, "old entry left the 15 min window: {sc:?}");
+        assert_eq!(s.view(7).unwrap().evidence, vec!["new".to_string()]);
+        assert!(sc.slow > 0.8, "slow window still has both: {sc:?}");
+    }
+
+    #[test]
+    fn ring_is_bounded_and_drops_the_oldest() {
+        let p = Policy::default_with_version("t");
+        let mut s = store();
+        let nd = sig(&p, "new_device");
+        for i in 0..40u32 {
+            s.add(9, Entry { t: 5000 + i, risk_q: 1000, signal: nd, cell: 0 }, &format!("id{i}"), 0);
+        }
+        let v = s.view(9).unwrap();
+        assert_eq!(v.contributions[0].count as usize, p.max_events_per_account);
+        assert_eq!(v.evidence.first().unwrap(), "id30");
+        assert_eq!(v.start_s, 5000 + 40 - p.max_events_per_account as u32);
+    }
+
+    #[test]
+    fn sweep_frees_accounts_behind_the_watermark_and_idle_ones() {
+        let p = Policy::default_with_version("t");
+        let mut s = store();
+        let nd = sig(&p, "new_device");
+        let day = 86_400u32;
+        s.add(1, Entry { t: 10 * day, risk_q: 1000, signal: nd, cell: 0 }, "a", 100);
+        s.add(2, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "b", 100);
+        assert_eq!(s.sweep(10 * day + 100, 100, 10), 0, "nothing expired yet");
+        assert_eq!(s.sweep(13 * day, 100, 10), 1, "account 1 is past both windows");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.sweep(13 * day, 100 + 25 * 3600 + 1, 10), 1, "account 2 idled out on processing time");
+        assert!(s.is_empty());
+        // Freed slots are reused.
+        s.add(3, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "c", 0);
+        assert_eq!(s.slots.len(), 2);
+    }
+}

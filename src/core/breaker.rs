@@ -1,0 +1,636 @@
+//! The mass-reset circuit breaker: a global GCRA cap (governor), per-source cells with their own
+//! cap and spike detection against a learned EWMA baseline, closed → open → half-open → closed
+//! states, and manual overrides with a TTL. Pure: time comes in as milliseconds and drives a
+//! governor `FakeRelativeClock`; checks never wait.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::FakeRelativeClock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::Serialize;
+
+use super::policy::BreakerPolicy;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, StateInformationMiddleware>;
+
+/// Index of the `global` cell; source cells follow.
+pub const GLOBAL: u8 = 0;
+/// Name of the cell that collects sources beyond `max_cells`.
+pub const OVERFLOW_CELL: &str = "_other";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellState {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    ForcedClosed,
+}
+
+impl CellState {
+    pub const ALL: [CellState; 5] =
+        [CellState::Closed, CellState::Open, CellState::HalfOpen, CellState::ForcedOpen, CellState::ForcedClosed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellState::Closed => "closed",
+            CellState::Open => "open",
+            CellState::HalfOpen => "half_open",
+            CellState::ForcedOpen => "forced_open",
+            CellState::ForcedClosed => "forced_closed",
+        }
+    }
+}
+
+/// Why the breaker refused a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldReason {
+    /// The cell tripped on this very decision.
+    Spike,
+    /// The cell was already open.
+    BreakerOpen,
+    /// An operator forced the cell open.
+    ForcedOpen,
+    /// Half-open and the probe budget is spent.
+    ProbeBudgetSpent,
+    /// The cell's own rate cap refused.
+    CellRateLimited,
+    /// The global rate cap refused.
+    GlobalRateLimited,
+}
+
+impl HeldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldReason::Spike => "spike",
+            HeldReason::BreakerOpen => "breaker_open",
+            HeldReason::ForcedOpen => "forced_open",
+            HeldReason::ProbeBudgetSpent => "probe_budget_spent",
+            HeldReason::CellRateLimited => "cell_rate_limited",
+            HeldReason::GlobalRateLimited => "global_rate_limited",
+        }
+    }
+}
+
+/// Why a cell changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Spike,
+    SpikeWhileProbing,
+    OpenDurationElapsed,
+    CalmWhileProbing,
+    ManualOpen,
+    ManualClose,
+    OverrideExpired,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Spike => "spike",
+            Cause::SpikeWhileProbing => "spike_while_probing",
+            Cause::OpenDurationElapsed => "open_duration_elapsed",
+            Cause::CalmWhileProbing => "calm_while_probing",
+            Cause::ManualOpen => "manual_open",
+            Cause::ManualClose => "manual_close",
+            Cause::OverrideExpired => "override_expired",
+        }
+    }
+}
+
+/// A state change, for logs, reports, metrics and the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub at_ms: i64,
+    pub cell: String,
+    pub from: CellState,
+    pub to: CellState,
+    pub cause: Cause,
+    /// Decisions in the cell's current minute and the spike threshold, when the cause is a spike.
+    pub decisions_this_minute: u32,
+    pub threshold: f64,
+    /// For manual changes: who and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The verdict on one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Send,
+    Hold { reason: HeldReason, cell: u8 },
+}
+
+#[derive(Debug, Clone)]
+struct Override {
+    until_ms: i64,
+}
+
+struct Cell {
+    name: String,
+    state: CellState,
+    since_ms: i64,
+    probes_left: u32,
+    forced: Option<Override>,
+    minute: i64,
+    count: u32,
+    /// Whether the cell was open at any time during `minute` (such minutes teach no baseline).
+    disturbed: bool,
+    baseline: f64,
+    minutes_learned: u32,
+    limiter: Limiter,
+    floor: u32,
+}
+
+/// Read-only view of one cell, for metrics and the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellSnapshot {
+    pub cell: String,
+    pub state: CellState,
+    pub since_ms: i64,
+    pub decisions_this_minute: u32,
+    pub baseline_per_minute: f64,
+    pub spike_threshold: f64,
+    pub warming_up: bool,
+    pub forced_until_ms: Option<i64>,
+}
+
+pub struct Breaker {
+    policy: BreakerPolicy,
+    clock: FakeRelativeClock,
+    clock_ms: Option<i64>,
+    cells: Vec<Cell>,
+    names: hashbrown::HashMap<String, u8>,
+    transitions: Vec<Transition>,
+    global_remaining: u32,
+}
+
+fn nz(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+fn quota(rate_per_minute: u32, burst: u32) -> Quota {
+    let period = Duration::from_nanos(60_000_000_000 / u64::from(rate_per_minute.max(1)));
+    Quota::with_period(period).unwrap_or_else(|| Quota::per_minute(nz(rate_per_minute))).allow_burst(nz(burst))
+}
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        let mut b = Breaker {
+            clock: FakeRelativeClock::default(),
+            clock_ms: None,
+            cells: Vec::new(),
+            names: hashbrown::HashMap::new(),
+            transitions: Vec::new(),
+            global_remaining: policy.global_burst,
+            policy,
+        };
+        let (rate, burst, floor) = (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
+        b.add_cell("global", rate, burst, floor);
+        b
+    }
+
+    fn add_cell(&mut self, name: &str, rate: u32, burst: u32, floor: u32) -> u8 {
+        let idx = self.cells.len() as u8;
+        self.cells.push(Cell {
+            name: name.to_string(),
+            state: CellState::Closed,
+            since_ms: self.clock_ms.unwrap_or(0),
+            probes_left: 0,
+            forced: None,
+            minute: i64::MIN,
+            count: 0,
+            disturbed: false,
+            baseline: 0.0,
+            minutes_learned: 0,
+            limiter: RateLimiter::direct_with_clock(quota(rate, burst), self.clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
+            floor,
+        });
+        self.names.insert(name.to_string(), idx);
+        idx
+    }
+
+    /// The cell for a source, created on first sight (up to `max_cells`, then the shared `_other`).
+    pub fn cell_for(&mut self, source: &str) -> u8 {
+        // The names `global` and `_other` belong to the breaker; such a source gets its own cell name.
+        let source = match source {
+            "global" => "global-source",
+            OVERFLOW_CELL => "_other-source",
+            s => s,
+        };
+        if let Some(&i) = self.names.get(source) {
+            return i;
+        }
+        let (rate, burst, floor) = (self.policy.cell_rate_per_minute, self.policy.cell_burst, self.policy.spike_floor);
+        if self.cells.len() - 1 >= self.policy.max_cells {
+            return match self.names.get(OVERFLOW_CELL) {
+                Some(&i) => i,
+                None => self.add_cell(OVERFLOW_CELL, rate, burst, floor),
+            };
+        }
+        self.add_cell(source, rate, burst, floor)
+    }
+
+    pub fn cell_name(&self, idx: u8) -> &str {
+        self.cells.get(idx as usize).map_or(OVERFLOW_CELL, |c| c.name.as_str())
+    }
+
+    pub fn cell_index(&self, name: &str) -> Option<u8> {
+        self.names.get(name).copied()
+    }
+
+    pub fn cell_count(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Moves the breaker's clock forward (never backward) and applies time-driven transitions.
+    pub fn advance(&mut self, now_ms: i64) {
+        match self.clock_ms {
+            None => self.clock_ms = Some(now_ms),
+            Some(last) if now_ms > last => {
+                self.clock.advance(Duration::from_millis((now_ms - last) as u64));
+                self.clock_ms = Some(now_ms);
+            }
+            Some(_) => {}
+        }
+        let now = self.now();
+        for i in 0..self.cells.len() {
+            self.roll_minute(i, now);
+            self.apply_timers(i, now);
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock_ms.unwrap_or(0)
+    }
+
+    fn threshold(&self, c: &Cell) -> f64 {
+        let floor = f64::from(c.floor);
+        if c.minutes_learned < self.policy.warmup_minutes {
+            floor
+        } else {
+            floor.max(self.policy.spike_factor * c.baseline)
+        }
+    }
+
+    fn roll_minute(&mut self, i: usize, now: i64) {
+        let minute = now.div_euclid(60_000);
+        let alpha = self.policy.ewma_alpha;
+        let c = &mut self.cells[i];
+        if c.minute == i64::MIN {
+            c.minute = minute;
+            return;
+        }
+        if minute <= c.minute {
+            return;
+        }
+        // Completed minute: learn from it unless the cell was open (spikes must not teach).
+        let open_now = matches!(c.state, CellState::Open | CellState::ForcedOpen | CellState::HalfOpen);
+        if !c.disturbed && !open_now {
+            c.baseline = alpha * f64::from(c.count) + (1.0 - alpha) * c.baseline;
+            c.minutes_learned = c.minutes_learned.saturating_add(1);
+        }
+        // Empty minutes in between (a quiet stream) decay the baseline.
+        let gap = (minute - c.minute - 1).clamp(0, 10_000) as i32;
+        if gap > 0 && !open_now {
+            c.baseline *= (1.0 - alpha).powi(gap);
+            c.minutes_learned = c.minutes_learned.saturating_add(gap as u32);
+        }
+        c.minute = minute;
+        c.count = 0;
+        c.disturbed = open_now;
+    }
+
+    fn apply_timers(&mut self, i: usize, now: i64) {
+        let (open_ms, half_ms, probes) = (
+            self.policy.open_duration.as_millis() as i64,
+            self.policy.half_open_duration.as_millis() as i64,
+            self.policy.probe_budget,
+        );
+        let c = &self.cells[i];
+        if let Some(o) = &c.forced {
+            if now >= o.until_ms {
+                let from = c.state;
+                let to = if from == CellState::ForcedOpen { CellState::HalfOpen } else { CellState::Closed };
+                self.set_state(i, to, Cause::OverrideExpired, now, None, None);
+                self.cells[i].forced = None;
+                if to == CellState::HalfOpen {
+                    self.cells[i].probes_left = probes;
+                }
+            }
+            return;
+        }
+        match c.state {
+            CellState::Open if now - c.since_ms >= open_ms => {
+                self.set_state(i, CellState::HalfOpen, Cause::OpenDurationElapsed, now, None, None);
+                self.cells[i].probes_left = probes;
+            }
+            CellState::HalfOpen if now - c.since_ms >= half_ms => {
+                self.set_state(i, CellState::Closed, Cause::CalmWhileProbing, now, None, None);
+            }
+            _ => {}
+        }
+    }
+
+    fn set_state(&mut self, i: usize, to: CellState, cause: Cause, now: i64, actor: Option<String>, reason: Option<String>) {
+        let thr = self.threshold(&self.cells[i]);
+        let c = &mut self.cells[i];
+        let from = c.state;
+        c.state = to;
+        c.since_ms = now;
+        if matches!(to, CellState::Open | CellState::ForcedOpen | CellState::HalfOpen) {
+            c.disturbed = true;
+        }
+        self.transitions.push(Transition {
+            at_ms: now,
+            cell: c.name.clone(),
+            from,
+            to,
+            cause,
+            decisions_this_minute: c.count,
+            threshold: thr,
+            actor,
+            reason,
+        });
+    }
+
+    /// Counts one decision from `cell` and says whether its notice may be sent. Never waits.
+    pub fn check(&mut self, cell: u8, now_ms: i64) -> Verdict {
+        self.advance(now_ms);
+        let now = self.now();
+        let ci = if self.cells.len() > 1 { (cell as usize).clamp(1, self.cells.len() - 1) } else { GLOBAL as usize };
+        // The source cell first: a source whose cell holds its decisions does not count against
+        // the global cell, so one buggy source cannot trip the breaker for everybody.
+        if ci != GLOBAL as usize {
+            if let Some(reason) = self.count_and_judge(ci, now) {
+                return Verdict::Hold { reason, cell: ci as u8 };
+            }
+        }
+        if let Some(reason) = self.count_and_judge(GLOBAL as usize, now) {
+            return Verdict::Hold { reason, cell: GLOBAL };
+        }
+        // Rate caps: the cell's, then the global one. A forced-closed cell still obeys the global cap.
+        if ci != GLOBAL as usize && self.cells[ci].limiter.check().is_err() {
+            return Verdict::Hold { reason: HeldReason::CellRateLimited, cell: ci as u8 };
+        }
+        match self.cells[GLOBAL as usize].limiter.check() {
+            Ok(snap) => self.global_remaining = snap.remaining_burst_capacity(),
+            Err(_) => {
+                self.global_remaining = 0;
+                return Verdict::Hold { reason: HeldReason::GlobalRateLimited, cell: GLOBAL };
+            }
+        }
+        let probed: &[usize] = if ci == GLOBAL as usize { &[0] } else { &[0, ci] };
+        for &i in probed {
+            if self.cells[i].state == CellState::HalfOpen {
+                self.cells[i].probes_left = self.cells[i].probes_left.saturating_sub(1);
+            }
+        }
+        Verdict::Send
+    }
+
+    /// Counts a decision in cell `i`, trips it on a spike, and says whether the cell holds it.
+    fn count_and_judge(&mut self, i: usize, now: i64) -> Option<HeldReason> {
+        self.cells[i].count = self.cells[i].count.saturating_add(1);
+        let c = &self.cells[i];
+        let over = f64::from(c.count) > self.threshold(c);
+        match c.state {
+            CellState::Closed if over => {
+                self.set_state(i, CellState::Open, Cause::Spike, now, None, None);
+                Some(HeldReason::Spike)
+            }
+            CellState::HalfOpen if over => {
+                self.set_state(i, CellState::Open, Cause::SpikeWhileProbing, now, None, None);
+                Some(HeldReason::Spike)
+            }
+            CellState::ForcedOpen => Some(HeldReason::ForcedOpen),
+            CellState::Open => Some(HeldReason::BreakerOpen),
+            CellState::HalfOpen if c.probes_left == 0 => Some(HeldReason::ProbeBudgetSpent),
+            _ => None,
+        }
+    }
+
+    /// Forces a cell open or closed until `now + ttl`, on behalf of `actor`.
+    pub fn force(&mut self, cell: &str, open: bool, ttl: Duration, actor: &str, reason: &str, now_ms: i64) -> Result<Transition, String> {
+        self.advance(now_ms);
+        let now = self.now();
+        let i = match self.names.get(cell) {
+            Some(&i) => i as usize,
+            None => return Err(format!("no breaker cell named {cell:?}")),
+        };
+        let to = if open { CellState::ForcedOpen } else { CellState::ForcedClosed };
+        let cause = if open { Cause::ManualOpen } else { Cause::ManualClose };
+        self.cells[i].forced = Some(Override { until_ms: now.saturating_add(ttl.as_millis() as i64) });
+        self.set_state(i, to, cause, now, Some(actor.to_string()), Some(reason.to_string()));
+        Ok(self.transitions.last().cloned().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Takes the transitions recorded since the last call.
+    pub fn drain_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// Global notices that could be sent right now without waiting (as of the last check).
+    pub fn global_remaining(&self) -> u32 {
+        self.global_remaining
+    }
+
+    pub fn snapshot(&self) -> Vec<CellSnapshot> {
+        self.cells
+            .iter()
+            .map(|c| CellSnapshot {
+                cell: c.name.clone(),
+                state: c.state,
+                since_ms: c.since_ms,
+                decisions_this_minute: c.count,
+                baseline_per_minute: c.baseline,
+                spike_threshold: self.threshold(c),
+                warming_up: c.minutes_learned < self.policy.warmup_minutes,
+                forced_until_ms: c.forced.as_ref().map(|o| o.until_ms),
+            })
+            .collect()
+    }
+
+    pub fn state_of(&self, cell: &str) -> Option<CellState> {
+        self.names.get(cell).map(|&i| self.cells[i as usize].state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::policy::Policy;
+
+    fn policy() -> BreakerPolicy {
+        let mut p = Policy::default_with_version("t").breaker;
+        p.spike_floor = 10;
+        p.global_spike_floor = 1000;
+        p.cell_burst = 50;
+        p.global_burst = 100;
+        p.warmup_minutes = 2;
+        p
+    }
+
+    const T0: i64 = 1_780_000_000_000;
+
+    #[test]
+    fn a_spiking_cell_trips_and_holds_while_other_cells_flow() {
+        let mut b = Breaker::new(policy());
+        let bad = b.cell_for("buggy-model");
+        let good = b.cell_for("auth-service");
+        let mut sent = 0;
+        let mut held = Vec::new();
+        for i in 0..500 {
+            match b.check(bad, T0 + i) {
+                Verdict::Send => sent += 1,
+                Verdict::Hold { reason, cell } => {
+                    assert_eq!(cell, bad);
+                    held.push(reason)
+                }
+            }
+        }
+        assert_eq!(sent, 10, "the floor lets 10 through, then the cell trips");
+        assert_eq!(held[0], HeldReason::Spike);
+        assert!(held[1..].iter().all(|r| *r == HeldReason::BreakerOpen));
+        assert_eq!(b.check(good, T0 + 600), Verdict::Send, "another source still gets its notice");
+        assert_eq!(b.state_of("buggy-model"), Some(CellState::Open));
+        let t = b.drain_transitions();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].from, t[0].to, t[0].cause), (CellState::Closed, CellState::Open, Cause::Spike));
+    }
+
+    #[test]
+    fn open_goes_half_open_then_closed_when_calm_or_back_to_open_on_a_new_spike() {
+        let p = policy();
+        let (open_ms, half_ms) = (p.open_duration.as_millis() as i64, p.half_open_duration.as_millis() as i64);
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("m");
+        for i in 0..20 {
+            b.check(c, T0 + i);
+        }
+        assert_eq!(b.state_of("m"), Some(CellState::Open));
+        let t1 = T0 + open_ms + 100;
+        b.advance(t1);
+        assert_eq!(b.state_of("m"), Some(CellState::HalfOpen));
+        // Probe budget: exactly `probe_budget` notices, then held.
+        let mut sent = 0;
+        for i in 0..(p.probe_budget as i64 + 3) {
+            if b.check(c, t1 + i) == Verdict::Send {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, p.probe_budget);
+        b.advance(t1 + half_ms + 1);
+        assert_eq!(b.state_of("m"), Some(CellState::Closed));
+        // A new spike after closing trips again.
+        let t2 = t1 + half_ms + 60_000;
+        for i in 0..20 {
+            b.check(c, t2 + i);
+        }
+        assert_eq!(b.state_of("m"), Some(CellState::Open));
+        let causes: Vec<_> = b.drain_transitions().iter().map(|t| t.cause).collect();
+        assert_eq!(causes, vec![Cause::Spike, Cause::OpenDurationElapsed, Cause::CalmWhileProbing, Cause::Spike]);
+    }
+
+    #[test]
+    fn half_open_spike_reopens() {
+        let p = policy();
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("m");
+        for i in 0..20 {
+            b.check(c, T0 + i);
+        }
+        let t1 = T0 + p.open_duration.as_millis() as i64 + 60_000;
+        for i in 0..20 {
+            b.check(c, t1 + i);
+        }
+        assert_eq!(b.state_of("m"), Some(CellState::Open));
+        let last = b.drain_transitions().pop().unwrap();
+        assert_eq!(last.cause, Cause::SpikeWhileProbing);
+    }
+
+    #[test]
+    fn baseline_is_learned_and_raises_the_threshold_above_the_floor() {
+        let mut p = policy();
+        p.ewma_alpha = 0.5;
+        let mut b = Breaker::new(p);
+        let c = b.cell_for("steady");
+        // 5 minutes of 8 decisions per minute: below the floor of 10, learned as baseline.
+        for m in 0..5i64 {
+            for i in 0..8 {
+                assert_eq!(b.check(c, T0 + m * 60_000 + i * 1000), Verdict::Send);
+            }
+        }
+        b.advance(T0 + 5 * 60_000);
+        let snap = b.snapshot().into_iter().find(|s| s.cell == "steady").unwrap();
+        assert!(snap.baseline_per_minute > 7.0, "{snap:?}");
+        assert!(!snap.warming_up);
+        assert!((snap.spike_threshold - 4.0 * snap.baseline_per_minute).abs() < 1e-9);
+    }
+
+    #[test]
+    fn global_rate_cap_holds_without_tripping_and_refills_with_time() {
+        let mut p = policy();
+        p.global_burst = 5;
+        p.cell_burst = 5;
+        p.global_rate_per_minute = 60;
+        p.spike_floor = 1000;
+        let mut b = Breaker::new(p);
+        let cells: Vec<u8> = (0..5).map(|i| b.cell_for(&format!("s{i}"))).collect();
+        let mut verdicts = Vec::new();
+        for (i, c) in cells.iter().cycle().take(8).enumerate() {
+            verdicts.push(b.check(*c, T0 + i as i64));
+        }
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Send).count(), 5);
+        assert!(matches!(verdicts[5], Verdict::Hold { reason: HeldReason::GlobalRateLimited, cell: GLOBAL }));
+        assert_eq!(b.check(cells[0], T0 + 1_100), Verdict::Send, "one more after a second at 60/min");
+        assert_eq!(b.state_of("global"), Some(CellState::Closed));
+    }
+
+    #[test]
+    fn forced_open_holds_until_ttl_then_probes() {
+        let mut b = Breaker::new(policy());
+        let c = b.cell_for("m");
+        let t = b.force("m", true, Duration::from_secs(60), "alice-sre", "investigating", T0).unwrap();
+        assert_eq!(t.actor.as_deref(), Some("alice-sre"));
+        assert_eq!(b.check(c, T0 + 10), Verdict::Hold { reason: HeldReason::ForcedOpen, cell: c });
+        b.advance(T0 + 60_001);
+        assert_eq!(b.state_of("m"), Some(CellState::HalfOpen));
+        assert!(b.force("nope", true, Duration::from_secs(1), "a", "b", T0).is_err());
+    }
+
+    #[test]
+    fn forced_closed_ignores_spikes_but_not_the_global_cap() {
+        let mut p = policy();
+        p.global_burst = 20;
+        p.cell_burst = 20;
+        let mut b = Breaker::new(p);
+        let c = b.cell_for("m");
+        b.force("m", false, Duration::from_secs(600), "bob", "known batch", T0).unwrap();
+        let sent = (0..100).filter(|i| b.check(c, T0 + i) == Verdict::Send).count();
+        assert_eq!(sent, 20, "forced closed: no trip, but the caps still hold");
+        assert_eq!(b.state_of("m"), Some(CellState::ForcedClosed));
+    }
+
+    #[test]
+    fn sources_beyond_max_cells_share_the_overflow_cell() {
+        let mut p = policy();
+        p.max_cells = 2;
+        let mut b = Breaker::new(p);
+        let a = b.cell_for("a");
+        let c2 = b.cell_for("b");
+        let c3 = b.cell_for("c");
+        let c4 = b.cell_for("d");
+        assert_ne!(a, c2);
+        assert_eq!(c3, c4);
+        assert_eq!(b.cell_name(c3), OVERFLOW_CELL);
+    }
+}

@@ -1,0 +1,22 @@
+//! The pure decision core: events and time in, outcomes out. No IO: nothing here imports tokio,
+//! rdkafka, prometheus or an HTTP crate, and no function reads a clock.
+//!
+//! - [`event`]: the input contract, decode and validate
+//! - [`policy`]: the policy file and its validation
+//! - [`dedupe`], [`accounts`]: recent event ids; per-account windows and expiry
+//! - [`breaker`]: rate caps, spike detection, cells and overrides
+//! - [`outcome`]: outcomes, decisions, `notice_id`
+//! - [`engine`]: composes the above, one outcome per event
+
+pub mod accounts;
+pub mod breaker;
+pub mod dedupe;
+pub mod engine;
+pub mod event;
+pub mod hash;
+pub mod outcome;
+pub mod policy;
+
+pub use engine::{Engine, Processed, TimeMode};
+pub use outcome::{Outcome, OutcomeKind};
+pub use policy::Policy;

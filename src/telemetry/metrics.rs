@@ -1,0 +1,173 @@
+//! Prometheus metrics of resetguard, registered into a caller-provided registry (no IO, no globals).
+//!
+//! Call sites say what happened (`metrics.notice_sent()`), never a metric name. Label values come
+//! from closed sets only: outcome kinds, reject reasons, breaker cells (bounded by
+//! `breaker.max_cells`), partitions. Never an account id, e-mail or IP.
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric resetguard exports. Cheap to clone (all handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub events_consumed: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub events_late: IntCounter,
+    pub events_duplicate: IntCounter,
+    pub outcomes: IntCounterVec,
+    pub notices_sent: IntCounter,
+    pub notices_would_send: IntCounter,
+    pub notices_held: IntCounterVec,
+    pub held_released: IntCounter,
+    pub held_discarded: IntCounter,
+    pub dlq_records: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_trips: IntCounterVec,
+    pub budget_remaining: IntGauge,
+    pub cell_decision_rate: GaugeVec,
+    pub cell_baseline: GaugeVec,
+    pub tracked_accounts: IntGauge,
+    pub state_bytes: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub event_to_decision: Histogram,
+    pub event_to_notice: Histogram,
+    pub transactions: IntCounterVec,
+    pub transaction_commit_seconds: Histogram,
+    pub watermark_lag_seconds: Gauge,
+    pub ready: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+/// Latency buckets for event-time to decision/notice, from 5 ms to 10 min: events can legitimately
+/// arrive minutes after they happened (allowed lateness is 2 min by default).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Transaction commit latency buckets, 1 ms to 10 s.
+const COMMIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+impl Metrics {
+    /// Creates and registers every metric in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Metrics {
+            events_consumed: IntCounterVec::new(
+                Opts::new("resetguard_events_consumed_total", "Input events consumed, by breaker cell of their source."),
+                &["source"],
+            )?,
+            events_rejected: IntCounterVec::new(
+                Opts::new("resetguard_events_rejected_total", "Input events rejected as invalid, by reason."),
+                &["reason"],
+            )?,
+            events_late: IntCounter::new("resetguard_events_late_total", "Input events behind the watermark.")?,
+            events_duplicate: IntCounter::new(
+                "resetguard_events_duplicate_total",
+                "Input events whose event_id was already seen within the dedupe horizon.",
+            )?,
+            outcomes: IntCounterVec::new(
+                Opts::new("resetguard_outcomes_total", "Recorded outcome of every input event: exactly one per event."),
+                &["outcome", "reason"],
+            )?,
+            notices_sent: IntCounter::new("resetguard_notices_sent_total", "Reset notices produced for the mailer.")?,
+            notices_would_send: IntCounter::new(
+                "resetguard_notices_would_send_total",
+                "Reset notices that shadow mode would have sent (produced to the shadow topic).",
+            )?,
+            notices_held: IntCounterVec::new(
+                Opts::new("resetguard_notices_held_total", "Decisions the breaker refused and held, by cell and reason."),
+                &["cell", "reason"],
+            )?,
+            held_released: IntCounter::new("resetguard_held_released_total", "Held notices released by an operator.")?,
+            held_discarded: IntCounter::new("resetguard_held_discarded_total", "Held notices discarded by an operator.")?,
+            dlq_records: IntCounterVec::new(
+                Opts::new("resetguard_dlq_records_total", "Records written to the dead-letter topic, by reason."),
+                &["reason"],
+            )?,
+            breaker_state: IntGaugeVec::new(
+                Opts::new("resetguard_breaker_state", "Breaker state per cell: 1 for the current state, 0 for the others."),
+                &["cell", "state"],
+            )?,
+            breaker_trips: IntCounterVec::new(
+                Opts::new("resetguard_breaker_trips_total", "Breaker trips, by cell and cause."),
+                &["cell", "cause"],
+            )?,
+            budget_remaining: IntGauge::new(
+                "resetguard_breaker_budget_remaining",
+                "Notices the global rate limit would still let through right now.",
+            )?,
+            cell_decision_rate: GaugeVec::new(
+                Opts::new("resetguard_cell_decisions_per_minute", "Decisions in the current minute, per breaker cell."),
+                &["cell"],
+            )?,
+            cell_baseline: GaugeVec::new(
+                Opts::new(
+                    "resetguard_cell_baseline_decisions_per_minute",
+                    "Learned baseline (EWMA) of decisions per minute, per breaker cell.",
+                ),
+                &["cell"],
+            )?,
+            tracked_accounts: IntGauge::new("resetguard_tracked_accounts", "Accounts with live window state.")?,
+            state_bytes: IntGauge::new("resetguard_state_bytes", "Estimated bytes of per-account and dedupe state.")?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("resetguard_consumer_lag_messages", "Messages between the consumed position and the end of each input partition."),
+                &["topic", "partition"],
+            )?,
+            event_to_decision: Histogram::with_opts(
+                HistogramOpts::new("resetguard_event_to_decision_seconds", "Time from event time to the decision.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            event_to_notice: Histogram::with_opts(
+                HistogramOpts::new(
+                    "resetguard_event_to_notice_seconds",
+                    "Time from event time of the triggering event to the commit of its notice.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            transactions: IntCounterVec::new(
+                Opts::new("resetguard_transactions_total", "Kafka transactions ended, by result (commit or abort)."),
+                &["result"],
+            )?,
+            transaction_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("resetguard_transaction_commit_seconds", "Latency of committing a Kafka transaction.")
+                    .buckets(COMMIT_BUCKETS.to_vec()),
+            )?,
+            watermark_lag_seconds: Gauge::new(
+                "resetguard_watermark_lag_seconds",
+                "Wall-clock time minus the lowest partition watermark.",
+            )?,
+            ready: IntGauge::new("resetguard_ready", "1 when partitions are assigned and state is restored.")?,
+            build_info: IntGaugeVec::new(
+                Opts::new("resetguard_build_info", "Build and policy information (value is always 1)."),
+                &["version", "policy_version", "mode"],
+            )?,
+        };
+        registry.register(Box::new(m.events_consumed.clone()))?;
+        registry.register(Box::new(m.events_rejected.clone()))?;
+        registry.register(Box::new(m.events_late.clone()))?;
+        registry.register(Box::new(m.events_duplicate.clone()))?;
+        registry.register(Box::new(m.outcomes.clone()))?;
+        registry.register(Box::new(m.notices_sent.clone()))?;
+        registry.register(Box::new(m.notices_would_send.clone()))?;
+        registry.register(Box::new(m.notices_held.clone()))?;
+        registry.register(Box::new(m.held_released.clone()))?;
+        registry.register(Box::new(m.held_discarded.clone()))?;
+        registry.register(Box::new(m.dlq_records.clone()))?;
+        registry.register(Box::new(m.breaker_state.clone()))?;
+        registry.register(Box::new(m.breaker_trips.clone()))?;
+        registry.register(Box::new(m.budget_remaining.clone()))?;
+        registry.register(Box::new(m.cell_decision_rate.clone()))?;
+        registry.register(Box::new(m.cell_baseline.clone()))?;
+        registry.register(Box::new(m.tracked_accounts.clone()))?;
+        registry.register(Box::new(m.state_bytes.clone()))?;
+        registry.register(Box::new(m.consumer_lag.clone()))?;
+        registry.register(Box::new(m.event_to_decision.clone()))?;
+        registry.register(Box::new(m.event_to_notice.clone()))?;
+        registry.register(Box::new(m.transactions.clone()))?;
+        registry.register(Box::new(m.transaction_commit_seconds.clone()))?;
+        registry.register(Box::new(m.watermark_lag_seconds.clone()))?;
+        registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.build_info.clone()))?;
+        Ok(m)
+    }
+}

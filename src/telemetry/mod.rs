@@ -1,0 +1,3 @@
+//! Telemetry: the Prometheus metrics (registered into an injected registry) and log setup.
+pub mod metrics;
+pub use metrics::Metrics;

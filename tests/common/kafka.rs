@@ -1,0 +1,853 @@
+//! A real single-node Apache Kafka broker (KRaft, combined broker+controller) on loopback,
+//! for integration tests.
+//!
+//! ```ignore
+//! mod common;
+//! use common::kafka::KafkaBroker;
+//!
+//! let broker = KafkaBroker::start();          // own broker, killed on drop
+//! broker.create_topic("in", 2);
+//! broker.produce("in", &[("k1", "v1")]);
+//! let recs = broker.read_all_committed("in", Duration::from_secs(30));
+//! ```
+//!
+//! * Jars come from `.cache/kafka/libs`, fetched on demand by `scripts/kafka-jars` (Maven; the
+//!   script is idempotent and takes a file lock, so parallel test binaries don't clash).
+//! * Each broker lives in its own temp dir (config, data, `broker.log`) and listens on fresh
+//!   loopback ports.
+//! * `Drop` SIGKILLs the JVM and reaps it. Independently, a tiny watchdog process kills the JVM
+//!   and removes the temp dir as soon as the test process goes away (panic=abort, SIGKILL, or the
+//!   process exiting with a broker still in a `static`), so no broker outlives its test binary.
+//! * Needs `java` (17+) on PATH or `$JAVA_HOME`, and `mvn` only when the jars are not cached.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// How long `start()` waits for the broker to answer metadata requests.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout for single client round trips made by the helpers (admin ops, metadata, init txns).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fixed KRaft cluster id (base64 of 16 bytes). Every broker has its own data dir, so sharing
+/// the id between brokers is harmless, and it saves a JVM launch for `random-uuid`.
+const CLUSTER_ID: &str = "q1Sh-9_ISia_zwGINzRvyQ";
+const NODE_ID: u32 = 1;
+/// Attempts when the broker dies at startup because a port picked by us was taken meanwhile.
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 80;
+
+const JVM_FLAGS: &[&str] = &[
+    "-Xms64m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Xshare:auto",
+    "-XX:-UsePerfData",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+];
+
+const LOG4J2_CONFIG: &str = "\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+# one INFO line that marks the end of startup
+logger.raftserver.name = kafka.server.KafkaRaftServer
+logger.raftserver.level = INFO
+";
+
+/// Watchdog: `$1` = JVM pid, `$2` = dir to delete. Blocks until its stdin (a pipe whose only
+/// writer is the test process) reaches EOF, i.e. until `Drop` or the death of the test process.
+/// The JVM is only reaped by the test process after this watchdog has exited, so `$1` cannot
+/// have been recycled for another process when the kill runs.
+const WATCHDOG_SCRIPT: &str = r#"read -r _ || true; kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
+
+/// One record as read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// Key as UTF-8 (panics if it is not UTF-8).
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref().map(|k| std::str::from_utf8(k).expect("record key is not UTF-8"))
+    }
+
+    /// Payload as UTF-8 (panics if it is not UTF-8).
+    pub fn payload_str(&self) -> Option<&str> {
+        self.payload
+            .as_deref()
+            .map(|p| std::str::from_utf8(p).expect("record payload is not UTF-8"))
+    }
+
+    /// Value of the first header named `name` (`Some(None)` for a null-valued header).
+    pub fn header(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_deref())
+    }
+}
+
+/// Isolation level used by the read helpers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    ReadCommitted,
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn as_config(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
+/// A running single-node Kafka broker. See the module docs.
+pub struct KafkaBroker {
+    /// `127.0.0.1:<port>` of the PLAINTEXT listener.
+    pub bootstrap: String,
+    /// Wall time `start()` needed (jar check + storage format + JVM start + first metadata).
+    pub startup_time: Duration,
+    java: Child,
+    watchdog: Child,
+    watchdog_stdin: Option<ChildStdin>,
+    log_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl KafkaBroker {
+    /// Starts a fresh broker; panics (with the tail of the broker log) if it cannot.
+    pub fn start() -> KafkaBroker {
+        match Self::try_start() {
+            Ok(broker) => broker,
+            Err(e) => panic!("failed to start the Kafka test broker: {e}"),
+        }
+    }
+
+    /// A broker shared by all tests of the current test binary, started on first use. Use
+    /// distinct topic/group/transactional ids per test (see [`unique_name`]). It is never
+    /// dropped; the watchdog kills it and removes its files when the test process exits.
+    pub fn shared() -> &'static KafkaBroker {
+        static SHARED: OnceLock<KafkaBroker> = OnceLock::new();
+        SHARED.get_or_init(KafkaBroker::start)
+    }
+
+    /// Like [`KafkaBroker::start`], but returns the error instead of panicking.
+    pub fn try_start() -> Result<KafkaBroker, String> {
+        let began = Instant::now();
+        let libs = kafka_libs()?;
+        let mut last_err = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match Self::start_once(&libs, began) {
+                Ok(broker) => return Ok(broker),
+                Err(StartError { msg, port_clash }) => {
+                    last_err = msg;
+                    if !port_clash || attempt == START_ATTEMPTS {
+                        break;
+                    }
+                    eprintln!("kafka test broker: port clash on attempt {attempt}, retrying");
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    fn start_once(libs: &Path, began: Instant) -> Result<KafkaBroker, StartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("resetguard-kafka-")
+            .tempdir()
+            .map_err(|e| StartError::plain(format!("creating temp dir: {e}")))?;
+        let (port, controller_port) = free_port_pair().map_err(StartError::plain)?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let props_path = dir.path().join("server.properties");
+        let log4j_path = dir.path().join("log4j2.properties");
+        let log_path = dir.path().join("broker.log");
+        let data_dir = dir.path().join("data");
+        let write = |p: &Path, s: &str| {
+            fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())))
+        };
+        write(&props_path, &server_properties(port, controller_port, &data_dir))?;
+        write(&log4j_path, LOG4J2_CONFIG)?;
+
+        let classpath = format!("{}/*", libs.display());
+        let jvm = |main: &str| {
+            let mut cmd = Command::new(java_bin());
+            cmd.args(JVM_FLAGS)
+                .arg(format!("-Dlog4j2.configurationFile={}", log4j_path.display()))
+                .arg(format!("-Dkafka.logs.dir={}", dir.path().join("logs").display()))
+                .arg("-cp")
+                .arg(&classpath)
+                .arg(main)
+                .current_dir(dir.path())
+                .stdin(Stdio::null());
+            cmd
+        };
+
+        // 1. Format the KRaft metadata/log dir (static single-voter quorum).
+        let out = jvm("kafka.tools.StorageTool")
+            .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
+            .arg(&props_path)
+            .output()
+            .map_err(|e| StartError::plain(format!("running java ({}): {e}", java_bin())))?;
+        if !out.status.success() {
+            return Err(StartError::plain(format!(
+                "kafka-storage format failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+
+        // 2. Start the broker, output to broker.log.
+        let log = fs::File::create(&log_path)
+            .map_err(|e| StartError::plain(format!("creating {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| StartError::plain(format!("dup log fd: {e}")))?;
+        let java = jvm("kafka.Kafka")
+            .arg(&props_path)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .map_err(|e| StartError::plain(format!("spawning java ({}): {e}", java_bin())))?;
+        let java_pid = java.id();
+        let mut java = KillOnDrop(Some(java));
+
+        // 3. Watchdog that kills the JVM when the test process goes away.
+        let mut watchdog = Command::new("bash")
+            .args(["-c", WATCHDOG_SCRIPT, "kafka-test-watchdog"])
+            .arg(java_pid.to_string())
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| StartError::plain(format!("spawning watchdog (bash): {e}")))?;
+        let watchdog_stdin = watchdog.stdin.take();
+
+        let mut broker = KafkaBroker {
+            bootstrap,
+            startup_time: Duration::ZERO,
+            java: java.0.take().expect("java child present"),
+            watchdog,
+            watchdog_stdin,
+            log_path,
+            dir: Some(dir),
+        };
+
+        // 4. Wait until it answers metadata requests.
+        if let Err(msg) = broker.wait_ready(START_TIMEOUT) {
+            let tail = broker.log_tail(LOG_TAIL_LINES);
+            let port_clash = tail.contains("Address already in use");
+            // `broker` is dropped here: JVM killed, temp dir removed.
+            return Err(StartError {
+                msg: format!("{msg}\n--- tail of broker.log ---\n{tail}"),
+                port_clash,
+            });
+        }
+        broker.startup_time = began.elapsed();
+        eprintln!(
+            "kafka test broker ready on {} in {:.2?} (dir {})",
+            broker.bootstrap,
+            broker.startup_time,
+            broker.dir().display()
+        );
+        Ok(broker)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let probe: BaseConsumer = self
+            .base_config()
+            .set("reconnect.backoff.ms", "50")
+            .set("reconnect.backoff.max.ms", "250")
+            .create()
+            .map_err(|e| format!("creating metadata probe client: {e}"))?;
+        let mut last: String;
+        loop {
+            if let Some(status) = self.java.try_wait().map_err(|e| format!("try_wait: {e}"))? {
+                return Err(format!("broker JVM exited during startup ({status})"));
+            }
+            match probe.fetch_metadata(None, Duration::from_millis(500)) {
+                Ok(md) if md.brokers().iter().any(|b| b.id() == NODE_ID as i32) => return Ok(()),
+                Ok(_) => last = "metadata answered without brokers".into(),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "broker did not answer metadata on {} within {timeout:?} (last: {last})",
+                    self.bootstrap
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Temp dir holding `server.properties`, `broker.log` and `data/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("broker dir present").path()
+    }
+
+    /// Path of the broker's stdout/stderr log (WARN level).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Last `lines` lines of the broker log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match fs::read(&self.log_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("(cannot read {}: {e})", self.log_path.display()),
+        }
+    }
+
+    // ---- client configs -------------------------------------------------------------------
+
+    /// `bootstrap.servers` plus quiet, fast-failing defaults; base for any client.
+    pub fn base_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap)
+            .set("broker.address.family", "v4")
+            .set("socket.connection.setup.timeout.ms", "5000")
+            .set("reconnect.backoff.max.ms", "1000");
+        cfg
+    }
+
+    /// Consumer config: given group, `isolation.level=read_committed`, no auto-commit,
+    /// `auto.offset.reset=earliest`, short session (6 s) / heartbeat (500 ms).
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut cfg = self.base_config();
+        cfg.set("group.id", group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("fetch.wait.max.ms", "50");
+        cfg
+    }
+
+    /// Idempotent producer config (`acks=all`, `linger.ms=0`).
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut cfg = self.base_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000");
+        cfg
+    }
+
+    /// Transactional producer config for `transactional_id` (not yet initialised).
+    pub fn transactional_producer_config(&self, transactional_id: &str) -> ClientConfig {
+        let mut cfg = self.producer_config();
+        cfg.set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "30000");
+        cfg
+    }
+
+    // ---- clients ---------------------------------------------------------------------------
+
+    /// A read_committed `BaseConsumer` in `group_id` (see [`Self::consumer_config`]).
+    pub fn read_committed_consumer(&self, group_id: &str) -> BaseConsumer {
+        self.consumer_config(group_id)
+            .create()
+            .expect("creating read_committed consumer")
+    }
+
+    /// An idempotent `FutureProducer` (its own thread polls; usable with or without tokio).
+    pub fn producer(&self) -> FutureProducer {
+        self.producer_config().create().expect("creating producer")
+    }
+
+    /// A `FutureProducer` with `transactional.id`, after `init_transactions` (blocking call).
+    pub fn transactional_producer(&self, transactional_id: &str) -> FutureProducer {
+        let p: FutureProducer = self
+            .transactional_producer_config(transactional_id)
+            .create()
+            .expect("creating transactional producer");
+        p.init_transactions(OP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
+        p
+    }
+
+    // ---- admin -----------------------------------------------------------------------------
+
+    /// Creates a topic (replication factor 1) and waits until every partition has a leader.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.create_topic_with_config(name, partitions, &[]);
+    }
+
+    /// Like [`Self::create_topic`], with topic configs (e.g. `("cleanup.policy", "compact")`).
+    pub fn create_topic_with_config(&self, name: &str, partitions: i32, config: &[(&str, &str)]) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.base_config().create().expect("creating admin client");
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in config {
+            topic = topic.set(k, v);
+        }
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(OP_TIMEOUT))
+            .request_timeout(Some(OP_TIMEOUT));
+        let results = block_on(admin.create_topics([&topic], &opts))
+            .unwrap_or_else(|e| panic!("create_topics({name}): {e}"));
+        for r in results {
+            if let Err((t, code)) = r {
+                panic!("creating topic {t}: {code:?}");
+            }
+        }
+        // Make sure clients created right after this see the topic with leaders.
+        let deadline = Instant::now() + OP_TIMEOUT;
+        loop {
+            let md = admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("metadata for {name}: {e}"));
+            let ready = md.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+            });
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "topic {name} has no leaders after {OP_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Number of partitions of `topic` (panics if it does not exist).
+    pub fn partition_count(&self, topic: &str) -> i32 {
+        let c: BaseConsumer = self.base_config().create().expect("creating metadata client");
+        partitions_of(&c, topic).len() as i32
+    }
+
+    /// Committed offsets of `group` for every partition of `topic`, in partition order
+    /// (`None` = nothing committed). Uses require-stable semantics (waits out pending
+    /// transactional offset commits).
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+        let c = self.read_committed_consumer(group);
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions_of(&c, topic) {
+            tpl.add_partition(topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, OP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"));
+        let mut out: Vec<(i32, Option<i64>)> = got
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect();
+        out.sort_by_key(|(p, _)| *p);
+        out
+    }
+
+    // ---- produce ---------------------------------------------------------------------------
+
+    /// Produces `(key, payload)` pairs (non-transactionally) and waits for every delivery.
+    pub fn produce(&self, topic: &str, records: &[(&str, &str)]) {
+        let producer = self.producer();
+        for (k, v) in records {
+            produce_one(&producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        }
+    }
+
+    /// Produces one record with headers (non-transactionally) and waits for the delivery.
+    /// Returns `(partition, offset)`.
+    pub fn produce_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> (i32, i64) {
+        produce_one(&self.producer(), topic, key, payload, headers)
+    }
+
+    // ---- read ------------------------------------------------------------------------------
+
+    /// Reads every record a read_committed consumer can see in `topic`, once the topic is
+    /// quiescent: it first waits until no transaction is pending on any partition (last stable
+    /// offset == high watermark, so commit/abort markers written asynchronously after
+    /// `commit_transaction` returns are in place), then reads from the beginning to the end.
+    /// Panics after `timeout`, e.g. when a transaction stays open.
+    /// Records are ordered by (partition, offset).
+    pub fn read_all_committed(&self, topic: &str, timeout: Duration) -> Vec<Record> {
+        let deadline = Instant::now() + timeout;
+        self.wait_stable(topic, deadline);
+        self.read_until_eof(topic, Isolation::ReadCommitted, deadline)
+    }
+
+    /// Reads `topic` from the beginning up to its current end under `isolation`, without
+    /// waiting for pending transactions (read_committed stops at the last stable offset).
+    pub fn read_to_end(&self, topic: &str, isolation: Isolation, timeout: Duration) -> Vec<Record> {
+        self.read_until_eof(topic, isolation, Instant::now() + timeout)
+    }
+
+    fn wait_stable(&self, topic: &str, deadline: Instant) {
+        let committed = self.assign_reader(Isolation::ReadCommitted);
+        let uncommitted = self.assign_reader(Isolation::ReadUncommitted);
+        let partitions = partitions_of(&committed, topic);
+        // High watermarks at the start; markers of transactions ended since then only move the
+        // LSO further, so reaching these marks means "everything finished by now is visible".
+        let hwm: Vec<i64> = partitions
+            .iter()
+            .map(|&p| watermarks(&uncommitted, topic, p).1)
+            .collect();
+        loop {
+            let mut pending = Vec::new();
+            for (&p, &h) in partitions.iter().zip(&hwm) {
+                let lso = watermarks(&committed, topic, p).1;
+                if lso < h {
+                    pending.push(format!("partition {p}: LSO {lso} < HWM {h}"));
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} still has an open transaction: {}",
+                pending.join(", ")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assign_reader(&self, isolation: Isolation) -> BaseConsumer {
+        // librdkafka refuses assign() without a group.id; this group never joins or commits.
+        self.base_config()
+            .set("group.id", unique_name("resetguard-test-reader"))
+            .set("isolation.level", isolation.as_config())
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("creating reader consumer")
+    }
+
+    fn read_until_eof(&self, topic: &str, isolation: Isolation, deadline: Instant) -> Vec<Record> {
+        let consumer = self.assign_reader(isolation);
+        let partitions = partitions_of(&consumer, topic);
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("adding partition to assignment");
+        }
+        consumer.assign(&tpl).expect("assigning partitions");
+        let mut at_end: BTreeSet<i32> = BTreeSet::new();
+        let mut out = Vec::new();
+        while at_end.len() < partitions.len() {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} ({isolation:?}): end not reached in time; at end: {at_end:?} \
+                 of {partitions:?}, {} records so far",
+                out.len()
+            );
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    at_end.remove(&m.partition());
+                    let headers = m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- kafka test broker {} log tail ---\n{}",
+                self.bootstrap,
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        // Closing the pipe makes the watchdog SIGKILL the JVM and remove the temp dir; wait for
+        // it before reaping the JVM ourselves (see WATCHDOG_SCRIPT).
+        drop(self.watchdog_stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = self.watchdog.try_wait() {
+            if Instant::now() >= deadline {
+                let _ = self.watchdog.kill();
+                let _ = self.watchdog.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.java.kill();
+        let _ = self.java.wait();
+        drop(self.dir.take());
+    }
+}
+
+struct StartError {
+    msg: String,
+    port_clash: bool,
+}
+
+impl StartError {
+    fn plain(msg: String) -> Self {
+        StartError { msg, port_clash: false }
+    }
+}
+
+/// Kills and reaps a child unless disarmed (for early-return paths in `start_once`).
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A name unique within this machine run: `<prefix>-<pid>-<counter>`, for topics, groups and
+/// transactional ids on a shared broker.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends one record through `producer` and waits for the delivery report; returns
+/// `(partition, offset)`. Works inside or outside a tokio runtime (blocks the thread).
+pub fn produce_one(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+) -> (i32, i64) {
+    block_on(produce_one_async(producer, topic, key, payload, headers))
+}
+
+/// Enqueues one record and returns a future for its delivery, without needing a tokio runtime
+/// (for batching several sends before awaiting, e.g. inside a transaction).
+pub fn produce_one_async(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+) -> impl Future<Output = (i32, i64)> + 'static {
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(p) = payload {
+        rec = rec.payload(p);
+    }
+    if !headers.is_empty() {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            hs = hs.insert(Header { key: k, value: Some(*v) });
+        }
+        rec = rec.headers(hs);
+    }
+    let topic = topic.to_string();
+    let fut = producer.send_result(rec).map_err(|(e, _)| e);
+    async move {
+        let fut = fut.unwrap_or_else(|e| panic!("enqueueing record for {topic}: {e}"));
+        match fut.await {
+            Ok(Ok(d)) => (d.partition, d.offset),
+            Ok(Err((e, _))) => panic!("delivering record to {topic}: {e}"),
+            Err(_) => panic!("delivery report for {topic} dropped (producer closed?)"),
+        }
+    }
+}
+
+/// Minimal executor for the executor-agnostic rdkafka futures (admin ops, delivery reports);
+/// avoids nesting a tokio runtime when called from a `#[tokio::test]`.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+fn partitions_of<C: Consumer>(c: &C, topic: &str) -> Vec<i32> {
+    let md = c
+        .fetch_metadata(Some(topic), OP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
+    if let Some(err) = t.error() {
+        panic!("topic {topic}: {err:?}");
+    }
+    let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ps.sort_unstable();
+    ps
+}
+
+fn watermarks(c: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    c.fetch_watermarks(topic, partition, OP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"))
+}
+
+fn java_bin() -> String {
+    match std::env::var_os("JAVA_HOME") {
+        Some(home) if Path::new(&home).join("bin/java").is_file() => {
+            Path::new(&home).join("bin/java").display().to_string()
+        }
+        _ => "java".to_string(),
+    }
+}
+
+/// Two distinct free loopback ports (bound together, then released).
+fn free_port_pair() -> Result<(u16, u16), String> {
+    let a = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a free port: {e}"))?;
+    let b = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a free port: {e}"))?;
+    let pa = a.local_addr().map_err(|e| e.to_string())?.port();
+    let pb = b.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((pa, pb))
+}
+
+/// `.cache/kafka/libs`, fetched by `scripts/kafka-jars` if needed (once per process).
+fn kafka_libs() -> Result<PathBuf, String> {
+    static LIBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    LIBS.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-jars");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}):\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let libs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let has_kafka = fs::read_dir(&libs)
+            .map_err(|e| format!("reading {}: {e}", libs.display()))?
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("kafka_2.13-"));
+        if !has_kafka {
+            return Err(format!("no kafka_2.13-*.jar in {}", libs.display()));
+        }
+        Ok(libs)
+    })
+    .clone()
+}
+
+fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String {
+    let props: BTreeMap<&str, String> = [
+        ("process.roles", "broker,controller".to_string()),
+        ("node.id", NODE_ID.to_string()),
+        // Static single-voter quorum: formatted without --standalone and independent of ports.
+        ("controller.quorum.voters", format!("{NODE_ID}@127.0.0.1:{controller_port}")),
+        (
+            "listeners",
+            format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
+        ),
+        ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{port}")),
+        ("controller.listener.names", "CONTROLLER".into()),
+        ("inter.broker.listener.name", "PLAINTEXT".into()),
+        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into()),
+        ("log.dirs", data_dir.display().to_string()),
+        ("num.partitions", "1".into()),
+        ("default.replication.factor", "1".into()),
+        ("min.insync.replicas", "1".into()),
+        ("auto.create.topics.enable", "false".into()),
+        ("offsets.topic.replication.factor", "1".into()),
+        ("offsets.topic.num.partitions", "1".into()),
+        ("transaction.state.log.replication.factor", "1".into()),
+        ("transaction.state.log.min.isr", "1".into()),
+        ("transaction.state.log.num.partitions", "1".into()),
+        ("share.coordinator.state.topic.replication.factor", "1".into()),
+        ("share.coordinator.state.topic.min.isr", "1".into()),
+        ("group.initial.rebalance.delay.ms", "0".into()),
+        // Abort transactions that exceeded transaction.timeout.ms within ~1 s, not 10 s.
+        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000".into()),
+        ("log.segment.bytes", (1024 * 1024).to_string()),
+        ("num.network.threads", "2".into()),
+        ("num.io.threads", "2".into()),
+        ("background.threads", "2".into()),
+        ("num.recovery.threads.per.data.dir", "1".into()),
+        ("log.cleaner.threads", "1".into()),
+        ("log.cleaner.dedupe.buffer.size", (4 * 1024 * 1024).to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let mut s = String::from("# generated by tests/common/kafka.rs\n");
+    for (k, v) in props {
+        let _ = writeln!(s, "{k}={v}");
+    }
+    s
+}

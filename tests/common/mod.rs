@@ -1,0 +1,3 @@
+//! Shared helpers for integration tests: `mod common;` in a test crate.
+
+pub mod kafka;
