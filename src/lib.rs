@@ -12,7 +12,17 @@
 //! Modules:
 //! - [`core`]: the pure decision core (no IO, time injected)
 //! - [`replay`]: `resetguard replay`, the core over a file with event time as the clock (file IO)
+//! - [`config`]: service configuration (`resetguard.toml`), validated into `Settings`
+//! - [`kafka`]: Kafka adapters and the exactly-once loop (IO)
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz` (IO)
+//! - [`app`]: wiring of `resetguard run`
+//! - [`demo`]: the zero-setup demo (embedded broker, simulated traffic) and the traffic generator
 //! - [`telemetry`]: metrics (injected registry) and logging setup
+pub mod app;
+pub mod config;
 pub mod core;
+pub mod demo;
+pub mod http;
+pub mod kafka;
 pub mod replay;
 pub mod telemetry;

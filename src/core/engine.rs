@@ -131,11 +131,31 @@ impl Engine {
         };
         let cell = self.breaker.cell_for(&ev.source);
         let event_ms = ev.occurred_at_ms;
-        let outcome = self.decide(&ev, cell, partition, wall_ms);
+        let outcome = self.decide(&ev, cell, partition, wall_ms, false);
         Processed { outcome, cell: Some(cell), event_ms: Some(event_ms) }
     }
 
-    fn decide(&mut self, ev: &Event<'_>, cell: u8, partition: u32, wall_ms: i64) -> Outcome {
+    /// Rebuilds state from an input that was already decided and committed (restore after a
+    /// restart, a rebalance or an aborted transaction): windows, dedupe, watermark and cooldown
+    /// are updated exactly as `process` would, but the breaker is not charged and no outcome is
+    /// returned, because the outcome was recorded when the input was first processed.
+    pub fn restore(&mut self, bytes: &[u8], partition: u32, wall_ms: i64) {
+        if let Ok(ev) = decode(bytes, &self.policy, wall_ms) {
+            let cell = self.breaker.cell_for(&ev.source);
+            let _ = self.decide(&ev, cell, partition, wall_ms, true);
+        }
+    }
+
+    /// Drops all per-account state, dedupe memory, cooldowns and watermarks (kept: the breaker,
+    /// the allow-list). Used before restoring from the input topic.
+    pub fn reset_state(&mut self) {
+        self.accounts = AccountStore::new(&self.policy);
+        self.dedupe = Dedupe::new(self.policy.dedupe_horizon.as_millis() as i64, self.policy.dedupe_max_entries);
+        self.ledger.clear();
+        self.max_event_ms.clear();
+    }
+
+    fn decide(&mut self, ev: &Event<'_>, cell: u8, partition: u32, wall_ms: i64, restoring: bool) -> Outcome {
         if self.mode == TimeMode::EventTime {
             self.event_clock_ms = self.event_clock_ms.max(ev.occurred_at_ms);
         }
@@ -173,6 +193,9 @@ impl Engine {
             return Outcome::NoAction(NoActionReason::Cooldown);
         }
         self.ledger.insert(key, t_s.saturating_add(p.cooldown.as_secs() as u32));
+        if restoring {
+            return Outcome::NoAction(NoActionReason::Cooldown);
+        }
 
         let (kind, score, threshold) =
             if short_hit { (WindowKind::Short, scores.short, p.threshold) } else { (WindowKind::Slow, scores.slow, p.slow.threshold) };

@@ -34,7 +34,7 @@ use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -381,14 +381,19 @@ impl KafkaBroker {
 
     /// A read_committed `BaseConsumer` in `group_id` (see [`Self::consumer_config`]).
     pub fn read_committed_consumer(&self, group_id: &str) -> BaseConsumer {
-        self.consumer_config(group_id)
+        let c: BaseConsumer = self
+            .consumer_config(group_id)
             .create()
-            .expect("creating read_committed consumer")
+            .expect("creating read_committed consumer");
+        warm_up(c.client());
+        c
     }
 
     /// An idempotent `FutureProducer` (its own thread polls; usable with or without tokio).
     pub fn producer(&self) -> FutureProducer {
-        self.producer_config().create().expect("creating producer")
+        let p: FutureProducer = self.producer_config().create().expect("creating producer");
+        warm_up(p.client());
+        p
     }
 
     /// A `FutureProducer` with `transactional.id`, after `init_transactions` (blocking call).
@@ -397,6 +402,7 @@ impl KafkaBroker {
             .transactional_producer_config(transactional_id)
             .create()
             .expect("creating transactional producer");
+        warm_up(p.client());
         p.init_transactions(OP_TIMEOUT)
             .unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
         p
@@ -733,6 +739,18 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             Poll::Pending => std::thread::park(),
         }
     }
+}
+
+/// Blocks until the client has learned the broker from a metadata response.
+///
+/// librdkafka (2.12) replaces its `bootstrap` broker handle with the learned one after the
+/// first metadata response; a FindCoordinator/InitProducerId request already in flight on the
+/// bootstrap handle then fails with `_DESTROY_BROKER` and is only retried ~1-3 s later. Doing
+/// one metadata round trip first avoids that stall (seen as a 3 s first group join).
+pub fn warm_up<C: ClientContext>(client: &Client<C>) {
+    client
+        .fetch_metadata(None, OP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("warm-up metadata request: {e}"));
 }
 
 fn partitions_of<C: Consumer>(c: &C, topic: &str) -> Vec<i32> {

@@ -1,0 +1,293 @@
+//! Criterion benchmarks of the pure decision core (see BENCHMARKS.md for how to run and read them).
+//!
+//! Groups:
+//! - `decode`: `core::event::decode` of realistic ~250-byte events, next to two baselines over the
+//!   same bytes: `std::str::from_utf8` (a floor: touching the bytes once) and
+//!   `serde_json::from_slice::<serde_json::Value>` (a generic JSON parse into a DOM).
+//! - `rfc3339`: the timestamp parse alone (a part of `decode`).
+//! - `score`: `AccountStore::add` with 1,000,000 accounts tracked.
+//! - `breaker`: `Breaker::check` on a closed cell (no spike) and on an open cell.
+//! - `engine`: `Engine::process`, the whole core per event, over pre-serialized events touching
+//!   1,000,000 distinct accounts.
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use common::{mean_len, mix, permutation, stream, Rng, T0_MS};
+use resetguard::core::accounts::{quantise_risk, AccountStore, Entry};
+use resetguard::core::breaker::{Breaker, Verdict};
+use resetguard::core::event::{decode, parse_rfc3339_ms};
+use resetguard::core::{Engine, OutcomeKind, Policy, TimeMode};
+
+const DECODE_EVENTS: usize = 10_000;
+const ACCOUNTS: usize = 1_000_000;
+/// Event time advances 100 µs per event (10,000 events/s): one pass over 1 M accounts is 100 s of
+/// event time, so the 2nd and 3rd event of an account fall inside its 15-minute short window.
+const STEP_US: i64 = 100;
+
+fn decode_group(c: &mut Criterion) {
+    let policy = Policy::default_with_version("bench");
+    let events = stream(DECODE_EVENTS, DECODE_EVENTS, T0_MS, STEP_US, 1);
+    let now = T0_MS + 3_600_000;
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    eprintln!("decode: {} events, mean {:.1} bytes, {} bytes total", events.len(), mean_len(&events), bytes);
+    for e in &events {
+        assert!(decode(e, &policy, now).is_ok(), "{}", String::from_utf8_lossy(e));
+    }
+
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("baseline_from_utf8", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in &events {
+                n += std::str::from_utf8(black_box(e)).map_or(0, str::len);
+            }
+            n
+        })
+    });
+    g.bench_function("baseline_serde_json_value", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in &events {
+                let v: serde_json::Value = serde_json::from_slice(black_box(e)).unwrap_or_default();
+                n += v.as_object().map_or(0, |o| o.len());
+            }
+            n
+        })
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for e in &events {
+                if let Ok(ev) = decode(black_box(e), &policy, now) {
+                    n = n.wrapping_add(ev.occurred_at_ms as u64);
+                }
+            }
+            n
+        })
+    });
+    g.finish();
+
+    // The timestamp parse on its own, over the timestamps of the same events.
+    let stamps: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(e).unwrap_or_default();
+            v["occurred_at"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    let mut g = c.benchmark_group("rfc3339");
+    g.throughput(Throughput::Elements(stamps.len() as u64));
+    g.bench_function("parse_rfc3339_ms", |b| {
+        b.iter(|| {
+            let mut n = 0i64;
+            for s in &stamps {
+                n = n.wrapping_add(parse_rfc3339_ms(black_box(s)).unwrap_or(0));
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+/// Pre-generated inputs of one `add` call.
+struct AddInput {
+    key: u64,
+    entry: Entry,
+    id: String,
+}
+
+fn score_group(c: &mut Criterion) {
+    let policy = Policy::default_with_version("bench");
+    let sig = |i: u64| (i % policy.signals.len() as u64) as u8;
+    let t0_s = (T0_MS / 1000) as u32;
+    // Account keys are uniform 64-bit hashes in production (xxh3 of the account id).
+    let keys: Vec<u64> = (0..ACCOUNTS as u64).map(|i| mix(i ^ 0xacc7)).collect();
+
+    let mut g = c.benchmark_group("score");
+    g.throughput(Throughput::Elements(1));
+    // Two steady states: revisits 1,000 s apart (the previous entry has left the 15 min window and
+    // is evicted: about 1 entry per account), and 300 s apart (about 3 entries in the window).
+    for (name, revisit_s) in [("add_1M_accounts_1_in_window", 1000u64), ("add_1M_accounts_3_in_window", 300u64)] {
+        let mut store = AccountStore::new(&policy);
+        let mut rng = Rng(7);
+        // Step `i` visits account `perm_at(i)` at event time t0 + i × revisit_s / 1M seconds.
+        let t_at = |i: u64| t0_s + (i * revisit_s / ACCOUNTS as u64) as u32;
+        let make = |i: u64, rng: &mut Rng| -> AddInput {
+            let mut id = String::with_capacity(36);
+            common::uuid_v4(rng, &mut id);
+            let u = rng.unit() as f32;
+            let entry = Entry { t: 0, risk_q: quantise_risk(u * u), signal: sig(i), cell: (i % 6) as u8 + 1 };
+            AddInput { key: keys[perm_at(i)], entry, id }
+        };
+        // Pre-populate: three passes so the store is in its steady state before measuring.
+        let warm = 3 * ACCOUNTS as u64;
+        for i in 0..warm {
+            let inp = make(i, &mut rng);
+            let t = t_at(i);
+            store.add(inp.key, Entry { t, ..inp.entry }, &inp.id, t);
+        }
+        assert_eq!(store.len(), ACCOUNTS);
+        // Inputs of the measured calls, generated ahead: steps warm .. warm + 1M, then the same
+        // accounts in the same order again with time moving on (a new pass).
+        let inputs: Vec<AddInput> = (0..ACCOUNTS as u64).map(|k| make(warm + k, &mut rng)).collect();
+        let mut step = warm;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let inp = &inputs[(step % ACCOUNTS as u64) as usize];
+                let t = t_at(step);
+                step += 1;
+                store.add(black_box(inp.key), Entry { t, ..inp.entry }, &inp.id, t)
+            })
+        });
+        eprintln!("score/{name}: {} accounts tracked, store heap estimate {} MB", store.len(), store.heap_bytes() >> 20);
+    }
+    g.finish();
+}
+
+/// Account number visited at step `i`: passes over a fixed permutation of all accounts.
+fn perm_at(i: u64) -> usize {
+    use std::sync::OnceLock;
+    static PERM: OnceLock<Vec<u32>> = OnceLock::new();
+    let p = PERM.get_or_init(|| permutation(ACCOUNTS, 99));
+    p[(i % ACCOUNTS as u64) as usize] as usize
+}
+
+fn breaker_group(c: &mut Criterion) {
+    let policy = Policy::default_with_version("bench");
+    let mut g = c.benchmark_group("breaker");
+    g.throughput(Throughput::Elements(1));
+
+    // Closed, no spike, default policy: one decision every 2.5 s from one source (24/min, under
+    // the 30/min spike floor and the 300/min cell cap); the breaker's minute rolls every 24 checks.
+    {
+        let mut br = Breaker::new(policy.breaker.clone());
+        let cells: Vec<u8> = ["auth-service", "risk-model-v3", "edge-waf"].iter().map(|s| br.cell_for(s)).collect();
+        let cell = cells[0];
+        let mut now = T0_MS;
+        g.bench_function("check_closed_default_policy", |b| {
+            b.iter(|| {
+                now += 2500;
+                let v = br.check(black_box(cell), now);
+                debug_assert_eq!(v, Verdict::Send);
+                v
+            })
+        });
+        assert!(br.drain_transitions().is_empty(), "the closed-cell bench must not trip");
+    }
+    // Closed, no spike, high rate: a policy with caps and floors far above the traffic, a decision
+    // every millisecond (the minute rolls every 60,000 checks).
+    {
+        let p = Policy::from_toml(
+            "version = \"bench\"\n[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 1000000\n\
+             cell_rate_per_minute = 1000000\ncell_burst = 1000000\nspike_floor = 10000000\nglobal_spike_floor = 10000000\n",
+        )
+        .expect("bench policy");
+        let mut br = Breaker::new(p.breaker.clone());
+        let cell = br.cell_for("auth-service");
+        let mut now = T0_MS;
+        g.bench_function("check_closed_high_rate", |b| {
+            b.iter(|| {
+                now += 1;
+                br.check(black_box(cell), now)
+            })
+        });
+        assert!(br.drain_transitions().is_empty(), "the closed-cell bench must not trip");
+    }
+    // Open: the cell tripped on a spike (31 decisions in one minute > floor 30) and stays open for
+    // 10 minutes; every check is held with `breaker_open`.
+    {
+        let mut br = Breaker::new(policy.breaker.clone());
+        let cell = br.cell_for("buggy-detector");
+        let now = T0_MS;
+        for _ in 0..31 {
+            br.check(cell, now);
+        }
+        assert!(matches!(br.check(cell, now), Verdict::Hold { .. }));
+        g.bench_function("check_open_cell", |b| b.iter(|| br.check(black_box(cell), now)));
+    }
+    g.finish();
+}
+
+/// The engine bench policy: defaults, with the breaker's caps and floors far above the traffic so
+/// every decision takes the full `Notice` path and the outcome mix stays stationary.
+fn engine_policy() -> Policy {
+    Policy::from_toml(
+        "version = \"bench\"\n[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 1000000\n\
+         cell_rate_per_minute = 1000000\ncell_burst = 1000000\nspike_floor = 10000000\nglobal_spike_floor = 10000000\n",
+    )
+    .expect("bench policy")
+}
+
+/// Live-service lag between an event's time and the wall clock passed to `process`.
+const WALL_LAG_MS: i64 = 2000;
+
+fn wall_for(i: usize, base: usize) -> i64 {
+    T0_MS + ((base + i) as i64 * STEP_US) / 1000 + WALL_LAG_MS
+}
+
+fn engine_group(c: &mut Criterion) {
+    let policy = Arc::new(engine_policy());
+    // Warm-up stream: one event for each of the 1 M accounts (not timed). Measured stream: two
+    // more events per account (two more permutations), event time continuing.
+    let warm = stream(ACCOUNTS, ACCOUNTS, T0_MS, STEP_US, 11);
+    let t1 = T0_MS + (ACCOUNTS as i64 * STEP_US) / 1000;
+    let measured = stream(2 * ACCOUNTS, ACCOUNTS, t1, STEP_US, 12);
+    eprintln!("engine: warm-up {} events, measured stream {} events, mean {:.1} bytes", warm.len(), measured.len(), mean_len(&measured));
+
+    let fresh = || {
+        let mut e = Engine::new(policy.clone(), 0x5eed, TimeMode::Wall);
+        for (i, ev) in warm.iter().enumerate() {
+            black_box(e.process(ev, 0, wall_for(i, 0)));
+        }
+        e
+    };
+
+    // Outcome mix of one full pass (printed once, for the record).
+    {
+        let mut e = fresh();
+        let mut mix: std::collections::BTreeMap<OutcomeKind, usize> = Default::default();
+        for (i, ev) in measured.iter().enumerate() {
+            *mix.entry(e.process(ev, 0, wall_for(i, ACCOUNTS)).outcome.kind()).or_default() += 1;
+        }
+        eprintln!("engine: outcome mix over the measured stream: {mix:?}; tracked accounts {}", e.tracked_accounts());
+    }
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    let mut engine = fresh();
+    let mut cursor = 0usize;
+    g.bench_function("process_1M_accounts", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                if cursor == measured.len() {
+                    // Stream exhausted: a fresh engine with the warm-up applied (not timed).
+                    engine = fresh();
+                    cursor = 0;
+                }
+                let n = left.min(measured.len() - cursor);
+                let start = Instant::now();
+                for i in cursor..cursor + n {
+                    black_box(engine.process(black_box(&measured[i]), 0, wall_for(i, ACCOUNTS)));
+                }
+                spent += start.elapsed();
+                cursor += n;
+                left -= n;
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode_group, score_group, breaker_group, engine_group);
+criterion_main!(benches);

@@ -1,0 +1,58 @@
+//! Wiring of `resetguard run`: topics, HTTP server, and the pipeline thread, stopped by a
+//! cancellation token (signals in `main`, a token in tests).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::kafka::{self, PipelineError, Status};
+use crate::telemetry::Metrics;
+
+/// Runs the service until `shutdown` is cancelled or the pipeline fails.
+pub async fn run(settings: Settings, registry: Registry, status: Arc<Status>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    let settings = Arc::new(settings);
+    let metrics = Metrics::register(&registry).map_err(|e| PipelineError::Startup(format!("metrics: {e}")))?;
+    let created = kafka::topics::ensure_topics(&settings).await?;
+    if !created.is_empty() {
+        info!(topics = ?created, "Created topics.");
+    }
+    let http_stop = CancellationToken::new();
+    let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), http_stop.clone())
+        .await
+        .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
+    info!(%addr, "Serving /metrics, /healthz and /readyz.");
+
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let flag = stop_flag.clone();
+    let s2 = settings.clone();
+    let st = status.clone();
+    let pipeline = std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || kafka::run_pipeline(s2, metrics, st, flag))
+        .map_err(|e| PipelineError::Startup(format!("cannot start the pipeline thread: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = pipeline.join().unwrap_or_else(|_| Err(PipelineError::Fatal("the pipeline thread panicked".into())));
+        let _ = done_tx.send(r);
+    });
+    let drain_timeout = settings.drain_timeout;
+    tokio::pin!(done_rx);
+    let result = tokio::select! {
+        r = &mut done_rx => r.unwrap_or_else(|_| Err(PipelineError::Fatal("pipeline ended without a result".into()))),
+        _ = shutdown.cancelled() => {
+            info!("Shutting down: finishing the open transaction.");
+            stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            match tokio::time::timeout(drain_timeout, &mut done_rx).await {
+                Ok(r) => r.unwrap_or_else(|_| Err(PipelineError::Fatal("pipeline ended without a result".into()))),
+                Err(_) => Err(PipelineError::Fatal(format!("drain did not finish within {drain_timeout:?}"))),
+            }
+        }
+    };
+    http_stop.cancel();
+    let _ = http.await;
+    result
+}

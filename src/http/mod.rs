@@ -1,0 +1,62 @@
+//! HTTP surface: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (partitions
+//! assigned and state restored). Does IO; reads shared status, decides nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::Status;
+
+#[derive(Clone)]
+struct AppState {
+    registry: Registry,
+    status: Arc<Status>,
+}
+
+pub fn router(registry: Registry, status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, status })
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&s.registry.gather(), &mut buf) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.status.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting for partitions or restoring state\n")
+    }
+}
+
+/// Serves until `shutdown` is cancelled. Returns the bound address through `bound`.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(registry, status);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    });
+    Ok((local, handle))
+}

@@ -1,0 +1,52 @@
+//! Topic setup at startup: create missing topics when the config says so, otherwise fail with a
+//! clear error naming the missing input topic. Does IO (admin requests).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::Settings;
+
+use super::client::admin_config;
+use super::pipeline::PipelineError;
+
+/// Ensures the topics exist. Returns the names of topics created.
+pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
+    let admin: AdminClient<DefaultClientContext> =
+        admin_config(s).create().map_err(|e| PipelineError::Startup(format!("cannot create admin client: {e}")))?;
+    let t = &s.topics;
+    let mut wanted: Vec<&str> = t.input.iter().map(String::as_str).collect();
+    wanted.extend([t.notices.as_str(), t.held.as_str(), t.dlq.as_str(), t.shadow.as_str()]);
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| PipelineError::Startup(format!("cannot reach Kafka to read metadata: {e}")))?;
+    let existing: Vec<String> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_string()).collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|w| !existing.iter().any(|e| e == w)).collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !t.create {
+        return Err(PipelineError::Startup(format!(
+            "topics missing: {} (set topics.create = true to create them)",
+            missing.join(", ")
+        )));
+    }
+    let new: Vec<NewTopic<'_>> =
+        missing.iter().map(|name| NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))).collect();
+    let results = admin
+        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .map_err(|e| PipelineError::Startup(format!("cannot create topics: {e}")))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(PipelineError::Startup(format!("cannot create topic {name}: {code}"))),
+        }
+    }
+    Ok(created)
+}
