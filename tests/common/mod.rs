@@ -1,3 +1,4 @@
 //! Shared helpers for integration tests: `mod common;` in a test crate.
 
 pub mod kafka;
+pub mod events;
