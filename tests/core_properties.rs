@@ -63,7 +63,7 @@ enum Step {
     Tick,
 }
 
-fn arb_risk() -> impl Strategy<Value = f64> {
+fn arb_risk() -> impl Strategy<Value = f64> + Clone {
     prop_oneof![2 => 0.0..=1.0f64, 1 => Just(1.0), 1 => Just(0.0), 1 => 0.9..=1.0f64]
 }
 
@@ -376,7 +376,7 @@ proptest! {
             wall = wall.max(t + 1_000);
             let p = e.process(&event(&format!("c{i}"), &account_name(c.acct), t, "s", signal, risk), c.part, wall);
             if let Some(d) = p.outcome.decision() {
-                prop_assert_eq!(d.account_id.as_str(), account_name(c.acct).as_str());
+                prop_assert_eq!(d.account_id.clone(), account_name(c.acct));
                 decisions.entry(c.acct).or_default().push(p.event_ms.expect("decoded"));
             }
             if c.tick {
@@ -610,7 +610,7 @@ fn arb_breaker_stream() -> impl Strategy<Value = Vec<BreakerEv>> {
 const SRC: &str = "risk-model-v7";
 
 /// Runs a stream inside one minute (of the engine's clock) on a fresh engine; returns the notices
-/// of `SRC`, the time span of its decisions, and whether a notice followed the trip.
+/// of `SRC` and the time span of its decisions; fails if `SRC` sends after its cell tripped.
 fn run_breaker_stream(policy: Policy, stream: &mut [BreakerEv], event_time: bool) -> Result<(u32, i64), TestCaseError> {
     let mut e = engine(policy, 5, mode_of(event_time));
     // The clock is wall time in Wall mode and event time in EventTime mode: keep whichever drives
@@ -762,7 +762,7 @@ fn signals_further_apart_than_the_window_do_not_add_up_when_the_older_arrives_se
 fn cooldown_survives_ledger_pruning() {
     let mut e = engine(default_policy(), 1, TimeMode::EventTime);
     for i in 0..1100 {
-        let o = e.process(&event(&format!("p{i}"), &format!("acct-{i}"), T0, "src-{i}", "breached_password", 1.0), 0, LATER).outcome;
+        let o = e.process(&event(&format!("p{i}"), &format!("acct-{i}"), T0, "s", "breached_password", 1.0), 0, LATER).outcome;
         assert!(o.decision().is_some(), "{o:?}");
     }
     // Partition 0 moves 25 h on; a tick at a whole minute prunes the ledger.

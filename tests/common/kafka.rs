@@ -486,11 +486,18 @@ impl KafkaBroker {
 
     // ---- produce ---------------------------------------------------------------------------
 
-    /// Produces `(key, payload)` pairs (non-transactionally) and waits for every delivery.
+    /// Produces `(key, payload)` pairs (non-transactionally, in order, keyed partitioning) and
+    /// waits for every delivery.
     pub fn produce(&self, topic: &str, records: &[(&str, &str)]) {
         let producer = self.producer();
-        for (k, v) in records {
-            produce_one(&producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        let pending: Vec<_> = records
+            .iter()
+            .map(|(k, v)| {
+                produce_one_async(&producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[])
+            })
+            .collect();
+        for delivery in pending {
+            block_on(delivery);
         }
     }
 
