@@ -37,7 +37,9 @@ fn default_policy() -> Policy {
     Policy::default_with_version("props-v1")
 }
 
+/// `n` cases, or `PROPTEST_CASES` when set (for longer runs).
 fn cases(n: u32) -> Config {
+    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
     Config { cases: n, max_shrink_iters: 2000, ..Config::default() }
 }
 

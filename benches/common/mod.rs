@@ -157,10 +157,10 @@ pub fn event(rng: &mut Rng, account: u32, t_ms: i64) -> Vec<u8> {
     if rng.chance(0.8) {
         write!(s, ",\"country\":\"{}\"", COUNTRIES[rng.below(COUNTRIES.len() as u64) as usize]).unwrap();
     }
-    if rng.chance(0.25) {
+    if rng.chance(0.15) {
         write!(s, ",\"device_id\":\"dev-{:016x}\"", mix(u64::from(account) ^ 0xd3)).unwrap();
     }
-    if rng.chance(0.45) {
+    if rng.chance(0.25) {
         write!(s, ",\"user_agent\":\"{}\"", USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize]).unwrap();
     }
     if rng.chance(0.1) {

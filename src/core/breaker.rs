@@ -170,10 +170,17 @@ pub struct Breaker {
     names: hashbrown::HashMap<String, u8>,
     transitions: Vec<Transition>,
     global_remaining: u32,
+    /// Longest clock step the rate limiters can tell apart: after it every limiter is full again.
+    max_step_ms: i64,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Time for an empty GCRA limiter to refill its whole burst, in ms.
+fn full_refill_ms(rate_per_minute: u32, burst: u32) -> i64 {
+    (u64::from(burst.max(1)) * 60_000).div_ceil(u64::from(rate_per_minute.max(1))) as i64
 }
 
 fn quota(rate_per_minute: u32, burst: u32) -> Quota {
@@ -190,6 +197,9 @@ impl Breaker {
             names: hashbrown::HashMap::new(),
             transitions: Vec::new(),
             global_remaining: policy.global_burst,
+            max_step_ms: full_refill_ms(policy.global_rate_per_minute, policy.global_burst)
+                .max(full_refill_ms(policy.cell_rate_per_minute, policy.cell_burst))
+                .saturating_add(60_000),
             policy,
         };
         let (rate, burst, floor) = (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
@@ -256,7 +266,12 @@ impl Breaker {
         match self.clock_ms {
             None => self.clock_ms = Some(now_ms),
             Some(last) if now_ms > last => {
-                self.clock.advance(Duration::from_millis((now_ms - last) as u64));
+                // The limiters' clock counts u64 nanoseconds (about 584 years) and panics on a longer
+                // step, and event time can jump by centuries (a detector's zero time,
+                // 0001-01-01T00:00:00Z, then a current event). A step longer than the slowest refill
+                // changes nothing (every limiter is full after it), so it is capped there.
+                let step = now_ms.saturating_sub(last).min(self.max_step_ms);
+                self.clock.advance(Duration::from_millis(step as u64));
                 self.clock_ms = Some(now_ms);
             }
             Some(_) => {}

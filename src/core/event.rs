@@ -229,9 +229,15 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 }
 
 fn check_str(field: &'static str, v: &str, (min, max): (usize, usize)) -> Result<(), Rejection> {
-    // Byte length bounds the char count from above, so the common case skips counting.
-    let n = if v.len() <= max { v.len().min(v.chars().count()) } else { v.chars().count() };
-    if n < min || n > max {
+    // A char is 1 to 4 bytes, so `len / 4 <= chars <= len`: when those bounds already satisfy
+    // `min..=max` (the common case) the chars need not be counted.
+    let in_bounds = if v.len() <= max && v.len().div_ceil(4) >= min {
+        true
+    } else {
+        let n = v.chars().count();
+        n >= min && n <= max
+    };
+    if !in_bounds {
         return Err(Rejection::new(RejectReason::FieldLength, format!("{field} must be {min} to {max} characters")));
     }
     if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
@@ -242,7 +248,8 @@ fn check_str(field: &'static str, v: &str, (min, max): (usize, usize)) -> Result
 
 fn check_opt(field: &'static str, v: Option<&str>, max: usize) -> Result<(), Rejection> {
     match v {
-        Some(v) if v.chars().count() > max => {
+        // Byte length bounds the char count from above: count only strings that might be too long.
+        Some(v) if v.len() > max && v.chars().count() > max => {
             Err(Rejection::new(RejectReason::FieldLength, format!("{field} must be at most {max} characters")))
         }
         _ => Ok(()),

@@ -24,11 +24,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
@@ -82,7 +84,9 @@ logger.raftserver.level = INFO
 /// writer is the test process) reaches EOF, i.e. until `Drop` or the death of the test process.
 /// The JVM is only reaped by the test process after this watchdog has exited, so `$1` cannot
 /// have been recycled for another process when the kill runs.
-const WATCHDOG_SCRIPT: &str = r#"read -r _ || true; kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
+/// `Drop` writes `nokill` first when it has already stopped and reaped the JVM itself.
+const WATCHDOG_SCRIPT: &str =
+    r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
 
 /// One record as read back from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +144,8 @@ pub struct KafkaBroker {
     watchdog_stdin: Option<ChildStdin>,
     log_path: PathBuf,
     dir: Option<tempfile::TempDir>,
+    /// `(tmp, final)` when this JVM records the class-data-sharing archive at exit.
+    cds_dump: Option<(PathBuf, PathBuf)>,
 }
 
 impl KafkaBroker {
@@ -156,16 +162,24 @@ impl KafkaBroker {
     /// dropped; the watchdog kills it and removes its files when the test process exits.
     pub fn shared() -> &'static KafkaBroker {
         static SHARED: OnceLock<KafkaBroker> = OnceLock::new();
-        SHARED.get_or_init(KafkaBroker::start)
+        // Never dropped, so it could not write a CDS archive: don't let it record one.
+        SHARED.get_or_init(|| match Self::try_start_with(false) {
+            Ok(broker) => broker,
+            Err(e) => panic!("failed to start the shared Kafka test broker: {e}"),
+        })
     }
 
     /// Like [`KafkaBroker::start`], but returns the error instead of panicking.
     pub fn try_start() -> Result<KafkaBroker, String> {
+        Self::try_start_with(true)
+    }
+
+    fn try_start_with(may_record_cds: bool) -> Result<KafkaBroker, String> {
         let began = Instant::now();
         let libs = kafka_libs()?;
         let mut last_err = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_once(&libs, began) {
+            match Self::start_once(&libs, began, may_record_cds) {
                 Ok(broker) => return Ok(broker),
                 Err(StartError { msg, port_clash }) => {
                     last_err = msg;
@@ -179,7 +193,11 @@ impl KafkaBroker {
         Err(last_err)
     }
 
-    fn start_once(libs: &Path, began: Instant) -> Result<KafkaBroker, StartError> {
+    fn start_once(
+        libs: &Path,
+        began: Instant,
+        may_record_cds: bool,
+    ) -> Result<KafkaBroker, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("resetguard-kafka-")
             .tempdir()
@@ -196,34 +214,12 @@ impl KafkaBroker {
         write(&props_path, &server_properties(port, controller_port, &data_dir))?;
         write(&log4j_path, LOG4J2_CONFIG)?;
 
-        let classpath = format!("{}/*", libs.display());
-        let jvm = |main: &str| {
-            let mut cmd = Command::new(java_bin());
-            cmd.args(JVM_FLAGS)
-                .arg(format!("-Dlog4j2.configurationFile={}", log4j_path.display()))
-                .arg(format!("-Dkafka.logs.dir={}", dir.path().join("logs").display()))
-                .arg("-cp")
-                .arg(&classpath)
-                .arg(main)
-                .current_dir(dir.path())
-                .stdin(Stdio::null());
-            cmd
-        };
-
-        // 1. Format the KRaft metadata/log dir (static single-voter quorum).
-        let out = jvm("kafka.tools.StorageTool")
-            .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
-            .arg(&props_path)
-            .output()
-            .map_err(|e| StartError::plain(format!("running java ({}): {e}", java_bin())))?;
-        if !out.status.success() {
-            return Err(StartError::plain(format!(
-                "kafka-storage format failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+        // 1. Lay out the formatted KRaft log dir (static single-voter quorum). Formatting is a
+        //    JVM launch of its own; its output does not depend on ports or paths, so it runs
+        //    once per jar set and each broker gets a copy.
+        let template = formatted_template(libs).map_err(StartError::plain)?;
+        copy_dir(&template, &data_dir)
+            .map_err(|e| StartError::plain(format!("copying formatted log dir: {e}")))?;
 
         // 2. Start the broker, output to broker.log.
         let log = fs::File::create(&log_path)
@@ -231,7 +227,9 @@ impl KafkaBroker {
         let log_err = log
             .try_clone()
             .map_err(|e| StartError::plain(format!("dup log fd: {e}")))?;
-        let java = jvm("kafka.Kafka")
+        let (cds_flags, cds_dump) = cds_plan(libs, may_record_cds);
+        let java = jvm_command(libs, &log4j_path, dir.path(), "kafka.Kafka")
+            .args(cds_flags)
             .arg(&props_path)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -260,12 +258,16 @@ impl KafkaBroker {
             watchdog_stdin,
             log_path,
             dir: Some(dir),
+            cds_dump,
         };
 
         // 4. Wait until it answers metadata requests.
         if let Err(msg) = broker.wait_ready(START_TIMEOUT) {
             let tail = broker.log_tail(LOG_TAIL_LINES);
             let port_clash = tail.contains("Address already in use");
+            if broker.cds_dump.take().is_some() {
+                CDS_DUMP_CLAIMED.store(false, Ordering::SeqCst);
+            }
             // `broker` is dropped here: JVM killed, temp dir removed.
             return Err(StartError {
                 msg: format!("{msg}\n--- tail of broker.log ---\n{tail}"),
@@ -280,6 +282,29 @@ impl KafkaBroker {
             broker.dir().display()
         );
         Ok(broker)
+    }
+
+    /// SIGTERM (controlled shutdown) and wait for the JVM to exit; `true` once reaped.
+    fn stop_gracefully(&mut self, timeout: Duration) -> bool {
+        let pid = self.java.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.java.try_wait() {
+                Ok(Some(_)) => return true,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
@@ -633,9 +658,25 @@ impl Drop for KafkaBroker {
                 self.log_tail(LOG_TAIL_LINES)
             );
         }
-        // Closing the pipe makes the watchdog SIGKILL the JVM and remove the temp dir; wait for
-        // it before reaping the JVM ourselves (see WATCHDOG_SCRIPT).
-        drop(self.watchdog_stdin.take());
+        // The one broker recording the CDS archive must exit normally for the JVM to write it.
+        let mut reaped = false;
+        if let Some((tmp, fin)) = self.cds_dump.take() {
+            if !std::thread::panicking() {
+                reaped = self.stop_gracefully(Duration::from_secs(30));
+                if reaped && tmp.is_file() {
+                    let _ = fs::rename(&tmp, &fin);
+                }
+            }
+            let _ = fs::remove_file(&tmp);
+            CDS_DUMP_CLAIMED.store(false, Ordering::SeqCst);
+        }
+        // Closing the pipe makes the watchdog SIGKILL the JVM (unless told `nokill`) and remove
+        // the temp dir; wait for it before reaping the JVM ourselves (see WATCHDOG_SCRIPT).
+        if let Some(mut stdin) = self.watchdog_stdin.take() {
+            if reaped {
+                let _ = stdin.write_all(b"nokill\n");
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Ok(None) = self.watchdog.try_wait() {
             if Instant::now() >= deadline {
@@ -746,6 +787,131 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             Poll::Pending => std::thread::park(),
         }
     }
+}
+
+/// Set while one broker of this process records the CDS archive.
+static CDS_DUMP_CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// Class-data sharing for the broker JVM: loading Kafka's (and Scala's) classes from a
+/// dynamic AppCDS archive cuts JVM start by roughly a third. The archive is recorded by the
+/// first broker that finds none (`-XX:ArchiveClassesAtExit`, written when that broker is
+/// dropped, which then takes a graceful ~3 s shutdown instead of a SIGKILL) and kept next to
+/// the jars, keyed by the java binary. Returns the JVM flags and, when recording, the
+/// `(tmp, final)` archive paths. `KAFKA_TEST_CDS=0` turns this off. The JVM validates the
+/// archive (JDK build, classpath) and silently runs without it if it does not match.
+fn cds_plan(libs: &Path, may_record: bool) -> (Vec<String>, Option<(PathBuf, PathBuf)>) {
+    if std::env::var("KAFKA_TEST_CDS").is_ok_and(|v| v == "0") {
+        return (Vec::new(), None);
+    }
+    let Ok(libs) = fs::canonicalize(libs) else {
+        return (Vec::new(), None);
+    };
+    let fin = libs.join(format!(".broker-cds-{:016x}.jsa", java_identity()));
+    if fin.is_file() {
+        return (vec![format!("-XX:SharedArchiveFile={}", fin.display())], None);
+    }
+    if !may_record || CDS_DUMP_CLAIMED.swap(true, Ordering::SeqCst) {
+        return (Vec::new(), None);
+    }
+    let tmp = libs.join(format!(".broker-cds.jsa.tmp-{}", std::process::id()));
+    (vec![format!("-XX:ArchiveClassesAtExit={}", tmp.display())], Some((tmp, fin)))
+}
+
+/// Hash of the resolved java binary's path, size and mtime (a JDK update changes it).
+fn java_identity() -> u64 {
+    let bin = java_bin();
+    let path = if bin.contains('/') {
+        Some(PathBuf::from(&bin))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(&bin))
+                .find(|p| p.is_file())
+        })
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(p) = path.and_then(|p| fs::canonicalize(p).ok()) {
+        p.hash(&mut h);
+        if let Ok(md) = fs::metadata(&p) {
+            md.len().hash(&mut h);
+            md.modified().ok().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// `java <flags> -cp '<libs>/*' <main>` run in `workdir`, stdin closed.
+fn jvm_command(libs: &Path, log4j_config: &Path, workdir: &Path, main: &str) -> Command {
+    let mut cmd = Command::new(java_bin());
+    cmd.args(JVM_FLAGS)
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j_config.display()))
+        .arg(format!("-Dkafka.logs.dir={}", workdir.join("logs").display()))
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .arg(main)
+        .current_dir(workdir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A log dir formatted by `kafka-storage format` (cluster [`CLUSTER_ID`], node [`NODE_ID`]),
+/// made once per jar set and kept next to the jars (`<libs>/.kraft-format-template`).
+/// With a static `controller.quorum.voters` the formatted files (meta.properties, bootstrap
+/// checkpoint with feature levels) hold no port or path, so copies serve any broker.
+fn formatted_template(libs: &Path) -> Result<PathBuf, String> {
+    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let libs = fs::canonicalize(libs).map_err(|e| format!("{}: {e}", libs.display()))?;
+            let template = libs.join(".kraft-format-template");
+            if template.join("meta.properties").is_file() {
+                return Ok(template);
+            }
+            // Format into a private dir, then publish it with an atomic rename; a concurrent
+            // test binary doing the same either wins (we drop ours) or loses.
+            let work = tempfile::Builder::new()
+                .prefix(".kraft-format-tmp-")
+                .tempdir_in(&libs)
+                .map_err(|e| format!("temp dir in {}: {e}", libs.display()))?;
+            let data = work.path().join("data");
+            let props = work.path().join("server.properties");
+            let log4j = work.path().join("log4j2.properties");
+            fs::write(&props, server_properties(9092, 9093, &data))
+                .and_then(|()| fs::write(&log4j, LOG4J2_CONFIG))
+                .map_err(|e| format!("writing format config: {e}"))?;
+            let out = jvm_command(&libs, &log4j, work.path(), "kafka.tools.StorageTool")
+                .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
+                .arg(&props)
+                .output()
+                .map_err(|e| format!("running java ({}): {e}", java_bin()))?;
+            if !out.status.success() || !data.join("meta.properties").is_file() {
+                return Err(format!(
+                    "kafka-storage format failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            if fs::rename(&data, &template).is_err() && !template.join("meta.properties").is_file() {
+                return Err(format!("could not publish {}", template.display()));
+            }
+            Ok(template)
+        })
+        .clone()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Blocks until the client has learned the broker from a metadata response.
