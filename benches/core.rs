@@ -24,6 +24,28 @@ use resetguard::core::breaker::{Breaker, Verdict};
 use resetguard::core::event::{decode, parse_rfc3339_ms};
 use resetguard::core::{Engine, OutcomeKind, Policy, TimeMode};
 
+/// Whether a group is selected by the command line's filter (criterion applies the filter to
+/// benchmark ids itself, but the groups' setup, which builds 1 M-account states, would still run):
+/// a group runs when there is no filter, or the filter names it (`engine`, `score/add_1M`, ...).
+fn wanted(group: &str) -> bool {
+    let mut args = std::env::args().skip(1);
+    let mut filter = None;
+    while let Some(a) = args.next() {
+        if a.starts_with("--") {
+            if !matches!(a.as_str(), "--bench" | "--test" | "--list" | "--verbose" | "--quiet" | "--noplot" | "--exact") {
+                args.next(); // an option with a value: --measurement-time 3, ...
+            }
+        } else {
+            filter = Some(a);
+        }
+    }
+    let Some(f) = filter else { return true };
+    let g = f.split('/').next().unwrap_or_default();
+    let names = |n: &str| !g.is_empty() && (n.starts_with(g) || g.starts_with(n));
+    // A filter that names no group (a regex, a bench name alone) keeps every group's setup.
+    names(group) || !["decode", "rfc3339", "score", "breaker", "engine"].into_iter().any(names)
+}
+
 const DECODE_EVENTS: usize = 10_000;
 const ACCOUNTS: usize = 1_000_000;
 /// Event time advances 100 µs per event (10,000 events/s): one pass over 1 M accounts is 100 s of
@@ -31,6 +53,9 @@ const ACCOUNTS: usize = 1_000_000;
 const STEP_US: i64 = 100;
 
 fn decode_group(c: &mut Criterion) {
+    if !wanted("decode") && !wanted("rfc3339") {
+        return;
+    }
     let policy = Policy::default_with_version("bench");
     let events = stream(DECODE_EVENTS, DECODE_EVENTS, T0_MS, STEP_US, 1);
     let now = T0_MS + 3_600_000;
@@ -104,6 +129,9 @@ struct AddInput {
 }
 
 fn score_group(c: &mut Criterion) {
+    if !wanted("score") {
+        return;
+    }
     let policy = Policy::default_with_version("bench");
     let sig = |i: u64| (i % policy.signals.len() as u64) as u8;
     let t0_s = (T0_MS / 1000) as u32;
@@ -160,6 +188,9 @@ fn perm_at(i: u64) -> usize {
 }
 
 fn breaker_group(c: &mut Criterion) {
+    if !wanted("breaker") {
+        return;
+    }
     let policy = Policy::default_with_version("bench");
     let mut g = c.benchmark_group("breaker");
     g.throughput(Throughput::Elements(1));
@@ -233,6 +264,9 @@ fn wall_for(i: usize, base: usize) -> i64 {
 }
 
 fn engine_group(c: &mut Criterion) {
+    if !wanted("engine") {
+        return;
+    }
     let policy = Arc::new(engine_policy());
     // Warm-up stream: one event for each of the 1 M accounts (not timed). Measured stream: two
     // more events per account (two more permutations), event time continuing.

@@ -15,7 +15,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn keys(records: &[Record]) -> Vec<&str> {
-    records.iter().map(|r| r.key_str().expect("record has a key")).collect()
+    records
+        .iter()
+        .map(|r| r.key_str().expect("record has a key"))
+        .collect()
 }
 
 /// Sends `(key, payload)` records inside the producer's open transaction and waits until
@@ -23,7 +26,9 @@ fn keys(records: &[Record]) -> Vec<&str> {
 fn send_all(producer: &FutureProducer, topic: &str, records: &[(&str, &str)]) {
     let pending: Vec<_> = records
         .iter()
-        .map(|(k, v)| produce_one_async(producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[]))
+        .map(|(k, v)| {
+            produce_one_async(producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[])
+        })
         .collect();
     for delivery in pending {
         block_on(delivery);
@@ -35,7 +40,11 @@ fn consume_n(consumer: &BaseConsumer, n: usize) -> Vec<Record> {
     let deadline = Instant::now() + TIMEOUT;
     let mut out = Vec::new();
     while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} records consumed", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records consumed",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => out.push(Record {
@@ -59,10 +68,17 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     broker.create_topic("reset-decisions", 2);
 
     let inputs: Vec<(String, String)> = (0..10)
-        .map(|i| (format!("acct-{i}"), format!("{{\"account\":\"acct-{i}\",\"score\":{i}}}")))
+        .map(|i| {
+            (
+                format!("acct-{i}"),
+                format!("{{\"account\":\"acct-{i}\",\"score\":{i}}}"),
+            )
+        })
         .collect();
-    let input_refs: Vec<(&str, &str)> =
-        inputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let input_refs: Vec<(&str, &str)> = inputs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     broker.produce("risk-events", &input_refs);
 
     // consume -> transform -> produce + offsets in one transaction
@@ -104,7 +120,9 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     producer
         .send_offsets_to_transaction(&tpl, &cgm, TIMEOUT)
         .expect("send_offsets_to_transaction");
-    producer.commit_transaction(TIMEOUT).expect("commit_transaction");
+    producer
+        .commit_transaction(TIMEOUT)
+        .expect("commit_transaction");
 
     // read_committed sees every output exactly once, with the right contents
     let out = broker.read_all_committed("reset-decisions", TIMEOUT);
@@ -148,9 +166,8 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
 
     // The input offsets were committed atomically with the outputs.
     let committed = broker.committed_offsets(group, "risk-events");
-    let want_committed: Vec<(i32, Option<i64>)> = (0..2)
-        .map(|p| (p, next_offsets.get(&p).copied()))
-        .collect();
+    let want_committed: Vec<(i32, Option<i64>)> =
+        (0..2).map(|p| (p, next_offsets.get(&p).copied())).collect();
     assert_eq!(committed, want_committed);
     let total: i64 = committed.iter().map(|(_, o)| o.unwrap_or(0)).sum();
     assert_eq!(total, inputs.len() as i64);
@@ -162,7 +179,10 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     let dir = broker.dir().to_path_buf();
     TcpStream::connect(&addr).expect("broker listening before drop");
     drop(broker);
-    assert!(TcpStream::connect(&addr).is_err(), "broker still listening after drop");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "broker still listening after drop"
+    );
     assert!(!dir.exists(), "broker dir {} left behind", dir.display());
 }
 
@@ -177,10 +197,17 @@ fn aborted_transaction_is_invisible_to_read_committed() {
     producer.begin_transaction().expect("begin 1");
     send_all(&producer, topic, &[("c1", "commit-1"), ("c2", "commit-2")]);
     producer.commit_transaction(TIMEOUT).expect("commit 1");
-    assert_eq!(keys(&broker.read_all_committed(topic, TIMEOUT)), ["c1", "c2"]);
+    assert_eq!(
+        keys(&broker.read_all_committed(topic, TIMEOUT)),
+        ["c1", "c2"]
+    );
 
     producer.begin_transaction().expect("begin 2");
-    send_all(&producer, topic, &[("a1", "abort-1"), ("a2", "abort-2"), ("a3", "abort-3")]);
+    send_all(
+        &producer,
+        topic,
+        &[("a1", "abort-1"), ("a2", "abort-2"), ("a3", "abort-3")],
+    );
     // The open transaction's records are in the log, but read_committed stops before them.
     assert_eq!(
         keys(&broker.read_to_end(topic, Isolation::ReadUncommitted, TIMEOUT)),
@@ -198,7 +225,10 @@ fn aborted_transaction_is_invisible_to_read_committed() {
 
     let committed = broker.read_all_committed(topic, TIMEOUT);
     assert_eq!(keys(&committed), ["c1", "c2", "c3"]);
-    let payloads: Vec<&str> = committed.iter().map(|r| r.payload_str().expect("payload")).collect();
+    let payloads: Vec<&str> = committed
+        .iter()
+        .map(|r| r.payload_str().expect("payload"))
+        .collect();
     assert_eq!(payloads, ["commit-1", "commit-2", "commit-3"]);
     assert!(committed.iter().all(|r| r.headers.is_empty()));
 

@@ -165,6 +165,9 @@ impl AccountStore {
         // Short window: evict what fell out (relative to the newest event time), then push.
         let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0).max(entry.t);
         let cutoff = newest.saturating_sub(window_s);
+        // An event that arrives after newer ones and is already outside the window (possible when
+        // allowed lateness exceeds the window) counts only in the slow window.
+        let in_short = entry.t >= cutoff;
         let old_len = slot.ring.len();
         let old_ids = slot.ids.take();
         let mut kept_flags: SmallVec<[bool; 16]> = SmallVec::new();
@@ -172,14 +175,18 @@ impl AccountStore {
             kept_flags.extend(slot.ring.iter().map(|e| e.t >= cutoff));
             slot.ring.retain(|e| e.t >= cutoff);
         }
-        let mut drop_oldest = false;
-        if slot.ring.len() >= max_events {
-            slot.ring.remove(0);
-            drop_oldest = true;
+        if in_short {
+            let mut drop_oldest = false;
+            if slot.ring.len() >= max_events {
+                slot.ring.remove(0);
+                drop_oldest = true;
+            }
+            slot.ring.push(entry);
+            rebuild_ids(&mut self.scratch, old_ids.as_deref(), old_len, &kept_flags, drop_oldest, event_id);
+            slot.ids = Some(store_ids(old_ids, &self.scratch));
+        } else {
+            slot.ids = old_ids;
         }
-        slot.ring.push(entry);
-        rebuild_ids(&mut self.scratch, old_ids.as_deref(), old_len, &kept_flags, drop_oldest, event_id);
-        slot.ids = Some(store_ids(old_ids, &self.scratch));
 
         // Slow window.
         let b = entry.t / slow_len;

@@ -169,8 +169,20 @@ impl Engine {
         }
         let lateness = self.policy.allowed_lateness.as_millis() as i64;
         let newest = self.max_event_ms[p];
-        if newest != i64::MIN && ev.occurred_at_ms < newest - lateness {
-            return Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: newest - lateness };
+        // A partition without a watermark yet (new, or just assigned) is judged against the
+        // lowest watermark of the others: state behind that (cooldowns included) may be pruned.
+        // Not while restoring, where partitions are re-read side by side from far back.
+        let watermark = if newest != i64::MIN {
+            Some(newest - lateness)
+        } else if restoring {
+            None
+        } else {
+            self.min_watermark()
+        };
+        if let Some(wm) = watermark {
+            if ev.occurred_at_ms < wm {
+                return Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: wm };
+            }
         }
         self.max_event_ms[p] = newest.max(ev.occurred_at_ms);
 
@@ -368,8 +380,10 @@ mod tests {
         // 2 min lateness: T0 + 479 s is behind partition 0's watermark (T0 + 480 s) ...
         assert_eq!(run(&mut e, &ev("c", "x", T0 + 479_000, "s", "new_device", 0.1), 0).kind(), OutcomeKind::Late);
         assert_eq!(run(&mut e, &ev("d", "x", T0 + 480_000, "s", "new_device", 0.1), 0).kind(), OutcomeKind::NoAction);
-        // ... but partition 1 has its own watermark.
-        assert_eq!(run(&mut e, &ev("f", "y", T0, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
+        // A fresh partition is judged against the others' lowest watermark, then has its own.
+        assert_eq!(run(&mut e, &ev("f", "y", T0, "s", "new_device", 0.1), 1).kind(), OutcomeKind::Late);
+        assert_eq!(run(&mut e, &ev("g", "y", T0 + 490_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
+        assert_eq!(run(&mut e, &ev("h", "y", T0 + 400_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
     }
 
     #[test]

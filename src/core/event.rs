@@ -165,6 +165,11 @@ pub fn decode<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Rejection::new(RejectReason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    // serde would fill the struct from an array in field order; the contract is an object.
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        let reason = if text.trim().is_empty() { RejectReason::MalformedJson } else { RejectReason::NotAnObject };
+        return Err(Rejection::new(reason, "the message must be a JSON object"));
+    }
     let wire: Wire<'a> = serde_json::from_str(text).map_err(|e| classify_json_error(&e, text))?;
 
     check_str("event_id", &wire.event_id, bounds::EVENT_ID)?;
@@ -194,6 +199,9 @@ pub fn decode<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event
     }
     let occurred_at_ms = parse_rfc3339_ms(&wire.occurred_at)
         .ok_or_else(|| Rejection::new(RejectReason::InvalidTimestamp, "occurred_at must be an RFC 3339 timestamp"))?;
+    if occurred_at_ms < 0 {
+        return Err(Rejection::new(RejectReason::InvalidTimestamp, "occurred_at must not be before 1970"));
+    }
     let skew = policy.max_future_skew.as_millis() as i64;
     if occurred_at_ms > now_ms.saturating_add(skew) {
         return Err(Rejection::new(

@@ -368,7 +368,12 @@ impl Mutation {
             Mutation::Ancient(i) => {
                 let ts = ANCIENT_TIMESTAMPS[i % ANCIENT_TIMESTAMPS.len()];
                 let t = chrono::DateTime::parse_from_rfc3339(ts).expect("valid").timestamp_millis();
-                valid(set("occurred_at", json!(ts)), t)
+                if t < 0 {
+                    // The contract rejects event times before 1970 (unset clocks, Go's zero time).
+                    bad(set("occurred_at", json!(ts)), Expect::Rejected(vec![RejectReason::InvalidTimestamp]))
+                } else {
+                    valid(set("occurred_at", json!(ts)), t)
+                }
             }
             Mutation::LongUnicodeAccount => {
                 let mut e = ev.clone();

@@ -18,15 +18,20 @@
 //! * `Drop` SIGKILLs the JVM and reaps it. Independently, a tiny watchdog process kills the JVM
 //!   and removes the temp dir as soon as the test process goes away (panic=abort, SIGKILL, or the
 //!   process exiting with a broker still in a `static`), so no broker outlives its test binary.
-//! * Needs `java` (17+) on PATH or `$JAVA_HOME`, and `mvn` only when the jars are not cached.
+//! * Start cost (~1 s on an idle 2-core box): the storage format runs once per jar set (a
+//!   formatted template dir is copied per broker), and the JVM loads classes from an AppCDS
+//!   archive that the first dropped broker records (see [`cds_plan`]). Both live next to the jars.
+//! * Needs `java` (17+) on PATH or `$JAVA_HOME`, `bash`, and `mvn` only when the jars are not
+//!   cached. Env: `KAFKA_CACHE_DIR` (jar cache, default `<repo>/.cache/kafka`),
+//!   `KAFKA_TEST_CDS=0` (no class-data-sharing archive).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -101,7 +106,9 @@ pub struct Record {
 impl Record {
     /// Key as UTF-8 (panics if it is not UTF-8).
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().map(|k| std::str::from_utf8(k).expect("record key is not UTF-8"))
+        self.key
+            .as_deref()
+            .map(|k| std::str::from_utf8(k).expect("record key is not UTF-8"))
     }
 
     /// Payload as UTF-8 (panics if it is not UTF-8).
@@ -113,7 +120,10 @@ impl Record {
 
     /// Value of the first header named `name` (`Some(None)` for a null-valued header).
     pub fn header(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_deref())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_deref())
     }
 }
 
@@ -137,7 +147,7 @@ impl Isolation {
 pub struct KafkaBroker {
     /// `127.0.0.1:<port>` of the PLAINTEXT listener.
     pub bootstrap: String,
-    /// Wall time `start()` needed (jar check + storage format + JVM start + first metadata).
+    /// Wall time `start()` needed (jar check, log-dir layout, JVM start, first metadata answer).
     pub startup_time: Duration,
     java: Child,
     watchdog: Child,
@@ -211,7 +221,10 @@ impl KafkaBroker {
         let write = |p: &Path, s: &str| {
             fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())))
         };
-        write(&props_path, &server_properties(port, controller_port, &data_dir))?;
+        write(
+            &props_path,
+            &server_properties(port, controller_port, &data_dir),
+        )?;
         write(&log4j_path, LOG4J2_CONFIG)?;
 
         // 1. Lay out the formatted KRaft log dir (static single-voter quorum). Formatting is a
@@ -228,8 +241,7 @@ impl KafkaBroker {
             .try_clone()
             .map_err(|e| StartError::plain(format!("dup log fd: {e}")))?;
         let (cds_flags, cds_dump) = cds_plan(libs, may_record_cds);
-        let java = jvm_command(libs, &log4j_path, dir.path(), "kafka.Kafka")
-            .args(cds_flags)
+        let java = jvm_command(libs, &log4j_path, dir.path(), &cds_flags, "kafka.Kafka")
             .arg(&props_path)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -376,7 +388,6 @@ impl KafkaBroker {
         cfg.set("group.id", group_id)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
@@ -469,19 +480,27 @@ impl KafkaBroker {
                 t.name() == name
                     && t.error().is_none()
                     && t.partitions().len() == partitions as usize
-                    && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
             });
             if ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "topic {name} has no leaders after {OP_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "topic {name} has no leaders after {OP_TIMEOUT:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Number of partitions of `topic` (panics if it does not exist).
     pub fn partition_count(&self, topic: &str) -> i32 {
-        let c: BaseConsumer = self.base_config().create().expect("creating metadata client");
+        let c: BaseConsumer = self
+            .base_config()
+            .create()
+            .expect("creating metadata client");
         partitions_of(&c, topic).len() as i32
     }
 
@@ -518,7 +537,13 @@ impl KafkaBroker {
         let pending: Vec<_> = records
             .iter()
             .map(|(k, v)| {
-                produce_one_async(&producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[])
+                produce_one_async(
+                    &producer,
+                    topic,
+                    Some(k.as_bytes()),
+                    Some(v.as_bytes()),
+                    &[],
+                )
             })
             .collect();
         for delivery in pending {
@@ -699,7 +724,10 @@ struct StartError {
 
 impl StartError {
     fn plain(msg: String) -> Self {
-        StartError { msg, port_clash: false }
+        StartError {
+            msg,
+            port_clash: false,
+        }
     }
 }
 
@@ -719,7 +747,11 @@ impl Drop for KillOnDrop {
 /// transactional ids on a shared broker.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Sends one record through `producer` and waits for the delivery report; returns
@@ -753,7 +785,10 @@ pub fn produce_one_async(
     if !headers.is_empty() {
         let mut hs = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
-            hs = hs.insert(Header { key: k, value: Some(*v) });
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
         }
         rec = rec.headers(hs);
     }
@@ -808,13 +843,19 @@ fn cds_plan(libs: &Path, may_record: bool) -> (Vec<String>, Option<(PathBuf, Pat
     };
     let fin = libs.join(format!(".broker-cds-{:016x}.jsa", java_identity()));
     if fin.is_file() {
-        return (vec![format!("-XX:SharedArchiveFile={}", fin.display())], None);
+        return (
+            vec![format!("-XX:SharedArchiveFile={}", fin.display())],
+            None,
+        );
     }
     if !may_record || CDS_DUMP_CLAIMED.swap(true, Ordering::SeqCst) {
         return (Vec::new(), None);
     }
     let tmp = libs.join(format!(".broker-cds.jsa.tmp-{}", std::process::id()));
-    (vec![format!("-XX:ArchiveClassesAtExit={}", tmp.display())], Some((tmp, fin)))
+    (
+        vec![format!("-XX:ArchiveClassesAtExit={}", tmp.display())],
+        Some((tmp, fin)),
+    )
 }
 
 /// Hash of the resolved java binary's path, size and mtime (a JDK update changes it).
@@ -840,12 +881,25 @@ fn java_identity() -> u64 {
     h.finish()
 }
 
-/// `java <flags> -cp '<libs>/*' <main>` run in `workdir`, stdin closed.
-fn jvm_command(libs: &Path, log4j_config: &Path, workdir: &Path, main: &str) -> Command {
+/// `java <flags> <extra_flags> -cp '<libs>/*' <main>` run in `workdir`, stdin closed.
+fn jvm_command(
+    libs: &Path,
+    log4j_config: &Path,
+    workdir: &Path,
+    extra_flags: &[String],
+    main: &str,
+) -> Command {
     let mut cmd = Command::new(java_bin());
     cmd.args(JVM_FLAGS)
-        .arg(format!("-Dlog4j2.configurationFile={}", log4j_config.display()))
-        .arg(format!("-Dkafka.logs.dir={}", workdir.join("logs").display()))
+        .args(extra_flags)
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            log4j_config.display()
+        ))
+        .arg(format!(
+            "-Dkafka.logs.dir={}",
+            workdir.join("logs").display()
+        ))
         .arg("-cp")
         .arg(format!("{}/*", libs.display()))
         .arg(main)
@@ -879,7 +933,7 @@ fn formatted_template(libs: &Path) -> Result<PathBuf, String> {
             fs::write(&props, server_properties(9092, 9093, &data))
                 .and_then(|()| fs::write(&log4j, LOG4J2_CONFIG))
                 .map_err(|e| format!("writing format config: {e}"))?;
-            let out = jvm_command(&libs, &log4j, work.path(), "kafka.tools.StorageTool")
+            let out = jvm_command(&libs, &log4j, work.path(), &[], "kafka.tools.StorageTool")
                 .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
                 .arg(&props)
                 .output()
@@ -892,7 +946,8 @@ fn formatted_template(libs: &Path) -> Result<PathBuf, String> {
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
-            if fs::rename(&data, &template).is_err() && !template.join("meta.properties").is_file() {
+            if fs::rename(&data, &template).is_err() && !template.join("meta.properties").is_file()
+            {
                 return Err(format!("could not publish {}", template.display()));
             }
             Ok(template)
@@ -966,7 +1021,8 @@ fn free_port_pair() -> Result<(u16, u16), String> {
     Ok((pa, pb))
 }
 
-/// `.cache/kafka/libs`, fetched by `scripts/kafka-jars` if needed (once per process).
+/// The jar directory (`.cache/kafka/libs`, resolved), fetched by `scripts/kafka-jars` if
+/// needed; the script runs once per process (a no-op taking ~10 ms when the jars are cached).
 fn kafka_libs() -> Result<PathBuf, String> {
     static LIBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     LIBS.get_or_init(|| {
@@ -984,7 +1040,10 @@ fn kafka_libs() -> Result<PathBuf, String> {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let libs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        // Resolve the `libs` symlink once, so jars, format template and CDS archive used by
+        // this process all come from the same jar set even if it is re-fetched meanwhile.
+        let listed = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let libs = fs::canonicalize(&listed).map_err(|e| format!("{}: {e}", listed.display()))?;
         let has_kafka = fs::read_dir(&libs)
             .map_err(|e| format!("reading {}: {e}", libs.display()))?
             .filter_map(Result::ok)
@@ -1002,15 +1061,24 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("process.roles", "broker,controller".to_string()),
         ("node.id", NODE_ID.to_string()),
         // Static single-voter quorum: formatted without --standalone and independent of ports.
-        ("controller.quorum.voters", format!("{NODE_ID}@127.0.0.1:{controller_port}")),
+        (
+            "controller.quorum.voters",
+            format!("{NODE_ID}@127.0.0.1:{controller_port}"),
+        ),
         (
             "listeners",
             format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
         ),
-        ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{port}")),
+        (
+            "advertised.listeners",
+            format!("PLAINTEXT://127.0.0.1:{port}"),
+        ),
         ("controller.listener.names", "CONTROLLER".into()),
         ("inter.broker.listener.name", "PLAINTEXT".into()),
-        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into()),
+        (
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
+        ),
         ("log.dirs", data_dir.display().to_string()),
         ("num.partitions", "1".into()),
         ("default.replication.factor", "1".into()),
@@ -1021,18 +1089,27 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("transaction.state.log.replication.factor", "1".into()),
         ("transaction.state.log.min.isr", "1".into()),
         ("transaction.state.log.num.partitions", "1".into()),
-        ("share.coordinator.state.topic.replication.factor", "1".into()),
+        (
+            "share.coordinator.state.topic.replication.factor",
+            "1".into(),
+        ),
         ("share.coordinator.state.topic.min.isr", "1".into()),
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Abort transactions that exceeded transaction.timeout.ms within ~1 s, not 10 s.
-        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000".into()),
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "1000".into(),
+        ),
         ("log.segment.bytes", (1024 * 1024).to_string()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "2".into()),
         ("background.threads", "2".into()),
         ("num.recovery.threads.per.data.dir", "1".into()),
         ("log.cleaner.threads", "1".into()),
-        ("log.cleaner.dedupe.buffer.size", (4 * 1024 * 1024).to_string()),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            (4 * 1024 * 1024).to_string(),
+        ),
     ]
     .into_iter()
     .collect();
