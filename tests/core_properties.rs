@@ -230,6 +230,7 @@ proptest! {
         let calls = materialize(&steps, ancient_first);
         let policy = default_policy();
         let lateness = policy.allowed_lateness.as_millis() as i64;
+        let cooldown_ms = policy.cooldown.as_millis() as i64;
         let horizon = policy.dedupe_horizon.as_millis() as i64;
         let mut e = engine(policy, 42, mode_of(event_time));
 
@@ -284,10 +285,10 @@ proptest! {
                             seen.insert(id.clone(), now);
                             let newest_p = newest.get(&input.partition).copied();
                             // Its own watermark, or, for a partition that has none yet, the
-                            // lowest watermark of the others.
+                            // lowest watermark of the others minus one cooldown.
                             let watermark = match newest_p {
                                 Some(n) => Some(n - lateness),
-                                None => newest.values().min().map(|n| n - lateness),
+                                None => newest.values().min().map(|n| n - lateness - cooldown_ms),
                             };
                             let late = watermark.is_some_and(|w| *t < w);
                             if late {

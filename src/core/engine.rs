@@ -169,15 +169,18 @@ impl Engine {
         }
         let lateness = self.policy.allowed_lateness.as_millis() as i64;
         let newest = self.max_event_ms[p];
-        // A partition without a watermark yet (new, or just assigned) is judged against the
-        // lowest watermark of the others: state behind that (cooldowns included) may be pruned.
-        // Not while restoring, where partitions are re-read side by side from far back.
+        // A partition without a watermark yet (new, or just assigned) may start far behind the
+        // others (a backlog), so it is judged against the lowest watermark of the others minus
+        // one cooldown: cooldowns are pruned only that far behind (see `tick`), so no event can
+        // slip past a pruned cooldown. Not while restoring, where partitions are re-read side by
+        // side from far back.
+        let cooldown_ms = self.policy.cooldown.as_millis() as i64;
         let watermark = if newest != i64::MIN {
             Some(newest - lateness)
         } else if restoring {
             None
         } else {
-            self.min_watermark()
+            self.min_watermark().map(|w| w - cooldown_ms)
         };
         if let Some(wm) = watermark {
             if ev.occurred_at_ms < wm {
@@ -290,7 +293,10 @@ impl Engine {
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let freed = self.accounts.sweep(wm_s, now_s, SWEEP_BUDGET);
         if self.ledger.len() > 1024 && now_s % 60 == 0 {
-            self.ledger.retain(|_, until| *until > wm_s);
+            // Keep cooldowns one extra cooldown past the watermark: fresh partitions are judged
+            // late only that far behind (see `decide`).
+            let keep_after = wm_s.saturating_sub(self.policy.cooldown.as_secs() as u32);
+            self.ledger.retain(|_, until| *until > keep_after);
         }
         freed
     }
@@ -380,10 +386,14 @@ mod tests {
         // 2 min lateness: T0 + 479 s is behind partition 0's watermark (T0 + 480 s) ...
         assert_eq!(run(&mut e, &ev("c", "x", T0 + 479_000, "s", "new_device", 0.1), 0).kind(), OutcomeKind::Late);
         assert_eq!(run(&mut e, &ev("d", "x", T0 + 480_000, "s", "new_device", 0.1), 0).kind(), OutcomeKind::NoAction);
-        // A fresh partition is judged against the others' lowest watermark, then has its own.
-        assert_eq!(run(&mut e, &ev("f", "y", T0, "s", "new_device", 0.1), 1).kind(), OutcomeKind::Late);
-        assert_eq!(run(&mut e, &ev("g", "y", T0 + 490_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
-        assert_eq!(run(&mut e, &ev("h", "y", T0 + 400_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
+        // A fresh partition may lag the others (a backlog) by up to a cooldown, then has its own.
+        assert_eq!(run(&mut e, &ev("f", "y", T0, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
+        assert_eq!(run(&mut e, &ev("g", "y", T0 - 119_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::NoAction);
+        assert_eq!(run(&mut e, &ev("h", "y", T0 - 121_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::Late);
+        // Lowest watermark now T0 - 2 min; a fresh partition may lag it by one cooldown (24 h).
+        let day = 86_400_000;
+        assert_eq!(run(&mut e, &ev("j", "w", T0 - 120_000 - day - 1, "s", "new_device", 0.1), 3).kind(), OutcomeKind::Late);
+        assert_eq!(run(&mut e, &ev("i", "z", T0 - day, "s", "new_device", 0.1), 2).kind(), OutcomeKind::NoAction);
     }
 
     #[test]
