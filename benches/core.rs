@@ -8,7 +8,7 @@
 //! - `score`: `AccountStore::add` with 1,000,000 accounts tracked.
 //! - `breaker`: `Breaker::check` on a closed cell (no spike) and on an open cell.
 //! - `engine`: `Engine::process`, the whole core per event, over pre-serialized events touching
-//!   1,000,000 distinct accounts.
+//!   1,000,000 distinct accounts (and, for comparison, 10,000: a cache-resident state).
 
 mod common;
 
@@ -268,12 +268,24 @@ fn engine_group(c: &mut Criterion) {
         return;
     }
     let policy = Arc::new(engine_policy());
-    // Warm-up stream: one event for each of the 1 M accounts (not timed). Measured stream: two
-    // more events per account (two more permutations), event time continuing.
-    let warm = stream(ACCOUNTS, ACCOUNTS, T0_MS, STEP_US, 11);
-    let t1 = T0_MS + (ACCOUNTS as i64 * STEP_US) / 1000;
-    let measured = stream(2 * ACCOUNTS, ACCOUNTS, t1, STEP_US, 12);
-    eprintln!("engine: warm-up {} events, measured stream {} events, mean {:.1} bytes", warm.len(), measured.len(), mean_len(&measured));
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    // The same per-account pattern over 1 M accounts (state ~250 MB: every event misses the CPU
+    // caches) and over 10 k accounts (state ~2.5 MB: cache-resident), to tell memory stalls from
+    // CPU work.
+    engine_bench(&mut g, &policy, "process_1M_accounts", ACCOUNTS);
+    engine_bench(&mut g, &policy, "process_10k_accounts_cache_resident", 10_000);
+    g.finish();
+}
+
+fn engine_bench(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, policy: &Arc<Policy>, name: &str, accounts: usize) {
+    // Warm-up stream: one event for each account (not timed). Measured stream: two more events
+    // per account (two more permutations), event time continuing.
+    let warm = stream(accounts, accounts, T0_MS, STEP_US, 11);
+    let t1 = T0_MS + (accounts as i64 * STEP_US) / 1000;
+    let measured = stream(2 * accounts, accounts, t1, STEP_US, 12);
+    eprintln!("engine/{name}: warm-up {} events, measured stream {} events, mean {:.1} bytes", warm.len(), measured.len(), mean_len(&measured));
 
     let fresh = || {
         let mut e = Engine::new(policy.clone(), 0x5eed, TimeMode::Wall);
@@ -288,17 +300,14 @@ fn engine_group(c: &mut Criterion) {
         let mut e = fresh();
         let mut mix: std::collections::BTreeMap<OutcomeKind, usize> = Default::default();
         for (i, ev) in measured.iter().enumerate() {
-            *mix.entry(e.process(ev, 0, wall_for(i, ACCOUNTS)).outcome.kind()).or_default() += 1;
+            *mix.entry(e.process(ev, 0, wall_for(i, accounts)).outcome.kind()).or_default() += 1;
         }
-        eprintln!("engine: outcome mix over the measured stream: {mix:?}; tracked accounts {}", e.tracked_accounts());
+        eprintln!("engine/{name}: outcome mix over the measured stream: {mix:?}; tracked accounts {}", e.tracked_accounts());
     }
 
-    let mut g = c.benchmark_group("engine");
-    g.throughput(Throughput::Elements(1));
-    g.sample_size(30);
     let mut engine = fresh();
     let mut cursor = 0usize;
-    g.bench_function("process_1M_accounts", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             let mut left = iters as usize;
@@ -310,8 +319,8 @@ fn engine_group(c: &mut Criterion) {
                 }
                 let n = left.min(measured.len() - cursor);
                 let start = Instant::now();
-                for i in cursor..cursor + n {
-                    black_box(engine.process(black_box(&measured[i]), 0, wall_for(i, ACCOUNTS)));
+                for (i, ev) in measured.iter().enumerate().skip(cursor).take(n) {
+                    black_box(engine.process(black_box(ev), 0, wall_for(i, accounts)));
                 }
                 spent += start.elapsed();
                 cursor += n;
@@ -320,7 +329,6 @@ fn engine_group(c: &mut Criterion) {
             spent
         })
     });
-    g.finish();
 }
 
 criterion_group!(benches, decode_group, score_group, breaker_group, engine_group);

@@ -47,8 +47,8 @@ impl Topics {
     }
 
     /// Writes policy.toml and resetguard.toml into `dir`; returns the config path.
-    fn write_config(&self, broker: &KafkaBroker, dir: &Path, txn_id: &str) -> PathBuf {
-        std::fs::write(dir.join("policy.toml"), "version = \"e2e-1\"\n").unwrap();
+    fn write_config(&self, broker: &KafkaBroker, dir: &Path, txn_id: &str, policy_extra: &str) -> PathBuf {
+        std::fs::write(dir.join("policy.toml"), format!("version = \"e2e-1\"\n{policy_extra}")).unwrap();
         let cfg = format!(
             r#"
 policy = "policy.toml"
@@ -69,6 +69,7 @@ group_id = "{group}"
 transactional_id = "{txn_id}"
 commit_interval = "100ms"
 drain_timeout = "20s"
+max_batch = {max_batch}
 [http]
 listen = "127.0.0.1:0"
 "#,
@@ -79,6 +80,7 @@ listen = "127.0.0.1:0"
             dlq = self.dlq,
             shadow = self.shadow,
             group = self.group,
+            max_batch = if policy_extra.is_empty() { 50_000 } else { 100 },
         );
         let path = dir.join("resetguard.toml");
         std::fs::write(&path, cfg).unwrap();
@@ -264,7 +266,15 @@ fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords: &[(
     assert_eq!(dlq.len(), expected_dlq, "DLQ records: {dlq_reasons:?}");
     for i in inputs {
         match i.expect {
-            Expect::Notice => assert!(notice_accounts.contains(&i.key), "missing notice for {}", i.key),
+            Expect::Notice => assert!(
+                notice_accounts.contains(&i.key),
+                "missing notice for {} (held: {}; {} notices, {} held, first notices {:?})",
+                i.key,
+                held_accounts.contains(&i.key),
+                notice_accounts.len(),
+                held_accounts.len(),
+                notice_accounts.iter().take(5).collect::<Vec<_>>()
+            ),
             Expect::Decision => {
                 assert!(notice_accounts.contains(&i.key) ^ held_accounts.contains(&i.key), "{} must be sent xor held", i.key)
             }
@@ -298,7 +308,7 @@ fn every_event_gets_exactly_one_outcome_and_the_spike_is_held() {
     let broker = KafkaBroker::shared();
     let t = Topics::create(broker, "e2e");
     let dir = tempfile::tempdir().unwrap();
-    let cfg_path = t.write_config(broker, dir.path(), &unique_name("e2e-txn"));
+    let cfg_path = t.write_config(broker, dir.path(), &unique_name("e2e-txn"), "");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap();
     let burst = settings.policy.breaker.cell_burst as usize;
@@ -332,6 +342,11 @@ fn every_event_gets_exactly_one_outcome_and_the_spike_is_held() {
     assert_eq!((load(&s.notices) + load(&s.held) + load(&s.dlq) + load(&s.no_action)) as usize, all.len());
     assert_eq!(load(&s.no_action) as usize, all.iter().filter(|i| i.expect == Expect::NoAction).count());
 }
+
+/// The crash tests check that state survives restarts: the breaker (held in memory until the
+/// durable-state issue) must not trip on their 500 takeovers in a few seconds. They also commit
+/// every 100 messages, so a run spans hundreds of transactions and kills land mid-stream.
+const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 100000\ncell_rate_per_minute = 1000000\ncell_burst = 100000\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
 
 fn spawn_service(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -398,12 +413,13 @@ fn sigkill_three_times_loses_and_duplicates_nothing() {
     let broker = KafkaBroker::shared();
     let t = Topics::create(broker, "crash");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = t.write_config(broker, dir.path(), &unique_name("crash-txn"));
+    let cfg = t.write_config(broker, dir.path(), &unique_name("crash-txn"), NO_TRIP);
     let log = dir.path().join("service.log");
     let inputs = crash_inputs(50_000);
     let coords = produce(broker, &t.input, &inputs);
     let total = inputs.len() as i64;
     let mut rng = common::events::Rng::new(now_ms() as u64);
+    let mut kill_points = Vec::new();
     for round in 0..3 {
         let mut child = spawn_service(&cfg, &log);
         // Kill at a random point after at least some progress in this round.
@@ -420,7 +436,11 @@ fn sigkill_three_times_loses_and_duplicates_nothing() {
         }
         signal(&child, "-KILL");
         let _ = child.wait();
+        let at: i64 = broker.committed_offsets(&t.group, &t.input).iter().map(|(_, o)| o.unwrap_or(0)).sum();
+        kill_points.push(at);
     }
+    eprintln!("SIGKILLed at committed offsets {kill_points:?} of {total}");
+    assert!(kill_points.iter().all(|&k| k < total), "every kill must land before the end of the input: {kill_points:?}");
     let mut child = spawn_service(&cfg, &log);
     wait_committed(broker, &t, total, Duration::from_secs(180));
     signal(&child, "-TERM");
@@ -436,7 +456,7 @@ fn sigterm_drains_then_restart_resumes_without_reprocessing() {
     let broker = KafkaBroker::shared();
     let t = Topics::create(broker, "term");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = t.write_config(broker, dir.path(), &unique_name("term-txn"));
+    let cfg = t.write_config(broker, dir.path(), &unique_name("term-txn"), NO_TRIP);
     let log = dir.path().join("service.log");
     let inputs = crash_inputs(20_000);
     let coords = produce(broker, &t.input, &inputs);

@@ -19,16 +19,16 @@ pub const T0_MS: i64 = 1_795_680_000_000;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         mix(self.0)
     }
     /// Uniform in [0, n).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next() >> 32) * n) >> 32
+        ((self.next_u64() >> 32) * n) >> 32
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
@@ -56,16 +56,22 @@ pub fn permutation(n: usize, seed: u64) -> Vec<u32> {
 pub fn account_id(n: u32, out: &mut String) {
     let h = mix(u64::from(n) ^ 0x5eed);
     match h % 20 {
-        0..=11 => write!(out, "acct-{:010}", u64::from(n) * 7 + 1_000_000_000).unwrap(),
-        12..=16 => write!(out, "usr_{:016x}", h).unwrap(),
-        _ => write!(out, "tenant-{}/user-{}", h % 977, n).unwrap(),
+        0..=11 => {
+            let _ = write!(out, "acct-{:010}", u64::from(n) * 7 + 1_000_000_000);
+        }
+        12..=16 => {
+            let _ = write!(out, "usr_{:016x}", h);
+        }
+        _ => {
+            let _ = write!(out, "tenant-{}/user-{}", h % 977, n);
+        }
     }
 }
 
 pub fn uuid_v4(rng: &mut Rng, out: &mut String) {
-    let a = rng.next();
-    let b = rng.next();
-    write!(
+    let a = rng.next_u64();
+    let b = rng.next_u64();
+    let _ = write!(
         out,
         "{:08x}-{:04x}-4{:03x}-{:x}{:03x}-{:012x}",
         a >> 32,
@@ -74,8 +80,7 @@ pub fn uuid_v4(rng: &mut Rng, out: &mut String) {
         8 + (b >> 62),
         (b >> 48) & 0xfff,
         b & 0xffff_ffff_ffff
-    )
-    .unwrap();
+    );
 }
 
 const SOURCES: [(&str, u32); 6] = [
@@ -141,30 +146,29 @@ pub fn event(rng: &mut Rng, account: u32, t_ms: i64) -> Vec<u8> {
             s.push_str("+01:00");
         }
     }
-    write!(s, "\",\"source\":\"{}\",\"signal\":\"{}\"", weighted(rng, &SOURCES), weighted(rng, &SIGNALS)).unwrap();
+    let _ = write!(s, "\",\"source\":\"{}\",\"signal\":\"{}\"", weighted(rng, &SOURCES), weighted(rng, &SIGNALS));
     // Risk: mostly low (u^2), four decimals at most.
     let u = rng.unit();
-    write!(s, ",\"risk\":{}", ((u * u) * 10_000.0).round() / 10_000.0).unwrap();
+    let _ = write!(s, ",\"risk\":{}", ((u * u) * 10_000.0).round() / 10_000.0);
     if rng.chance(0.85) {
-        let h = rng.next();
+        let h = rng.next_u64();
         if h % 10 < 7 {
-            write!(s, ",\"ip\":\"{}.{}.{}.{}\"", 1 + (h >> 8) % 223, (h >> 16) % 256, (h >> 24) % 256, 1 + (h >> 32) % 254).unwrap();
+            let _ = write!(s, ",\"ip\":\"{}.{}.{}.{}\"", 1 + (h >> 8) % 223, (h >> 16) % 256, (h >> 24) % 256, 1 + (h >> 32) % 254);
         } else {
-            write!(s, ",\"ip\":\"2001:db8:{:x}:{:x}::{:x}\"", (h >> 8) & 0xffff, (h >> 24) & 0xffff, (h >> 40) & 0xffff)
-                .unwrap();
+            let _ = write!(s, ",\"ip\":\"2001:db8:{:x}:{:x}::{:x}\"", (h >> 8) & 0xffff, (h >> 24) & 0xffff, (h >> 40) & 0xffff);
         }
     }
     if rng.chance(0.8) {
-        write!(s, ",\"country\":\"{}\"", COUNTRIES[rng.below(COUNTRIES.len() as u64) as usize]).unwrap();
+        let _ = write!(s, ",\"country\":\"{}\"", COUNTRIES[rng.below(COUNTRIES.len() as u64) as usize]);
     }
     if rng.chance(0.15) {
-        write!(s, ",\"device_id\":\"dev-{:016x}\"", mix(u64::from(account) ^ 0xd3)).unwrap();
+        let _ = write!(s, ",\"device_id\":\"dev-{:016x}\"", mix(u64::from(account) ^ 0xd3));
     }
     if rng.chance(0.25) {
-        write!(s, ",\"user_agent\":\"{}\"", USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize]).unwrap();
+        let _ = write!(s, ",\"user_agent\":\"{}\"", USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize]);
     }
     if rng.chance(0.1) {
-        write!(s, ",\"attributes\":{{\"attempt\":{},\"method\":\"password\",\"flags\":[\"vpn\"]}}", 1 + rng.below(5)).unwrap();
+        let _ = write!(s, ",\"attributes\":{{\"attempt\":{},\"method\":\"password\",\"flags\":[\"vpn\"]}}", 1 + rng.below(5));
     }
     if rng.chance(0.3) {
         s.push_str(",\"schema_version\":1");

@@ -513,9 +513,19 @@ impl KafkaBroker {
         for p in partitions_of(&c, topic) {
             tpl.add_partition(topic, p);
         }
-        let got = c
-            .committed_offsets(tpl, OP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"));
+        // Right after a group appears the coordinator may still be loading it (NotCoordinator,
+        // CoordinatorLoadInProgress): retry those for a while.
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let got = loop {
+            match c.committed_offsets(tpl.clone(), OP_TIMEOUT) {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("committed offsets of {group} on {topic}: {e}"),
+            }
+        };
         let mut out: Vec<(i32, Option<i64>)> = got
             .elements_for_topic(topic)
             .iter()
