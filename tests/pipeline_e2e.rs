@@ -499,3 +499,49 @@ fn sigterm_drains_then_restart_resumes_without_reprocessing() {
     assert_eq!(notices, expected);
     assert!(before > 0, "the first run produced outputs before SIGTERM");
 }
+
+/// The brake must not forget it was pulled: a crash loop during an incident must not let the
+/// mass reset through one burst at a time.
+#[test]
+fn breaker_stays_open_through_five_sigkill_restarts_while_the_spike_goes_on() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "loop");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = t.write_config(broker, dir.path(), &unique_name("loop-txn"), "");
+    let log = dir.path().join("service.log");
+    let spike = |from: usize, n: usize| -> Vec<Input> {
+        let t0 = now_ms();
+        (from..from + n)
+            .map(|i| {
+                let (a, id) = (format!("victim-{i}"), format!("v-{i}"));
+                input(&a, ev(&id, &a, t0 + i as i64, "buggy-model", "breached_password", 1.0), Expect::Decision, Some(&id))
+            })
+            .collect()
+    };
+    let mut all = spike(0, 200);
+    let mut coords = produce(broker, &t.input, &all);
+    for round in 0..6 {
+        let mut child = spawn_service(&cfg, &log);
+        wait_committed(broker, &t, all.len() as i64, Duration::from_secs(120));
+        // The spike goes on while this incarnation runs.
+        let more = spike(all.len(), 100);
+        coords.extend(produce(broker, &t.input, &more));
+        all.extend(more);
+        wait_committed(broker, &t, all.len() as i64, Duration::from_secs(120));
+        if round < 5 {
+            signal(&child, "-KILL");
+            let _ = child.wait();
+        } else {
+            signal(&child, "-TERM");
+            assert!(child.wait().unwrap().success());
+        }
+    }
+    let (notices, held) = check_outputs(broker, &t, &all, &coords);
+    let policy = resetguard::core::Policy::default_with_version("x");
+    let escaped = u64::from(policy.breaker.spike_floor.min(policy.breaker.cell_burst));
+    assert_eq!(all.len(), 200 + 6 * 100);
+    assert_eq!(notices.len() as u64, escaped, "only the notices before the first trip escape; none after any restart");
+    assert_eq!(held.len(), all.len() - notices.len(), "every other decision of the spiking source is held");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log_text.contains("panicked"), "service log:\n{log_text}");
+}

@@ -12,7 +12,7 @@ use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event};
 use super::hash::{id_hash, IdentityBuild};
 use super::outcome::{
-    notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo,
+    OutcomeKind, notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo,
     WindowKind,
 };
 use super::policy::Policy;
@@ -52,6 +52,8 @@ pub struct Engine {
     allow: HashMap<u64, i64, IdentityBuild>,
     breaker: Breaker,
     event_clock_ms: i64,
+    /// Whether `process` was called: from then on `restore` no longer replays into the breaker.
+    live_started: bool,
 }
 
 impl Engine {
@@ -69,6 +71,7 @@ impl Engine {
             ledger: HashMap::with_hasher(IdentityBuild::default()),
             allow,
             event_clock_ms: i64::MIN,
+            live_started: false,
             policy,
             seed,
             mode,
@@ -125,6 +128,7 @@ impl Engine {
 
     /// Decides the outcome of one input message from `partition`.
     pub fn process(&mut self, bytes: &[u8], partition: u32, wall_ms: i64) -> Processed {
+        self.live_started = true;
         let ev = match decode(bytes, &self.policy, wall_ms) {
             Ok(ev) => ev,
             Err(r) => return Processed { outcome: Outcome::Rejected(r), cell: None, event_ms: None },
@@ -137,12 +141,24 @@ impl Engine {
 
     /// Rebuilds state from an input that was already decided and committed (restore after a
     /// restart, a rebalance or an aborted transaction): windows, dedupe, watermark and cooldown
-    /// are updated exactly as `process` would, but the breaker is not charged and no outcome is
-    /// returned, because the outcome was recorded when the input was first processed.
-    pub fn restore(&mut self, bytes: &[u8], partition: u32, wall_ms: i64) {
+    /// are updated exactly as `process` would, and no outcome is returned, because the outcome
+    /// was recorded when the input was first processed. `at_ms` is when it was first processed
+    /// (the Kafka record timestamp). Until the first live event, decisions are also replayed into
+    /// the breaker at `at_ms`, so a restarted instance comes back with the cells open that were
+    /// open, the budget that was spent and the baselines it had learned; afterwards (a rebalance
+    /// in a running instance) the breaker already holds that history and is not charged again.
+    pub fn restore(&mut self, bytes: &[u8], partition: u32, wall_ms: i64, at_ms: i64) {
         if let Ok(ev) = decode(bytes, &self.policy, wall_ms) {
             let cell = self.breaker.cell_for(&ev.source);
-            let _ = self.decide(&ev, cell, partition, wall_ms, true);
+            let at = if self.mode == TimeMode::EventTime { wall_ms } else { at_ms };
+            let replay = !self.live_started;
+            if self.decide(&ev, cell, partition, at, true).kind() == OutcomeKind::Notice && replay {
+                let _ = self.breaker.check(cell, at);
+            }
+            if replay {
+                // Transitions re-lived during restore were reported by the previous incarnation.
+                self.breaker.drain_transitions();
+            }
         }
     }
 
@@ -209,7 +225,8 @@ impl Engine {
         }
         self.ledger.insert(key, t_s.saturating_add(p.cooldown.as_secs() as u32));
         if restoring {
-            return Outcome::NoAction(NoActionReason::Cooldown);
+            // A marker for `restore`: a decision was re-made (its outcome is already recorded).
+            return Outcome::Notice(Box::new(self.placeholder_decision()));
         }
 
         let (kind, score, threshold) =
@@ -277,6 +294,27 @@ impl Engine {
                 policy_version: p.version.clone(),
             },
             event_ms: ev.occurred_at_ms,
+        }
+    }
+
+    fn placeholder_decision(&self) -> Decision {
+        let info = || WindowInfo { kind: WindowKind::Short, length_seconds: 0, start: String::new(), end: String::new() };
+        Decision {
+            notice_id: String::new(),
+            account_id: String::new(),
+            decided_at: String::new(),
+            mode: self.policy.mode.as_str(),
+            cell: String::new(),
+            trigger: Trigger { event_id: String::new(), source: String::new(), occurred_at: String::new() },
+            explanation: Explanation {
+                score: 0.0,
+                threshold: 0.0,
+                window: info(),
+                contributions: Vec::new(),
+                evidence: Vec::new(),
+                policy_version: String::new(),
+            },
+            event_ms: 0,
         }
     }
 
@@ -453,6 +491,30 @@ mod tests {
         }
         assert_eq!(notices, 30, "default spike floor");
         assert_eq!(held, 170);
+    }
+
+    #[test]
+    fn restore_rebuilds_cooldowns_and_breaker_before_the_first_live_event() {
+        let inputs: Vec<Vec<u8>> =
+            (0..100).map(|i| ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "buggy", "breached_password", 1.0)).collect();
+        let mut first = engine();
+        let outcomes: Vec<_> = inputs.iter().map(|b| run(&mut first, b, 0)).collect();
+        assert_eq!(outcomes.iter().filter(|o| o.kind() == OutcomeKind::Notice).count(), 30);
+        assert_eq!(first.breaker().state_of("buggy"), Some(crate::core::breaker::CellState::Open));
+
+        // A restarted instance restores the same inputs, then sees the spike go on.
+        let mut second = engine();
+        for (i, b) in inputs.iter().enumerate() {
+            second.restore(b, 0, T0 + 400 * 86_400_000, T0 + i as i64 * 100);
+        }
+        assert_eq!(second.breaker().state_of("buggy"), Some(crate::core::breaker::CellState::Open));
+        assert!(second.drain_transitions().is_empty(), "restored transitions are not reported again");
+        let again = run(&mut second, &inputs[0], 0);
+        assert_eq!(again, Outcome::Duplicate);
+        let more = run(&mut second, &ev("x", "acct-new", T0 + 10_100, "buggy", "breached_password", 1.0), 0);
+        assert!(matches!(more, Outcome::Held(..)), "{more:?}");
+        let repeat = run(&mut second, &ev("y", "acct5", T0 + 10_200, "buggy", "breached_password", 1.0), 0);
+        assert_eq!(repeat, Outcome::NoAction(NoActionReason::Cooldown));
     }
 
     #[test]

@@ -248,7 +248,9 @@ fn check_str(field: &'static str, v: &str, (min, max): (usize, usize)) -> Result
     if !in_bounds {
         return Err(Rejection::new(RejectReason::FieldLength, format!("{field} must be {min} to {max} characters")));
     }
-    if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+    // A fold without early exit: the compiler vectorizes it (`any` goes byte by byte), and the
+    // strings are short; this check was ~5% of `Engine::process` on cache-resident state.
+    if v.bytes().fold(false, |bad, b| bad | (b < 0x20) | (b == 0x7f)) {
         return Err(Rejection::new(RejectReason::ControlCharacters, format!("{field} contains control characters")));
     }
     Ok(())

@@ -319,7 +319,8 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
                 let now = wall_ms();
                 if let Some(&until) = restore_until.get(&(topic, partition)) {
                     if offset < until {
-                        engine.restore(payload, partition as u32, now);
+                        let at = m.timestamp().to_millis().unwrap_or(now);
+                        engine.restore(payload, partition as u32, now, at);
                         continue;
                     }
                     restore_until.remove(&(topic, partition));
@@ -492,8 +493,9 @@ fn count_status(status: &Status, outcome: &Outcome, metrics: &Metrics, now: i64)
             status.notices.fetch_add(1, Ordering::Relaxed);
             metrics.event_to_decision.observe((now - d.event_ms).max(0) as f64 / 1000.0);
         }
-        Outcome::Held(d, _) => {
+        Outcome::Held(d, h) => {
             status.held.fetch_add(1, Ordering::Relaxed);
+            metrics.notices_held.with_label_values(&[h.cell.as_str(), h.reason.as_str()]).inc();
             metrics.event_to_decision.observe((now - d.event_ms).max(0) as f64 / 1000.0);
         }
         Outcome::NoAction(_) => {

@@ -168,6 +168,24 @@ impl Metrics {
         registry.register(Box::new(m.watermark_lag_seconds.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.build_info.clone()))?;
+        // Closed label sets start at 0, so dashboards and alerts see every series from the first
+        // scrape (a rate over a missing series is no data, not zero).
+        for result in ["commit", "abort"] {
+            m.transactions.with_label_values(&[result]);
+        }
+        for r in crate::core::event::RejectReason::ALL {
+            m.events_rejected.with_label_values(&[r.as_str()]);
+            m.dlq_records.with_label_values(&[r.as_str()]);
+            m.outcomes.with_label_values(&["rejected", r.as_str()]);
+        }
+        for kind in ["late", "duplicate"] {
+            m.dlq_records.with_label_values(&[kind]);
+            m.outcomes.with_label_values(&[kind, ""]);
+        }
+        for why in ["below_threshold", "cooldown", "allow_listed"] {
+            m.outcomes.with_label_values(&["no_action", why]);
+        }
+        m.outcomes.with_label_values(&["notice", ""]);
         Ok(m)
     }
 }

@@ -1,0 +1,733 @@
+//! End-to-end benchmark of `resetguard run` on a real Apache Kafka broker (started on loopback by
+//! the test harness, `tests/common/kafka.rs`). See BENCHMARKS.md, "End-to-end (Kafka)".
+//!
+//! ```sh
+//! cargo bench --bench pipeline                         # N = 500,000, 3 alternating runs, 30 s latency
+//! PIPELINE_BENCH_EVENTS=100000 PIPELINE_BENCH_RUNS=1 cargo bench --bench pipeline
+//! ```
+//!
+//! 1. **Input.** One input topic (`PIPELINE_BENCH_PARTITIONS`, default 6 partitions), pre-produced
+//!    with N realistic ~250-byte login-risk events (`benches/common`: six sources, seven signals,
+//!    risk mostly low, optional fields), keyed by account id, lz4-compressed like a typical
+//!    upstream producer. Mixed in: one takeover pair (credential_stuffing 0.95, then
+//!    impossible_travel 0.9: a notice) per 1,000 events and one invalid message (DLQ) per 2,000.
+//!    Event times span the last ~60 s before production. The policy is the default one with a
+//!    breaker that does not trip (decisions become notices, not held records), so the output
+//!    volume does not depend on breaker timing.
+//! 2. **Throughput**, `PIPELINE_BENCH_RUNS` rounds (default 3), alternating on the same topic:
+//!    - *bare*: an rdkafka `BaseConsumer` with exactly resetguard's consumer configuration
+//!      (`resetguard::kafka::client::consumer_config`: read_committed, fetch.queue.backoff.ms=10,
+//!      ...) in a fresh group, polling one message at a time and touching its payload, until it
+//!      has seen all N. Rate = N / (last message - first message).
+//!    - *resetguard*: `resetguard::app::run` in-process (pipeline thread, HTTP server on a
+//!      1-thread tokio runtime) with a fresh group and transactional id, exactly-once,
+//!      `commit_interval` `PIPELINE_BENCH_COMMIT_INTERVAL` (default 100ms). Rate = N / (first
+//!      event consumed, from `Status::consumed` - the moment the group's committed offsets
+//!      (OffsetFetch, require-stable) sum to N). Also printed: the steady-state rate from the
+//!      first committed transaction to the last.
+//!    Ratio = median resetguard rate / median bare rate.
+//! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
+//!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
+//!    (default 30 s), `PIPELINE_BENCH_NOTICES_PER_SEC` (default 20) of them triggering a notice
+//!    (the second event of a takeover pair), each event stamped `occurred_at` = produce time. A
+//!    read_committed consumer of the notice topic (fetch.wait.max.ms=10) matches every notice to
+//!    its trigger by account id: latency = visible - occurred_at. Also printed: quantiles of
+//!    `resetguard_event_to_notice_seconds` (interpolated in its buckets; measures event time to
+//!    the return of `commit_transaction`, not visibility).
+//!
+//! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
+//! (20,000 events, one round, 5 s of latency), so the bench cannot rot.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use resetguard::config::Settings;
+use resetguard::core::event::format_rfc3339_ms;
+use resetguard::kafka::Status;
+use tokio_util::sync::CancellationToken;
+
+use kafka::{unique_name, KafkaBroker};
+
+/// Breaker limits no run of this bench reaches: every decision is a notice.
+const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 100000\ncell_rate_per_minute = 1000000\ncell_burst = 100000\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
+
+struct Opts {
+    events: usize,
+    runs: usize,
+    partitions: i32,
+    commit_interval: String,
+    latency_secs: u64,
+    latency_rate: u64,
+    notices_per_sec: u64,
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v}: cannot parse")),
+        Err(_) => default,
+    }
+}
+
+impl Opts {
+    fn from_env(smoke: bool) -> Opts {
+        Opts {
+            events: env_or("PIPELINE_BENCH_EVENTS", if smoke { 20_000 } else { 500_000 }),
+            runs: env_or("PIPELINE_BENCH_RUNS", if smoke { 1 } else { 3 }),
+            partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
+            commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
+            latency_secs: env_or("PIPELINE_BENCH_LATENCY_SECS", if smoke { 5 } else { 30 }),
+            latency_rate: env_or("PIPELINE_BENCH_LATENCY_RATE", 200),
+            notices_per_sec: env_or("PIPELINE_BENCH_NOTICES_PER_SEC", 20),
+        }
+    }
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics and service configuration
+// ---------------------------------------------------------------------------------------------
+
+struct Outputs {
+    notices: String,
+    held: String,
+    dlq: String,
+    shadow: String,
+}
+
+impl Outputs {
+    fn create(broker: &KafkaBroker, tag: &str, partitions: i32) -> Outputs {
+        let o = Outputs {
+            notices: unique_name(&format!("{tag}-notices")),
+            held: unique_name(&format!("{tag}-held")),
+            dlq: unique_name(&format!("{tag}-dlq")),
+            shadow: unique_name(&format!("{tag}-shadow")),
+        };
+        for t in [&o.notices, &o.held, &o.dlq, &o.shadow] {
+            broker.create_topic(t, partitions);
+        }
+        o
+    }
+}
+
+/// Writes policy.toml and resetguard.toml into `dir` and loads them.
+fn settings(broker: &KafkaBroker, dir: &Path, input: &str, out: &Outputs, group: &str, commit_interval: &str) -> Settings {
+    std::fs::write(dir.join("policy.toml"), format!("version = \"bench-1\"\n{NO_TRIP}")).unwrap();
+    let cfg = format!(
+        r#"
+policy = "policy.toml"
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+"broker.address.family" = "v4"
+[topics]
+input = ["{input}"]
+notices = "{notices}"
+held = "{held}"
+dlq = "{dlq}"
+shadow = "{shadow}"
+[pipeline]
+group_id = "{group}"
+transactional_id = "{txn}"
+commit_interval = "{commit_interval}"
+drain_timeout = "30s"
+[http]
+listen = "127.0.0.1:0"
+"#,
+        bootstrap = broker.bootstrap,
+        notices = out.notices,
+        held = out.held,
+        dlq = out.dlq,
+        shadow = out.shadow,
+        txn = unique_name("bench-txn"),
+    );
+    let path = dir.join("resetguard.toml");
+    std::fs::write(&path, cfg).unwrap();
+    Settings::load(&path).unwrap_or_else(|e| panic!("bench config: {e:?}"))
+}
+
+/// A running in-process resetguard (`app::run`).
+struct Service {
+    rt: tokio::runtime::Runtime,
+    handle: tokio::task::JoinHandle<Result<(), resetguard::kafka::PipelineError>>,
+    token: CancellationToken,
+    status: Arc<Status>,
+    registry: prometheus::Registry,
+}
+
+impl Service {
+    fn start(settings: Settings) -> Service {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let registry = prometheus::Registry::new();
+        let status = Arc::new(Status::default());
+        let token = CancellationToken::new();
+        let handle = rt.spawn(resetguard::app::run(settings, registry.clone(), status.clone(), token.clone()));
+        Service { rt, handle, token, status, registry }
+    }
+
+    fn check_alive(&self) {
+        assert!(!self.handle.is_finished(), "resetguard stopped early");
+    }
+
+    fn stop(self) -> Stopped {
+        self.token.cancel();
+        let r = self.rt.block_on(self.handle).expect("service task");
+        if let Err(e) = r {
+            panic!("resetguard failed: {e}");
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let s = &self.status;
+        Stopped {
+            consumed: load(&s.consumed),
+            notices: load(&s.notices),
+            held: load(&s.held),
+            dlq: load(&s.dlq),
+            no_action: load(&s.no_action),
+            commits: load(&s.commits),
+            registry: self.registry,
+        }
+    }
+}
+
+struct Stopped {
+    consumed: u64,
+    notices: u64,
+    held: u64,
+    dlq: u64,
+    no_action: u64,
+    commits: u64,
+    registry: prometheus::Registry,
+}
+
+/// (count, sum, buckets as (upper bound, cumulative count)) of a histogram in `registry`.
+fn histogram(registry: &prometheus::Registry, name: &str) -> Option<(u64, f64, Vec<(f64, u64)>)> {
+    let fam = registry.gather().into_iter().find(|f| f.name() == name)?;
+    let m = fam.get_metric().first()?;
+    let h = m.get_histogram();
+    let buckets = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+    Some((h.get_sample_count(), h.get_sample_sum(), buckets))
+}
+
+/// Prometheus' `histogram_quantile`: linear interpolation inside the bucket holding the rank.
+fn bucket_quantile(q: f64, count: u64, buckets: &[(f64, u64)]) -> f64 {
+    if count == 0 {
+        return f64::NAN;
+    }
+    let rank = q * count as f64;
+    let (mut lo, mut below) = (0.0, 0u64);
+    for &(ub, cum) in buckets {
+        if cum as f64 >= rank {
+            let inside = (cum - below) as f64;
+            return if inside == 0.0 { ub } else { lo + (ub - lo) * (rank - below as f64) / inside };
+        }
+        lo = ub;
+        below = cum;
+    }
+    f64::INFINITY
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producing
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct CountingContext {
+    failed: AtomicU64,
+}
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            if self.failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                eprintln!("delivery failed: {e}");
+            }
+        }
+    }
+}
+
+fn send(p: &BaseProducer<CountingContext>, topic: &str, key: &[u8], payload: &[u8]) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => panic!("send: {e}"),
+        }
+    }
+}
+
+fn takeover(id: &str, account: &str, t_ms: i64, signal: &str, risk: f64) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{id}","account_id":"{account}","occurred_at":"{}","source":"device-intel","signal":"{signal}","risk":{risk},"ip":"203.0.113.7","country":"BR"}}"#,
+        format_rfc3339_ms(t_ms)
+    )
+    .into_bytes()
+}
+
+/// Invalid inputs cycled through (each becomes a DLQ record).
+fn invalid(k: usize, t_ms: i64) -> Vec<u8> {
+    match k % 4 {
+        0 => b"{\"event_id\":\"trunc".to_vec(),
+        1 => format!(
+            r#"{{"event_id":"bad-{k}","account_id":"bad-{k}","occurred_at":"{}","source":"auth-service","signal":"failed_login","risk":1.5}}"#,
+            format_rfc3339_ms(t_ms)
+        )
+        .into_bytes(),
+        2 => format!(
+            r#"{{"event_id":"bad-{k}","account_id":"bad-{k}","occurred_at":"{}","source":"auth-service","signal":"telepathy","risk":0.5}}"#,
+            format_rfc3339_ms(t_ms)
+        )
+        .into_bytes(),
+        _ => vec![0xff, 0xfe, 0x00, 0x01],
+    }
+}
+
+/// Pre-produces `n` events into `topic`; returns (bytes, takeover pairs, invalid).
+fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usize) {
+    let p: BaseProducer<CountingContext> = broker
+        .producer_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(CountingContext::default())
+        .unwrap();
+    let accounts = (n / 5).max(1000);
+    let step_us = (60_000_000 / n as i64).max(1);
+    let t0 = wall_ms() - 65_000;
+    let mut rng = common::Rng(0x0be7c4);
+    let mut perm: Vec<u32> = Vec::new();
+    let (mut bytes, mut pairs, mut bad) = (0usize, 0usize, 0usize);
+    let mut pending_trigger: Option<(String, i64)> = None;
+    let mut key = String::new();
+    let mut i = 0usize;
+    while i < n {
+        let t = t0 + (i as i64 * step_us) / 1000;
+        let (k, v): (Vec<u8>, Vec<u8>) = if i % 1000 == 500 {
+            // First half of a takeover; its trigger follows 100 events later (same partition).
+            let a = format!("ato-{i}");
+            pending_trigger = Some((a.clone(), t));
+            pairs += 1;
+            let v = takeover(&format!("ato-e{i}a"), &a, t, "credential_stuffing", 0.95);
+            (a.into_bytes(), v)
+        } else if i % 1000 == 600 && pending_trigger.is_some() {
+            let (a, _) = pending_trigger.take().unwrap();
+            let v = takeover(&format!("ato-e{i}b"), &a, t, "impossible_travel", 0.9);
+            (a.into_bytes(), v)
+        } else if i % 2000 == 1234 {
+            bad += 1;
+            (format!("bad-{i}").into_bytes(), invalid(bad, t))
+        } else {
+            if i % accounts == 0 || perm.is_empty() {
+                perm = common::permutation(accounts, 0x5eed ^ common::mix(i as u64 / accounts as u64 + 1));
+            }
+            let acct = perm[i % accounts];
+            key.clear();
+            common::account_id(acct, &mut key);
+            (key.clone().into_bytes(), common::event(&mut rng, acct, t))
+        };
+        bytes += v.len();
+        send(&p, topic, &k, &v);
+        if i % 1000 == 0 {
+            p.poll(Duration::ZERO);
+        }
+        i += 1;
+    }
+    p.flush(Duration::from_secs(120)).expect("flushing the pre-produced events");
+    let failed = p.context().failed.load(Ordering::SeqCst);
+    assert_eq!(failed, 0, "{failed} events not delivered");
+    (bytes, pairs, bad)
+}
+
+fn partitions_tpl(topic: &str, partitions: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    tpl
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput
+// ---------------------------------------------------------------------------------------------
+
+struct Bare {
+    rate: f64,
+    wall: Duration,
+}
+
+/// A bare `BaseConsumer` with resetguard's consumer configuration reads all `n` messages.
+fn bare_run(settings: &Settings, input: &str, n: u64) -> Bare {
+    let mut cfg = resetguard::kafka::client::consumer_config(settings);
+    cfg.set("group.id", unique_name("bench-bare"));
+    let c: BaseConsumer = cfg.create().unwrap();
+    let began = Instant::now();
+    c.subscribe(&[input]).unwrap();
+    let (mut count, mut sum) = (0u64, 0u64);
+    let mut first = None;
+    let deadline = began + Duration::from_secs(900);
+    while count < n {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if first.is_none() {
+                    first = Some(Instant::now());
+                }
+                count += 1;
+                sum += m.payload().map_or(0, |p| u64::from(p[0]) + p.len() as u64);
+            }
+            Some(Err(e)) => eprintln!("bare consumer: {e}"),
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "bare consumer: only {count} of {n} in time");
+    }
+    let end = Instant::now();
+    std::hint::black_box(sum);
+    let span = end - first.unwrap();
+    Bare { rate: n as f64 / span.as_secs_f64(), wall: end - began }
+}
+
+struct Rg {
+    /// N / (first consumed .. all committed).
+    rate: f64,
+    /// (N - first commit) / (first commit .. all committed).
+    steady: f64,
+    wall: Duration,
+    stopped: Stopped,
+}
+
+fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, run: usize) -> Rg {
+    let out = Outputs::create(broker, &format!("tp{run}"), opts.partitions);
+    let group = unique_name("bench-rg");
+    let s = settings(broker, dir, input, &out, &group, &opts.commit_interval);
+    // Reads the group's committed offsets (require-stable) without joining the group.
+    let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
+    kafka::warm_up(monitor.client());
+    let tpl = partitions_tpl(input, opts.partitions);
+    let began = Instant::now();
+    let svc = Service::start(s);
+    let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64)>) = (None, None);
+    let deadline = began + Duration::from_secs(900);
+    let end = loop {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = Instant::now();
+        if first_consumed.is_none() && svc.status.consumed.load(Ordering::Relaxed) > 0 {
+            first_consumed = Some(now);
+        }
+        if first_consumed.is_some() {
+            let committed: i64 = match monitor.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(got) => got
+                    .elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    })
+                    .sum(),
+                Err(_) => 0,
+            };
+            let at = Instant::now();
+            if committed > 0 && first_commit.is_none() {
+                first_commit = Some((at, committed));
+            }
+            if committed >= n as i64 {
+                break at;
+            }
+        }
+        svc.check_alive();
+        assert!(now < deadline, "resetguard did not commit {n} offsets in time");
+    };
+    let stopped = svc.stop();
+    let fc = first_consumed.unwrap();
+    let (t1, c1) = first_commit.unwrap();
+    let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
+    Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, stopped }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency
+// ---------------------------------------------------------------------------------------------
+
+struct Latency {
+    /// Milliseconds, sorted.
+    samples: Vec<i64>,
+    triggers: usize,
+    unmatched_notices: usize,
+    histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
+    decision_histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
+    stopped_commits: u64,
+}
+
+fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
+    let input = unique_name("lat-in");
+    broker.create_topic(&input, opts.partitions);
+    let out = Outputs::create(broker, "lat", opts.partitions);
+    let group = unique_name("bench-lat");
+    let s = settings(broker, dir, &input, &out, &group, &opts.commit_interval);
+    let svc = Service::start(s);
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while !(svc.status.ready.load(Ordering::SeqCst) && svc.status.assigned_partitions.load(Ordering::SeqCst) > 0) {
+        svc.check_alive();
+        assert!(Instant::now() < ready_by, "resetguard not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Trigger send time (= occurred_at) per account; filled before the trigger is sent.
+    let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
+    let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The notice reader: read_committed, from the beginning of the (fresh) notice topic.
+    let reader = {
+        let c: BaseConsumer = broker
+            .consumer_config(&unique_name("bench-lat-reader"))
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..opts.partitions {
+            tpl.add_partition_offset(&out.notices, p, Offset::Beginning).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                    let now = wall_ms();
+                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"null")).unwrap_or_default();
+                    if let Some(a) = v["account_id"].as_str() {
+                        seen.lock().unwrap().push((a.to_string(), now));
+                    }
+                }
+            }
+        })
+    };
+
+    // The trickle: `rate` events/s on a fixed schedule; per `rate / notices` slots, one takeover
+    // pair (first event, then the trigger on the next slot) and ordinary events.
+    let p: BaseProducer<CountingContext> = broker.producer_config().create_with_context(CountingContext::default()).unwrap();
+    kafka::warm_up(p.client());
+    let period = Duration::from_secs_f64(1.0 / opts.latency_rate as f64);
+    let every = (opts.latency_rate / opts.notices_per_sec.max(1)).max(3);
+    let total = opts.latency_rate * opts.latency_secs;
+    let warmup_slots = opts.latency_rate * 2;
+    let mut rng = common::Rng(0x1a7e);
+    let mut key = String::new();
+    let mut triggers = 0usize;
+    let start = Instant::now();
+    for k in 0..total {
+        let at = start + period * k as u32;
+        if let Some(d) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let t = wall_ms();
+        let pair = k / every;
+        let acct = format!("lat-ato-{pair}");
+        match k % every {
+            0 => send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "credential_stuffing", 0.95)),
+            1 => {
+                if k >= warmup_slots {
+                    sent.lock().unwrap().insert(acct.clone(), t);
+                    triggers += 1;
+                }
+                send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "impossible_travel", 0.9));
+            }
+            _ => {
+                let a = rng.below(50_000) as u32;
+                key.clear();
+                common::account_id(a, &mut key);
+                send(&p, &input, key.as_bytes(), &common::event(&mut rng, a, t));
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let produce_secs = start.elapsed().as_secs_f64();
+    eprintln!("latency: produced {total} events in {produce_secs:.1} s ({:.0}/s)", total as f64 / produce_secs);
+
+    // Wait for the last notices.
+    let wait_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        let matched = {
+            let sent = sent.lock().unwrap();
+            seen.lock().unwrap().iter().filter(|(a, _)| sent.contains_key(a)).count()
+        };
+        if matched >= triggers || Instant::now() > wait_by {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    let stopped = svc.stop();
+    let sent = sent.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    let mut samples = Vec::new();
+    let mut unmatched = 0usize;
+    for (a, visible) in seen.iter() {
+        match sent.get(a) {
+            Some(t) => samples.push(visible - t),
+            None if a.starts_with("lat-ato-") => {} // warm-up pairs
+            None => unmatched += 1,
+        }
+    }
+    samples.sort_unstable();
+    Latency {
+        samples,
+        triggers,
+        unmatched_notices: unmatched,
+        histogram: histogram(&stopped.registry, "resetguard_event_to_notice_seconds"),
+        decision_histogram: histogram(&stopped.registry, "resetguard_event_to_decision_seconds"),
+        stopped_commits: stopped.commits,
+    }
+}
+
+fn pct(sorted: &[i64], q: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let opts = Opts::from_env(smoke);
+    let n = opts.events;
+    eprintln!(
+        "pipeline bench{}: N = {n}, {} round(s), {} partitions, commit_interval {}",
+        if smoke { " (smoke run: not started with --bench)" } else { "" },
+        opts.runs,
+        opts.partitions,
+        opts.commit_interval
+    );
+    let broker = KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let input = unique_name("tp-in");
+    broker.create_topic(&input, opts.partitions);
+    let t = Instant::now();
+    let (bytes, pairs, bad) = preproduce(&broker, &input, n);
+    eprintln!(
+        "produced {n} events ({:.0} bytes mean, {pairs} takeover pairs, {bad} invalid) in {:.1?}",
+        bytes as f64 / n as f64,
+        t.elapsed()
+    );
+
+    // Bare consumer settings: resetguard's own consumer configuration for this input.
+    let probe_out = Outputs { notices: "-".into(), held: "-".into(), dlq: "-".into(), shadow: "-".into() };
+    let bare_settings = settings(&broker, dir.path(), &input, &probe_out, "unused", &opts.commit_interval);
+
+    let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_rg = None;
+    for run in 0..opts.runs {
+        let b = bare_run(&bare_settings, &input, n as u64);
+        eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
+        bare_rates.push(b.rate);
+        let r = rg_run(&broker, dir.path(), &input, &opts, n as u64, run);
+        let st = &r.stopped;
+        let commit_h = histogram(&st.registry, "resetguard_transaction_commit_seconds");
+        let (cc, cs) = commit_h.as_ref().map_or((0, 0.0), |h| (h.0, h.1));
+        eprintln!(
+            "round {}: resetguard    {:>9.0} events/s (steady {:.0}/s; wall incl. join {:.1?}; {} transactions, commit mean {:.1} ms, {:.1} s in commit)",
+            run + 1,
+            r.rate,
+            r.steady,
+            r.wall,
+            st.commits,
+            if cc > 0 { cs / cc as f64 * 1000.0 } else { f64::NAN },
+            cs
+        );
+        eprintln!(
+            "          outcomes: consumed {} = no_action {} + notices {} + held {} + dlq {}",
+            st.consumed, st.no_action, st.notices, st.held, st.dlq
+        );
+        assert!(st.consumed >= n as u64, "resetguard consumed {} of {n}", st.consumed);
+        rg_rates.push(r.rate);
+        steady_rates.push(r.steady);
+        last_rg = Some(r);
+    }
+    let (bm, rm, sm) = (median(&bare_rates), median(&rg_rates), median(&steady_rates));
+
+    let lat = latency_run(&broker, dir.path(), &opts);
+    let s = &lat.samples;
+
+    let mut report = String::new();
+    let _ = writeln!(report, "\n== pipeline bench results (N = {n}, {} round(s), {} partitions, commit_interval {})", opts.runs, opts.partitions, opts.commit_interval);
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(report, "bare consumer:   median {bm:>9.0} msgs/s   (runs: {})", list(&bare_rates));
+    let _ = writeln!(report, "resetguard EOS:  median {rm:>9.0} events/s (runs: {})", list(&rg_rates));
+    let _ = writeln!(report, "  steady (first..last commit): median {sm:.0} events/s (runs: {})", list(&steady_rates));
+    let _ = writeln!(report, "ratio resetguard / bare: {:.2} (per round: {})", rm / bm,
+        bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", "));
+    if let Some(r) = &last_rg {
+        let st = &r.stopped;
+        let _ = writeln!(report, "outcomes (last round): no_action {}, notices {}, held {}, dlq {}", st.no_action, st.notices, st.held, st.dlq);
+    }
+    let _ = writeln!(
+        report,
+        "latency event->notice visible (read_committed), {} ev/s with {} notices/s for {} s: n = {} of {} triggers, p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} unmatched notices, {} transactions)",
+        opts.latency_rate,
+        opts.latency_rate / (opts.latency_rate / opts.notices_per_sec.max(1)).max(3),
+        opts.latency_secs,
+        s.len(),
+        lat.triggers,
+        pct(s, 0.5),
+        pct(s, 0.9),
+        pct(s, 0.99),
+        s.last().copied().unwrap_or(-1),
+        lat.unmatched_notices,
+        lat.stopped_commits,
+    );
+    for (name, h) in [("resetguard_event_to_notice_seconds", &lat.histogram), ("resetguard_event_to_decision_seconds", &lat.decision_histogram)] {
+        if let Some((count, sum, buckets)) = h {
+            let _ = writeln!(
+                report,
+                "{name} (bucket-interpolated): n = {count}, mean {:.0} ms, p50 {:.0} ms, p99 {:.0} ms",
+                sum / *count as f64 * 1000.0,
+                bucket_quantile(0.5, *count, buckets) * 1000.0,
+                bucket_quantile(0.99, *count, buckets) * 1000.0
+            );
+        }
+    }
+    eprint!("{report}");
+    assert!(lat.samples.len() * 10 >= lat.triggers * 9, "only {} of {} notices seen", lat.samples.len(), lat.triggers);
+}
