@@ -73,6 +73,8 @@ struct Opts {
     runs: usize,
     partitions: i32,
     commit_interval: String,
+    /// Extra `[kafka]` properties for resetguard (and the bare consumer), `k=v,k=v`.
+    kafka_extra: Vec<(String, String)>,
     latency_secs: u64,
     latency_rate: u64,
     notices_per_sec: u64,
@@ -92,6 +94,15 @@ impl Opts {
             runs: env_or("PIPELINE_BENCH_RUNS", if smoke { 1 } else { 3 }),
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
             commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
+            kafka_extra: std::env::var("PIPELINE_BENCH_KAFKA")
+                .unwrap_or_default()
+                .split(';')
+                .filter(|kv| !kv.trim().is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("PIPELINE_BENCH_KAFKA: {kv} is not k=v"));
+                    (k.trim().to_string(), v.trim().to_string())
+                })
+                .collect(),
             latency_secs: env_or("PIPELINE_BENCH_LATENCY_SECS", if smoke { 5 } else { 30 }),
             latency_rate: env_or("PIPELINE_BENCH_LATENCY_RATE", 200),
             notices_per_sec: env_or("PIPELINE_BENCH_NOTICES_PER_SEC", 20),
@@ -130,15 +141,16 @@ impl Outputs {
 }
 
 /// Writes policy.toml and resetguard.toml into `dir` and loads them.
-fn settings(broker: &KafkaBroker, dir: &Path, input: &str, out: &Outputs, group: &str, commit_interval: &str) -> Settings {
+fn settings(broker: &KafkaBroker, dir: &Path, input: &str, out: &Outputs, group: &str, opts: &Opts) -> Settings {
     std::fs::write(dir.join("policy.toml"), format!("version = \"bench-1\"\n{NO_TRIP}")).unwrap();
+    let extra: String = opts.kafka_extra.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect();
     let cfg = format!(
         r#"
 policy = "policy.toml"
 [kafka]
 "bootstrap.servers" = "{bootstrap}"
 "broker.address.family" = "v4"
-[topics]
+{extra}[topics]
 input = ["{input}"]
 notices = "{notices}"
 held = "{held}"
@@ -158,6 +170,7 @@ listen = "127.0.0.1:0"
         dlq = out.dlq,
         shadow = out.shadow,
         txn = unique_name("bench-txn"),
+        commit_interval = opts.commit_interval,
     );
     let path = dir.join("resetguard.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -423,7 +436,7 @@ struct Rg {
 fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, run: usize) -> Rg {
     let out = Outputs::create(broker, &format!("tp{run}"), opts.partitions);
     let group = unique_name("bench-rg");
-    let s = settings(broker, dir, input, &out, &group, &opts.commit_interval);
+    let s = settings(broker, dir, input, &out, &group, opts);
     // Reads the group's committed offsets (require-stable) without joining the group.
     let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
     kafka::warm_up(monitor.client());
@@ -498,7 +511,7 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     broker.create_topic(&input, opts.partitions);
     let out = Outputs::create(broker, "lat", opts.partitions);
     let group = unique_name("bench-lat");
-    let s = settings(broker, dir, &input, &out, &group, &opts.commit_interval);
+    let s = settings(broker, dir, &input, &out, &group, opts);
     let svc = Service::start(s);
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !(svc.status.ready.load(Ordering::SeqCst) && svc.status.assigned_partitions.load(Ordering::SeqCst) > 0) {
@@ -629,6 +642,9 @@ fn pct(sorted: &[i64], q: f64) -> i64 {
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
     let smoke = !std::env::args().any(|a| a == "--bench");
     let opts = Opts::from_env(smoke);
     let n = opts.events;
@@ -654,7 +670,7 @@ fn main() {
 
     // Bare consumer settings: resetguard's own consumer configuration for this input.
     let probe_out = Outputs { notices: "-".into(), held: "-".into(), dlq: "-".into(), shadow: "-".into() };
-    let bare_settings = settings(&broker, dir.path(), &input, &probe_out, "unused", &opts.commit_interval);
+    let bare_settings = settings(&broker, dir.path(), &input, &probe_out, "unused", &opts);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_rg = None;

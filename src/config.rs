@@ -48,6 +48,13 @@ pub struct TopicsFile {
     /// Would-be notices in shadow mode. Default `password-reset-notices-shadow`.
     #[serde(default = "default_shadow")]
     pub shadow: String,
+    /// Compacted control topic: breaker overrides and held-notice actions (released, discarded),
+    /// shared by every instance. Default `resetguard-control`.
+    #[serde(default = "default_control")]
+    pub control: String,
+    /// Audit trail of every manual action (who, why, when, scope). Default `resetguard-audit`.
+    #[serde(default = "default_audit")]
+    pub audit: String,
     /// Create missing topics at startup. Default false: a missing input topic is a startup error.
     #[serde(default)]
     pub create: bool,
@@ -74,6 +81,12 @@ fn default_dlq() -> String {
 fn default_shadow() -> String {
     "password-reset-notices-shadow".into()
 }
+fn default_control() -> String {
+    "resetguard-control".into()
+}
+fn default_audit() -> String {
+    "resetguard-audit".into()
+}
 fn default_partitions() -> i32 {
     6
 }
@@ -89,6 +102,8 @@ impl Default for TopicsFile {
             held: default_held(),
             dlq: default_dlq(),
             shadow: default_shadow(),
+            control: default_control(),
+            audit: default_audit(),
             create: false,
             partitions: default_partitions(),
             replication: default_replication(),
@@ -252,7 +267,14 @@ impl ConfigFile {
         if t.input.is_empty() {
             errors.push(field("topics.input", "needs at least one topic"));
         }
-        let outs = [("topics.notices", &t.notices), ("topics.held", &t.held), ("topics.dlq", &t.dlq), ("topics.shadow", &t.shadow)];
+        let outs = [
+            ("topics.notices", &t.notices),
+            ("topics.held", &t.held),
+            ("topics.dlq", &t.dlq),
+            ("topics.shadow", &t.shadow),
+            ("topics.control", &t.control),
+            ("topics.audit", &t.audit),
+        ];
         for (p, name) in outs {
             if name.is_empty() || name.len() > 249 {
                 errors.push(field(p, "must be 1 to 249 characters"));

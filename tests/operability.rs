@@ -88,6 +88,9 @@ notices = "{notices}"
 held = "{held}"
 dlq = "{dlq}"
 shadow = "{shadow}"
+control = "{shadow}-control"
+audit = "{shadow}-audit"
+create = true
 [pipeline]
 group_id = "{group}"
 transactional_id = "{txn}"

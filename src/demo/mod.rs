@@ -71,6 +71,8 @@ pub async fn run(flood: usize, listen: SocketAddr) -> anyhow::Result<()> {
         ("password-reset-held", 3),
         ("resetguard-dlq", 3),
         ("password-reset-notices-shadow", 3),
+        ("resetguard-control", 1),
+        ("resetguard-audit", 1),
     ] {
         cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating {topic}"))?;
     }

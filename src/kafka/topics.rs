@@ -1,5 +1,5 @@
 //! Topic setup at startup: create missing topics when the config says so, otherwise fail with a
-//! clear error naming the missing input topic. Does IO (admin requests).
+//! clear error naming the missing topics. Does IO (admin requests).
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
         admin_config(s).create().map_err(|e| PipelineError::Startup(format!("cannot create admin client: {e}")))?;
     let t = &s.topics;
     let mut wanted: Vec<&str> = t.input.iter().map(String::as_str).collect();
-    wanted.extend([t.notices.as_str(), t.held.as_str(), t.dlq.as_str(), t.shadow.as_str()]);
+    wanted.extend([t.notices.as_str(), t.held.as_str(), t.dlq.as_str(), t.shadow.as_str(), t.control.as_str(), t.audit.as_str()]);
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
@@ -34,8 +34,17 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
             missing.join(", ")
         )));
     }
-    let new: Vec<NewTopic<'_>> =
-        missing.iter().map(|name| NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))).collect();
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|name| {
+            if *name == t.control {
+                // The latest override per cell and action per held notice is what counts.
+                NewTopic::new(name, 1, TopicReplication::Fixed(t.replication)).set("cleanup.policy", "compact")
+            } else {
+                NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))
+            }
+        })
+        .collect();
     let results = admin
         .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
         .await
