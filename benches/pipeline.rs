@@ -156,6 +156,10 @@ notices = "{notices}"
 held = "{held}"
 dlq = "{dlq}"
 shadow = "{shadow}"
+control = "{shadow}-control"
+audit = "{shadow}-audit"
+create = true
+partitions = {partitions}
 [pipeline]
 group_id = "{group}"
 transactional_id = "{txn}"
@@ -171,6 +175,7 @@ listen = "127.0.0.1:0"
         shadow = out.shadow,
         txn = unique_name("bench-txn"),
         commit_interval = opts.commit_interval,
+        partitions = opts.partitions,
     );
     let path = dir.join("resetguard.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -196,8 +201,11 @@ impl Service {
         Service { rt, handle, token, status, registry }
     }
 
-    fn check_alive(&self) {
-        assert!(!self.handle.is_finished(), "resetguard stopped early");
+    fn check_alive(&mut self) {
+        if self.handle.is_finished() {
+            let r = self.rt.block_on(&mut self.handle);
+            panic!("resetguard stopped early: {r:?}");
+        }
     }
 
     fn stop(self) -> Stopped {
@@ -442,7 +450,7 @@ fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, ru
     kafka::warm_up(monitor.client());
     let tpl = partitions_tpl(input, opts.partitions);
     let began = Instant::now();
-    let svc = Service::start(s);
+    let mut svc = Service::start(s);
     let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64)>) = (None, None);
     let deadline = began + Duration::from_secs(900);
     let end = loop {
@@ -512,7 +520,7 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     let out = Outputs::create(broker, "lat", opts.partitions);
     let group = unique_name("bench-lat");
     let s = settings(broker, dir, &input, &out, &group, opts);
-    let svc = Service::start(s);
+    let mut svc = Service::start(s);
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !(svc.status.ready.load(Ordering::SeqCst) && svc.status.assigned_partitions.load(Ordering::SeqCst) > 0) {
         svc.check_alive();

@@ -86,6 +86,7 @@ pub enum Cause {
     CalmWhileProbing,
     ManualOpen,
     ManualClose,
+    ManualClear,
     OverrideExpired,
 }
 
@@ -98,6 +99,7 @@ impl Cause {
             Cause::CalmWhileProbing => "calm_while_probing",
             Cause::ManualOpen => "manual_open",
             Cause::ManualClose => "manual_close",
+            Cause::ManualClear => "manual_clear",
             Cause::OverrideExpired => "override_expired",
         }
     }
@@ -146,6 +148,8 @@ struct Cell {
     baseline: f64,
     minutes_learned: u32,
     limiter: Limiter,
+    /// This instance's share of the cap is zero: refuse everything (fleet budget, see `set_share`).
+    no_budget: bool,
     floor: u32,
 }
 
@@ -172,6 +176,10 @@ pub struct Breaker {
     global_remaining: u32,
     /// Longest clock step the rate limiters can tell apart: after it every limiter is full again.
     max_step_ms: i64,
+    /// This instance's share of the fleet's caps (its share of the input partitions), 0..=1.
+    share: f64,
+    /// Whether `set_share` ran before (later changes start the limiters empty, see there).
+    share_set: bool,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -200,6 +208,8 @@ impl Breaker {
             max_step_ms: full_refill_ms(policy.global_rate_per_minute, policy.global_burst)
                 .max(full_refill_ms(policy.cell_rate_per_minute, policy.cell_burst))
                 .saturating_add(60_000),
+            share: 1.0,
+            share_set: false,
             policy,
         };
         let (rate, burst, floor) = (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
@@ -222,8 +232,13 @@ impl Breaker {
             minutes_learned: 0,
             limiter: RateLimiter::direct_with_clock(quota(rate, burst), self.clock.clone())
                 .with_middleware::<StateInformationMiddleware>(),
+            no_budget: false,
             floor,
         });
+        let i = self.cells.len() - 1;
+        if self.share < 1.0 {
+            self.rescale(i, false);
+        }
         self.names.insert(name.to_string(), idx);
         idx
     }
@@ -247,6 +262,46 @@ impl Breaker {
             };
         }
         self.add_cell(source, rate, burst, floor)
+    }
+
+    /// Sets this instance's share of the fleet-wide caps (assigned / total input partitions), so
+    /// the caps hold for the fleet: rates and bursts are scaled down (rounded down, so the shares
+    /// of all instances never add up to more than the whole). The first call (at the first
+    /// assignment) starts with full scaled bursts; later calls start the limiters empty, so
+    /// rebalances never mint extra bursts.
+    pub fn set_share(&mut self, share: f64) {
+        let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
+        let drain = self.share_set;
+        self.share = share;
+        self.share_set = true;
+        for i in 0..self.cells.len() {
+            self.rescale(i, drain);
+        }
+    }
+
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    fn rescale(&mut self, i: usize, drain: bool) {
+        let (rate, burst) = if i == GLOBAL as usize {
+            (self.policy.global_rate_per_minute, self.policy.global_burst)
+        } else {
+            (self.policy.cell_rate_per_minute, self.policy.cell_burst)
+        };
+        let scaled_rate = (f64::from(rate) * self.share).floor() as u32;
+        let scaled_burst = (f64::from(burst) * self.share).floor() as u32;
+        let c = &mut self.cells[i];
+        c.no_budget = scaled_rate == 0 || scaled_burst == 0;
+        c.limiter = RateLimiter::direct_with_clock(quota(scaled_rate, scaled_burst), self.clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        if drain {
+            for _ in 0..scaled_burst {
+                if c.limiter.check().is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     pub fn cell_name(&self, idx: u8) -> &str {
@@ -393,8 +448,12 @@ impl Breaker {
             return Verdict::Hold { reason, cell: GLOBAL };
         }
         // Rate caps: the cell's, then the global one. A forced-closed cell still obeys the global cap.
-        if ci != GLOBAL as usize && self.cells[ci].limiter.check().is_err() {
+        if ci != GLOBAL as usize && (self.cells[ci].no_budget || self.cells[ci].limiter.check().is_err()) {
             return Verdict::Hold { reason: HeldReason::CellRateLimited, cell: ci as u8 };
+        }
+        if self.cells[GLOBAL as usize].no_budget {
+            self.global_remaining = 0;
+            return Verdict::Hold { reason: HeldReason::GlobalRateLimited, cell: GLOBAL };
         }
         match self.cells[GLOBAL as usize].limiter.check() {
             Ok(snap) => self.global_remaining = snap.remaining_burst_capacity(),
@@ -437,15 +496,57 @@ impl Breaker {
     pub fn force(&mut self, cell: &str, open: bool, ttl: Duration, actor: &str, reason: &str, now_ms: i64) -> Result<Transition, String> {
         self.advance(now_ms);
         let now = self.now();
-        let i = match self.names.get(cell) {
-            Some(&i) => i as usize,
-            None => return Err(format!("no breaker cell named {cell:?}")),
-        };
+        let i = self.cell_by_name(cell)?;
         let to = if open { CellState::ForcedOpen } else { CellState::ForcedClosed };
         let cause = if open { Cause::ManualOpen } else { Cause::ManualClose };
         self.cells[i].forced = Some(Override { until_ms: now.saturating_add(ttl.as_millis() as i64) });
         self.set_state(i, to, cause, now, Some(actor.to_string()), Some(reason.to_string()));
         Ok(self.transitions.last().cloned().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// The cell with exactly this name, created if it is a source not seen yet (an operator may
+    /// hold a source before it misbehaves here).
+    fn cell_by_name(&mut self, cell: &str) -> Result<usize, String> {
+        if let Some(&i) = self.names.get(cell) {
+            return Ok(i as usize);
+        }
+        if cell.is_empty() || cell.len() > 64 || cell.chars().any(char::is_control) {
+            return Err("a cell name is a source name of 1 to 64 characters".into());
+        }
+        let i = self.cell_for(cell) as usize;
+        if self.cells[i].name != cell {
+            return Err(format!("no room for a new cell {cell:?} (breaker.max_cells reached)"));
+        }
+        Ok(i)
+    }
+
+    /// Ends a manual override now: a forced-open cell goes half-open, a forced-closed one closed.
+    pub fn clear_override(&mut self, cell: &str, actor: &str, reason: &str, now_ms: i64) -> Result<Option<Transition>, String> {
+        self.advance(now_ms);
+        let now = self.now();
+        let i = self.names.get(cell).copied().ok_or_else(|| format!("no breaker cell named {cell:?}"))? as usize;
+        if self.cells[i].forced.is_none() {
+            return Ok(None);
+        }
+        let probes = self.policy.probe_budget;
+        let to = if self.cells[i].state == CellState::ForcedOpen { CellState::HalfOpen } else { CellState::Closed };
+        self.cells[i].forced = None;
+        self.set_state(i, to, Cause::ManualClear, now, Some(actor.to_string()), Some(reason.to_string()));
+        if to == CellState::HalfOpen {
+            self.cells[i].probes_left = probes;
+        }
+        Ok(self.transitions.last().cloned())
+    }
+
+    /// Applies an override recorded by another instance (or an earlier incarnation) until `until_ms`.
+    pub fn apply_override(&mut self, cell: &str, open: bool, until_ms: i64, actor: &str, reason: &str, now_ms: i64) -> Result<(), String> {
+        self.advance(now_ms);
+        let now = self.now();
+        if until_ms <= now {
+            return Ok(());
+        }
+        let ttl = Duration::from_millis((until_ms - now) as u64);
+        self.force(cell, open, ttl, actor, reason, now).map(|_| ())
     }
 
     /// Takes the transitions recorded since the last call.
@@ -619,7 +720,7 @@ mod tests {
         assert_eq!(b.check(c, T0 + 10), Verdict::Hold { reason: HeldReason::ForcedOpen, cell: c });
         b.advance(T0 + 60_001);
         assert_eq!(b.state_of("m"), Some(CellState::HalfOpen));
-        assert!(b.force("nope", true, Duration::from_secs(1), "a", "b", T0).is_err());
+        assert!(b.force("", true, Duration::from_secs(1), "a", "b", T0).is_err(), "an empty cell name is refused");
     }
 
     #[test]
@@ -633,6 +734,39 @@ mod tests {
         let sent = (0..100).filter(|i| b.check(c, T0 + i) == Verdict::Send).count();
         assert_eq!(sent, 20, "forced closed: no trip, but the caps still hold");
         assert_eq!(b.state_of("m"), Some(CellState::ForcedClosed));
+    }
+
+    #[test]
+    fn a_third_of_the_partitions_gets_a_third_of_the_caps_and_rebalances_mint_no_bursts() {
+        let mut p = policy();
+        p.global_burst = 90;
+        p.cell_burst = 90;
+        p.global_rate_per_minute = 60;
+        p.cell_rate_per_minute = 60;
+        p.spike_floor = 100_000;
+        p.global_spike_floor = 100_000;
+        let mut b = Breaker::new(p);
+        let c = b.cell_for("s");
+        b.set_share(1.0 / 3.0);
+        let sent = (0..200).filter(|i| b.check(c, T0 + i) == Verdict::Send).count();
+        assert_eq!(sent, 30, "a third of the burst");
+        // A rebalance changes the share: the new limiters start empty.
+        b.set_share(2.0 / 3.0);
+        let sent = (0..200).filter(|i| b.check(c, T0 + 300 + i) == Verdict::Send).count();
+        assert_eq!(sent, 0, "no fresh burst after a rebalance");
+        b.set_share(0.0);
+        assert!(matches!(b.check(c, T0 + 120_000), Verdict::Hold { .. }), "no partitions, no budget");
+    }
+
+    #[test]
+    fn manual_override_by_name_creates_the_cell_and_clear_ends_it() {
+        let mut b = Breaker::new(policy());
+        b.force("not-seen-yet", true, Duration::from_secs(600), "sre", "pre-emptive", T0).unwrap();
+        let c = b.cell_for("not-seen-yet");
+        assert_eq!(b.check(c, T0 + 1), Verdict::Hold { reason: HeldReason::ForcedOpen, cell: c });
+        let t = b.clear_override("not-seen-yet", "sre", "done", T0 + 2).unwrap().unwrap();
+        assert_eq!((t.from, t.to, t.cause), (CellState::ForcedOpen, CellState::HalfOpen, Cause::ManualClear));
+        assert_eq!(b.check(c, T0 + 3), Verdict::Send, "half-open probe");
     }
 
     #[test]
