@@ -9,11 +9,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Settings;
+use crate::kafka::pipeline::AdminCommand;
 use crate::kafka::{self, PipelineError, Status};
 use crate::telemetry::Metrics;
 
 /// Runs the service until `shutdown` is cancelled or the pipeline fails.
 pub async fn run(settings: Settings, registry: Registry, status: Arc<Status>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    let (commands, commands_rx) = std::sync::mpsc::channel();
+    run_with_admin(settings, registry, status, shutdown, commands, commands_rx).await
+}
+
+/// Like [`run`], with the admin command channel supplied by the caller (tests drive it directly).
+pub async fn run_with_admin(
+    settings: Settings,
+    registry: Registry,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+    commands: std::sync::mpsc::Sender<AdminCommand>,
+    commands_rx: std::sync::mpsc::Receiver<AdminCommand>,
+) -> Result<(), PipelineError> {
     let settings = Arc::new(settings);
     let metrics = Metrics::register(&registry).map_err(|e| PipelineError::Startup(format!("metrics: {e}")))?;
     let created = kafka::topics::ensure_topics(&settings).await?;
@@ -21,7 +35,8 @@ pub async fn run(settings: Settings, registry: Registry, status: Arc<Status>, sh
         info!(topics = ?created, "Created topics.");
     }
     let http_stop = CancellationToken::new();
-    let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), http_stop.clone())
+    let admin = crate::http::admin::AdminState::new(settings.admin_token.as_ref(), commands, status.clone());
+    let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
         .await
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
     info!(%addr, "Serving /metrics, /healthz and /readyz.");
@@ -32,7 +47,7 @@ pub async fn run(settings: Settings, registry: Registry, status: Arc<Status>, sh
     let st = status.clone();
     let pipeline = std::thread::Builder::new()
         .name("pipeline".into())
-        .spawn(move || kafka::run_pipeline(s2, metrics, st, flag))
+        .spawn(move || kafka::run_pipeline(s2, metrics, st, flag, commands_rx))
         .map_err(|e| PipelineError::Startup(format!("cannot start the pipeline thread: {e}")))?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {

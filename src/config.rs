@@ -28,6 +28,55 @@ pub struct ConfigFile {
     pub pipeline: PipelineFile,
     #[serde(default)]
     pub http: HttpFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// File holding the admin API bearer token (trailing whitespace ignored). Takes precedence
+    /// over `token_env`. Without a token every admin request is refused.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// Environment variable holding the token. Default `RESETGUARD_ADMIN_TOKEN`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Pace of releasing held notices. Default 600 per minute (the default global cap).
+    #[serde(default = "default_release_rate")]
+    pub release_rate_per_minute: u32,
+}
+
+fn default_token_env() -> String {
+    "RESETGUARD_ADMIN_TOKEN".into()
+}
+fn default_release_rate() -> u32 {
+    600
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile { token_file: None, token_env: default_token_env(), release_rate_per_minute: default_release_rate() }
+    }
+}
+
+/// A secret string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +243,9 @@ pub struct Settings {
     pub max_batch: usize,
     pub hash_seed: u64,
     pub http_listen: SocketAddr,
+    /// Bearer token of the admin API; `None` refuses every admin request.
+    pub admin_token: Option<Secret>,
+    pub release_rate_per_minute: u32,
 }
 
 /// Invalid configuration: every problem, with field paths.
@@ -322,6 +374,23 @@ impl ConfigFile {
             errors.push(field("http.listen", "must be an address like 0.0.0.0:9898"));
             SocketAddr::from(([0, 0, 0, 0], 9898))
         });
+        let admin_token = match &self.admin.token_file {
+            Some(f) => match std::fs::read_to_string(base.join(f)) {
+                Ok(t) => Some(t.trim_end().to_string()),
+                Err(e) => {
+                    errors.push(field("admin.token_file", format!("cannot read the token file: {e}")));
+                    None
+                }
+            },
+            None => std::env::var(&self.admin.token_env).ok(),
+        }
+        .filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            errors.push(field("admin", "the admin token must be at least 16 characters"));
+        }
+        if self.admin.release_rate_per_minute == 0 {
+            errors.push(field("admin.release_rate_per_minute", "must be at least 1"));
+        }
         match (policy, errors.is_empty()) {
             (Some(policy), true) => Ok(Settings {
                 policy: Arc::new(policy),
@@ -334,6 +403,8 @@ impl ConfigFile {
                 max_batch: self.pipeline.max_batch,
                 hash_seed,
                 http_listen,
+                admin_token: admin_token.map(Secret::new),
+                release_rate_per_minute: self.admin.release_rate_per_minute,
             }),
             _ => Err(errors),
         }

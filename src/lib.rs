@@ -16,12 +16,14 @@
 //! - [`kafka`]: Kafka adapters and the exactly-once loop (IO)
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` (IO)
 //! - [`app`]: wiring of `resetguard run`
+//! - [`held`]: listing, releasing (paced, exactly once) and discarding held notices (Kafka IO)
 //! - [`demo`]: the zero-setup demo (embedded broker, simulated traffic) and the traffic generator
 //! - [`telemetry`]: metrics (injected registry) and logging setup
 pub mod app;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod held;
 pub mod http;
 pub mod kafka;
 pub mod replay;

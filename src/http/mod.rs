@@ -1,5 +1,8 @@
-//! HTTP surface: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (partitions
-//! assigned and state restored). Does IO; reads shared status, decides nothing.
+//! HTTP surface: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (partitions
+//! assigned and state restored) and the token-protected admin API (`admin`). Does IO; reads
+//! shared status and forwards admin commands, decides nothing.
+
+pub mod admin;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -21,12 +24,13 @@ struct AppState {
     status: Arc<Status>,
 }
 
-pub fn router(registry: Registry, status: Arc<Status>) -> Router {
+pub fn router(registry: Registry, status: Arc<Status>, admin: admin::AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, status })
+        .merge(admin::router(admin))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -50,11 +54,12 @@ pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
     status: Arc<Status>,
+    admin: admin::AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(registry, status);
+    let app = router(registry, status, admin);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

@@ -2,6 +2,7 @@
 //! the exactly-once consume → decide → produce loop. Makes no decisions (the core does).
 
 pub mod client;
+pub mod control;
 pub mod pipeline;
 pub mod records;
 pub mod topics;

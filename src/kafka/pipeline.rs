@@ -28,6 +28,22 @@ use crate::telemetry::Metrics;
 use super::client::{consumer_config, producer_config};
 use super::records::{record_for, Origin};
 
+/// A manual action from the admin API, applied by the pipeline thread, made durable in the
+/// control topic and recorded in the audit topic (one transaction), then answered.
+pub enum AdminCommand {
+    Breaker { cell: String, action: BreakerAction, actor: String, reason: String, reply: Reply },
+    Allow { account_id: String, expires_ms: Option<i64>, actor: String, reason: String, reply: Reply },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerAction {
+    Open { ttl: Duration },
+    Close { ttl: Duration },
+    Clear,
+}
+
+pub type Reply = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
+
 /// Errors that stop the pipeline. Each has a disposition: startup and fatal errors exit non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -204,6 +220,7 @@ fn commit<C: ConsumerContext>(s: &Shared, consumer: &BaseConsumer<C>) -> Result<
             },
         }
     }
+    drain_in_flight(&s.producer, s.timeout);
     for attempt in 0.. {
         match s.producer.commit_transaction(s.timeout) {
             Ok(()) => break,
@@ -225,6 +242,19 @@ fn commit<C: ConsumerContext>(s: &Shared, consumer: &BaseConsumer<C>) -> Result<
     Ok(())
 }
 
+/// Waits until the open transaction's records are delivered, polling in 1 ms steps.
+/// `BaseProducer::commit_transaction` flushes first, but its flush polls in `poll(100 ms)` steps
+/// and `BaseProducer::poll` always blocks for its whole timeout: a single record still in flight
+/// (linger.ms, the produce round trip) made every commit take 100 ms, as long as the commit
+/// interval itself (benches/pipeline.rs: commits 102 ms -> a few ms, throughput ~1.6x). With
+/// nothing left in flight, that flush returns at once. On timeout, `commit_transaction` decides.
+fn drain_in_flight(producer: &BaseProducer, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+}
+
 fn abort(s: &Shared) -> Result<(), String> {
     let mut txn = s.txn.lock().unwrap_or_else(|p| p.into_inner());
     if !txn.open {
@@ -243,10 +273,18 @@ fn abort(s: &Shared) -> Result<(), String> {
 struct Tally {
     outcomes: HashMap<(&'static str, &'static str), u64>,
     consumed_by_cell: Vec<u64>,
+    /// Inputs that did not decode far enough to have a source.
+    consumed_invalid: u64,
 }
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs.
-pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Status>, shutdown: Arc<AtomicBool>) -> Result<(), PipelineError> {
+pub fn run_pipeline(
+    settings: Arc<Settings>,
+    metrics: Metrics,
+    status: Arc<Status>,
+    shutdown: Arc<AtomicBool>,
+    commands: std::sync::mpsc::Receiver<AdminCommand>,
+) -> Result<(), PipelineError> {
     let policy = settings.policy.clone();
     let producer: BaseProducer = producer_config(&settings)
         .create()
@@ -284,6 +322,11 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
     metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &policy.version, policy.mode.as_str()]).set(1);
 
     let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
+    let total_partitions = input_partitions(&consumer, &settings)?;
+    // Overrides and allow-list changes of the fleet apply before the first decision.
+    let control = control_reader(&settings)?;
+    let applied = read_control(&control, &mut engine, &settings, true);
+    info!(records = applied, "Control topic applied.");
     let mut restore_until: HashMap<(usize, i32), i64> = HashMap::new();
     let mut tally = Tally::default();
     let mut batch = 0usize;
@@ -302,11 +345,19 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
             batch = 0;
             let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
             status.assigned_partitions.store(n, Ordering::SeqCst);
+            // This instance's share of the fleet-wide caps follows its share of the partitions.
+            engine.breaker_mut().set_share(n as f64 / total_partitions.max(1) as f64);
             status.ready.store(false, Ordering::SeqCst);
             metrics.ready.set(0);
         }
         if let Some(e) = shared.callback_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Err(e) = handle_txn_error(e, &shared, &consumer, &mut engine, &mut restore_until) {
+                result = Err(e);
+                break 'outer;
+            }
+        }
+        while let Ok(cmd) = commands.try_recv() {
+            if let Err(e) = admin_command(cmd, &shared, &consumer, &mut engine, &settings, &metrics) {
                 result = Err(e);
                 break 'outer;
             }
@@ -332,12 +383,15 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
                 let processed = engine.process(payload, partition as u32, now);
                 let outcome = &processed.outcome;
                 *tally.outcomes.entry((outcome.kind().as_str(), outcome.reason())).or_default() += 1;
-                if let Some(c) = processed.cell {
-                    let c = c as usize;
-                    if tally.consumed_by_cell.len() <= c {
-                        tally.consumed_by_cell.resize(c + 1, 0);
+                match processed.cell {
+                    Some(c) => {
+                        let c = c as usize;
+                        if tally.consumed_by_cell.len() <= c {
+                            tally.consumed_by_cell.resize(c + 1, 0);
+                        }
+                        tally.consumed_by_cell[c] += 1;
                     }
-                    tally.consumed_by_cell[c] += 1;
+                    None => tally.consumed_invalid += 1,
                 }
                 count_status(&status, outcome, &metrics, now);
                 let origin = Origin { topic: m.topic(), partition, offset, key: m.key(), payload };
@@ -400,6 +454,7 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
         }
         if now_i >= next_tick {
             next_tick = now_i + Duration::from_millis(100);
+            read_control(&control, &mut engine, &settings, false);
             if !restore_until.is_empty() {
                 // A partition is restored once its position reached the committed offset.
                 if let Ok(pos) = consumer.position() {
@@ -442,6 +497,197 @@ pub fn run_pipeline(settings: Arc<Settings>, metrics: Metrics, status: Arc<Statu
         info!("Pipeline drained.");
     }
     result
+}
+
+/// Partitions of the input topics, for this instance's share of the fleet's caps.
+fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<usize, PipelineError> {
+    let mut total = 0;
+    for t in &s.topics.input {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {t}: {e}")))?;
+        let n = md.topics().iter().find(|x| x.name() == t).map_or(0, |x| x.partitions().len());
+        if n == 0 {
+            return Err(PipelineError::Startup(format!("input topic {t} does not exist")));
+        }
+        total += n;
+    }
+    Ok(total)
+}
+
+/// A reader of the whole control topic (no group: every instance reads everything).
+fn control_reader(s: &Settings) -> Result<BaseConsumer, PipelineError> {
+    let mut cfg = rdkafka::ClientConfig::new();
+    for (k, v) in &s.kafka {
+        cfg.set(k, v);
+    }
+    cfg.set("group.id", format!("{}-control-reader", s.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    let c: BaseConsumer = cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
+    let md = c
+        .fetch_metadata(Some(&s.topics.control), Duration::from_secs(10))
+        .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", s.topics.control)))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let _ = tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning);
+        }
+    }
+    c.assign(&tpl).map_err(|e| PipelineError::Startup(format!("cannot assign the control topic: {e}")))?;
+    Ok(c)
+}
+
+/// Applies control records. At startup (`to_end`) reads up to the end of the topic; afterwards
+/// takes what arrived. Records of this instance were applied when they were made.
+fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: bool) -> usize {
+    use super::control::{parse, Control};
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    if to_end {
+        if let Ok(a) = c.assignment() {
+            for e in a.elements() {
+                if let Ok((_, high)) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)) {
+                    ends.insert(e.partition(), high);
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut applied = 0;
+    loop {
+        let reached = ends.is_empty()
+            || c.position().map_or(false, |pos| {
+                pos.elements().iter().all(|e| match (e.offset(), ends.get(&e.partition())) {
+                    (Offset::Offset(o), Some(&h)) => o >= h,
+                    (_, Some(&h)) => h == 0,
+                    _ => true,
+                })
+            });
+        if to_end && reached {
+            break;
+        }
+        let timeout = if to_end { Duration::from_millis(100) } else { Duration::ZERO };
+        let Some(msg) = c.poll(timeout) else {
+            if !to_end || Instant::now() > deadline {
+                break;
+            }
+            continue;
+        };
+        let Ok(m) = msg else { continue };
+        let now = wall_ms();
+        match parse(m.key().unwrap_or(&[]), m.payload()) {
+            Some(Control::Override(o)) if to_end || o.instance != s.transactional_id => {
+                let b = engine.breaker_mut();
+                let r = if o.until_ms <= o.at_ms {
+                    b.clear_override(&o.cell, &o.actor, &o.reason, now).map(|_| ())
+                } else {
+                    b.apply_override(&o.cell, o.open, o.until_ms, &o.actor, &o.reason, now)
+                };
+                if let Err(e) = r {
+                    warn!(cell = %o.cell, error = %e, "Control record not applied.");
+                }
+                applied += 1;
+            }
+            Some(Control::Allow(a)) if to_end || a.instance != s.transactional_id => {
+                match a.expires_ms {
+                    Some(until) => engine.allow_account(&a.account_id, until),
+                    None => {
+                        engine.disallow_account(&a.account_id);
+                    }
+                }
+                applied += 1;
+            }
+            Some(_) => {}
+            None => warn!(offset = m.offset(), "Malformed control record skipped."),
+        }
+    }
+    applied
+}
+
+/// Applies one admin command, writes its control and audit records and commits them.
+fn admin_command(
+    cmd: AdminCommand,
+    s: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    engine: &mut Engine,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(), PipelineError> {
+    use super::control::{allow_key, override_key, AllowRecord, AuditRecord, OverrideRecord};
+    let now = wall_ms();
+    let instance = settings.transactional_id.clone();
+    let (result, control, audit, reply) = match cmd {
+        AdminCommand::Breaker { cell, action, actor, reason, reply } => {
+            let b = engine.breaker_mut();
+            let (r, open, until) = match action {
+                BreakerAction::Open { ttl } => (b.force(&cell, true, ttl, &actor, &reason, now).map(Some), true, now + ttl.as_millis() as i64),
+                BreakerAction::Close { ttl } => (b.force(&cell, false, ttl, &actor, &reason, now).map(Some), false, now + ttl.as_millis() as i64),
+                BreakerAction::Clear => (b.clear_override(&cell, &actor, &reason, now), false, now),
+            };
+            let rec = OverrideRecord { cell: cell.clone(), open, until_ms: until, at_ms: now, actor: actor.clone(), reason: reason.clone(), instance: instance.clone() };
+            let audit = AuditRecord {
+                at: crate::core::event::format_rfc3339_ms(now),
+                actor,
+                reason,
+                action: format!("breaker_{}", match action { BreakerAction::Open { .. } => "open", BreakerAction::Close { .. } => "close", BreakerAction::Clear => "clear" }),
+                scope: serde_json::json!({ "cell": cell, "until_ms": until }),
+                instance,
+            };
+            let result = r.map(|t| serde_json::to_value(t).unwrap_or_default());
+            (result, (override_key(&cell), serde_json::to_vec(&rec).unwrap_or_default()), audit, reply)
+        }
+        AdminCommand::Allow { account_id, expires_ms, actor, reason, reply } => {
+            match expires_ms {
+                Some(until) => engine.allow_account(&account_id, until),
+                None => {
+                    engine.disallow_account(&account_id);
+                }
+            }
+            let rec = AllowRecord { account_id: account_id.clone(), expires_ms, at_ms: now, actor: actor.clone(), reason: reason.clone(), instance: instance.clone() };
+            let audit = AuditRecord {
+                at: crate::core::event::format_rfc3339_ms(now),
+                actor,
+                reason,
+                action: if expires_ms.is_some() { "allow_list_add".into() } else { "allow_list_remove".into() },
+                scope: serde_json::json!({ "account_id": account_id, "expires_ms": expires_ms }),
+                instance,
+            };
+            (Ok(serde_json::json!({ "applied": true })), (allow_key(&account_id), serde_json::to_vec(&rec).unwrap_or_default()), audit, reply)
+        }
+    };
+    if let Err(e) = result {
+        let _ = reply.send(Err(e));
+        return Ok(());
+    }
+    begin_if_needed(s)?;
+    let audit_bytes = serde_json::to_vec(&audit).unwrap_or_default();
+    let sends = [
+        (settings.topics.control.as_str(), control.0.as_bytes().to_vec(), control.1),
+        (settings.topics.audit.as_str(), audit.actor.as_bytes().to_vec(), audit_bytes),
+    ];
+    for (topic, key, payload) in &sends {
+        if let Err((e, _)) = s.producer.send(BaseRecord::to(topic).key(&key[..]).payload(&payload[..])) {
+            let _ = reply.send(Err(format!("could not record the action: {e}")));
+            return abort(s).map_err(PipelineError::Fatal);
+        }
+    }
+    match commit(s, consumer) {
+        Ok(()) => {
+            info!(action = %audit.action, "Manual action applied and recorded.");
+            let _ = reply.send(result);
+            let _ = metrics;
+            Ok(())
+        }
+        Err(TxnError::Abortable(m)) => {
+            let _ = reply.send(Err(format!("could not record the action: {m}")));
+            abort(s).map_err(PipelineError::Fatal)
+        }
+        Err(TxnError::Fatal(m)) => {
+            let _ = reply.send(Err(m.clone()));
+            Err(PipelineError::Fatal(m))
+        }
+    }
 }
 
 fn begin_if_needed(s: &Shared) -> Result<(), PipelineError> {
@@ -533,6 +779,10 @@ fn tick(engine: &mut Engine, m: &Metrics, status: &Status, tally: &mut Tally, re
             let label = if kind == "rejected" { reason } else { kind };
             m.dlq_records.with_label_values(&[label]).inc_by(n);
         }
+    }
+    if tally.consumed_invalid > 0 {
+        m.events_consumed.with_label_values(&["_invalid"]).inc_by(tally.consumed_invalid);
+        tally.consumed_invalid = 0;
     }
     for (cell, n) in tally.consumed_by_cell.iter_mut().enumerate() {
         if *n > 0 {

@@ -53,7 +53,7 @@ impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Metrics {
             events_consumed: IntCounterVec::new(
-                Opts::new("resetguard_events_consumed_total", "Input events consumed, by breaker cell of their source."),
+                Opts::new("resetguard_events_consumed_total", "Input events consumed, by breaker cell of their source (`_invalid`: no readable source)."),
                 &["source"],
             )?,
             events_rejected: IntCounterVec::new(
@@ -134,7 +134,7 @@ impl Metrics {
             )?,
             watermark_lag_seconds: Gauge::new(
                 "resetguard_watermark_lag_seconds",
-                "Wall-clock time minus the lowest partition watermark.",
+                "Wall-clock time minus the lowest partition watermark (includes the allowed lateness).",
             )?,
             ready: IntGauge::new("resetguard_ready", "1 when partitions are assigned and state is restored.")?,
             build_info: IntGaugeVec::new(

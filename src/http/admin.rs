@@ -1,0 +1,178 @@
+//! The admin API under `/admin/`: breaker overrides and allow-list changes (applied by the
+//! pipeline thread, recorded in the control and audit topics). Every request needs the bearer
+//! token: compared in constant time, anything else gets a bare 401, bodies are capped at 16 KiB,
+//! and the token is never logged. Does IO (HTTP); decides nothing itself.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::kafka::pipeline::{AdminCommand, BreakerAction};
+use crate::kafka::Status;
+
+/// Largest admin request body.
+pub const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AdminState {
+    /// SHA-256 of the token: comparing digests keeps the comparison constant-time whatever the
+    /// length of what was sent.
+    token_digest: Option<[u8; 32]>,
+    commands: Sender<AdminCommand>,
+    status: Arc<Status>,
+}
+
+impl AdminState {
+    pub fn new(token: Option<&Secret>, commands: Sender<AdminCommand>, status: Arc<Status>) -> Self {
+        AdminState { token_digest: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()), commands, status }
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/breaker", get(breaker_state))
+        .route("/admin/breaker/{cell}/{action}", post(breaker_action))
+        .route("/admin/allow-list", post(allow_add).delete(allow_remove))
+        // Unknown admin paths get the same 401 as everything else without the token.
+        .route("/admin/{*rest}", axum::routing::any(|| async { StatusCode::NOT_FOUND }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response()
+}
+
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(expected) = s.token_digest else { return unauthorized() };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.as_bytes()));
+    match presented {
+        Some(d) if bool::from(d.as_slice().ct_eq(&expected)) => next.run(req).await,
+        _ => unauthorized(),
+    }
+}
+
+async fn breaker_state(State(s): State<AdminState>) -> Response {
+    let snap = s.status.breaker.lock().map(|b| b.clone()).unwrap_or_default();
+    Json(snap).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerBody {
+    /// How long the override lasts (`"30m"`); required for open and close.
+    #[serde(default)]
+    ttl: Option<String>,
+    actor: String,
+    reason: String,
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+fn check_who(actor: &str, reason: &str) -> Result<(), Response> {
+    if actor.trim().is_empty() || actor.len() > 128 {
+        return Err(bad_request("actor must be 1 to 128 characters"));
+    }
+    if reason.trim().is_empty() || reason.len() > 1024 {
+        return Err(bad_request("reason must be 1 to 1024 characters"));
+    }
+    Ok(())
+}
+
+async fn send(s: &AdminState, make: impl FnOnce(crate::kafka::pipeline::Reply) -> AdminCommand) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.commands.send(make(tx)).is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the pipeline is not running" }))).into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(v))) => Json(v).into_response(),
+        Ok(Ok(Err(e))) => bad_request(e),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "no answer from the pipeline" }))).into_response(),
+    }
+}
+
+async fn breaker_action(State(s): State<AdminState>, Path((cell, action)): Path<(String, String)>, Json(body): Json<BreakerBody>) -> Response {
+    if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    let ttl = || -> Result<Duration, Response> {
+        let text = body.ttl.as_deref().ok_or_else(|| bad_request("ttl is required, e.g. \"30m\""))?;
+        let d = humantime::parse_duration(text).map_err(|e| bad_request(format!("ttl: {e}")))?;
+        if d.is_zero() || d > Duration::from_secs(7 * 86_400) {
+            return Err(bad_request("ttl must be between 1s and 7 days"));
+        }
+        Ok(d)
+    };
+    let action = match action.as_str() {
+        "open" => match ttl() {
+            Ok(ttl) => BreakerAction::Open { ttl },
+            Err(r) => return r,
+        },
+        "close" => match ttl() {
+            Ok(ttl) => BreakerAction::Close { ttl },
+            Err(r) => return r,
+        },
+        "clear" => BreakerAction::Clear,
+        _ => return (StatusCode::NOT_FOUND, "").into_response(),
+    };
+    let (actor, reason) = (body.actor.clone(), body.reason.clone());
+    send(&s, |reply| AdminCommand::Breaker { cell, action, actor, reason, reply }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowBody {
+    account_id: String,
+    /// RFC 3339; required to add.
+    #[serde(default)]
+    expires_at: Option<String>,
+    actor: String,
+    reason: String,
+}
+
+async fn allow_add(State(s): State<AdminState>, Json(body): Json<AllowBody>) -> Response {
+    if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    if body.account_id.is_empty() || body.account_id.chars().count() > 256 {
+        return bad_request("account_id must be 1 to 256 characters");
+    }
+    let Some(expires_ms) = body.expires_at.as_deref().and_then(crate::core::event::parse_rfc3339_ms) else {
+        return bad_request("expires_at must be an RFC 3339 timestamp");
+    };
+    send(&s, |reply| AdminCommand::Allow {
+        account_id: body.account_id,
+        expires_ms: Some(expires_ms),
+        actor: body.actor,
+        reason: body.reason,
+        reply,
+    })
+    .await
+}
+
+async fn allow_remove(State(s): State<AdminState>, Json(body): Json<AllowBody>) -> Response {
+    if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    send(&s, |reply| AdminCommand::Allow { account_id: body.account_id, expires_ms: None, actor: body.actor, reason: body.reason, reply })
+        .await
+}

@@ -1,0 +1,160 @@
+//! The admin API refuses everything without the right bearer token, uniformly and without state
+//! changes; with the token, commands reach the pipeline. No broker needed: the pipeline end of
+//! the command channel is played by the test.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use resetguard::config::Secret;
+use resetguard::http::admin::{AdminState, MAX_BODY};
+use resetguard::kafka::pipeline::{AdminCommand, BreakerAction};
+use resetguard::kafka::Status;
+
+const TOKEN: &str = "correct-horse-battery-staple-42";
+
+struct Server {
+    base: String,
+    commands: mpsc::Receiver<AdminCommand>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn server(token: Option<&str>) -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let secret = token.map(|t| Secret::new(t.to_string()));
+    let state = AdminState::new(secret.as_ref(), tx, Arc::new(Status::default()));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = resetguard::http::router(prometheus::Registry::new(), Arc::new(Status::default()), state);
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Server { base: format!("http://{addr}"), commands: rx, _rt: rt }
+}
+
+fn bad_authorizations() -> Vec<Option<String>> {
+    vec![
+        None,
+        Some(String::new()),
+        Some("Bearer".into()),
+        Some("Bearer ".into()),
+        Some(format!("bearer {TOKEN}")),
+        Some(format!("Basic {TOKEN}")),
+        Some(format!("Bearer  {TOKEN}")),
+        // (A trailing space is not a wrong token: HTTP strips whitespace around header values.)
+        Some(format!("Bearer {TOKEN}\u{a0}")),
+        Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Bearer {}", TOKEN.to_uppercase())),
+        Some(format!("Bearer {}", "a".repeat(8000))),
+        Some("Bearer wrong-token-of-decent-length".into()),
+        Some(format!("Token {TOKEN}")),
+    ]
+}
+
+fn requests(client: &reqwest::blocking::Client, base: &str) -> Vec<reqwest::blocking::RequestBuilder> {
+    let open = serde_json::json!({"ttl": "30m", "actor": "mallory", "reason": "x"});
+    let allow = serde_json::json!({"account_id": "victim", "expires_at": "2030-01-01T00:00:00Z", "actor": "mallory", "reason": "x"});
+    vec![
+        client.get(format!("{base}/admin/breaker")),
+        client.post(format!("{base}/admin/breaker/global/open")).json(&open),
+        client.post(format!("{base}/admin/breaker/risk-model-v7/close")).json(&open),
+        client.post(format!("{base}/admin/breaker/global/clear")).json(&open),
+        client.post(format!("{base}/admin/allow-list")).json(&allow),
+        client.delete(format!("{base}/admin/allow-list")).json(&allow),
+        client.post(format!("{base}/admin/held/release")).json(&open),
+        client.post(format!("{base}/admin/breaker/global/open")).body("{not json"),
+    ]
+}
+
+#[test]
+fn a_thousand_requests_without_the_right_token_get_a_bare_401_and_change_nothing() {
+    let s = server(Some(TOKEN));
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let auths = bad_authorizations();
+    let mut sent = 0;
+    let mut statuses = std::collections::BTreeMap::new();
+    while sent < 1000 {
+        for (i, auth) in auths.iter().enumerate() {
+            let reqs = requests(&client, &s.base);
+            let mut req = reqs.into_iter().nth((sent + i) % 8).unwrap();
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let resp = req.send().unwrap_or_else(|e| panic!("request {sent} (auth #{i}, route #{}): {e}", (sent + i) % 8));
+            *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
+            let body = resp.text().unwrap();
+            assert!(body.is_empty(), "a 401 says nothing: {body:?}");
+            sent += 1;
+            if sent == 1000 {
+                break;
+            }
+        }
+    }
+    assert_eq!(statuses, [(401u16, 1000usize)].into_iter().collect());
+    assert!(s.commands.try_recv().is_err(), "no command reached the pipeline");
+}
+
+#[test]
+fn without_a_configured_token_everything_is_refused() {
+    let s = server(None);
+    let client = reqwest::blocking::Client::new();
+    for req in requests(&client, &s.base) {
+        let resp = req.header("Authorization", format!("Bearer {TOKEN}")).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+    assert!(s.commands.try_recv().is_err());
+}
+
+#[test]
+fn with_the_token_a_breaker_override_reaches_the_pipeline_and_oversize_bodies_are_refused() {
+    let s = server(Some(TOKEN));
+    let base = s.base.clone();
+    let caller = std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::new();
+        let resp = client
+            .post(format!("{base}/admin/breaker/risk-model-v7/open"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .json(&serde_json::json!({"ttl": "30m", "actor": "alice-sre", "reason": "incident 42"}))
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().unwrap();
+        let big = client
+            .post(format!("{base}/admin/breaker/global/open"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(format!("{{\"ttl\":\"1m\",\"actor\":\"a\",\"reason\":\"{}\"}}", "x".repeat(MAX_BODY)))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        let no_reason = client
+            .post(format!("{base}/admin/breaker/global/open"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .json(&serde_json::json!({"ttl": "30m", "actor": "alice-sre", "reason": " "}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        (status, body, big, no_reason)
+    });
+    // Play the pipeline: answer the one command that must arrive.
+    let cmd = s.commands.recv_timeout(Duration::from_secs(10)).expect("a command");
+    match cmd {
+        AdminCommand::Breaker { cell, action, actor, reason, reply } => {
+            assert_eq!(cell, "risk-model-v7");
+            assert_eq!(action, BreakerAction::Open { ttl: Duration::from_secs(1800) });
+            assert_eq!((actor.as_str(), reason.as_str()), ("alice-sre", "incident 42"));
+            reply.send(Ok(serde_json::json!({"to": "forced_open"}))).unwrap();
+        }
+        AdminCommand::Allow { .. } => panic!("unexpected allow-list command"),
+    }
+    let (status, body, big, no_reason) = caller.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["to"], "forced_open");
+    assert_eq!(big, 413, "bodies over {MAX_BODY} bytes are refused");
+    assert_eq!(no_reason, 400, "every manual action needs a reason");
+    assert!(s.commands.try_recv().is_err(), "refused requests send no command");
+}
