@@ -71,6 +71,8 @@ const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst
 struct Opts {
     events: usize,
     runs: usize,
+    /// One unmeasured round first.
+    warmup: bool,
     partitions: i32,
     commit_interval: String,
     /// Extra `[kafka]` properties for resetguard (and the bare consumer), `k=v,k=v`.
@@ -92,6 +94,7 @@ impl Opts {
         Opts {
             events: env_or("PIPELINE_BENCH_EVENTS", if smoke { 20_000 } else { 500_000 }),
             runs: env_or("PIPELINE_BENCH_RUNS", if smoke { 1 } else { 3 }),
+            warmup: env_or("PIPELINE_BENCH_WARMUP", !smoke),
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
             commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
             kafka_extra: std::env::var("PIPELINE_BENCH_KAFKA")
@@ -507,10 +510,13 @@ fn median(v: &[f64]) -> f64 {
 struct Latency {
     /// Milliseconds, sorted.
     samples: Vec<i64>,
+    /// The slowest samples: (latency ms, sent at s since the trickle started).
+    slowest: Vec<(i64, f64)>,
     triggers: usize,
     unmatched_notices: usize,
     histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
     decision_histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
+    commit_histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
     stopped_commits: u64,
 }
 
@@ -620,21 +626,30 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     let sent = sent.lock().unwrap();
     let seen = seen.lock().unwrap();
     let mut samples = Vec::new();
+    let mut slowest = Vec::new();
+    let t_start = wall_ms() - (start.elapsed().as_millis() as i64);
     let mut unmatched = 0usize;
     for (a, visible) in seen.iter() {
         match sent.get(a) {
-            Some(t) => samples.push(visible - t),
+            Some(t) => {
+                samples.push(visible - t);
+                slowest.push((visible - t, (t - t_start) as f64 / 1000.0));
+            }
             None if a.starts_with("lat-ato-") => {} // warm-up pairs
             None => unmatched += 1,
         }
     }
     samples.sort_unstable();
+    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.truncate(5);
     Latency {
         samples,
+        slowest,
         triggers,
         unmatched_notices: unmatched,
         histogram: histogram(&stopped.registry, "resetguard_event_to_notice_seconds"),
         decision_histogram: histogram(&stopped.registry, "resetguard_event_to_decision_seconds"),
+        commit_histogram: histogram(&stopped.registry, "resetguard_transaction_commit_seconds"),
         stopped_commits: stopped.commits,
     }
 }
@@ -682,6 +697,13 @@ fn main() {
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_rg = None;
+    if opts.warmup {
+        // The broker JVM is fresh (C1-only JIT): one unmeasured round of each warms it up.
+        let t = Instant::now();
+        let _ = bare_run(&bare_settings, &input, n as u64);
+        let _ = rg_run(&broker, dir.path(), &input, &opts, n as u64, usize::MAX);
+        eprintln!("warm-up round (not counted) in {:.1?}", t.elapsed());
+    }
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
         eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
@@ -741,7 +763,16 @@ fn main() {
         lat.unmatched_notices,
         lat.stopped_commits,
     );
-    for (name, h) in [("resetguard_event_to_notice_seconds", &lat.histogram), ("resetguard_event_to_decision_seconds", &lat.decision_histogram)] {
+    let _ = writeln!(
+        report,
+        "  slowest (ms @ s after start): {}",
+        lat.slowest.iter().map(|(ms, at)| format!("{ms} @ {at:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    for (name, h) in [
+        ("resetguard_event_to_notice_seconds", &lat.histogram),
+        ("resetguard_event_to_decision_seconds", &lat.decision_histogram),
+        ("resetguard_transaction_commit_seconds", &lat.commit_histogram),
+    ] {
         if let Some((count, sum, buckets)) = h {
             let _ = writeln!(
                 report,

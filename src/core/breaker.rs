@@ -265,13 +265,13 @@ impl Breaker {
     }
 
     /// Sets this instance's share of the fleet-wide caps (assigned / total input partitions), so
-    /// the caps hold for the fleet: rates and bursts are scaled down (rounded down, so the shares
-    /// of all instances never add up to more than the whole). The first call (at the first
-    /// assignment) starts with full scaled bursts; later calls start the limiters empty, so
-    /// rebalances never mint extra bursts.
+    /// the caps hold for the fleet: rates and bursts are scaled down (bursts rounded down, so the
+    /// shares of all instances never add up to more than the whole). Only an instance that owns
+    /// every partition at its first assignment starts with a full burst; every other change
+    /// starts the limiters empty, so joining a fleet or rebalancing never mints extra bursts.
     pub fn set_share(&mut self, share: f64) {
         let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
-        let drain = self.share_set;
+        let drain = self.share_set || share < 1.0;
         self.share = share;
         self.share_set = true;
         for i in 0..self.cells.len() {
@@ -289,12 +289,13 @@ impl Breaker {
         } else {
             (self.policy.cell_rate_per_minute, self.policy.cell_burst)
         };
-        let scaled_rate = (f64::from(rate) * self.share).floor() as u32;
+        let scaled_rate = f64::from(rate) * self.share;
         let scaled_burst = (f64::from(burst) * self.share).floor() as u32;
         let c = &mut self.cells[i];
-        c.no_budget = scaled_rate == 0 || scaled_burst == 0;
-        c.limiter = RateLimiter::direct_with_clock(quota(scaled_rate, scaled_burst), self.clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        c.no_budget = scaled_rate <= 0.0 || scaled_burst == 0;
+        let period = Duration::from_secs_f64(60.0 / scaled_rate.max(1e-6)).min(Duration::from_secs(365 * 86_400));
+        let q = Quota::with_period(period).unwrap_or_else(|| quota(rate, burst)).allow_burst(nz(scaled_burst));
+        c.limiter = RateLimiter::direct_with_clock(q, self.clock.clone()).with_middleware::<StateInformationMiddleware>();
         if drain {
             for _ in 0..scaled_burst {
                 if c.limiter.check().is_err() {
@@ -747,9 +748,15 @@ mod tests {
         p.global_spike_floor = 100_000;
         let mut b = Breaker::new(p);
         let c = b.cell_for("s");
-        b.set_share(1.0 / 3.0);
+        b.set_share(1.0);
         let sent = (0..200).filter(|i| b.check(c, T0 + i) == Verdict::Send).count();
-        assert_eq!(sent, 30, "a third of the burst");
+        assert_eq!(sent, 90, "alone: the whole burst");
+        // Joining a fleet: a third of the caps, starting empty, refilling at a third of the rate.
+        b.set_share(1.0 / 3.0);
+        let sent = (0..200).filter(|i| b.check(c, T0 + 100 + i) == Verdict::Send).count();
+        assert_eq!(sent, 0, "no fresh burst when joining");
+        let sent = (0..200).filter(|i| b.check(c, T0 + 20 * 60_000 + i) == Verdict::Send).count();
+        assert_eq!(sent, 30, "after a long quiet time: a third of the burst");
         // A rebalance changes the share: the new limiters start empty.
         b.set_share(2.0 / 3.0);
         let sent = (0..200).filter(|i| b.check(c, T0 + 300 + i) == Verdict::Send).count();

@@ -2,3 +2,4 @@
 
 pub mod kafka;
 pub mod events;
+pub mod service;

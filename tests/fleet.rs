@@ -1,0 +1,225 @@
+//! A fleet of resetguard instances in one consumer group on Apache Kafka: manual overrides reach
+//! every instance through the control topic and are audited; the global cap holds for the fleet,
+//! not per instance; and stopping, killing and adding instances during a run loses and
+//! duplicates nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::kafka::KafkaBroker;
+use common::service::*;
+use resetguard::config::ConfigFile;
+use resetguard::kafka::Status;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "fleet-test-admin-token-0123456789";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Instance {
+    status: Arc<Status>,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), resetguard::kafka::PipelineError>>,
+    base: String,
+}
+
+fn start_instance(rt: &tokio::runtime::Runtime, broker: &KafkaBroker, t: &Topics, dir: &Path, name: &str, policy: &str) -> Instance {
+    let port = free_port();
+    let path = t.write_instance_config(broker, dir, &format!("{name}.toml"), &format!("{}-{name}", t.group), policy, &format!("127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir).unwrap();
+    let status = Arc::new(Status::default());
+    let token = CancellationToken::new();
+    let handle = rt.spawn(resetguard::app::run(settings, prometheus::Registry::new(), status.clone(), token.clone()));
+    Instance { status, token, handle, base: format!("http://127.0.0.1:{port}") }
+}
+
+/// Waits until the instances together own all input partitions, each at least one.
+fn wait_assigned(instances: &[&Instance], total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let counts: Vec<usize> = instances.iter().map(|i| i.status.assigned_partitions.load(Ordering::SeqCst)).collect();
+        if counts.iter().sum::<usize>() == total && counts.iter().all(|&c| c > 0) && instances.iter().all(|i| i.status.ready.load(Ordering::SeqCst)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions not spread over the fleet: {counts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(rt: &tokio::runtime::Runtime, i: Instance) {
+    i.token.cancel();
+    rt.block_on(i.handle).unwrap().unwrap();
+}
+
+fn decisions(from: usize, n: usize, source: &str) -> Vec<Input> {
+    let t0 = now_ms();
+    (from..from + n)
+        .map(|i| {
+            let (a, id) = (format!("{source}-acct-{i}"), format!("{source}-e{i}"));
+            input(&a, ev(&id, &a, t0 + i as i64, source, "breached_password", 1.0), Expect::Decision, Some(&id))
+        })
+        .collect()
+}
+
+#[test]
+fn a_manual_override_reaches_every_instance_and_is_audited() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "override");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let a = start_instance(&rt, broker, &t, dir.path(), "a", "");
+    let b = start_instance(&rt, broker, &t, dir.path(), "b", "");
+    wait_assigned(&[&a, &b], PARTITIONS as usize);
+
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(format!("{}/admin/breaker/model-x/open", a.base))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .json(&serde_json::json!({"ttl": "30m", "actor": "alice-sre", "reason": "incident 42: model-x misfires"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    // The other instance learns it through the control topic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cells: serde_json::Value = client
+            .get(format!("{}/admin/breaker", b.base))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let state = cells.as_array().unwrap().iter().find(|c| c["cell"] == "model-x").map(|c| c["state"].clone());
+        if state == Some(serde_json::json!("forced_open")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance b never saw the override: {cells}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let inputs = decisions(0, 60, "model-x");
+    let coords = produce(broker, &t.input, &inputs);
+    wait_committed(broker, &t, inputs.len() as i64, Duration::from_secs(60));
+    stop(&rt, a);
+    stop(&rt, b);
+    let (notices, held) = check_outputs(broker, &t, &inputs, &coords);
+    assert!(notices.is_empty(), "a forced-open cell sends nothing, on every instance: {notices:?}");
+    assert_eq!(held.len(), 60);
+    let held_records = broker.read_all_committed(&t.held, Duration::from_secs(30));
+    assert!(held_records.iter().all(|r| r.header("held_reason").flatten() == Some(&b"forced_open"[..])));
+
+    let audit = broker.read_all_committed(&format!("{}-audit", t.shadow), Duration::from_secs(30));
+    assert_eq!(audit.len(), 1, "one manual action, one audit record");
+    let rec: serde_json::Value = serde_json::from_slice(audit[0].payload.as_deref().unwrap()).unwrap();
+    assert_eq!(rec["actor"], "alice-sre");
+    assert_eq!(rec["action"], "breaker_open");
+    assert_eq!(rec["scope"]["cell"], "model-x");
+    assert!(rec["reason"].as_str().unwrap().contains("incident 42"));
+    let control = broker.read_all_committed(&format!("{}-control", t.shadow), Duration::from_secs(30));
+    assert_eq!(control.iter().filter(|r| r.key_str() == Some("override/model-x")).count(), 1);
+}
+
+#[test]
+fn the_global_cap_holds_for_the_fleet_not_per_instance() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "fleetcap");
+    let dir = tempfile::tempdir().unwrap();
+    // A burst of 30 fleet-wide, refilling at 1 per minute; no spike trips, so only the cap binds.
+    let policy = "[breaker]\nglobal_rate_per_minute = 1\nglobal_burst = 30\ncell_rate_per_minute = 1\ncell_burst = 30\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
+    let fleet: Vec<Instance> = ["a", "b", "c"].iter().map(|n| start_instance(&rt, broker, &t, dir.path(), n, policy)).collect();
+    wait_assigned(&fleet.iter().collect::<Vec<_>>(), PARTITIONS as usize);
+    let mut inputs = decisions(0, 100, "src-1");
+    inputs.extend(decisions(100, 100, "src-2"));
+    inputs.extend(decisions(200, 100, "src-3"));
+    let coords = produce(broker, &t.input, &inputs);
+    wait_committed(broker, &t, inputs.len() as i64, Duration::from_secs(60));
+    for i in fleet {
+        stop(&rt, i);
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let (notices, held) = check_outputs(broker, &t, &inputs, &coords);
+    let budget = 30.0 + minutes.ceil() * 1.0;
+    assert!(
+        (notices.len() as f64) <= budget,
+        "{} notices from the fleet; the fleet-wide budget is {budget} (per-instance caps would allow 3 × 30)",
+        notices.len()
+    );
+    assert_eq!(notices.len() + held.len(), 300);
+}
+
+#[test]
+fn stopping_killing_and_adding_instances_loses_and_duplicates_nothing() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "churn");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fleet.log");
+    let inputs = crash_inputs(100_000);
+    let coords = produce(broker, &t.input, &inputs);
+    let total = inputs.len() as i64;
+    let config = |name: &str| {
+        t.write_instance_config(broker, dir.path(), &format!("{name}.toml"), &format!("{}-{name}", t.group), NO_TRIP, "127.0.0.1:0")
+    };
+    let mut running: Vec<(String, std::process::Child)> =
+        ["a", "b", "c"].iter().map(|n| (n.to_string(), spawn_service(&config(n), &log))).collect();
+    let mut next = 0usize;
+    let mut actions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done: i64 = broker.committed_offsets(&t.group, &t.input).iter().map(|(_, o)| o.unwrap_or(0)).sum();
+        if done >= total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fleet stalled at {done} of {total}; actions {actions:?}");
+        std::thread::sleep(Duration::from_millis(1500));
+        // Round-robin churn: stop one, kill one, add one.
+        match next % 3 {
+            0 if running.len() > 1 => {
+                let (n, c) = running.remove(0);
+                signal(&c, "-TERM");
+                let mut c = c;
+                let _ = c.wait();
+                actions.push(format!("stop {n} at {done}"));
+            }
+            1 if running.len() > 1 => {
+                let (n, c) = running.remove(0);
+                signal(&c, "-KILL");
+                let mut c = c;
+                let _ = c.wait();
+                actions.push(format!("kill {n} at {done}"));
+            }
+            _ => {
+                let n = format!("n{next}");
+                running.push((n.clone(), spawn_service(&config(&n), &log)));
+                actions.push(format!("add {n} at {done}"));
+            }
+        }
+        next += 1;
+        if running.is_empty() {
+            let n = format!("n{next}");
+            running.push((n.clone(), spawn_service(&config(&n), &log)));
+        }
+    }
+    for (_, c) in running.iter_mut() {
+        signal(c, "-TERM");
+    }
+    for (_, mut c) in running {
+        let _ = c.wait();
+    }
+    eprintln!("churn: {actions:?}");
+    assert!(actions.len() >= 3, "the run must see churn: {actions:?}");
+    let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
+    let expected: BTreeSet<String> = inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    assert_eq!(notices, expected, "the same notices as a single uninterrupted run");
+}
