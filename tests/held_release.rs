@@ -36,6 +36,9 @@ const REASON: &str = "INC-4711: buggy-model spike confirmed real by security on-
 const CHILD_ENV: &str = "RESETGUARD_HELD_RELEASE_CHILD";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A record to produce: key, payload, headers.
+type Raw = (Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -141,8 +144,7 @@ transactional_id = "{txn}"
         std::fs::write(&config, cfg).unwrap();
         let settings = load(&config);
         let held = generate(HELD, &settings.topics);
-        let mut records: Vec<(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> =
-            held.iter().map(|h| (h.key.clone(), h.payload.clone(), h.headers.clone())).collect();
+        let mut records: Vec<Raw> = held.iter().map(|h| (h.key.clone(), h.payload.clone(), h.headers.clone())).collect();
         for g in 0..garbage {
             records.push((format!("garbage-{g}").into_bytes(), b"{\"schema\":\"resetguard.held.v1\",\"oops\"".to_vec(), Vec::new()));
         }
@@ -187,7 +189,7 @@ fn load(config: &Path) -> Settings {
     toml::from_str::<ConfigFile>(&text).unwrap().validate(dir).unwrap()
 }
 
-fn produce(broker: &KafkaBroker, topic: &str, records: &[(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)]) {
+fn produce(broker: &KafkaBroker, topic: &str, records: &[Raw]) {
     let producer: FutureProducer = broker.producer_config().set("linger.ms", "5").create().unwrap();
     for chunk in records.chunks(5000) {
         let pending: Vec<_> = chunk
@@ -510,4 +512,30 @@ fn release_sigkilled_twice_then_run_again_sends_each_notice_once() {
     check_final(broker, &fx, &discarded, &seeded);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log_text.contains("panicked"), "child log:\n{log_text}");
+}
+
+#[test]
+fn a_second_release_fences_the_first_and_each_notice_still_goes_once() {
+    let broker = KafkaBroker::shared();
+    let fx = Fixture::new(broker, "held-fence", 0);
+    let s = fx.settings.clone();
+    let discarded = fx.in_cell("replayed-feed");
+    held::discard(&s, &Selector::cell("replayed-feed"), ACTOR, REASON).unwrap();
+    let to_release = (HELD - discarded.len()) as i64;
+    let progress = Progress::new(broker, &s.topics.notices);
+
+    // A slow release (100/s) that an operator starts again at full speed, e.g. from another shell.
+    let slow = {
+        let s = s.clone();
+        std::thread::spawn(move || held::release(&s, &Selector::everything(), ACTOR, REASON, 6_000, &AtomicBool::new(false)))
+    };
+    progress.wait_for(to_release / 10, true, None, Path::new("/dev/null"));
+    let fast = held::release(&s, &Selector::everything(), ACTOR, REASON, 600_000, &AtomicBool::new(false)).unwrap();
+    eprintln!("second release: {fast:?}");
+    assert_eq!(fast.remaining, 0);
+    match slow.join().unwrap() {
+        Err(HeldError::Fenced(id)) => assert!(id.ends_with("-release"), "{id}"),
+        other => panic!("the first release must stop, fenced: {other:?}"),
+    }
+    check_final(broker, &fx, &discarded, &BTreeSet::new());
 }

@@ -88,6 +88,8 @@ pub enum Cause {
     ManualClose,
     ManualClear,
     OverrideExpired,
+    /// A flood of decisions on old events: offsets rewound or a topic replayed.
+    ReplaySuspected,
 }
 
 impl Cause {
@@ -101,6 +103,7 @@ impl Cause {
             Cause::ManualClose => "manual_close",
             Cause::ManualClear => "manual_clear",
             Cause::OverrideExpired => "override_expired",
+            Cause::ReplaySuspected => "replay_suspected",
         }
     }
 }
@@ -180,6 +183,12 @@ pub struct Breaker {
     share: f64,
     /// Whether `set_share` ran before (later changes start the limiters empty, see there).
     share_set: bool,
+    /// Stale decisions (old events) in the current minute, and that minute.
+    stale_minute: i64,
+    stale_count: u32,
+    /// After a policy change: the caps ramp up between these times (ms), in tenths.
+    ramp: Option<(i64, i64)>,
+    ramp_tenths: u32,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -210,6 +219,10 @@ impl Breaker {
                 .saturating_add(60_000),
             share: 1.0,
             share_set: false,
+            stale_minute: i64::MIN,
+            stale_count: 0,
+            ramp: None,
+            ramp_tenths: 10,
             policy,
         };
         let (rate, burst, floor) = (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
@@ -289,8 +302,9 @@ impl Breaker {
         } else {
             (self.policy.cell_rate_per_minute, self.policy.cell_burst)
         };
-        let scaled_rate = f64::from(rate) * self.share;
-        let scaled_burst = (f64::from(burst) * self.share).floor() as u32;
+        let factor = self.share * f64::from(self.ramp_tenths) / 10.0;
+        let scaled_rate = f64::from(rate) * factor;
+        let scaled_burst = (f64::from(burst) * factor).floor() as u32;
         let c = &mut self.cells[i];
         c.no_budget = scaled_rate <= 0.0 || scaled_burst == 0;
         let period = Duration::from_secs_f64(60.0 / scaled_rate.max(1e-6)).min(Duration::from_secs(365 * 86_400));
@@ -336,6 +350,64 @@ impl Breaker {
         for i in 0..self.cells.len() {
             self.roll_minute(i, now);
             self.apply_timers(i, now);
+        }
+        if let Some((start, end)) = self.ramp {
+            let tenths = if now >= end {
+                10
+            } else {
+                (1 + ((now - start).max(0) * 9 / (end - start).max(1)) as u32).min(10)
+            };
+            if tenths != self.ramp_tenths {
+                self.ramp_tenths = tenths;
+                // Each step starts empty: a ramp never mints a burst.
+                for i in 0..self.cells.len() {
+                    self.rescale(i, true);
+                }
+            }
+            if tenths == 10 {
+                self.ramp = None;
+            }
+        }
+    }
+
+    /// The policy version changed since the last run: the caps start at a tenth and ramp up to
+    /// full over `policy_change_ramp`, in steps of a tenth.
+    pub fn start_policy_ramp(&mut self, now_ms: i64) {
+        let len = self.policy.policy_change_ramp.as_millis() as i64;
+        if len == 0 {
+            return;
+        }
+        self.advance(now_ms);
+        let now = self.now();
+        self.ramp = Some((now, now + len));
+        self.ramp_tenths = 1;
+        for i in 0..self.cells.len() {
+            self.rescale(i, true);
+        }
+    }
+
+    /// Fraction of the caps in force because of a policy-change ramp (1.0 when none).
+    pub fn ramp_factor(&self) -> f64 {
+        f64::from(self.ramp_tenths) / 10.0
+    }
+
+    /// Counts a decision on an event `lag_ms` behind the breaker's clock; a flood of stale
+    /// decisions trips the global cell: the spike is likely resetguard's own (a rewind or replay).
+    pub fn note_event_lag(&mut self, lag_ms: i64, now_ms: i64) {
+        if lag_ms < self.policy.stale_after.as_millis() as i64 {
+            return;
+        }
+        self.advance(now_ms);
+        let now = self.now();
+        let minute = now.div_euclid(60_000);
+        if minute != self.stale_minute {
+            self.stale_minute = minute;
+            self.stale_count = 0;
+        }
+        self.stale_count += 1;
+        let g = GLOBAL as usize;
+        if self.stale_count > self.policy.stale_floor && matches!(self.cells[g].state, CellState::Closed | CellState::HalfOpen) {
+            self.set_state(g, CellState::Open, Cause::ReplaySuspected, now, None, None);
         }
     }
 
@@ -774,6 +846,68 @@ mod tests {
         let t = b.clear_override("not-seen-yet", "sre", "done", T0 + 2).unwrap().unwrap();
         assert_eq!((t.from, t.to, t.cause), (CellState::ForcedOpen, CellState::HalfOpen, Cause::ManualClear));
         assert_eq!(b.check(c, T0 + 3), Verdict::Send, "half-open probe");
+    }
+
+    #[test]
+    fn a_flood_of_decisions_on_old_events_trips_the_global_cell() {
+        let mut p = policy();
+        p.spike_floor = 1000;
+        let mut b = Breaker::new(p);
+        let c = b.cell_for("s");
+        let stale = 20 * 60_000;
+        for i in 0..10 {
+            b.note_event_lag(stale, T0 + i);
+            assert_eq!(b.check(c, T0 + i), Verdict::Send);
+        }
+        b.note_event_lag(60_000, T0 + 20); // fresh events do not count
+        b.note_event_lag(stale, T0 + 21);
+        assert_eq!(b.state_of("global"), Some(CellState::Open));
+        assert_eq!(b.check(c, T0 + 22), Verdict::Hold { reason: HeldReason::BreakerOpen, cell: GLOBAL });
+        assert_eq!(b.drain_transitions().pop().unwrap().cause, Cause::ReplaySuspected);
+    }
+
+    #[test]
+    fn every_source_spiking_at_once_trips_the_global_cell() {
+        let mut p = policy();
+        p.spike_floor = 30;
+        p.global_spike_floor = 100;
+        p.global_burst = 1000;
+        p.cell_burst = 1000;
+        let mut b = Breaker::new(p);
+        let cells: Vec<u8> = (0..5).map(|i| b.cell_for(&format!("s{i}"))).collect();
+        let mut held_global = 0;
+        // 25 decisions per source: no source crosses its floor of 30, together they cross 100.
+        for round in 0..25 {
+            for c in &cells {
+                if let Verdict::Hold { cell: GLOBAL, .. } = b.check(*c, T0 + round * 10) {
+                    held_global += 1;
+                }
+            }
+        }
+        assert!(cells.iter().all(|c| b.state_of(b.cell_name(*c)) == Some(CellState::Closed)));
+        assert_eq!(b.state_of("global"), Some(CellState::Open));
+        assert_eq!(held_global, 125 - 100);
+    }
+
+    #[test]
+    fn after_a_policy_change_the_caps_ramp_up_in_tenths() {
+        let mut p = policy();
+        p.global_burst = 100;
+        p.cell_burst = 100;
+        p.global_rate_per_minute = 100;
+        p.cell_rate_per_minute = 100;
+        p.spike_floor = 1_000_000;
+        p.global_spike_floor = 1_000_000;
+        p.policy_change_ramp = Duration::from_secs(1800);
+        let mut b = Breaker::new(p);
+        let c = b.cell_for("s");
+        b.start_policy_ramp(T0);
+        assert!((b.ramp_factor() - 0.1).abs() < 1e-9);
+        // Starting empty at a tenth: 10 per minute refill.
+        let sent = (0..1000).filter(|i| b.check(c, T0 + 60_000 + i) == Verdict::Send).count();
+        assert!(sent <= 10, "{sent}");
+        b.advance(T0 + 1_800_001);
+        assert!((b.ramp_factor() - 1.0).abs() < 1e-9);
     }
 
     #[test]

@@ -233,6 +233,7 @@ impl Engine {
             if short_hit { (WindowKind::Short, scores.short, p.threshold) } else { (WindowKind::Slow, scores.slow, p.slow.threshold) };
         let view = self.accounts.view(key).unwrap_or(WindowView { start_s: t_s, end_s: t_s, contributions: Vec::new(), evidence: Vec::new() });
         let decision = self.build_decision(ev, cell, now, kind, score, threshold, view);
+        self.breaker.note_event_lag(now - ev.occurred_at_ms, now);
         match self.breaker.check(cell, now) {
             Verdict::Send => Outcome::Notice(Box::new(decision)),
             Verdict::Hold { reason, cell } => Outcome::Held(

@@ -330,6 +330,27 @@ pub struct BreakerFile {
     /// Most source cells tracked individually; further sources share the cell `_other`. Default 32.
     #[serde(default = "default_max_cells")]
     pub max_cells: u32,
+    /// A decision whose event is older than this (against the breaker's clock) is stale: a flood
+    /// of them means input offsets were rewound or a topic replayed. Default `15m`.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: String,
+    /// Stale decisions per minute past which the global cell trips (cause `replay_suspected`).
+    /// Default 10.
+    #[serde(default = "default_stale_floor")]
+    pub stale_floor: u32,
+    /// After a policy version change the caps ramp from 10% to 100% over this time. Default `30m`.
+    #[serde(default = "default_ramp")]
+    pub policy_change_ramp: String,
+}
+
+fn default_stale_after() -> String {
+    "15m".into()
+}
+fn default_stale_floor() -> u32 {
+    10
+}
+fn default_ramp() -> String {
+    "30m".into()
 }
 
 fn default_global_rate() -> u32 {
@@ -388,6 +409,9 @@ impl Default for BreakerFile {
             probe_budget: default_probe_budget(),
             half_open_duration: default_half_open_duration(),
             max_cells: default_max_cells(),
+            stale_after: default_stale_after(),
+            stale_floor: default_stale_floor(),
+            policy_change_ramp: default_ramp(),
         }
     }
 }
@@ -453,6 +477,9 @@ pub struct BreakerPolicy {
     pub probe_budget: u32,
     pub half_open_duration: Duration,
     pub max_cells: usize,
+    pub stale_after: Duration,
+    pub stale_floor: u32,
+    pub policy_change_ramp: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -642,6 +669,9 @@ impl PolicyFile {
                 day,
             ),
             max_cells: c.range_u32("breaker.max_cells", b.max_cells, 1, MAX_CELLS_LIMIT as u32) as usize,
+            stale_after: c.duration("breaker.stale_after", &b.stale_after, Duration::from_secs(60), 30 * day),
+            stale_floor: c.range_u32("breaker.stale_floor", b.stale_floor, 1, 10_000_000),
+            policy_change_ramp: c.duration("breaker.policy_change_ramp", &b.policy_change_ramp, Duration::ZERO, 7 * day),
         };
         if b.cell_burst > b.global_burst {
             c.err("breaker.cell_burst", "must not exceed breaker.global_burst");

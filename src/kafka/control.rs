@@ -43,11 +43,22 @@ pub struct AuditRecord {
     pub instance: String,
 }
 
+/// Value of `policy/version`: the policy version the fleet last ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyVersionRecord {
+    pub version: String,
+    pub at_ms: i64,
+    pub instance: String,
+}
+
+pub const POLICY_VERSION_KEY: &str = "policy/version";
+
 /// A control record, parsed from its key and value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     Override(OverrideRecord),
     Allow(AllowRecord),
+    PolicyVersion(PolicyVersionRecord),
     /// Other keys (e.g. `held/<notice_id>`, written by `resetguard held`) are not the pipeline's.
     Other,
 }
@@ -66,6 +77,8 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<Control> {
     let value = value?;
     if key.starts_with("override/") {
         serde_json::from_slice(value).ok().map(Control::Override)
+    } else if key == POLICY_VERSION_KEY {
+        serde_json::from_slice(value).ok().map(Control::PolicyVersion)
     } else if key.starts_with("allow/") {
         serde_json::from_slice(value).ok().map(Control::Allow)
     } else {

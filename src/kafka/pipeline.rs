@@ -325,8 +325,17 @@ pub fn run_pipeline(
     let total_partitions = input_partitions(&consumer, &settings)?;
     // Overrides and allow-list changes of the fleet apply before the first decision.
     let control = control_reader(&settings)?;
-    let applied = read_control(&control, &mut engine, &settings, true);
+    let mut last_policy: Option<String> = None;
+    let applied = read_control(&control, &mut engine, &settings, true, &mut last_policy);
     info!(records = applied, "Control topic applied.");
+    if last_policy.as_deref() != Some(policy.version.as_str()) {
+        if let Some(previous) = &last_policy {
+            // A new policy may decide very differently: ramp the caps up instead of trusting it.
+            warn!(previous = %previous, current = %policy.version, "Policy version changed; ramping the breaker caps up.");
+            engine.breaker_mut().start_policy_ramp(wall_ms());
+        }
+        record_policy_version(&shared, &settings)?;
+    }
     let mut restore_until: HashMap<(usize, i32), i64> = HashMap::new();
     let mut tally = Tally::default();
     let mut batch = 0usize;
@@ -454,7 +463,7 @@ pub fn run_pipeline(
         }
         if now_i >= next_tick {
             next_tick = now_i + Duration::from_millis(100);
-            read_control(&control, &mut engine, &settings, false);
+            read_control(&control, &mut engine, &settings, false, &mut None);
             if !restore_until.is_empty() {
                 // A partition is restored once its position reached the committed offset.
                 if let Ok(pos) = consumer.position() {
@@ -541,7 +550,7 @@ fn control_reader(s: &Settings) -> Result<BaseConsumer, PipelineError> {
 
 /// Applies control records. At startup (`to_end`) reads up to the end of the topic; afterwards
 /// takes what arrived. Records of this instance were applied when they were made.
-fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: bool) -> usize {
+fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: bool, last_policy: &mut Option<String>) -> usize {
     use super::control::{parse, Control};
     let mut ends: HashMap<i32, i64> = HashMap::new();
     if to_end {
@@ -598,11 +607,25 @@ fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: boo
                 }
                 applied += 1;
             }
+            Some(Control::PolicyVersion(v)) => *last_policy = Some(v.version),
             Some(_) => {}
             None => warn!(offset = m.offset(), "Malformed control record skipped."),
         }
     }
     applied
+}
+
+/// Records the running policy version in the control topic (its own small transaction).
+fn record_policy_version(s: &Shared, settings: &Settings) -> Result<(), PipelineError> {
+    use super::control::{PolicyVersionRecord, POLICY_VERSION_KEY};
+    let rec = PolicyVersionRecord { version: settings.policy.version.clone(), at_ms: wall_ms(), instance: settings.transactional_id.clone() };
+    let payload = serde_json::to_vec(&rec).unwrap_or_default();
+    let fatal = |e: KafkaError| PipelineError::Startup(format!("cannot record the policy version: {e}"));
+    s.producer.begin_transaction().map_err(fatal)?;
+    s.producer
+        .send(BaseRecord::to(&settings.topics.control).key(POLICY_VERSION_KEY).payload(&payload[..]))
+        .map_err(|(e, _)| fatal(e))?;
+    s.producer.commit_transaction(s.timeout).map_err(fatal)
 }
 
 /// Applies one admin command, writes its control and audit records and commits them.
@@ -799,6 +822,7 @@ fn tick(engine: &mut Engine, m: &Metrics, status: &Status, tally: &mut Tally, re
         m.cell_baseline.with_label_values(&[&c.cell]).set(c.baseline_per_minute);
     }
     m.budget_remaining.set(i64::from(engine.breaker().global_remaining()));
+    m.cap_factor.set(engine.breaker().share() * engine.breaker().ramp_factor());
     m.tracked_accounts.set(engine.tracked_accounts() as i64);
     if now % 5_000 < 100 {
         m.state_bytes.set(engine.state_bytes() as i64);

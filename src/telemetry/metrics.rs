@@ -26,6 +26,7 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub breaker_trips: IntCounterVec,
     pub budget_remaining: IntGauge,
+    pub cap_factor: Gauge,
     pub cell_decision_rate: GaugeVec,
     pub cell_baseline: GaugeVec,
     pub tracked_accounts: IntGauge,
@@ -96,6 +97,10 @@ impl Metrics {
                 "resetguard_breaker_budget_remaining",
                 "Notices the global rate limit would still let through right now.",
             )?,
+            cap_factor: Gauge::new(
+                "resetguard_breaker_cap_ratio",
+                "Fraction of the configured caps this instance applies: its share of the partitions times the policy-change ramp.",
+            )?,
             cell_decision_rate: GaugeVec::new(
                 Opts::new("resetguard_cell_decisions_per_minute", "Decisions in the current minute, per breaker cell."),
                 &["cell"],
@@ -156,6 +161,7 @@ impl Metrics {
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.breaker_trips.clone()))?;
         registry.register(Box::new(m.budget_remaining.clone()))?;
+        registry.register(Box::new(m.cap_factor.clone()))?;
         registry.register(Box::new(m.cell_decision_rate.clone()))?;
         registry.register(Box::new(m.cell_baseline.clone()))?;
         registry.register(Box::new(m.tracked_accounts.clone()))?;
