@@ -14,7 +14,9 @@
 //!    Event times span the last ~60 s before production. The policy is the default one with a
 //!    breaker that does not trip (decisions become notices, not held records), so the output
 //!    volume does not depend on breaker timing.
-//! 2. **Throughput**, `PIPELINE_BENCH_RUNS` rounds (default 3), alternating on the same topic:
+//! 2. **Throughput**, one unmeasured warm-up round (the broker JVM starts cold;
+//!    `PIPELINE_BENCH_WARMUP=false` skips it), then `PIPELINE_BENCH_RUNS` rounds (default 3),
+//!    alternating on the same topic:
 //!    - *bare*: an rdkafka `BaseConsumer` with exactly resetguard's consumer configuration
 //!      (`resetguard::kafka::client::consumer_config`: read_committed, fetch.queue.backoff.ms=10,
 //!      ...) in a fresh group, polling one message at a time and touching its payload, until it
@@ -33,7 +35,11 @@
 //!    read_committed consumer of the notice topic (fetch.wait.max.ms=10) matches every notice to
 //!    its trigger by account id: latency = visible - occurred_at. Also printed: quantiles of
 //!    `resetguard_event_to_notice_seconds` (interpolated in its buckets; measures event time to
-//!    the return of `commit_transaction`, not visibility).
+//!    the return of `commit_transaction`, not visibility) and of
+//!    `resetguard_transaction_commit_seconds`.
+//!
+//! `PIPELINE_BENCH_KAFKA="k=v;k=v"` adds librdkafka properties to resetguard's `[kafka]` (and so
+//! to the bare consumer), e.g. `debug=eos` with `RUST_LOG=librdkafka=debug`.
 //!
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
 //! (20,000 events, one round, 5 s of latency), so the bench cannot rot.
@@ -75,7 +81,7 @@ struct Opts {
     warmup: bool,
     partitions: i32,
     commit_interval: String,
-    /// Extra `[kafka]` properties for resetguard (and the bare consumer), `k=v,k=v`.
+    /// Extra `[kafka]` properties for resetguard (and the bare consumer), `k=v;k=v`.
     kafka_extra: Vec<(String, String)>,
     latency_secs: u64,
     latency_rate: u64,

@@ -35,7 +35,7 @@ pub async fn run_with_admin(
         info!(topics = ?created, "Created topics.");
     }
     let http_stop = CancellationToken::new();
-    let admin = crate::http::admin::AdminState::new(settings.admin_token.as_ref(), commands, status.clone());
+    let admin = crate::http::admin::AdminState::new(settings.admin_token.as_ref(), commands, status.clone(), Some(settings.clone()));
     let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
         .await
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;

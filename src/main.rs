@@ -59,6 +59,11 @@ enum Command {
     },
     /// Validate a policy file or a service config; prints every problem with its field path.
     CheckConfig { file: PathBuf },
+    /// Work through held notices after an incident: list, release (paced, exactly once) or discard.
+    Held {
+        #[command(subcommand)]
+        action: HeldAction,
+    },
     /// Publish simulated login-risk events to a Kafka topic (for docker-compose and load tests).
     Generate {
         #[arg(long, default_value = "localhost:9092")]
@@ -72,6 +77,126 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+}
+
+/// Which held notices an action applies to. Release and discard need a criterion or `--all`.
+#[derive(clap::Args, Clone)]
+struct HeldSelect {
+    /// Service config (the same one the service runs with: topics and transactional id).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Breaker cell (the source's cell, or the cell that held it, e.g. `global`).
+    #[arg(long)]
+    cell: Option<String>,
+    /// Upstream source of the triggering event.
+    #[arg(long)]
+    source: Option<String>,
+    /// Held at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// Held before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+    /// Every pending held notice.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct Who {
+    /// Who takes the action (recorded in the audit topic).
+    #[arg(long)]
+    actor: String,
+    /// Why (recorded in the audit topic).
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Subcommand)]
+enum HeldAction {
+    /// List pending held notices (no account ids are printed).
+    List {
+        #[command(flatten)]
+        select: HeldSelect,
+    },
+    /// Release matching held notices to the notice topic, paced, each exactly once.
+    Release {
+        #[command(flatten)]
+        select: HeldSelect,
+        #[command(flatten)]
+        who: Who,
+        /// Notices per minute (default: the config's admin.release_rate_per_minute).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Discard matching held notices (recorded; nothing is sent).
+    Discard {
+        #[command(flatten)]
+        select: HeldSelect,
+        #[command(flatten)]
+        who: Who,
+    },
+}
+
+fn selector(s: &HeldSelect) -> anyhow::Result<resetguard::held::Selector> {
+    let time = |v: &Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
+        v.as_deref().map(|t| parse_rfc3339_ms(t).with_context(|| format!("--{name} must be an RFC 3339 timestamp"))).transpose()
+    };
+    Ok(resetguard::held::Selector {
+        cell: s.cell.clone(),
+        source: s.source.clone(),
+        from_ms: time(&s.from, "from")?,
+        to_ms: time(&s.to, "to")?,
+        all: s.all,
+    })
+}
+
+fn held_command(action: HeldAction) -> anyhow::Result<ExitCode> {
+    use resetguard::held::{self, HeldError};
+    let (select, run): (HeldSelect, Box<dyn FnOnce(&Settings, &held::Selector) -> Result<serde_json::Value, HeldError>>) = match action {
+        HeldAction::List { select } => (
+            select,
+            Box::new(|s, sel| held::list(s, sel).map(|l| serde_json::to_value(l).unwrap_or_default())),
+        ),
+        HeldAction::Release { select, who, rate } => (
+            select,
+            Box::new(move |s, sel| {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = stop.clone();
+                let _ = std::thread::spawn(move || {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        rt.block_on(async {
+                            let t = CancellationToken::new();
+                            signals(t.clone()).await;
+                        });
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+                let rate = rate.unwrap_or(s.release_rate_per_minute);
+                held::release(s, sel, &who.actor, &who.reason, rate, &stop).map(|r| serde_json::to_value(r).unwrap_or_default())
+            }),
+        ),
+        HeldAction::Discard { select, who } => (
+            select,
+            Box::new(move |s, sel| held::discard(s, sel, &who.actor, &who.reason).map(|r| serde_json::to_value(r).unwrap_or_default())),
+        ),
+    };
+    let settings = Settings::load(&select.config)?;
+    let sel = selector(&select)?;
+    match run(&settings, &sel) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(HeldError::Invalid(m)) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn init_logging(json: bool) {
@@ -179,6 +304,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(resetguard::demo::run(flood, listen.parse().context("--listen must be HOST:PORT")?))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Held { action } => held_command(action),
         Command::Generate { bootstrap, topic, rate, count } => {
             let rt = runtime()?;
             rt.block_on(resetguard::demo::generate(&bootstrap, &topic, rate, count))?;

@@ -23,7 +23,7 @@ fn server(token: Option<&str>) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (tx, rx) = mpsc::channel();
     let secret = token.map(|t| Secret::new(t.to_string()));
-    let state = AdminState::new(secret.as_ref(), tx, Arc::new(Status::default()));
+    let state = AdminState::new(secret.as_ref(), tx, Arc::new(Status::default()), None);
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let app = resetguard::http::router(prometheus::Registry::new(), Arc::new(Status::default()), state);

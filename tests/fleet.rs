@@ -145,6 +145,9 @@ fn the_global_cap_holds_for_the_fleet_not_per_instance() {
     inputs.extend(decisions(200, 100, "src-3"));
     let coords = produce(broker, &t.input, &inputs);
     wait_committed(broker, &t, inputs.len() as i64, Duration::from_secs(60));
+    for i in &fleet {
+        i.token.cancel();
+    }
     for i in fleet {
         stop(&rt, i);
     }

@@ -314,6 +314,7 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         assert_eq!(v["actor"], ACTOR);
         assert!(!v["reason"].as_str().unwrap().is_empty());
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
+        assert!(v["instance"].as_str().unwrap().ends_with("-release"));
         assert!(actions.insert(id.clone(), v["action"].as_str().unwrap().to_string()).is_none(), "two control records for {id}");
     }
     assert_eq!(actions.len(), HELD, "one control record per held notice");
@@ -329,6 +330,9 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         let v = json(r);
         assert_eq!(v["actor"], ACTOR);
         assert!(v["scope"].is_object());
+        assert!(v["instance"].as_str().unwrap().ends_with("-release"));
+        // The same shape as the pipeline's audit records (admin actions).
+        serde_json::from_slice::<resetguard::kafka::control::AuditRecord>(r.payload.as_deref().unwrap()).expect("an audit record");
         let action = v["action"].as_str().unwrap().to_string();
         assert!(action == "release" || action == "discard");
         for id in v["notice_ids"].as_array().unwrap() {

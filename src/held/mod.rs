@@ -6,10 +6,11 @@
 //!
 //! - `topics.held`: the held records the pipeline wrote (read to its end, read_committed);
 //! - `topics.control` (compacted): `held/<notice_id>` → `{"action":"released"|"discarded",
-//!   "actor","reason","at"}`, one per notice acted upon; the first action on a notice wins, and
-//!   no action is ever written for a notice that is not pending, so compaction keeps that first one;
+//!   "actor","reason","at","instance"}`, one per notice acted upon; the first action on a notice
+//!   wins, and no action is ever written for a notice that is not pending, so compaction keeps
+//!   that first one;
 //! - `topics.audit`: one record per transaction, `{"at","actor","reason","action","scope",
-//!   "notice_ids"}`;
+//!   "instance","notice_ids"}` (also readable as `kafka::control::AuditRecord`);
 //! - `topics.notices` (`topics.shadow` for shadow-mode decisions): where a release sends the notice,
 //!   exactly as the pipeline would have (same JSON, same headers, plus `released_by`).
 //!
@@ -267,6 +268,7 @@ pub fn release(
             actor: actor.to_string(),
             reason: reason.to_string(),
             at,
+            instance: txn.id.clone(),
             already_sent: already,
         };
         if !already {
@@ -332,6 +334,7 @@ pub fn discard(settings: &Settings, selector: &Selector, actor: &str, reason: &s
             actor: actor.to_string(),
             reason: reason.to_string(),
             at: format_rfc3339_ms(wall_ms()),
+            instance: txn.id.clone(),
             already_sent: false,
         };
         txn.add(&mut batch, control_out(settings, id, &control))?;
@@ -714,6 +717,7 @@ impl Txn {
             reason: head.reason,
             action: head.action.to_string(),
             scope: head.scope,
+            instance: self.id.clone(),
             notice_ids: std::mem::take(&mut batch.notice_ids),
             already_sent: std::mem::take(&mut batch.already_sent),
         };

@@ -419,6 +419,9 @@ pub struct ControlValue {
     pub reason: String,
     /// RFC 3339.
     pub at: String,
+    /// Transactional id the action ran under (`<pipeline.transactional_id>-release`).
+    #[serde(default)]
+    pub instance: String,
     /// Set on a release that found the notice already on the notices topic and only recorded it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_sent: bool,
@@ -433,6 +436,8 @@ pub struct AuditRecord {
     /// `release` or `discard`.
     pub action: String,
     pub scope: Scope,
+    /// Transactional id the action ran under (as in the pipeline's audit records).
+    pub instance: String,
     /// Every notice acted upon in this transaction.
     pub notice_ids: Vec<String>,
     /// Of those, the ones a release found already sent (recorded as released, not sent again).
@@ -593,8 +598,18 @@ mod tests {
         assert_eq!(notice_id_of_control_key(b"held/rn_ab"), Some("rn_ab"));
         assert_eq!(notice_id_of_control_key(b"breaker/buggy"), None);
         assert_eq!(notice_id_of_control_key(b"held/"), None);
-        let v = ControlValue { action: HeldAction::Released, actor: "ana".into(), reason: "INC-1".into(), at: "t".into(), already_sent: false };
-        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"action":"released","actor":"ana","reason":"INC-1","at":"t"}"#);
+        let v = ControlValue {
+            action: HeldAction::Released,
+            actor: "ana".into(),
+            reason: "INC-1".into(),
+            at: "t".into(),
+            instance: "rg-release".into(),
+            already_sent: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"action":"released","actor":"ana","reason":"INC-1","at":"t","instance":"rg-release"}"#
+        );
         let back: ControlValue = serde_json::from_str(r#"{"action":"discarded","actor":"a","reason":"r","at":"t"}"#).unwrap();
         assert_eq!(back.action, HeldAction::Discarded);
     }

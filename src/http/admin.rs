@@ -17,7 +17,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::config::{Secret, Settings};
+use crate::held::{self, HeldError, Selector};
 use crate::kafka::pipeline::{AdminCommand, BreakerAction};
 use crate::kafka::Status;
 
@@ -31,11 +32,13 @@ pub struct AdminState {
     token_digest: Option<[u8; 32]>,
     commands: Sender<AdminCommand>,
     status: Arc<Status>,
+    /// Settings for the held-notice actions (`None`: those endpoints answer 503).
+    settings: Option<Arc<Settings>>,
 }
 
 impl AdminState {
-    pub fn new(token: Option<&Secret>, commands: Sender<AdminCommand>, status: Arc<Status>) -> Self {
-        AdminState { token_digest: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()), commands, status }
+    pub fn new(token: Option<&Secret>, commands: Sender<AdminCommand>, status: Arc<Status>, settings: Option<Arc<Settings>>) -> Self {
+        AdminState { token_digest: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()), commands, status, settings }
     }
 }
 
@@ -44,6 +47,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/breaker", get(breaker_state))
         .route("/admin/breaker/{cell}/{action}", post(breaker_action))
         .route("/admin/allow-list", post(allow_add).delete(allow_remove))
+        .route("/admin/held", get(held_list))
+        .route("/admin/held/{action}", post(held_action))
         // Unknown admin paths get the same 401 as everything else without the token.
         .route("/admin/{*rest}", axum::routing::any(|| async { StatusCode::NOT_FOUND }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -175,4 +180,103 @@ async fn allow_remove(State(s): State<AdminState>, Json(body): Json<AllowBody>) 
     }
     send(&s, |reply| AdminCommand::Allow { account_id: body.account_id, expires_ms: None, actor: body.actor, reason: body.reason, reply })
         .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeldQuery {
+    #[serde(default)]
+    cell: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    from: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl HeldQuery {
+    fn selector(&self) -> Result<Selector, Response> {
+        let time = |v: &Option<String>| -> Result<Option<i64>, Response> {
+            v.as_deref()
+                .map(|t| crate::core::event::parse_rfc3339_ms(t).ok_or_else(|| bad_request("from/to must be RFC 3339 timestamps")))
+                .transpose()
+        };
+        Ok(Selector { cell: self.cell.clone(), source: self.source.clone(), from_ms: time(&self.from)?, to_ms: time(&self.to)?, all: self.all })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeldBody {
+    #[serde(default)]
+    cell: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    all: bool,
+    actor: String,
+    reason: String,
+    /// Notices per minute for a release (default: admin.release_rate_per_minute).
+    #[serde(default)]
+    rate_per_minute: Option<u32>,
+}
+
+fn held_error(e: HeldError) -> Response {
+    match e {
+        HeldError::Invalid(m) => bad_request(m),
+        other => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": other.to_string() }))).into_response(),
+    }
+}
+
+async fn held_list(State(s): State<AdminState>, axum::extract::Query(q): axum::extract::Query<HeldQuery>) -> Response {
+    let Some(settings) = s.settings.clone() else { return (StatusCode::SERVICE_UNAVAILABLE, "").into_response() };
+    let sel = match q.selector() {
+        Ok(sel) => sel,
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || held::list(&settings, &sel)).await {
+        Ok(Ok(l)) => Json(l).into_response(),
+        Ok(Err(e)) => held_error(e),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
+    }
+}
+
+/// `release` runs to completion (paced); a client that gives up does not stop it, and running
+/// it again is harmless: each notice is released exactly once.
+async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Json(body): Json<HeldBody>) -> Response {
+    let Some(settings) = s.settings.clone() else { return (StatusCode::SERVICE_UNAVAILABLE, "").into_response() };
+    if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    let query = HeldQuery { cell: body.cell, source: body.source, from: body.from, to: body.to, all: body.all };
+    let sel = match query.selector() {
+        Ok(sel) => sel,
+        Err(r) => return r,
+    };
+    let (actor, reason) = (body.actor, body.reason);
+    let rate = body.rate_per_minute.unwrap_or(settings.release_rate_per_minute).max(1);
+    let job = match action.as_str() {
+        "release" => tokio::task::spawn_blocking(move || {
+            let never = std::sync::atomic::AtomicBool::new(false);
+            held::release(&settings, &sel, &actor, &reason, rate, &never).map(|r| serde_json::to_value(r).unwrap_or_default())
+        }),
+        "discard" => tokio::task::spawn_blocking(move || {
+            held::discard(&settings, &sel, &actor, &reason).map(|r| serde_json::to_value(r).unwrap_or_default())
+        }),
+        _ => return (StatusCode::NOT_FOUND, "").into_response(),
+    };
+    match job.await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => held_error(e),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
+    }
 }

@@ -90,6 +90,8 @@ struct Shared {
     /// Per (topic index, partition): the committed offset restore mode runs up to.
     restore_until: Mutex<HashMap<(usize, i32), i64>>,
     rebalanced: AtomicBool,
+    /// Set while draining: an assignment arriving now is not restored (the member is leaving).
+    leaving: AtomicBool,
     /// Set by the callback when it failed to commit on revoke.
     callback_failure: Mutex<Option<TxnError>>,
     lookback_ms: i64,
@@ -107,6 +109,12 @@ impl ConsumerContext for Ctx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
         match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if s.leaving.load(Ordering::SeqCst) => {
+                // Draining: take nothing on (restore planning would block the drain).
+                if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+                    warn!(error = %e, "Declining an assignment while draining failed.");
+                }
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let plan = plan_restore(consumer, tpl, s);
                 let mut assign = TopicPartitionList::new();
@@ -309,6 +317,7 @@ pub fn run_pipeline(
         inputs: settings.topics.input.clone(),
         restore_until: Mutex::new(HashMap::new()),
         rebalanced: AtomicBool::new(false),
+        leaving: AtomicBool::new(false),
         callback_failure: Mutex::new(None),
         lookback_ms: lookback.as_millis() as i64,
         metrics: metrics.clone(),
@@ -496,6 +505,7 @@ pub fn run_pipeline(
         let _ = abort(&shared);
     }
     tick(&mut engine, &metrics, &status, &mut tally, false);
+    shared.leaving.store(true, Ordering::SeqCst);
     consumer.unsubscribe();
     // Serve the revoke callback so the member leaves the group cleanly.
     let leave_by = Instant::now() + Duration::from_secs(2);
