@@ -65,7 +65,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use resetguard::config::Settings;
-use resetguard::core::event::format_rfc3339_ms;
+use resetguard::core::event::{format_rfc3339_ms, parse_rfc3339_ms};
 use resetguard::kafka::Status;
 use tokio_util::sync::CancellationToken;
 
@@ -516,8 +516,10 @@ fn median(v: &[f64]) -> f64 {
 struct Latency {
     /// Milliseconds, sorted.
     samples: Vec<i64>,
-    /// The slowest samples: (latency ms, sent at s since the trickle started).
-    slowest: Vec<(i64, f64)>,
+    /// Milliseconds from occurred_at to the notice's decided_at, sorted.
+    to_decision: Vec<i64>,
+    /// The slowest samples: (latency ms, of which to decided_at, sent at s since the trickle started).
+    slowest: Vec<(i64, i64, f64)>,
     triggers: usize,
     unmatched_notices: usize,
     histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
@@ -542,7 +544,8 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
 
     // Trigger send time (= occurred_at) per account; filled before the trigger is sent.
     let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
-    let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    // (account, visible at, decided_at of the notice).
+    let seen: Arc<Mutex<Vec<(String, i64, Option<i64>)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
 
     // The notice reader: read_committed, from the beginning of the (fresh) notice topic.
@@ -565,7 +568,8 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
                     let now = wall_ms();
                     let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"null")).unwrap_or_default();
                     if let Some(a) = v["account_id"].as_str() {
-                        seen.lock().unwrap().push((a.to_string(), now));
+                        let decided = v["decided_at"].as_str().and_then(parse_rfc3339_ms);
+                        seen.lock().unwrap().push((a.to_string(), now, decided));
                     }
                 }
             }
@@ -619,7 +623,7 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     loop {
         let matched = {
             let sent = sent.lock().unwrap();
-            seen.lock().unwrap().iter().filter(|(a, _)| sent.contains_key(a)).count()
+            seen.lock().unwrap().iter().filter(|(a, _, _)| sent.contains_key(a)).count()
         };
         if matched >= triggers || Instant::now() > wait_by {
             break;
@@ -635,21 +639,26 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     let mut slowest = Vec::new();
     let t_start = wall_ms() - (start.elapsed().as_millis() as i64);
     let mut unmatched = 0usize;
-    for (a, visible) in seen.iter() {
+    let mut to_decision = Vec::new();
+    for (a, visible, decided) in seen.iter() {
         match sent.get(a) {
             Some(t) => {
                 samples.push(visible - t);
-                slowest.push((visible - t, (t - t_start) as f64 / 1000.0));
+                let d = decided.map_or(-1, |d| d - t);
+                to_decision.push(d);
+                slowest.push((visible - t, d, (t - t_start) as f64 / 1000.0));
             }
             None if a.starts_with("lat-ato-") => {} // warm-up pairs
             None => unmatched += 1,
         }
     }
     samples.sort_unstable();
+    to_decision.sort_unstable();
     slowest.sort_by(|a, b| b.0.cmp(&a.0));
     slowest.truncate(5);
     Latency {
         samples,
+        to_decision,
         slowest,
         triggers,
         unmatched_notices: unmatched,
@@ -771,8 +780,14 @@ fn main() {
     );
     let _ = writeln!(
         report,
-        "  slowest (ms @ s after start): {}",
-        lat.slowest.iter().map(|(ms, at)| format!("{ms} @ {at:.1}")).collect::<Vec<_>>().join(", ")
+        "  of which occurred_at -> decided_at (input path: produce, fetch, decide): p50 {} ms, p99 {} ms",
+        pct(&lat.to_decision, 0.5),
+        pct(&lat.to_decision, 0.99)
+    );
+    let _ = writeln!(
+        report,
+        "  slowest (ms total/to decision @ s after start): {}",
+        lat.slowest.iter().map(|(ms, d, at)| format!("{ms}/{d} @ {at:.1}")).collect::<Vec<_>>().join(", ")
     );
     for (name, h) in [
         ("resetguard_event_to_notice_seconds", &lat.histogram),

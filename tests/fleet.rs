@@ -226,3 +226,61 @@ fn stopping_killing_and_adding_instances_loses_and_duplicates_nothing() {
     let expected: BTreeSet<String> = inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected, "the same notices as a single uninterrupted run");
 }
+
+#[test]
+fn after_an_incident_held_notices_are_listed_and_released_once_through_the_admin_api_and_cli() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "release");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let a = start_instance(&rt, broker, &t, dir.path(), "a", "");
+    wait_assigned(&[&a], PARTITIONS as usize);
+    let inputs = decisions(0, 100, "spike-src");
+    let coords = produce(broker, &t.input, &inputs);
+    wait_committed(broker, &t, inputs.len() as i64, Duration::from_secs(60));
+    let (notices, held) = check_outputs(broker, &t, &inputs, &coords);
+    assert_eq!(notices.len() + held.len(), 100);
+    assert!(!held.is_empty());
+
+    // The CLI sees the same queue (and prints no account ids).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resetguard"))
+        .args(["held", "list", "--cell", "spike-src", "--config"])
+        .arg(dir.path().join("a.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["pending"].as_u64().unwrap() as usize, held.len());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("spike-src-acct-"), "no account ids in the listing");
+
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let auth = format!("Bearer {TOKEN}");
+    let listed: serde_json::Value =
+        client.get(format!("{}/admin/held?cell=spike-src", a.base)).header("Authorization", &auth).send().unwrap().json().unwrap();
+    assert_eq!(listed["pending"].as_u64().unwrap() as usize, held.len());
+    let release = |who: &str| -> serde_json::Value {
+        client
+            .post(format!("{}/admin/held/release", a.base))
+            .header("Authorization", &auth)
+            .json(&serde_json::json!({"cell": "spike-src", "actor": who, "reason": "model fixed, victims verified", "rate_per_minute": 600000}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let first = release("bob-secops");
+    assert_eq!(first["sent"].as_u64().unwrap() as usize, held.len(), "{first}");
+    let second = release("bob-secops");
+    assert_eq!(second["sent"], 0, "a repeated release is harmless: {second}");
+    a.token.cancel();
+    rt.block_on(a.handle).unwrap().unwrap();
+
+    let all_notices = broker.read_all_committed(&t.notices, Duration::from_secs(30));
+    let ids: BTreeSet<String> =
+        all_notices.iter().map(|r| String::from_utf8(r.header("notice_id").flatten().unwrap().to_vec()).unwrap()).collect();
+    assert_eq!(all_notices.len(), 100, "every decision ends as exactly one notice");
+    assert_eq!(ids.len(), 100, "0 duplicate notice ids");
+    let audit = broker.read_all_committed(&format!("{}-audit", t.shadow), Duration::from_secs(30));
+    assert!(audit.iter().any(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap()).contains("bob-secops")));
+}

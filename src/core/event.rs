@@ -144,6 +144,42 @@ struct Wire<'a> {
     schema_version: Option<u32>,
 }
 
+/// The fields of one message after JSON parsing, before validation: what both parsers produce.
+struct Fields<'a> {
+    event_id: Cow<'a, str>,
+    account_id: Cow<'a, str>,
+    occurred_at: Cow<'a, str>,
+    source: Cow<'a, str>,
+    signal: Cow<'a, str>,
+    risk: f64,
+    ip: Option<Cow<'a, str>>,
+    country: Option<Cow<'a, str>>,
+    device_id: Option<Cow<'a, str>>,
+    user_agent: Option<Cow<'a, str>>,
+    /// The raw JSON text of the value (no surrounding whitespace); `None` when absent or `null`.
+    attributes: Option<&'a str>,
+    schema_version: Option<u32>,
+}
+
+impl<'a> From<Wire<'a>> for Fields<'a> {
+    fn from(w: Wire<'a>) -> Self {
+        Fields {
+            event_id: w.event_id,
+            account_id: w.account_id,
+            occurred_at: w.occurred_at,
+            source: w.source,
+            signal: w.signal,
+            risk: w.risk,
+            ip: w.ip,
+            country: w.country,
+            device_id: w.device_id,
+            user_agent: w.user_agent,
+            attributes: w.attributes.map(RawValue::get),
+            schema_version: w.schema_version,
+        }
+    }
+}
+
 /// A valid login-risk event, borrowing from the message bytes.
 #[derive(Debug, Clone)]
 pub struct Event<'a> {
@@ -156,7 +192,36 @@ pub struct Event<'a> {
 }
 
 /// Decodes and validates one message. `now_ms` is the wall clock used for the future-timestamp check.
+///
+/// Valid messages of the common shape take a single-pass scanner ([`fast`]); everything else
+/// (escapes it does not handle, unknown or duplicate fields, wrong types, malformed JSON, and every
+/// message that fails validation) goes through [`decode_reference`], the serde_json path, which
+/// alone decides rejections and their details. The result is the same either way: the scanner only
+/// accepts inputs that serde_json accepts, producing the same fields (`tests/decode_equivalence.rs`).
 pub fn decode<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event<'a>, Rejection> {
+    match decode_fast(bytes, policy, now_ms) {
+        Some(event) => Ok(event),
+        None => decode_reference(bytes, policy, now_ms),
+    }
+}
+
+/// The fast path of [`decode`] alone: `Some` only for a valid event that the single-pass scanner
+/// handled completely, `None` when [`decode`] falls back to [`decode_reference`]. Exposed for the
+/// differential tests.
+#[doc(hidden)]
+pub fn decode_fast<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Option<Event<'a>> {
+    if bytes.len() > policy.max_message_bytes {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    validate(fast::parse(text)?, policy, now_ms).ok()
+}
+
+/// The reference decoder: serde_json into [`Wire`], then validation. [`decode`] gives the same
+/// result for every input (its fast path is checked against this one by the differential tests)
+/// and uses it for everything but the common valid shape. Exposed for those tests.
+#[doc(hidden)]
+pub fn decode_reference<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event<'a>, Rejection> {
     if bytes.len() > policy.max_message_bytes {
         return Err(Rejection::new(
             RejectReason::Oversize,
@@ -171,7 +236,11 @@ pub fn decode<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event
         return Err(Rejection::new(reason, "the message must be a JSON object"));
     }
     let wire: Wire<'a> = serde_json::from_str(text).map_err(|e| classify_json_error(&e, text))?;
+    validate(Fields::from(wire), policy, now_ms)
+}
 
+/// The contract's rules beyond JSON types: lengths, control characters, ranges, time, signal.
+fn validate<'a>(wire: Fields<'a>, policy: &Policy, now_ms: i64) -> Result<Event<'a>, Rejection> {
     check_str("event_id", &wire.event_id, bounds::EVENT_ID)?;
     check_str("account_id", &wire.account_id, bounds::ACCOUNT_ID)?;
     check_str("source", &wire.source, bounds::SOURCE)?;
@@ -195,7 +264,7 @@ pub fn decode<'a>(bytes: &'a [u8], policy: &Policy, now_ms: i64) -> Result<Event
         return Err(Rejection::new(RejectReason::RiskOutOfRange, "risk must be between 0.0 and 1.0"));
     }
     if let Some(attrs) = wire.attributes {
-        check_attributes(attrs.get(), policy)?;
+        check_attributes(attrs, policy)?;
     }
     let occurred_at_ms = parse_rfc3339_ms(&wire.occurred_at)
         .ok_or_else(|| Rejection::new(RejectReason::InvalidTimestamp, "occurred_at must be an RFC 3339 timestamp"))?;
@@ -348,6 +417,495 @@ fn quoted_field(msg: &str) -> Option<String> {
     let start = msg.find('`')?;
     let end = msg[start + 1..].find('`')?;
     Some(msg[start + 1..start + 1 + end].to_string())
+}
+
+/// The single-pass scanner behind [`decode`]'s fast path.
+///
+/// It accepts a subset of what `serde_json::from_str::<Wire>` accepts and, on that subset, produces
+/// the same [`Fields`]; on anything else it returns `None` and [`decode`] falls back to serde_json.
+/// The subset: one JSON object (JSON whitespace around tokens) whose keys are the contract's field
+/// names written without escapes, each at most once, with the required ones present; string values
+/// with any valid escapes (`\u` surrogates only as a well-formed pair); `risk` a non-negative number
+/// without exponent whose digits (at most 18) form an integer below 2^53; `schema_version` an
+/// integer within `u32` or `null`; optional strings may be `null`; `attributes` any JSON value
+/// nested at most 64 deep. Strings without escapes borrow from the input, as with serde.
+///
+/// No recursion (nesting is a 64-bit stack) and no panics: every access is bounds-checked.
+mod fast {
+    use std::borrow::Cow;
+
+    use super::Fields;
+
+    /// `10^i`, exact in f64 (and written as serde_json's table writes them).
+    const POW10: [f64; 19] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18];
+    /// Deepest nesting the `attributes` skipper tracks (the policy's limit is far below).
+    const MAX_DEPTH: u32 = 64;
+
+    // Field bits, in `seen`.
+    const EVENT_ID: u16 = 1 << 0;
+    const ACCOUNT_ID: u16 = 1 << 1;
+    const OCCURRED_AT: u16 = 1 << 2;
+    const SOURCE: u16 = 1 << 3;
+    const SIGNAL: u16 = 1 << 4;
+    const RISK: u16 = 1 << 5;
+    const IP: u16 = 1 << 6;
+    const COUNTRY: u16 = 1 << 7;
+    const DEVICE_ID: u16 = 1 << 8;
+    const USER_AGENT: u16 = 1 << 9;
+    const ATTRIBUTES: u16 = 1 << 10;
+    const SCHEMA_VERSION: u16 = 1 << 11;
+
+    pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
+        let mut p = Scanner { s: text, b: text.as_bytes(), i: 0 };
+        let (mut event_id, mut account_id, mut occurred_at, mut source, mut signal) = (None, None, None, None, None);
+        let mut risk = None;
+        let (mut ip, mut country, mut device_id, mut user_agent) = (None, None, None, None);
+        let (mut attributes, mut schema_version) = (None, None);
+        let mut seen = 0u16;
+
+        p.ws();
+        p.eat(b'{')?;
+        p.ws();
+        loop {
+            p.eat(b'"')?;
+            let field = match p.key()? {
+                b"event_id" => EVENT_ID,
+                b"account_id" => ACCOUNT_ID,
+                b"occurred_at" => OCCURRED_AT,
+                b"source" => SOURCE,
+                b"signal" => SIGNAL,
+                b"risk" => RISK,
+                b"ip" => IP,
+                b"country" => COUNTRY,
+                b"device_id" => DEVICE_ID,
+                b"user_agent" => USER_AGENT,
+                b"attributes" => ATTRIBUTES,
+                b"schema_version" => SCHEMA_VERSION,
+                _ => return None,
+            };
+            if seen & field != 0 {
+                return None;
+            }
+            seen |= field;
+            p.ws();
+            p.eat(b':')?;
+            p.ws();
+            match field {
+                EVENT_ID => event_id = Some(p.string()?),
+                ACCOUNT_ID => account_id = Some(p.string()?),
+                OCCURRED_AT => occurred_at = Some(p.string()?),
+                SOURCE => source = Some(p.string()?),
+                SIGNAL => signal = Some(p.string()?),
+                RISK => risk = Some(p.risk()?),
+                IP => ip = p.opt_string()?,
+                COUNTRY => country = p.opt_string()?,
+                DEVICE_ID => device_id = p.opt_string()?,
+                USER_AGENT => user_agent = p.opt_string()?,
+                ATTRIBUTES => {
+                    if !p.null() {
+                        let start = p.i;
+                        p.skip_value()?;
+                        attributes = Some(p.s.get(start..p.i)?);
+                    }
+                }
+                _ => {
+                    if !p.null() {
+                        schema_version = Some(p.u32()?);
+                    }
+                }
+            }
+            p.ws();
+            match p.next()? {
+                b',' => p.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+        p.ws();
+        if p.i != p.b.len() {
+            return None;
+        }
+        Some(Fields {
+            event_id: event_id?,
+            account_id: account_id?,
+            occurred_at: occurred_at?,
+            source: source?,
+            signal: signal?,
+            risk: risk?,
+            ip,
+            country,
+            device_id,
+            user_agent,
+            attributes,
+            schema_version,
+        })
+    }
+
+    struct Scanner<'a> {
+        s: &'a str,
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Scanner<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn next(&mut self) -> Option<u8> {
+            let c = self.peek()?;
+            self.i += 1;
+            Some(c)
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            (self.next()? == c).then_some(())
+        }
+
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+                self.i += 1;
+            }
+        }
+
+        /// Consumes `null` if it is next; `false` (nothing consumed) when the next byte is not `n`.
+        /// Any other word starting with `n` is left for the caller's parser, which rejects it.
+        fn null(&mut self) -> bool {
+            if self.b.get(self.i..self.i + 4) == Some(b"null") {
+                self.i += 4;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
+        }
+
+        /// The index of the first `"`, `\` or control character at or after `i` (or the end).
+        /// Eight bytes at a time (the test for a zero byte, as serde_json does); the lowest flagged
+        /// byte is always a true match (false positives only occur above a true one).
+        fn scan(&self, mut i: usize) -> usize {
+            const ONES: u64 = u64::MAX / 255;
+            while let Some(chunk) = self.b.get(i..i + 8) {
+                let Ok(bytes) = <[u8; 8]>::try_from(chunk) else { break };
+                let w = u64::from_le_bytes(bytes);
+                let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
+                let q = w ^ (ONES * u64::from(b'"'));
+                let quote = q.wrapping_sub(ONES) & !q;
+                let bs = w ^ (ONES * u64::from(b'\\'));
+                let backslash = bs.wrapping_sub(ONES) & !bs;
+                let hits = (ctrl | quote | backslash) & (ONES << 7);
+                if hits != 0 {
+                    return i + (hits.trailing_zeros() / 8) as usize;
+                }
+                i += 8;
+            }
+            while let Some(&c) = self.b.get(i) {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                i += 1;
+            }
+            i
+        }
+
+        /// An object key after its opening quote, without escapes.
+        fn key(&mut self) -> Option<&'a [u8]> {
+            let start = self.i;
+            let end = self.scan(start);
+            if self.b.get(end) != Some(&b'"') {
+                return None;
+            }
+            self.i = end + 1;
+            self.b.get(start..end)
+        }
+
+        /// A string value (the opening quote next): borrowed when it has no escapes, like serde's.
+        fn string(&mut self) -> Option<Cow<'a, str>> {
+            self.eat(b'"')?;
+            let start = self.i;
+            let end = self.scan(start);
+            match self.b.get(end)? {
+                b'"' => {
+                    self.i = end + 1;
+                    self.s.get(start..end).map(Cow::Borrowed)
+                }
+                b'\\' => {
+                    let mut out = String::with_capacity(end - start + 16);
+                    out.push_str(self.s.get(start..end)?);
+                    self.i = end;
+                    self.unescape(out).map(Cow::Owned)
+                }
+                _ => None,
+            }
+        }
+
+        /// The rest of a string with escapes, `self.i` at a backslash; appends to `out`.
+        fn unescape(&mut self, mut out: String) -> Option<String> {
+            loop {
+                self.eat(b'\\')?;
+                match self.next()? {
+                    b'"' => out.push('"'),
+                    b'\\' => out.push('\\'),
+                    b'/' => out.push('/'),
+                    b'b' => out.push('\u{8}'),
+                    b'f' => out.push('\u{c}'),
+                    b'n' => out.push('\n'),
+                    b'r' => out.push('\r'),
+                    b't' => out.push('\t'),
+                    b'u' => {
+                        let n = u32::from(self.hex4()?);
+                        let c = match n {
+                            0xD800..=0xDBFF => {
+                                self.literal(b"\\u")?;
+                                let low = u32::from(self.hex4()?);
+                                if !(0xDC00..=0xDFFF).contains(&low) {
+                                    return None;
+                                }
+                                0x1_0000 + ((n - 0xD800) << 10) + (low - 0xDC00)
+                            }
+                            0xDC00..=0xDFFF => return None,
+                            _ => n,
+                        };
+                        out.push(char::from_u32(c)?);
+                    }
+                    _ => return None,
+                }
+                let start = self.i;
+                let end = self.scan(start);
+                out.push_str(self.s.get(start..end)?);
+                self.i = end;
+                match self.peek()? {
+                    b'"' => {
+                        self.i += 1;
+                        return Some(out);
+                    }
+                    b'\\' => {}
+                    _ => return None,
+                }
+            }
+        }
+
+        fn hex4(&mut self) -> Option<u16> {
+            let h = self.b.get(self.i..self.i + 4)?;
+            let mut n = 0u16;
+            for &c in h {
+                n = n << 4 | char::from(c).to_digit(16)? as u16;
+            }
+            self.i += 4;
+            Some(n)
+        }
+
+        /// `null` or a string.
+        fn opt_string(&mut self) -> Option<Option<Cow<'a, str>>> {
+            if self.null() {
+                Some(None)
+            } else {
+                self.string().map(Some)
+            }
+        }
+
+        /// `risk`: digits, optionally a fraction, no sign or exponent; at most 18 digits forming
+        /// an integer `m` below 2^53, so `m` and `10^k` (k ≤ 18) are exact in f64 and the value is
+        /// `m / 10^k` correctly rounded. serde_json computes exactly this (`m as f64 / POW10[k]`, or
+        /// `m as f64` for an integer), and so does `str::parse::<f64>`.
+        fn risk(&mut self) -> Option<f64> {
+            let mut m = 0u64;
+            let mut digits = 0u32;
+            match self.next()? {
+                b'0' => {}
+                c @ b'1'..=b'9' => {
+                    m = u64::from(c - b'0');
+                    digits = 1;
+                    while let Some(c @ b'0'..=b'9') = self.peek() {
+                        m = m * 10 + u64::from(c - b'0');
+                        digits += 1;
+                        if digits > 18 {
+                            return None;
+                        }
+                        self.i += 1;
+                    }
+                }
+                _ => return None,
+            }
+            let mut frac = 0usize;
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                while let Some(c @ b'0'..=b'9') = self.peek() {
+                    m = m * 10 + u64::from(c - b'0');
+                    digits += 1;
+                    frac += 1;
+                    if digits > 18 {
+                        return None;
+                    }
+                    self.i += 1;
+                }
+                if frac == 0 {
+                    return None;
+                }
+            }
+            if matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) || m >= 1 << 53 {
+                return None;
+            }
+            let f = m as f64;
+            Some(if frac == 0 { f } else { f / *POW10.get(frac)? })
+        }
+
+        /// A non-negative integer within u32, no fraction or exponent.
+        fn u32(&mut self) -> Option<u32> {
+            let mut n = 0u64;
+            match self.next()? {
+                b'0' => {}
+                c @ b'1'..=b'9' => {
+                    n = u64::from(c - b'0');
+                    while let Some(c @ b'0'..=b'9') = self.peek() {
+                        n = n * 10 + u64::from(c - b'0');
+                        if n > u64::from(u32::MAX) {
+                            return None;
+                        }
+                        self.i += 1;
+                    }
+                }
+                _ => return None,
+            }
+            if matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) {
+                return None;
+            }
+            u32::try_from(n).ok()
+        }
+
+        /// Skips a JSON number (RFC 8259 grammar).
+        fn skip_number(&mut self) -> Option<()> {
+            if self.peek() == Some(b'-') {
+                self.i += 1;
+            }
+            match self.next()? {
+                b'0' => {}
+                b'1'..=b'9' => self.skip_digits(),
+                _ => return None,
+            }
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                self.digits1()?;
+            }
+            if let Some(b'e' | b'E') = self.peek() {
+                self.i += 1;
+                if let Some(b'+' | b'-') = self.peek() {
+                    self.i += 1;
+                }
+                self.digits1()?;
+            }
+            Some(())
+        }
+
+        fn skip_digits(&mut self) {
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+        }
+
+        /// One or more digits.
+        fn digits1(&mut self) -> Option<()> {
+            let start = self.i;
+            self.skip_digits();
+            (self.i > start).then_some(())
+        }
+
+        /// Skips a string after its opening quote (escapes checked, not decoded; `\u` surrogates
+        /// are not checked, as serde_json does not check them in a skipped value).
+        fn skip_str(&mut self) -> Option<()> {
+            loop {
+                let end = self.scan(self.i);
+                self.i = end + 1;
+                match self.b.get(end)? {
+                    b'"' => return Some(()),
+                    b'\\' => match self.next()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            self.hex4()?;
+                        }
+                        _ => return None,
+                    },
+                    _ => return None,
+                }
+            }
+        }
+
+        /// `"key"` `:` in an object being skipped (whitespace before the key already skipped).
+        fn member_key(&mut self) -> Option<()> {
+            self.eat(b'"')?;
+            self.skip_str()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            Some(())
+        }
+
+        /// Skips one JSON value (the next byte starts it), validating its grammar. Iterative: the
+        /// enclosing containers are bits of `stack` (1 = object), innermost lowest.
+        fn skip_value(&mut self) -> Option<()> {
+            let mut stack = 0u64;
+            let mut depth = 0u32;
+            loop {
+                // A value is next.
+                match self.next()? {
+                    open @ (b'{' | b'[') => {
+                        if depth == MAX_DEPTH {
+                            return None;
+                        }
+                        let object = open == b'{';
+                        stack = stack << 1 | u64::from(object);
+                        depth += 1;
+                        self.ws();
+                        let close = if object { b'}' } else { b']' };
+                        if self.peek() == Some(close) {
+                            self.i += 1;
+                            stack >>= 1;
+                            depth -= 1;
+                        } else {
+                            if object {
+                                self.member_key()?;
+                            }
+                            continue;
+                        }
+                    }
+                    b'"' => self.skip_str()?,
+                    b't' => self.literal(b"rue")?,
+                    b'f' => self.literal(b"alse")?,
+                    b'n' => self.literal(b"ull")?,
+                    b'-' | b'0'..=b'9' => {
+                        self.i -= 1;
+                        self.skip_number()?;
+                    }
+                    _ => return None,
+                }
+                // After a value: close containers until one has a next element.
+                loop {
+                    if depth == 0 {
+                        return Some(());
+                    }
+                    self.ws();
+                    let object = stack & 1 == 1;
+                    match self.next()? {
+                        b',' => {
+                            self.ws();
+                            if object {
+                                self.member_key()?;
+                            }
+                            break;
+                        }
+                        b'}' if object => {}
+                        b']' if !object => {}
+                        _ => return None,
+                    }
+                    stack >>= 1;
+                    depth -= 1;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
