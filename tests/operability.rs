@@ -16,12 +16,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::kafka::{block_on, produce_one_async, unique_name, KafkaBroker};
+use common::service::Topics;
 use resetguard::config::ConfigFile;
 use resetguard::core::event::format_rfc3339_ms;
 use resetguard::kafka::Status;
@@ -43,76 +44,6 @@ const DUPLICATES: usize = 5;
 // ---------------------------------------------------------------------------------------------
 // The shared service
 // ---------------------------------------------------------------------------------------------
-
-struct Topics {
-    input: String,
-    notices: String,
-    held: String,
-    dlq: String,
-    shadow: String,
-    group: String,
-}
-
-impl Topics {
-    fn create(broker: &KafkaBroker) -> Topics {
-        let t = Topics {
-            input: unique_name("ops-in"),
-            notices: unique_name("ops-notices"),
-            held: unique_name("ops-held"),
-            dlq: unique_name("ops-dlq"),
-            shadow: unique_name("ops-shadow"),
-            group: unique_name("ops-group"),
-        };
-        broker.create_topic(&t.input, 3);
-        for out in [&t.notices, &t.held, &t.dlq, &t.shadow] {
-            broker.create_topic(out, 2);
-        }
-        t
-    }
-
-    /// Writes policy.toml (defaults) and resetguard.toml into `dir`; returns the config path.
-    fn write_config(&self, broker: &KafkaBroker, dir: &Path, http_port: u16) -> PathBuf {
-        std::fs::write(dir.join("policy.toml"), "version = \"ops-1\"\n").unwrap();
-        let cfg = format!(
-            r#"
-policy = "policy.toml"
-[kafka]
-"bootstrap.servers" = "{bootstrap}"
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-"transaction.timeout.ms" = "10000"
-"message.timeout.ms" = "9000"
-[topics]
-input = ["{input}"]
-notices = "{notices}"
-held = "{held}"
-dlq = "{dlq}"
-shadow = "{shadow}"
-control = "{shadow}-control"
-audit = "{shadow}-audit"
-create = true
-[pipeline]
-group_id = "{group}"
-transactional_id = "{txn}"
-commit_interval = "100ms"
-drain_timeout = "20s"
-[http]
-listen = "127.0.0.1:{http_port}"
-"#,
-            bootstrap = broker.bootstrap,
-            input = self.input,
-            notices = self.notices,
-            held = self.held,
-            dlq = self.dlq,
-            shadow = self.shadow,
-            group = self.group,
-            txn = unique_name("ops-txn"),
-        );
-        let path = dir.join("resetguard.toml");
-        std::fs::write(&path, cfg).unwrap();
-        path
-    }
-}
 
 /// What the tests look at: the service's port, what the traffic was, what the output topics hold,
 /// and a scrape taken once the metrics caught up with the committed outputs.
@@ -220,12 +151,12 @@ fn produce(broker: &KafkaBroker, topic: &str, records: &[(String, Vec<u8>)]) {
 
 fn start_service() -> Service {
     let broker = KafkaBroker::shared();
-    let t = Topics::create(broker);
+    let t = Topics::create(broker, "ops");
     let port = free_port();
     let settings = {
         // The config is read once, here; nothing of it stays on disk.
         let dir = tempfile::tempdir().unwrap();
-        let path = t.write_config(broker, dir.path(), port);
+        let path = t.write_instance_config(broker, dir.path(), "resetguard.toml", &unique_name("ops-txn"), "", &format!("127.0.0.1:{port}"));
         let text = std::fs::read_to_string(&path).unwrap();
         toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap_or_else(|e| panic!("config: {e:?}"))
     };
