@@ -21,6 +21,9 @@ use resetguard::core::{Engine, Policy, TimeMode};
 use resetguard::kafka::records::{record_for, Origin, OutRecord};
 use serde_json::{json, Map, Value};
 
+mod common;
+use common::schemas::{errors, load_schema, validator};
+
 /// 2026-05-28T20:26:40Z.
 const T0: i64 = 1_780_000_000_000;
 /// Wall clock handed to the decoder and the engine: far enough ahead that no test event is "in the future".
@@ -30,30 +33,6 @@ const INPUT_TOPIC: &str = "login-risk-events";
 // ------------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------------
-
-fn load_schema(file: &str) -> Value {
-    let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
-}
-
-/// A validator for a schema file, with `format` assertions on (`date-time` is checked).
-fn validator(file: &str) -> jsonschema::Validator {
-    let schema = load_schema(file);
-    if let Err(e) = jsonschema::meta::validate(&schema) {
-        panic!("{file} is not a valid JSON Schema: {e}");
-    }
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap_or_else(|e| panic!("{file} does not compile: {e}"))
-}
-
-/// The errors of an instance, one line each (empty when valid).
-fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
-    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect()
-}
 
 fn event_bytes(id: &str, account: &str, t_ms: i64, source: &str, signal: &str, risk: f64) -> Vec<u8> {
     json!({

@@ -426,7 +426,7 @@ fn quoted_field(msg: &str) -> Option<String> {
 /// The subset: one JSON object (JSON whitespace around tokens) whose keys are the contract's field
 /// names written without escapes, each at most once, with the required ones present; string values
 /// with any valid escapes (`\u` surrogates only as a well-formed pair); `risk` a non-negative number
-/// without exponent whose digits (at most 18) form an integer below 2^53; `schema_version` an
+/// without exponent, of at most 19 digits; `schema_version` an
 /// integer within `u32` or `null`; optional strings may be `null`; `attributes` any JSON value
 /// nested at most 64 deep. Strings without escapes borrow from the input, as with serde.
 ///
@@ -436,8 +436,9 @@ mod fast {
 
     use super::Fields;
 
-    /// `10^i`, exact in f64 (and written as serde_json's table writes them).
-    const POW10: [f64; 19] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18];
+    /// `10^i`, exact in f64, as in serde_json's table.
+    const POW10: [f64; 20] =
+        [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19];
     /// Deepest nesting the `attributes` skipper tracks (the policy's limit is far below).
     const MAX_DEPTH: u32 = 64;
 
@@ -707,50 +708,47 @@ mod fast {
             }
         }
 
-        /// `risk`: digits, optionally a fraction, no sign or exponent; at most 18 digits forming
-        /// an integer `m` below 2^53, so `m` and `10^k` (k ≤ 18) are exact in f64 and the value is
-        /// `m / 10^k` correctly rounded. serde_json computes exactly this (`m as f64 / POW10[k]`, or
-        /// `m as f64` for an integer), and so does `str::parse::<f64>`.
+        /// `risk`: digits, optionally a fraction, no sign or exponent, at most 19 digits in all
+        /// (the significand `m` then fits a u64, as in serde_json, which only switches algorithms
+        /// when it would not). The value is what serde_json 1.x (without its `float_roundtrip`
+        /// feature) computes for such a number, with the same IEEE operations: `m as f64` for an
+        /// integer (`visit_u64`), `m as f64 / 10^k` with `k` fraction digits otherwise. For
+        /// `m < 2^53` that is the correctly rounded value, as `str::parse::<f64>` gives; above, it
+        /// may be 1 ulp off the correctly rounded value, and matching serde_json is what counts.
         fn risk(&mut self) -> Option<f64> {
-            let mut m = 0u64;
-            let mut digits = 0u32;
-            match self.next()? {
-                b'0' => {}
-                c @ b'1'..=b'9' => {
-                    m = u64::from(c - b'0');
-                    digits = 1;
-                    while let Some(c @ b'0'..=b'9') = self.peek() {
-                        m = m * 10 + u64::from(c - b'0');
-                        digits += 1;
-                        if digits > 18 {
-                            return None;
-                        }
-                        self.i += 1;
-                    }
-                }
+            let start = self.i; let (mut m, mut digits) = (0u64, 0u32);
+            match self.peek()? {
+                b'0' => self.i += 1,
+                b'1'..=b'9' => self.significand(&mut m, &mut digits)?,
                 _ => return None,
             }
-            let mut frac = 0usize;
+            let mut frac = 0;
             if self.peek() == Some(b'.') {
                 self.i += 1;
-                while let Some(c @ b'0'..=b'9') = self.peek() {
-                    m = m * 10 + u64::from(c - b'0');
-                    digits += 1;
-                    frac += 1;
-                    if digits > 18 {
-                        return None;
-                    }
-                    self.i += 1;
-                }
+                let before = digits;
+                self.significand(&mut m, &mut digits)?;
+                frac = (digits - before) as usize;
                 if frac == 0 {
                     return None;
                 }
             }
-            if matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) || m >= 1 << 53 {
+            if matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) {
                 return None;
             }
-            let f = m as f64;
-            Some(if frac == 0 { f } else { f / *POW10.get(frac)? })
+            let _ = m; let t = self.s.get(start..self.i)?; t.parse::<f64>().ok()
+        }
+
+        /// Appends a run of digits to the significand `m`; `None` past 19 digits in all.
+        fn significand(&mut self, m: &mut u64, digits: &mut u32) -> Option<()> {
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                if *digits == 19 {
+                    return None;
+                }
+                *m = *m * 10 + u64::from(c - b'0');
+                *digits += 1;
+                self.i += 1;
+            }
+            Some(())
         }
 
         /// A non-negative integer within u32, no fraction or exponent.

@@ -3,3 +3,4 @@
 pub mod kafka;
 pub mod events;
 pub mod service;
+pub mod schemas;

@@ -217,6 +217,7 @@ pub fn json(r: &Record) -> serde_json::Value {
 /// Reads all outputs and checks the tally. Returns (notice accounts, held accounts).
 pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords: &[(i32, i64)]) -> (BTreeSet<String>, BTreeSet<String>) {
     let timeout = Duration::from_secs(60);
+    let schemas = super::schemas::OutputSchemas::load();
     let notices = broker.read_all_committed(&t.notices, timeout);
     let held = broker.read_all_committed(&t.held, timeout);
     let dlq = broker.read_all_committed(&t.dlq, timeout);
@@ -228,6 +229,8 @@ pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords:
     for r in &notices {
         let v = json(r);
         let id = v["notice_id"].as_str().unwrap().to_string();
+        let bad = super::schemas::errors(&schemas.notice, &v);
+        assert!(bad.is_empty(), "notice {id} breaks schemas/reset-notice.v1.schema.json: {bad:?}");
         assert_eq!(header_str(r, "notice_id"), id);
         assert!(notice_ids.insert(id.clone()), "duplicate notice_id {id}");
         assert_eq!(r.key_str().unwrap(), v["account_id"].as_str().unwrap());
@@ -237,6 +240,8 @@ pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords:
     let mut held_accounts = BTreeSet::new();
     for r in &held {
         let v = json(r);
+        let bad = super::schemas::errors(&schemas.held, &v);
+        assert!(bad.is_empty(), "held record breaks schemas/held-record.v1.schema.json: {bad:?}");
         assert!(!notice_ids.contains(v["notice_id"].as_str().unwrap()), "a decision is both sent and held");
         held_accounts.insert(v["account_id"].as_str().unwrap().to_string());
         assert!(!header_str(r, "held_reason").is_empty());
@@ -246,6 +251,13 @@ pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords:
     let by_coords: HashMap<(i32, i64), &Input> = coords.iter().copied().zip(inputs.iter()).collect();
     let mut dlq_reasons: BTreeMap<String, usize> = BTreeMap::new();
     for r in &dlq {
+        let headers: serde_json::Map<String, serde_json::Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v.as_deref().unwrap_or(&[])).into_owned())))
+            .collect();
+        let bad = super::schemas::errors(&schemas.dlq_headers, &serde_json::Value::Object(headers));
+        assert!(bad.is_empty(), "DLQ headers break schemas/dlq-record.v1.schema.json: {bad:?}");
         assert_eq!(header_str(r, "source_topic"), t.input);
         let p: i32 = header_str(r, "source_partition").parse().unwrap();
         let o: i64 = header_str(r, "source_offset").parse().unwrap();
