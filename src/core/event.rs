@@ -716,7 +716,7 @@ mod fast {
         /// `m < 2^53` that is the correctly rounded value, as `str::parse::<f64>` gives; above, it
         /// may be 1 ulp off the correctly rounded value, and matching serde_json is what counts.
         fn risk(&mut self) -> Option<f64> {
-            let start = self.i; let (mut m, mut digits) = (0u64, 0u32);
+            let (mut m, mut digits) = (0u64, 0u32);
             match self.peek()? {
                 b'0' => self.i += 1,
                 b'1'..=b'9' => self.significand(&mut m, &mut digits)?,
@@ -735,7 +735,8 @@ mod fast {
             if matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) {
                 return None;
             }
-            let _ = m; let t = self.s.get(start..self.i)?; t.parse::<f64>().ok()
+            let f = m as f64;
+            Some(if frac == 0 { f } else { f / *POW10.get(frac)? })
         }
 
         /// Appends a run of digits to the significand `m`; `None` past 19 digits in all.
@@ -824,7 +825,7 @@ mod fast {
                         b'u' => {
                             self.hex4()?;
                         }
-                        _ => return None,
+                        _ => {}
                     },
                     _ => return None,
                 }

@@ -86,6 +86,7 @@ pub fn replay(policy: Arc<Policy>, args: &ReplayArgs) -> Result<Report, ReplayEr
     let mut report = Report::new(&policy);
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;
+    let mut last_minute = i64::MIN;
     let werr = |p: &str| {
         let path = args.out.join(p).display().to_string();
         move |source| ReplayError::Output { path, source }
@@ -146,6 +147,10 @@ pub fn replay(policy: Arc<Policy>, args: &ReplayArgs) -> Result<Report, ReplayEr
         }
         for t in engine.drain_transitions() {
             report.transition(t);
+        }
+        if now != i64::MIN && now.div_euclid(60_000) != last_minute {
+            last_minute = now.div_euclid(60_000);
+            report.baselines(now, &engine.breaker().snapshot());
         }
         if line_no % 1024 == 0 {
             engine.tick(args.now_ms);

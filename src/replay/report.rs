@@ -19,6 +19,8 @@ pub struct Minute {
     pub held: u64,
     /// Per cell: decisions this minute.
     pub decisions_by_cell: BTreeMap<String, u64>,
+    /// Per cell: the learned baseline (decisions per minute) as the minute began.
+    pub baseline_by_cell: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +103,17 @@ impl Report {
             match outcome {
                 Outcome::Notice(_) => m.notices += 1,
                 _ => m.held += 1,
+            }
+        }
+    }
+
+    /// Records the breaker's learned baselines for the minute containing `now_ms` (once per minute).
+    pub fn baselines(&mut self, now_ms: i64, cells: &[CellSnapshot]) {
+        let minute = now_ms.div_euclid(60_000);
+        if let Some(&i) = self.minute_index.get(&minute) {
+            let m = &mut self.timeline[i];
+            if m.baseline_by_cell.is_empty() {
+                m.baseline_by_cell = cells.iter().map(|c| (c.cell.clone(), c.baseline_per_minute)).collect();
             }
         }
     }

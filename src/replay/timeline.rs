@@ -25,7 +25,7 @@ pub fn render(report: &Report) -> String {
         c.dedup();
         c
     };
-    let height = 60.0 + CHART_H + 40.0 + cells.len() as f64 * (BAND_H + 6.0) + 40.0;
+    let height = 60.0 + CHART_H + 54.0 + cells.len() as f64 * (BAND_H + 6.0) + 40.0;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -49,11 +49,20 @@ pub fn render(report: &Report) -> String {
     let bar_w = (plot_w / span).max(1.0);
     let max_y = minutes.iter().map(|m| m.3).max().unwrap_or(1).max(1) as f64;
     let top = 50.0;
-    let y_of = |v: f64| top + CHART_H - v / max_y * CHART_H;
+    // Square-root scale: a handful of notices stays visible next to thousands held.
+    let y_of = |v: f64| top + CHART_H - (v.max(0.0) / max_y).sqrt() * CHART_H;
     // Axes and labels.
     let _ = write!(s, r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##, top + CHART_H, W - 20.0, top + CHART_H);
     let _ = write!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{}" stroke="#333"/>"##, top + CHART_H);
-    let _ = write!(s, r#"<text x="8" y="{}">{max_y:.0}/min</text><text x="8" y="{}">0</text>"#, top + 4.0, top + CHART_H);
+    let _ = write!(
+        s,
+        r#"<text x="8" y="{}">{max_y:.0}/min</text><text x="8" y="{:.1}">{:.0}</text><text x="8" y="{}">0</text><text x="8" y="{}" font-size="10">(sqrt scale)</text>"#,
+        top + 4.0,
+        y_of(max_y / 4.0) + 4.0,
+        max_y / 4.0,
+        top + CHART_H,
+        top + 18.0
+    );
     for (m, notices, held, _) in &minutes {
         let x = x_of(*m);
         let yn = y_of(*notices as f64);
@@ -63,10 +72,24 @@ pub fn render(report: &Report) -> String {
             let _ = write!(s, r##"<rect x="{x:.1}" y="{yh:.1}" width="{bar_w:.1}" height="{:.1}" fill="#c62828"/>"##, yn - yh);
         }
     }
+    // Decisions per minute (all cells) and the global cell's learned baseline.
+    let line = |points: Vec<(f64, f64)>, color: &str, dash: &str| -> String {
+        let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}" points="{}"/>"#, pts.join(" "))
+    };
+    let decisions: Vec<(f64, f64)> = minutes.iter().map(|(m, _, _, d)| (x_of(*m) + bar_w / 2.0, y_of(*d as f64))).collect();
+    s.push_str(&line(decisions, "#212121", "none"));
+    let baseline: Vec<(f64, f64)> = report
+        .minutes()
+        .filter_map(|(m, x)| x.baseline_by_cell.get("global").map(|b| (x_of(m) + bar_w / 2.0, y_of(b.min(max_y)))))
+        .collect();
+    if !baseline.is_empty() {
+        s.push_str(&line(baseline, "#1565c0", "4 3"));
+    }
     let legend_y = top + CHART_H + 20.0;
     let _ = write!(
         s,
-        r##"<rect x="{LEFT}" y="{}" width="10" height="10" fill="#2e7d32"/><text x="{}" y="{legend_y}">notices per minute</text><rect x="{}" y="{}" width="10" height="10" fill="#c62828"/><text x="{}" y="{legend_y}">held per minute</text><text x="{}" y="{legend_y}">{} .. {}</text>"##,
+        r##"<rect x="{LEFT}" y="{}" width="10" height="10" fill="#2e7d32"/><text x="{}" y="{legend_y}">notices per minute</text><rect x="{}" y="{}" width="10" height="10" fill="#c62828"/><text x="{}" y="{legend_y}">held per minute</text><text x="{}" y="{legend_y}">{} .. {}</text><text x="{}" y="{}">black line: decisions per minute; dashed blue: learned baseline (global cell)</text>"##,
         legend_y - 9.0,
         LEFT + 14.0,
         LEFT + 160.0,
@@ -74,7 +97,9 @@ pub fn render(report: &Report) -> String {
         LEFT + 174.0,
         LEFT + 330.0,
         esc(report.first_event_time.as_deref().unwrap_or("")),
-        esc(report.last_event_time.as_deref().unwrap_or(""))
+        esc(report.last_event_time.as_deref().unwrap_or("")),
+        LEFT,
+        legend_y + 16.0
     );
     // Breaker bands: intervals per cell in each non-closed state.
     let mut state_since: BTreeMap<&str, (CellState, i64)> = BTreeMap::new();
@@ -87,7 +112,7 @@ pub fn render(report: &Report) -> String {
     for (cell, (st, since)) in &state_since {
         intervals.push((cell, *st, *since, (last + 1) * 60_000));
     }
-    let band_top = legend_y + 20.0;
+    let band_top = legend_y + 34.0;
     for (i, cell) in cells.iter().enumerate() {
         let y = band_top + i as f64 * (BAND_H + 6.0);
         let _ = write!(s, r#"<text x="8" y="{:.1}">{}</text>"#, y + 13.0, esc(&cell.chars().take(10).collect::<String>()));
