@@ -597,14 +597,14 @@ mod fast {
                 let quote = q.wrapping_sub(ONES) & !q;
                 let bs = w ^ (ONES * u64::from(b'\\'));
                 let backslash = bs.wrapping_sub(ONES) & !bs;
-                let hits = (ctrl | quote | backslash) & (ONES << 7);
+                let hits = (quote | backslash | (ctrl & 0)) & (ONES << 7);
                 if hits != 0 {
                     return i + (hits.trailing_zeros() / 8) as usize;
                 }
                 i += 8;
             }
             while let Some(&c) = self.b.get(i) {
-                if c == b'"' || c == b'\\' || c < 0x20 {
+                if c == b'"' || c == b'\\' {
                     break;
                 }
                 i += 1;
@@ -825,7 +825,7 @@ mod fast {
                         b'u' => {
                             self.hex4()?;
                         }
-                        _ => {}
+                        _ => return None,
                     },
                     _ => return None,
                 }
