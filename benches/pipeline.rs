@@ -27,6 +27,7 @@
 //!      event consumed, from `Status::consumed` - the moment the group's committed offsets
 //!      (OffsetFetch, require-stable) sum to N). Also printed: the steady-state rate from the
 //!      first committed transaction to the last.
+//!
 //!    Ratio = median resetguard rate / median bare rate.
 //! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
 //!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
@@ -247,8 +248,11 @@ struct Stopped {
     registry: prometheus::Registry,
 }
 
-/// (count, sum, buckets as (upper bound, cumulative count)) of a histogram in `registry`.
-fn histogram(registry: &prometheus::Registry, name: &str) -> Option<(u64, f64, Vec<(f64, u64)>)> {
+/// A gathered histogram: (count, sum, buckets as (upper bound, cumulative count)).
+type Hist = (u64, f64, Vec<(f64, u64)>);
+
+/// The histogram `name` in `registry`.
+fn histogram(registry: &prometheus::Registry, name: &str) -> Option<Hist> {
     let fam = registry.gather().into_iter().find(|f| f.name() == name)?;
     let m = fam.get_metric().first()?;
     let h = m.get_histogram();
@@ -522,9 +526,9 @@ struct Latency {
     slowest: Vec<(i64, i64, f64)>,
     triggers: usize,
     unmatched_notices: usize,
-    histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
-    decision_histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
-    commit_histogram: Option<(u64, f64, Vec<(f64, u64)>)>,
+    histogram: Option<Hist>,
+    decision_histogram: Option<Hist>,
+    commit_histogram: Option<Hist>,
     stopped_commits: u64,
 }
 
@@ -545,7 +549,8 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     // Trigger send time (= occurred_at) per account; filled before the trigger is sent.
     let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
     // (account, visible at, decided_at of the notice).
-    let seen: Arc<Mutex<Vec<(String, i64, Option<i64>)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Seen = Vec<(String, i64, Option<i64>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
 
     // The notice reader: read_committed, from the beginning of the (fresh) notice topic.
@@ -654,7 +659,7 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     }
     samples.sort_unstable();
     to_decision.sort_unstable();
-    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.sort_by_key(|x| std::cmp::Reverse(x.0));
     slowest.truncate(5);
     Latency {
         samples,

@@ -31,7 +31,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("RESTORE_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    // `cargo test --all-targets` runs bench binaries without `--bench`: a small smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("RESTORE_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 1_000_000 } else { 20_000 });
     let broker = KafkaBroker::start();
     let t = Topics::create(&broker, "restore");
     let dir = tempfile::tempdir().unwrap();
@@ -73,6 +75,7 @@ fn main() {
     let (ready1, done1, tracked1) = run("first run");
     println!("first run: ready after {ready1:.2} s (nothing to restore), all {n} events processed live after {done1:.2} s, tracked accounts {tracked1}");
     let (ready2, _, tracked2) = run("restart");
+    assert_eq!(tracked2 as usize, n, "every account's state is back after the restart");
     println!(
         "restart: state of {tracked2} accounts restored from the input topic and ready after {ready2:.2} s ({:.0} events/s restore incl. group join)",
         n as f64 / ready2

@@ -160,6 +160,7 @@ fn arb_risk_text() -> impl Strategy<Value = String> {
         1 => "0\\.[0-9]{15,19}",
         1 => "0\\.0{0,20}[1-9][0-9]{0,3}",
         1 => "1\\.0{14,17}[0-9]{1,3}|0\\.9{14,18}[0-9]{0,3}",
+        1 => "[0-9]{0,3}\\.0{0,6}[0-9]{13,24}",
     ]
 }
 
@@ -306,6 +307,19 @@ fn arb_doc() -> impl Strategy<Value = Doc> {
         })
 }
 
+/// Nesting depth of JSON text (brackets outside strings).
+fn depth(json: &str) -> usize {
+    let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+    fn d(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => 1 + a.iter().map(d).max().unwrap_or(0),
+            Value::Object(o) => 1 + o.values().map(d).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    d(&v)
+}
+
 /// A plain valid event: the shape the fast path is for.
 fn arb_plain_event() -> impl Strategy<Value = Vec<u8>> {
     (
@@ -315,7 +329,9 @@ fn arb_plain_event() -> impl Strategy<Value = Vec<u8>> {
         0usize..DEFAULT_SIGNALS.len(),
         prop_oneof![0.0..=1.0f64, (0u32..=10_000).prop_map(|n| f64::from(n) / 10_000.0)],
         -3_600_000i64..=0,
-        prop::option::of(arb_attributes_value().prop_filter("object", |a| a.starts_with('{') && a.len() < 2000)),
+        prop::option::of(
+            arb_attributes_value().prop_filter("an object within the limits", |a| a.starts_with('{') && a.len() < 2000 && depth(a) <= 8),
+        ),
     )
         .prop_map(|(id, acct, src, sig, risk, off, attrs)| {
             let mut ev = Ev::new(&id, &acct, T0 + off, SOURCES[src], DEFAULT_SIGNALS[sig], risk);
@@ -335,7 +351,7 @@ struct Edit {
 }
 
 fn arb_edits() -> impl Strategy<Value = Vec<Edit>> {
-    let byte = prop::sample::select(b"{}[]\",:\\ .0123456789-+eEtrufalsnu\t\n\r/\x00\x1f\x7f\xc3\xa9\xff".to_vec());
+    let byte = prop::sample::select(b"{}[]\",:\\ .0123456789-+eEtrufalsnu\t\n\r/\x00\x0b\x0c\x1f\x7f\xc3\xa9\xff".to_vec());
     prop::collection::vec((any::<usize>(), 0u8..3, byte).prop_map(|(at, op, byte)| Edit { at, op, byte }), 1..4)
 }
 
@@ -445,6 +461,10 @@ fn edge_cases() {
         format!("{text}x"),
         format!("{text}{{}}"),
         format!(" \t\r\n{text} \t\r\n"),
+        format!("\u{c}{text}"),
+        format!("{text}\u{c}"),
+        text.replacen(':', ":\u{c}", 1),
+        text.replacen(',', "\u{b},", 1),
         text.replacen('{', "{\"ip\":null,", 1),
         text.replacen('}', ",}", 1),
         text.replacen(',', ",,", 1),
@@ -490,6 +510,7 @@ fn edge_cases() {
         "[1,]", "[,1]", "[1 2]", "{\"a\":[1,{\"b\":2}]}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\x\"}", "{\"a\":\"\u{1}\"}",
         "{\"a\":01}", "{\"a\":-}", "{\"a\":1.}", "{\"a\":1e}", "{\"a\":-0.5E+3}", "{1:2}", "{\"a\":[[[[[[[[1]]]]]]]]}",
         "{\"a\":[[[[[[[1]]]]]]]}", "{\"a\":{\"b\":{\"c\":{}}}}", "{\"a\":tru}", "{\"a\":\"é\"}", "{\"a\":[}", "{\"a\":]",
+        "{\"a\":1]", "[1}", "{\"a\":[1}]", "[{\"a\":1]}", "[[]}", "{\"a\":{}]", "{\"a\"\u{c}:1}", "[1,\u{b}2]",
     ] {
         inputs.push(text.replacen('}', &format!(",\"attributes\":{attrs}}}"), 1));
     }

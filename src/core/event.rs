@@ -426,7 +426,7 @@ fn quoted_field(msg: &str) -> Option<String> {
 /// The subset: one JSON object (JSON whitespace around tokens) whose keys are the contract's field
 /// names written without escapes, each at most once, with the required ones present; string values
 /// with any valid escapes (`\u` surrogates only as a well-formed pair); `risk` a non-negative number
-/// without exponent, of at most 19 digits; `schema_version` an
+/// without exponent whose digits fit a u64, at most 22 of them after the point; `schema_version` an
 /// integer within `u32` or `null`; optional strings may be `null`; `attributes` any JSON value
 /// nested at most 64 deep. Strings without escapes borrow from the input, as with serde.
 ///
@@ -436,9 +436,11 @@ mod fast {
 
     use super::Fields;
 
-    /// `10^i`, exact in f64, as in serde_json's table.
-    const POW10: [f64; 20] =
-        [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19];
+    /// `10^i`, exact in f64 up to 10^22, as in serde_json's table (which goes on to 10^308).
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+        1e21, 1e22,
+    ];
     /// Deepest nesting the `attributes` skipper tracks (the policy's limit is far below).
     const MAX_DEPTH: u32 = 64;
 
@@ -597,14 +599,14 @@ mod fast {
                 let quote = q.wrapping_sub(ONES) & !q;
                 let bs = w ^ (ONES * u64::from(b'\\'));
                 let backslash = bs.wrapping_sub(ONES) & !bs;
-                let hits = (quote | backslash | (ctrl & 0)) & (ONES << 7);
+                let hits = (ctrl | quote | backslash) & (ONES << 7);
                 if hits != 0 {
                     return i + (hits.trailing_zeros() / 8) as usize;
                 }
                 i += 8;
             }
             while let Some(&c) = self.b.get(i) {
-                if c == b'"' || c == b'\\' {
+                if c == b'"' || c == b'\\' || c < 0x20 {
                     break;
                 }
                 i += 1;
@@ -708,26 +710,27 @@ mod fast {
             }
         }
 
-        /// `risk`: digits, optionally a fraction, no sign or exponent, at most 19 digits in all
-        /// (the significand `m` then fits a u64, as in serde_json, which only switches algorithms
-        /// when it would not). The value is what serde_json 1.x (without its `float_roundtrip`
+        /// `risk`: digits, optionally a fraction of at most 22 digits, no sign or exponent, with a
+        /// significand `m` (all the digits as one integer) that fits a u64 — past that serde_json
+        /// switches algorithms. The value is what serde_json 1.x (without its `float_roundtrip`
         /// feature) computes for such a number, with the same IEEE operations: `m as f64` for an
-        /// integer (`visit_u64`), `m as f64 / 10^k` with `k` fraction digits otherwise. For
-        /// `m < 2^53` that is the correctly rounded value, as `str::parse::<f64>` gives; above, it
-        /// may be 1 ulp off the correctly rounded value, and matching serde_json is what counts.
+        /// integer (`visit_u64`), `(m as f64) / 10^k` for `k` fraction digits. For `m < 2^53` that
+        /// is the correctly rounded value, as `str::parse::<f64>` gives; above, it can be 1 ulp off
+        /// (e.g. `1.00000000000000009` gives 1.0000000000000002, which is out of range, where
+        /// `str::parse` gives 1.0), and matching serde_json is what counts.
         fn risk(&mut self) -> Option<f64> {
-            let (mut m, mut digits) = (0u64, 0u32);
+            let mut m = 0u64;
             match self.peek()? {
                 b'0' => self.i += 1,
-                b'1'..=b'9' => self.significand(&mut m, &mut digits)?,
+                b'1'..=b'9' => {
+                    self.significand(&mut m)?;
+                }
                 _ => return None,
             }
             let mut frac = 0;
             if self.peek() == Some(b'.') {
                 self.i += 1;
-                let before = digits;
-                self.significand(&mut m, &mut digits)?;
-                frac = (digits - before) as usize;
+                frac = self.significand(&mut m)?;
                 if frac == 0 {
                     return None;
                 }
@@ -739,17 +742,15 @@ mod fast {
             Some(if frac == 0 { f } else { f / *POW10.get(frac)? })
         }
 
-        /// Appends a run of digits to the significand `m`; `None` past 19 digits in all.
-        fn significand(&mut self, m: &mut u64, digits: &mut u32) -> Option<()> {
+        /// Appends a run of digits to the significand `m` and returns how many there were; `None`
+        /// when `m` would overflow a u64.
+        fn significand(&mut self, m: &mut u64) -> Option<usize> {
+            let start = self.i;
             while let Some(c @ b'0'..=b'9') = self.peek() {
-                if *digits == 19 {
-                    return None;
-                }
-                *m = *m * 10 + u64::from(c - b'0');
-                *digits += 1;
+                *m = m.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
                 self.i += 1;
             }
-            Some(())
+            Some(self.i - start)
         }
 
         /// A non-negative integer within u32, no fraction or exponent.
