@@ -7,7 +7,8 @@
 //! transaction) each partition is re-read from `now - lookback` up to its committed offset in
 //! restore mode (state only, no outputs, breaker not charged), then processed live.
 
-use std::collections::HashMap;
+// hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
