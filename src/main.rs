@@ -153,7 +153,8 @@ fn selector(s: &HeldSelect) -> anyhow::Result<resetguard::held::Selector> {
 
 fn held_command(action: HeldAction) -> anyhow::Result<ExitCode> {
     use resetguard::held::{self, HeldError};
-    let (select, run): (HeldSelect, Box<dyn FnOnce(&Settings, &held::Selector) -> Result<serde_json::Value, HeldError>>) = match action {
+    type Job = Box<dyn FnOnce(&Settings, &held::Selector) -> Result<serde_json::Value, HeldError>>;
+    let (select, run): (HeldSelect, Job) = match action {
         HeldAction::List { select } => (
             select,
             Box::new(|s, sel| held::list(s, sel).map(|l| serde_json::to_value(l).unwrap_or_default())),

@@ -268,7 +268,7 @@ impl Breaker {
             return i;
         }
         let (rate, burst, floor) = (self.policy.cell_rate_per_minute, self.policy.cell_burst, self.policy.spike_floor);
-        if self.cells.len() - 1 >= self.policy.max_cells {
+        if self.cells.len() > self.policy.max_cells {
             return match self.names.get(OVERFLOW_CELL) {
                 Some(&i) => i,
                 None => self.add_cell(OVERFLOW_CELL, rate, burst, floor),

@@ -578,7 +578,7 @@ fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: boo
     let mut applied = 0;
     loop {
         let reached = ends.is_empty()
-            || c.position().map_or(false, |pos| {
+            || c.position().is_ok_and(|pos| {
                 pos.elements().iter().all(|e| match (e.offset(), ends.get(&e.partition())) {
                     (Offset::Offset(o), Some(&h)) => o >= h,
                     (_, Some(&h)) => h == 0,
