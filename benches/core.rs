@@ -12,6 +12,10 @@
 
 mod common;
 
+/// As in the service binary (`src/main.rs`): mimalloc, not glibc malloc (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

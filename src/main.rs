@@ -13,6 +13,10 @@ use resetguard::config::{Settings, DEFAULT_SEED};
 use resetguard::core::event::parse_rfc3339_ms;
 use resetguard::core::Policy;
 
+/// mimalloc instead of glibc malloc: ~25% faster per event at 1 M tracked accounts (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "resetguard", version, about = "Decides password resets from login-risk events, behind a mass-reset circuit breaker.")]
 struct Cli {
