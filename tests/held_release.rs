@@ -314,7 +314,7 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         assert_eq!(v["actor"], ACTOR);
         assert!(!v["reason"].as_str().unwrap().is_empty());
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
-        assert!(v["instance"].as_str().unwrap().ends_with("-release"));
+        assert!(v["instance"].as_str().unwrap().ends_with("-held-actions"));
         assert!(actions.insert(id.clone(), v["action"].as_str().unwrap().to_string()).is_none(), "two control records for {id}");
     }
     assert_eq!(actions.len(), HELD, "one control record per held notice");
@@ -330,7 +330,7 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         let v = json(r);
         assert_eq!(v["actor"], ACTOR);
         assert!(v["scope"].is_object());
-        assert!(v["instance"].as_str().unwrap().ends_with("-release"));
+        assert!(v["instance"].as_str().unwrap().ends_with("-held-actions"));
         // The same shape as the pipeline's audit records (admin actions).
         serde_json::from_slice::<resetguard::kafka::control::AuditRecord>(r.payload.as_deref().unwrap()).expect("an audit record");
         let action = v["action"].as_str().unwrap().to_string();
@@ -538,7 +538,7 @@ fn a_second_release_fences_the_first_and_each_notice_still_goes_once() {
     eprintln!("second release: {fast:?}");
     assert_eq!(fast.remaining, 0);
     match slow.join().unwrap() {
-        Err(HeldError::Fenced(id)) => assert!(id.ends_with("-release"), "{id}"),
+        Err(HeldError::Fenced(id)) => assert!(id.ends_with("-held-actions"), "{id}"),
         other => panic!("the first release must stop, fenced: {other:?}"),
     }
     check_final(broker, &fx, &discarded, &BTreeSet::new());

@@ -14,8 +14,9 @@
 //! - `topics.notices` (`topics.shadow` for shadow-mode decisions): where a release sends the notice,
 //!   exactly as the pipeline would have (same JSON, same headers, plus `released_by`).
 //!
-//! Exactly once: every release and discard runs under one fixed transactional id,
-//! `<pipeline.transactional_id>-release`. It first initialises transactions (which fences any
+//! Exactly once: every release and discard of the fleet runs under one fixed transactional id,
+//! `<pipeline.group_id>-held-actions` (the group id is what the fleet shares; an instance's own
+//! transactional id would let two instances release side by side). It first initialises transactions (which fences any
 //! earlier release or discard still running under that id and aborts its open transaction), only
 //! then reads the control topic and the notices topic, and writes each notice together with its
 //! control record and the audit record in one transaction. A release interrupted at any point (a
@@ -621,11 +622,11 @@ struct Txn {
 }
 
 impl Txn {
-    /// Creates the producer and initialises transactions under `<transactional_id>-release`,
-    /// fencing any earlier holder of that id.
+    /// Creates the producer and initialises transactions under `<group_id>-held-actions`,
+    /// fencing any earlier holder of that id anywhere in the fleet.
     fn init(settings: &Settings) -> Result<Txn, HeldError> {
         let mut s = settings.clone();
-        s.transactional_id = format!("{}-release", settings.transactional_id);
+        s.transactional_id = format!("{}-held-actions", settings.group_id);
         let producer: BaseProducer = producer_config(&s).create().map_err(|e| kafka_err("cannot create the Kafka producer", e))?;
         producer.init_transactions(OP_TIMEOUT).map_err(|e| kafka_err(&format!("cannot initialise transactions (transactional.id {})", s.transactional_id), e))?;
         Ok(Txn { producer, id: s.transactional_id, open: false })

@@ -419,7 +419,7 @@ pub struct ControlValue {
     pub reason: String,
     /// RFC 3339.
     pub at: String,
-    /// Transactional id the action ran under (`<pipeline.transactional_id>-release`).
+    /// Transactional id the action ran under (`<pipeline.group_id>-held-actions`).
     #[serde(default)]
     pub instance: String,
     /// Set on a release that found the notice already on the notices topic and only recorded it.
