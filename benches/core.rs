@@ -36,7 +36,8 @@ fn wanted(group: &str) -> bool {
     let mut filter = None;
     while let Some(a) = args.next() {
         if a.starts_with("--") {
-            if !matches!(a.as_str(), "--bench" | "--test" | "--list" | "--verbose" | "--quiet" | "--noplot" | "--exact") {
+            if !matches!(a.as_str(), "--bench" | "--test" | "--list" | "--verbose" | "--quiet" | "--noplot" | "--exact")
+            {
                 args.next(); // an option with a value: --measurement-time 3, ...
             }
         } else {
@@ -178,7 +179,11 @@ fn score_group(c: &mut Criterion) {
                 store.add(black_box(inp.key), Entry { t, ..inp.entry }, &inp.id, t)
             })
         });
-        eprintln!("score/{name}: {} accounts tracked, store heap estimate {} MB", store.len(), store.heap_bytes() >> 20);
+        eprintln!(
+            "score/{name}: {} accounts tracked, store heap estimate {} MB",
+            store.len(),
+            store.heap_bytes() >> 20
+        );
     }
     g.finish();
 }
@@ -283,13 +288,23 @@ fn engine_group(c: &mut Criterion) {
     g.finish();
 }
 
-fn engine_bench(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, policy: &Arc<Policy>, name: &str, accounts: usize) {
+fn engine_bench(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    policy: &Arc<Policy>,
+    name: &str,
+    accounts: usize,
+) {
     // Warm-up stream: one event for each account (not timed). Measured stream: two more events
     // per account (two more permutations), event time continuing.
     let warm = stream(accounts, accounts, T0_MS, STEP_US, 11);
     let t1 = T0_MS + (accounts as i64 * STEP_US) / 1000;
     let measured = stream(2 * accounts, accounts, t1, STEP_US, 12);
-    eprintln!("engine/{name}: warm-up {} events, measured stream {} events, mean {:.1} bytes", warm.len(), measured.len(), mean_len(&measured));
+    eprintln!(
+        "engine/{name}: warm-up {} events, measured stream {} events, mean {:.1} bytes",
+        warm.len(),
+        measured.len(),
+        mean_len(&measured)
+    );
 
     let fresh = || {
         let mut e = Engine::new(policy.clone(), 0x5eed, TimeMode::Wall);
@@ -306,7 +321,10 @@ fn engine_bench(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
         for (i, ev) in measured.iter().enumerate() {
             *mix.entry(e.process(ev, 0, wall_for(i, accounts)).outcome.kind()).or_default() += 1;
         }
-        eprintln!("engine/{name}: outcome mix over the measured stream: {mix:?}; tracked accounts {}", e.tracked_accounts());
+        eprintln!(
+            "engine/{name}: outcome mix over the measured stream: {mix:?}; tracked accounts {}",
+            e.tracked_accounts()
+        );
     }
 
     let mut engine = fresh();

@@ -571,7 +571,8 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
             while !stop.load(Ordering::SeqCst) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                     let now = wall_ms();
-                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"null")).unwrap_or_default();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or(b"null")).unwrap_or_default();
                     if let Some(a) = v["account_id"].as_str() {
                         let decided = v["decided_at"].as_str().and_then(parse_rfc3339_ms);
                         seen.lock().unwrap().push((a.to_string(), now, decided));
@@ -583,7 +584,8 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
 
     // The trickle: `rate` events/s on a fixed schedule; per `rate / notices` slots, one takeover
     // pair (first event, then the trigger on the next slot) and ordinary events.
-    let p: BaseProducer<CountingContext> = broker.producer_config().create_with_context(CountingContext::default()).unwrap();
+    let p: BaseProducer<CountingContext> =
+        broker.producer_config().create_with_context(CountingContext::default()).unwrap();
     kafka::warm_up(p.client());
     let period = Duration::from_secs_f64(1.0 / opts.latency_rate as f64);
     let every = (opts.latency_rate / opts.notices_per_sec.max(1)).max(3);
@@ -602,7 +604,9 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
         let pair = k / every;
         let acct = format!("lat-ato-{pair}");
         match k % every {
-            0 => send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "credential_stuffing", 0.95)),
+            0 => {
+                send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "credential_stuffing", 0.95))
+            }
             1 => {
                 if k >= warmup_slots {
                     sent.lock().unwrap().insert(acct.clone(), t);
@@ -686,7 +690,10 @@ fn pct(sorted: &[i64], q: f64) -> i64 {
 
 fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
     let smoke = !std::env::args().any(|a| a == "--bench");
     let opts = Opts::from_env(smoke);
@@ -757,16 +764,28 @@ fn main() {
     let s = &lat.samples;
 
     let mut report = String::new();
-    let _ = writeln!(report, "\n== pipeline bench results (N = {n}, {} round(s), {} partitions, commit_interval {})", opts.runs, opts.partitions, opts.commit_interval);
+    let _ = writeln!(
+        report,
+        "\n== pipeline bench results (N = {n}, {} round(s), {} partitions, commit_interval {})",
+        opts.runs, opts.partitions, opts.commit_interval
+    );
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     let _ = writeln!(report, "bare consumer:   median {bm:>9.0} msgs/s   (runs: {})", list(&bare_rates));
     let _ = writeln!(report, "resetguard EOS:  median {rm:>9.0} events/s (runs: {})", list(&rg_rates));
     let _ = writeln!(report, "  steady (first..last commit): median {sm:.0} events/s (runs: {})", list(&steady_rates));
-    let _ = writeln!(report, "ratio resetguard / bare: {:.2} (per round: {})", rm / bm,
-        bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        report,
+        "ratio resetguard / bare: {:.2} (per round: {})",
+        rm / bm,
+        bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
+    );
     if let Some(r) = &last_rg {
         let st = &r.stopped;
-        let _ = writeln!(report, "outcomes (last round): no_action {}, notices {}, held {}, dlq {}", st.no_action, st.notices, st.held, st.dlq);
+        let _ = writeln!(
+            report,
+            "outcomes (last round): no_action {}, notices {}, held {}, dlq {}",
+            st.no_action, st.notices, st.held, st.dlq
+        );
     }
     let _ = writeln!(
         report,

@@ -33,7 +33,11 @@ fn main() {
     }
     // `cargo test --all-targets` runs bench binaries without `--bench`: a small smoke run then.
     let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("RESTORE_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 1_000_000 } else { 20_000 });
+    let n: usize = std::env::var("RESTORE_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full {
+        1_000_000
+    } else {
+        20_000
+    });
     let broker = KafkaBroker::start();
     let t = Topics::create(&broker, "restore");
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +46,12 @@ fn main() {
     let inputs: Vec<Input> = (0..n)
         .map(|i| {
             let (a, id) = (format!("acct-{i:08}"), format!("9b1deb4d-3b7d-4bad-9bdd-{i:012}"));
-            input(&a, ev(&id, &a, t0 + (i % 50_000) as i64, "auth-service", "new_device", 0.2), Expect::NoAction, Some(&id))
+            input(
+                &a,
+                ev(&id, &a, t0 + (i % 50_000) as i64, "auth-service", "new_device", 0.2),
+                Expect::NoAction,
+                Some(&id),
+            )
         })
         .collect();
     let began = Instant::now();

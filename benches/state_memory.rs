@@ -72,7 +72,9 @@ fn live() -> usize {
 fn rss_kb() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -124,7 +126,12 @@ fn run(events_per_account: usize) {
         id.push_str(v["event_id"].as_str().unwrap_or_default());
         let t = ((T0_MS + (i as i64 * STEP_US) / 1000) / 1000) as u32;
         let risk = v["risk"].as_f64().unwrap_or(0.0) as f32;
-        store.add(id_hash(SEED ^ ACCOUNT_SALT, acct), Entry { t, risk_q: quantise_risk(risk), signal: 0, cell: 1 }, &id, t);
+        store.add(
+            id_hash(SEED ^ ACCOUNT_SALT, acct),
+            Entry { t, risk_q: quantise_risk(risk), signal: 0, cell: 1 },
+            &id,
+            t,
+        );
     }
     let store_bytes = live() - before;
     let store_estimate = store.heap_bytes();
@@ -133,7 +140,11 @@ fn run(events_per_account: usize) {
     let per = |b: usize| b as f64 / tracked as f64;
     println!("== {events_per_account} event(s) per account: {n} events, {tracked} tracked accounts");
     println!("   outcomes: {mix:?}");
-    println!("   engine heap (measured, live bytes requested): {:>11} B = {:>6.1} B/account", engine_bytes, per(engine_bytes));
+    println!(
+        "   engine heap (measured, live bytes requested): {:>11} B = {:>6.1} B/account",
+        engine_bytes,
+        per(engine_bytes)
+    );
     println!(
         "   dedupe set ({} ids, measured alone):         {:>11} B = {:>6.1} B/account ({:.1} B/event)",
         dedupe_inserts,
@@ -143,15 +154,27 @@ fn run(events_per_account: usize) {
     );
     let without = engine_bytes.saturating_sub(dedupe_bytes);
     println!("   engine heap minus dedupe:                    {:>11} B = {:>6.1} B/account", without, per(without));
-    println!("   AccountStore alone (measured):               {:>11} B = {:>6.1} B/account", store_bytes, per(store_bytes));
-    println!("   AccountStore::heap_bytes() estimate:         {:>11} B = {:>6.1} B/account", store_estimate, per(store_estimate));
+    println!(
+        "   AccountStore alone (measured):               {:>11} B = {:>6.1} B/account",
+        store_bytes,
+        per(store_bytes)
+    );
+    println!(
+        "   AccountStore::heap_bytes() estimate:         {:>11} B = {:>6.1} B/account",
+        store_estimate,
+        per(store_estimate)
+    );
     println!(
         "   Engine::state_bytes() estimate:              {:>11} B = {:>6.1} B/account ({:+.1}% vs measured)",
         estimate,
         per(estimate),
         (estimate as f64 / engine_bytes as f64 - 1.0) * 100.0
     );
-    println!("   RSS growth while feeding (incl. malloc overhead): {:>7} KiB = {:>6.1} B/account", rss_delta_kb, per(rss_delta_kb * 1024));
+    println!(
+        "   RSS growth while feeding (incl. malloc overhead): {:>7} KiB = {:>6.1} B/account",
+        rss_delta_kb,
+        per(rss_delta_kb * 1024)
+    );
     println!("   slot size: {} B (AccountStore::slot_size)", AccountStore::slot_size());
     drop(engine);
 }
@@ -168,7 +191,8 @@ fn main() {
     }
     let exe = std::env::current_exe().expect("current exe");
     for k in [1, 3] {
-        let status = std::process::Command::new(&exe).args(["--events-per-account", &k.to_string()]).status().expect("spawn");
+        let status =
+            std::process::Command::new(&exe).args(["--events-per-account", &k.to_string()]).status().expect("spawn");
         assert!(status.success());
     }
 }

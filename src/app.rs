@@ -14,7 +14,12 @@ use crate::kafka::{self, PipelineError, Status};
 use crate::telemetry::Metrics;
 
 /// Runs the service until `shutdown` is cancelled or the pipeline fails.
-pub async fn run(settings: Settings, registry: Registry, status: Arc<Status>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+pub async fn run(
+    settings: Settings,
+    registry: Registry,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
     let (commands, commands_rx) = std::sync::mpsc::channel();
     run_with_admin(settings, registry, status, shutdown, commands, commands_rx).await
 }
@@ -35,7 +40,12 @@ pub async fn run_with_admin(
         info!(topics = ?created, "Created topics.");
     }
     let http_stop = CancellationToken::new();
-    let admin = crate::http::admin::AdminState::new(settings.admin_token.as_ref(), commands, status.clone(), Some(settings.clone()));
+    let admin = crate::http::admin::AdminState::new(
+        settings.admin_token.as_ref(),
+        commands,
+        status.clone(),
+        Some(settings.clone()),
+    );
     let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
         .await
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;

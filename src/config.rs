@@ -280,7 +280,8 @@ impl Settings {
         let file_name = path.display().to_string();
         let fail = |errors| ConfigError { file: file_name.clone(), errors };
         let text = std::fs::read_to_string(path).map_err(|e| fail(vec![field("(file)", e.to_string())]))?;
-        let cfg: ConfigFile = toml::from_str(&text).map_err(|e| fail(vec![field("(toml)", e.message().to_string())]))?;
+        let cfg: ConfigFile =
+            toml::from_str(&text).map_err(|e| fail(vec![field("(toml)", e.message().to_string())]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.validate(base).map_err(fail)
     }
@@ -312,7 +313,10 @@ impl ConfigFile {
         }
         for managed in ["enable.auto.commit", "isolation.level", "transactional.id", "group.id", "enable.idempotence"] {
             if kafka.contains_key(managed) {
-                errors.push(field(&format!("kafka.\"{managed}\""), "is managed by resetguard for exactly-once; remove it"));
+                errors.push(field(
+                    &format!("kafka.\"{managed}\""),
+                    "is managed by resetguard for exactly-once; remove it",
+                ));
             }
         }
         let t = &self.topics;
@@ -434,7 +438,8 @@ mod tests {
     fn policy_errors_are_prefixed_with_policy() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n[decision]\nthreshold = 0\n").unwrap();
-        let cfg: ConfigFile = toml::from_str("policy = \"p.toml\"\n[kafka]\n\"bootstrap.servers\" = \"x:1\"\n").unwrap();
+        let cfg: ConfigFile =
+            toml::from_str("policy = \"p.toml\"\n[kafka]\n\"bootstrap.servers\" = \"x:1\"\n").unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();
         assert_eq!(errs[0].path, "policy.decision.threshold");
     }

@@ -18,7 +18,11 @@ use resetguard::core::Policy;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "resetguard", version, about = "Decides password resets from login-risk events, behind a mass-reset circuit breaker.")]
+#[command(
+    name = "resetguard",
+    version,
+    about = "Decides password resets from login-risk events, behind a mass-reset circuit breaker."
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "RESETGUARD_LOG_JSON")]
@@ -144,7 +148,9 @@ enum HeldAction {
 
 fn selector(s: &HeldSelect) -> anyhow::Result<resetguard::held::Selector> {
     let time = |v: &Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
-        v.as_deref().map(|t| parse_rfc3339_ms(t).with_context(|| format!("--{name} must be an RFC 3339 timestamp"))).transpose()
+        v.as_deref()
+            .map(|t| parse_rfc3339_ms(t).with_context(|| format!("--{name} must be an RFC 3339 timestamp")))
+            .transpose()
     };
     Ok(resetguard::held::Selector {
         cell: s.cell.clone(),
@@ -159,10 +165,9 @@ fn held_command(action: HeldAction) -> anyhow::Result<ExitCode> {
     use resetguard::held::{self, HeldError};
     type Job = Box<dyn FnOnce(&Settings, &held::Selector) -> Result<serde_json::Value, HeldError>>;
     let (select, run): (HeldSelect, Job) = match action {
-        HeldAction::List { select } => (
-            select,
-            Box::new(|s, sel| held::list(s, sel).map(|l| serde_json::to_value(l).unwrap_or_default())),
-        ),
+        HeldAction::List { select } => {
+            (select, Box::new(|s, sel| held::list(s, sel).map(|l| serde_json::to_value(l).unwrap_or_default())))
+        }
         HeldAction::Release { select, who, rate } => (
             select,
             Box::new(move |s, sel| {
@@ -178,12 +183,15 @@ fn held_command(action: HeldAction) -> anyhow::Result<ExitCode> {
                     }
                 });
                 let rate = rate.unwrap_or(s.release_rate_per_minute);
-                held::release(s, sel, &who.actor, &who.reason, rate, &stop).map(|r| serde_json::to_value(r).unwrap_or_default())
+                held::release(s, sel, &who.actor, &who.reason, rate, &stop)
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
             }),
         ),
         HeldAction::Discard { select, who } => (
             select,
-            Box::new(move |s, sel| held::discard(s, sel, &who.actor, &who.reason).map(|r| serde_json::to_value(r).unwrap_or_default())),
+            Box::new(move |s, sel| {
+                held::discard(s, sel, &who.actor, &who.reason).map(|r| serde_json::to_value(r).unwrap_or_default())
+            }),
         ),
     };
     let settings = Settings::load(&select.config)?;
@@ -227,7 +235,11 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Cancels the token on SIGTERM or SIGINT.
@@ -287,9 +299,15 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let is_policy = toml::from_str::<toml::Table>(&text).map(|t| t.contains_key("version")).unwrap_or(false);
             let result = if is_policy {
-                Policy::from_toml(&text).map(|p| format!("policy {} is valid ({} signals, mode {})", p.version, p.signals.len(), p.mode.as_str())).map_err(|e| e.errors)
+                Policy::from_toml(&text)
+                    .map(|p| {
+                        format!("policy {} is valid ({} signals, mode {})", p.version, p.signals.len(), p.mode.as_str())
+                    })
+                    .map_err(|e| e.errors)
             } else {
-                Settings::load(&file).map(|s| format!("config is valid (policy {}, inputs {:?})", s.policy.version, s.topics.input)).map_err(|e| e.errors)
+                Settings::load(&file)
+                    .map(|s| format!("config is valid (policy {}, inputs {:?})", s.policy.version, s.topics.input))
+                    .map_err(|e| e.errors)
             };
             match result {
                 Ok(msg) => {

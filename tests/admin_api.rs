@@ -82,7 +82,8 @@ fn a_thousand_requests_without_the_right_token_get_a_bare_401_and_change_nothing
             if let Some(a) = auth {
                 req = req.header("Authorization", a);
             }
-            let resp = req.send().unwrap_or_else(|e| panic!("request {sent} (auth #{i}, route #{}): {e}", (sent + i) % 8));
+            let resp =
+                req.send().unwrap_or_else(|e| panic!("request {sent} (auth #{i}, route #{}): {e}", (sent + i) % 8));
             *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
             let body = resp.text().unwrap();
             assert!(body.is_empty(), "a 401 says nothing: {body:?}");

@@ -55,9 +55,24 @@ enum Step {
     /// Arbitrary bytes.
     Raw(Vec<u8>, usize),
     /// A valid event; `offset_ms` from the current clock (negative: older, maybe late).
-    Valid { acct: usize, src: usize, sig: usize, risk: f64, offset_ms: i64, part: usize },
+    Valid {
+        acct: usize,
+        src: usize,
+        sig: usize,
+        risk: f64,
+        offset_ms: i64,
+        part: usize,
+    },
     /// A valid event, then mutated.
-    Mutated { acct: usize, src: usize, sig: usize, risk: f64, offset_ms: i64, part: usize, m: Mutation },
+    Mutated {
+        acct: usize,
+        src: usize,
+        sig: usize,
+        risk: f64,
+        offset_ms: i64,
+        part: usize,
+        m: Mutation,
+    },
     /// Re-sends an earlier input (index modulo the inputs so far) on some partition.
     Resend(usize, usize),
     /// Moves the clock forward.
@@ -70,7 +85,8 @@ fn arb_risk() -> impl Strategy<Value = f64> + Clone {
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
-    let valid = (0usize..40, 0usize..SOURCES.len(), 0usize..7, arb_risk(), -10 * MINUTE..=MINUTE, 0usize..PARTITIONS.len());
+    let valid =
+        (0usize..40, 0usize..SOURCES.len(), 0usize..7, arb_risk(), -10 * MINUTE..=MINUTE, 0usize..PARTITIONS.len());
     prop_oneof![
         1 => (prop::collection::vec(any::<u8>(), 0..300), 0usize..PARTITIONS.len()).prop_map(|(b, p)| Step::Raw(b, p)),
         8 => valid.clone().prop_map(|(acct, src, sig, risk, offset_ms, part)| Step::Valid { acct, src, sig, risk, offset_ms, part }),
@@ -137,7 +153,14 @@ fn materialize(steps: &[Step], ancient_first: Option<usize>) -> Vec<Call> {
                 resend_of: None,
             },
             Step::Valid { acct, src, sig, risk, offset_ms, part } => {
-                let ev = Ev::new(&format!("e{n}"), &account_name(*acct), clock + offset_ms, SOURCES[*src], DEFAULT_SIGNALS[*sig], *risk);
+                let ev = Ev::new(
+                    &format!("e{n}"),
+                    &account_name(*acct),
+                    clock + offset_ms,
+                    SOURCES[*src],
+                    DEFAULT_SIGNALS[*sig],
+                    *risk,
+                );
                 Input {
                     bytes: ev.bytes(),
                     partition: PARTITIONS[*part],
@@ -148,7 +171,14 @@ fn materialize(steps: &[Step], ancient_first: Option<usize>) -> Vec<Call> {
                 }
             }
             Step::Mutated { acct, src, sig, risk, offset_ms, part, m } => {
-                let ev = Ev::new(&format!("m{n}"), &account_name(*acct), clock + offset_ms, SOURCES[*src], DEFAULT_SIGNALS[*sig], *risk);
+                let ev = Ev::new(
+                    &format!("m{n}"),
+                    &account_name(*acct),
+                    clock + offset_ms,
+                    SOURCES[*src],
+                    DEFAULT_SIGNALS[*sig],
+                    *risk,
+                );
                 let out = m.apply(&ev, wall(clock));
                 Input {
                     bytes: out.bytes,
@@ -351,14 +381,8 @@ struct CoolEv {
 
 fn arb_cool_events(span_ms: i64) -> impl Strategy<Value = Vec<CoolEv>> {
     prop::collection::vec(
-        (0usize..4, 0..span_ms, 0usize..4, 0.5..=1.0f64, 0u32..4, prop::bool::weighted(0.1)).prop_map(|(acct, at, kind, risk, part, tick)| CoolEv {
-            acct,
-            at,
-            kind,
-            risk,
-            part,
-            tick,
-        }),
+        (0usize..4, 0..span_ms, 0usize..4, 0.5..=1.0f64, 0u32..4, prop::bool::weighted(0.1))
+            .prop_map(|(acct, at, kind, risk, part, tick)| CoolEv { acct, at, kind, risk, part, tick }),
         1..300,
     )
 }
@@ -587,22 +611,27 @@ fn arb_breaker_case() -> impl Strategy<Value = BreakerCase> {
         (1u32..80, 1u32..80, 0u32..100, 1u32..600, 0u32..600, 1u32..300),
         (0u32..10, 1u32..600, 1u32..120, 0u32..20, 1.0..8.0f64, 0.01..=1.0f64),
     )
-        .prop_map(|((spike_floor, cell_burst, gb, cell_rate, gr, global_floor), (probe_budget, open_s, half_open_s, warmup, spike_factor, alpha))| {
-            BreakerCase {
-                spike_floor,
-                cell_burst,
-                global_burst: cell_burst + gb,
-                cell_rate,
-                global_rate: cell_rate + gr,
-                global_floor,
-                probe_budget,
-                open_s,
-                half_open_s,
-                warmup,
-                spike_factor,
-                alpha,
-            }
-        })
+        .prop_map(
+            |(
+                (spike_floor, cell_burst, gb, cell_rate, gr, global_floor),
+                (probe_budget, open_s, half_open_s, warmup, spike_factor, alpha),
+            )| {
+                BreakerCase {
+                    spike_floor,
+                    cell_burst,
+                    global_burst: cell_burst + gb,
+                    cell_rate,
+                    global_rate: cell_rate + gr,
+                    global_floor,
+                    probe_budget,
+                    open_s,
+                    half_open_s,
+                    warmup,
+                    spike_factor,
+                    alpha,
+                }
+            },
+        )
 }
 
 /// One input of a breaker stream: at `at_ms` into the minute, a deciding event for a new account
@@ -616,11 +645,8 @@ struct BreakerEv {
 
 fn arb_breaker_stream() -> impl Strategy<Value = Vec<BreakerEv>> {
     prop::collection::vec(
-        (0i64..60_000, prop::sample::select(vec![0u8, 0, 0, 0, 1, 2]), 0i64..2_000).prop_map(|(at_ms, kind, delay_ms)| BreakerEv {
-            at_ms,
-            kind,
-            delay_ms,
-        }),
+        (0i64..60_000, prop::sample::select(vec![0u8, 0, 0, 0, 1, 2]), 0i64..2_000)
+            .prop_map(|(at_ms, kind, delay_ms)| BreakerEv { at_ms, kind, delay_ms }),
         1..400,
     )
 }
@@ -652,7 +678,11 @@ fn run_breaker_stream(policy: Policy, stream: &mut [BreakerEv], event_time: bool
         }
         match &p.outcome {
             Outcome::Notice(d) if d.cell == SRC => {
-                prop_assert!(!tripped, "a notice from {} after its cell tripped in the same minute (probes while open)", SRC);
+                prop_assert!(
+                    !tripped,
+                    "a notice from {} after its cell tripped in the same minute (probes while open)",
+                    SRC
+                );
                 sent += 1;
                 first.get_or_insert(clock);
                 last = clock;
@@ -743,7 +773,8 @@ fn an_event_at_go_zero_time_then_a_current_one_does_not_panic() {
         match result {
             Ok(o) => assert_eq!(o.kind(), OutcomeKind::Notice, "{o:?}"),
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 panic!("engine panicked after a year-0001 event (first is a decision: {first_is_decision}): {msg:?}");
             }
         }
@@ -755,7 +786,8 @@ fn an_event_at_go_zero_time_then_a_current_one_does_not_panic() {
 #[test]
 fn signals_further_apart_than_the_window_do_not_add_up_when_the_older_arrives_second() {
     // allowed_lateness longer than the window (an operator raised it, as the runbook suggests).
-    let policy = Policy::from_toml("version = \"v\"\n[window]\nlength = \"5m\"\nallowed_lateness = \"10m\"\n").expect("valid");
+    let policy =
+        Policy::from_toml("version = \"v\"\n[window]\nlength = \"5m\"\nallowed_lateness = \"10m\"\n").expect("valid");
     let mut e = engine(policy, 1, TimeMode::EventTime);
     let newer = e.process(&event("b", "acct-x", T0 + 10 * MINUTE, "s", "credential_stuffing", 1.0), 0, LATER).outcome;
     assert_eq!(newer, Outcome::NoAction(resetguard::core::outcome::NoActionReason::BelowThreshold));
@@ -779,7 +811,9 @@ fn signals_further_apart_than_the_window_do_not_add_up_when_the_older_arrives_se
 fn cooldown_survives_ledger_pruning() {
     let mut e = engine(default_policy(), 1, TimeMode::EventTime);
     for i in 0..1100 {
-        let o = e.process(&event(&format!("p{i}"), &format!("acct-{i}"), T0, "s", "breached_password", 1.0), 0, LATER).outcome;
+        let o = e
+            .process(&event(&format!("p{i}"), &format!("acct-{i}"), T0, "s", "breached_password", 1.0), 0, LATER)
+            .outcome;
         assert!(o.decision().is_some(), "{o:?}");
     }
     // Partition 0 moves 25 h on; a tick at a whole minute prunes the ledger.

@@ -23,7 +23,9 @@ use std::borrow::Cow;
 use common::events::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use resetguard::core::event::{decode, decode_fast, decode_reference, format_rfc3339_ms, parse_rfc3339_ms, Event, Rejection};
+use resetguard::core::event::{
+    decode, decode_fast, decode_reference, format_rfc3339_ms, parse_rfc3339_ms, Event, Rejection,
+};
 use resetguard::core::Policy;
 use serde_json::Value;
 
@@ -187,8 +189,34 @@ fn arb_time() -> impl Strategy<Value = String> {
 /// A JSON-ish value built from tokens: sometimes valid JSON, often not.
 fn arb_json_tokens() -> impl Strategy<Value = String> {
     let token = prop::sample::select(vec![
-        "{", "}", "[", "]", ",", ":", "\"a\"", "\"b\\\"c\"", "\"\\u00e9\"", "\"\\ud83d\\ude00\"", "\"\\ud800\"", "\"\\x\"",
-        "1", "-0.5e3", "0", "01", "1.", ".5", "-", "true", "false", "null", "nul", " ", "\n", "\"", "\\", "é",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"a\"",
+        "\"b\\\"c\"",
+        "\"\\u00e9\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud800\"",
+        "\"\\x\"",
+        "1",
+        "-0.5e3",
+        "0",
+        "01",
+        "1.",
+        ".5",
+        "-",
+        "true",
+        "false",
+        "null",
+        "nul",
+        " ",
+        "\n",
+        "\"",
+        "\\",
+        "é",
     ]);
     prop::collection::vec(token, 0..24).prop_map(|t| t.concat())
 }
@@ -205,7 +233,8 @@ fn arb_attributes_value() -> impl Strategy<Value = String> {
     let value = leaf.prop_recursive(10, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z\u{e9}\"]{0,6}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z\u{e9}\"]{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     });
     prop_oneof![
@@ -258,57 +287,76 @@ impl Doc {
 
 fn arb_doc() -> impl Strategy<Value = Doc> {
     let strings = (arb_text(), arb_text(), arb_text(), 0u8..16, 0u8..16);
-    let signal = prop_oneof![5 => prop::sample::select(DEFAULT_SIGNALS.to_vec()).prop_map(str::to_string), 1 => arb_text()];
+    let signal =
+        prop_oneof![5 => prop::sample::select(DEFAULT_SIGNALS.to_vec()).prop_map(str::to_string), 1 => arb_text()];
     let optionals = (
         prop::option::of(prop_oneof![Just("192.0.2.1".to_string()), Just("2001:db8::1".to_string()), arb_text()]),
         prop::option::of(prop_oneof![Just("PL".to_string()), arb_text()]),
         prop::option::of(arb_text()),
         prop::option::of(prop_oneof![Just("Mozilla/5.0 (X11; Linux x86_64)".to_string()), arb_text()]),
         prop::option::of(arb_attributes_value()),
-        prop::option::of(prop_oneof![Just("1".to_string()), Just("null".to_string()), "[0-9]{1,11}", Just("1.0".to_string())]),
+        prop::option::of(prop_oneof![
+            Just("1".to_string()),
+            Just("null".to_string()),
+            "[0-9]{1,11}",
+            Just("1.0".to_string())
+        ]),
         prop::bits::u8::ANY,
     );
-    (strings, signal, arb_time(), arb_risk_text(), optionals, prop::collection::vec(arb_ws(), 1..8), any::<u64>(), prop::bool::weighted(0.05))
-        .prop_map(|((event_id, account_id, source, style_a, style_b), signal, time, risk, opt, ws, shuffle, escaped_keys)| {
-            // Strings are written plainly most of the time (style 0 when the draw is ≥ 4).
-            let style = |k: u8| if k >= 4 { 0 } else { k };
-            let (ip, country, device_id, user_agent, attributes, schema_version, nulls) = opt;
-            let mut fields = vec![
-                ("event_id".to_string(), encode_str(&event_id, style(style_a))),
-                ("account_id".to_string(), encode_str(&account_id, style(style_b))),
-                ("occurred_at".to_string(), encode_str(&time, style(style_a >> 1))),
-                ("source".to_string(), encode_str(&source, style(style_b >> 1))),
-                ("signal".to_string(), encode_str(&signal, style(style_a >> 2))),
-                ("risk".to_string(), risk),
-            ];
-            for (i, (key, v)) in
-                [("ip", ip), ("country", country), ("device_id", device_id), ("user_agent", user_agent)].into_iter().enumerate()
-            {
-                match v {
-                    Some(v) => fields.push((key.to_string(), encode_str(&v, style(style_b >> 2)))),
-                    None if nulls & (1 << i) != 0 => fields.push((key.to_string(), "null".to_string())),
+    (
+        strings,
+        signal,
+        arb_time(),
+        arb_risk_text(),
+        optionals,
+        prop::collection::vec(arb_ws(), 1..8),
+        any::<u64>(),
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(
+            |((event_id, account_id, source, style_a, style_b), signal, time, risk, opt, ws, shuffle, escaped_keys)| {
+                // Strings are written plainly most of the time (style 0 when the draw is ≥ 4).
+                let style = |k: u8| if k >= 4 { 0 } else { k };
+                let (ip, country, device_id, user_agent, attributes, schema_version, nulls) = opt;
+                let mut fields = vec![
+                    ("event_id".to_string(), encode_str(&event_id, style(style_a))),
+                    ("account_id".to_string(), encode_str(&account_id, style(style_b))),
+                    ("occurred_at".to_string(), encode_str(&time, style(style_a >> 1))),
+                    ("source".to_string(), encode_str(&source, style(style_b >> 1))),
+                    ("signal".to_string(), encode_str(&signal, style(style_a >> 2))),
+                    ("risk".to_string(), risk),
+                ];
+                for (i, (key, v)) in
+                    [("ip", ip), ("country", country), ("device_id", device_id), ("user_agent", user_agent)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    match v {
+                        Some(v) => fields.push((key.to_string(), encode_str(&v, style(style_b >> 2)))),
+                        None if nulls & (1 << i) != 0 => fields.push((key.to_string(), "null".to_string())),
+                        None => {}
+                    }
+                }
+                match attributes {
+                    Some(a) => fields.push(("attributes".to_string(), a)),
+                    None if nulls & 0x10 != 0 => fields.push(("attributes".to_string(), "null".to_string())),
                     None => {}
                 }
-            }
-            match attributes {
-                Some(a) => fields.push(("attributes".to_string(), a)),
-                None if nulls & 0x10 != 0 => fields.push(("attributes".to_string(), "null".to_string())),
-                None => {}
-            }
-            if let Some(v) = schema_version {
-                fields.push(("schema_version".to_string(), v));
-            }
-            // A deterministic shuffle: mostly the usual order, sometimes permuted.
-            let mut order: Vec<usize> = (0..fields.len()).collect();
-            if shuffle % 3 == 0 {
-                let mut x = shuffle;
-                for i in (1..order.len()).rev() {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    order.swap(i, (x >> 33) as usize % (i + 1));
+                if let Some(v) = schema_version {
+                    fields.push(("schema_version".to_string(), v));
                 }
-            }
-            Doc { fields, ws, order, escaped_keys }
-        })
+                // A deterministic shuffle: mostly the usual order, sometimes permuted.
+                let mut order: Vec<usize> = (0..fields.len()).collect();
+                if shuffle % 3 == 0 {
+                    let mut x = shuffle;
+                    for i in (1..order.len()).rev() {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        order.swap(i, (x >> 33) as usize % (i + 1));
+                    }
+                }
+                Doc { fields, ws, order, escaped_keys }
+            },
+        )
 }
 
 /// Nesting depth of JSON text (brackets outside strings).
@@ -356,7 +404,8 @@ struct Edit {
 }
 
 fn arb_edits() -> impl Strategy<Value = Vec<Edit>> {
-    let byte = prop::sample::select(b"{}[]\",:\\ .0123456789-+eEtrufalsnu\t\n\r/\x00\x0b\x0c\x1f\x7f\xc3\xa9\xff".to_vec());
+    let byte =
+        prop::sample::select(b"{}[]\",:\\ .0123456789-+eEtrufalsnu\t\n\r/\x00\x0b\x0c\x1f\x7f\xc3\xa9\xff".to_vec());
     prop::collection::vec((any::<usize>(), 0u8..3, byte).prop_map(|(at, op, byte)| Edit { at, op, byte }), 1..4)
 }
 
@@ -377,7 +426,9 @@ fn apply_edits(mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
 
 fn base_ev() -> impl Strategy<Value = Ev> {
     (0usize..40, 0usize..SOURCES.len(), 0usize..DEFAULT_SIGNALS.len(), 0.0..=1.0f64, -600_000i64..=0).prop_map(
-        |(acct, src, sig, risk, off)| Ev::new(&format!("e-{acct}-{off}"), &account_name(acct), T0 + off, SOURCES[src], DEFAULT_SIGNALS[sig], risk),
+        |(acct, src, sig, risk, off)| {
+            Ev::new(&format!("e-{acct}-{off}"), &account_name(acct), T0 + off, SOURCES[src], DEFAULT_SIGNALS[sig], risk)
+        },
     )
 }
 
@@ -464,13 +515,16 @@ fn arb_timestamp() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("Z".to_string()),
             Just("z".to_string()),
-            (prop::sample::select(vec!["+", "-", "\u{2212}"]), 0i64..=25, 0i64..=61).prop_map(|(s, h, m)| format!("{s}{h:02}:{m:02}")),
+            (prop::sample::select(vec!["+", "-", "\u{2212}"]), 0i64..=25, 0i64..=61)
+                .prop_map(|(s, h, m)| format!("{s}{h:02}:{m:02}")),
             Just("+0100".to_string()),
             Just(String::new()),
         ],
         prop::sample::select(vec!["T", "T", "T", "t", " "]),
     );
-    let built = parts.prop_map(|(y, mo, d, h, mi, s, frac, tz, sep)| format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{tz}"));
+    let built = parts.prop_map(|(y, mo, d, h, mi, s, frac, tz, sep)| {
+        format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{tz}")
+    });
     prop_oneof![
         6 => built.clone(),
         2 => (built, any::<usize>(), prop::sample::select(b"0123456789-:.TZ+ x\xc3".to_vec())).prop_map(|(s, at, c)| {
@@ -542,29 +596,145 @@ fn edge_cases() {
         text.replacen("\"e1\"", "1", 1),
     ];
     for risk in [
-        "0", "1", "0.0", "1.0", "0.5", "0.50", "00.5", ".5", "5.", "0.", "-0", "-0.0", "-0.5", "1e0", "1E0", "0.5e0", "5e-1",
-        "1e-400", "1e400", "0.1", "0.2", "0.3", "0.30000000000000004", "0.123456789012345678", "0.1234567890123456789",
-        "0.999999999999999999", "0.9999999999999999999",
+        "0",
+        "1",
+        "0.0",
+        "1.0",
+        "0.5",
+        "0.50",
+        "00.5",
+        ".5",
+        "5.",
+        "0.",
+        "-0",
+        "-0.0",
+        "-0.5",
+        "1e0",
+        "1E0",
+        "0.5e0",
+        "5e-1",
+        "1e-400",
+        "1e400",
+        "0.1",
+        "0.2",
+        "0.3",
+        "0.30000000000000004",
+        "0.123456789012345678",
+        "0.1234567890123456789",
+        "0.999999999999999999",
+        "0.9999999999999999999",
         // serde_json (without float_roundtrip) rounds these to 1.0000000000000002 (rejected);
         // correctly rounded (`str::parse`) they would be 1.0 (accepted).
-        "1.00000000000000009", "1.000000000000000065", "0.36992193657909411", "1.000000000000000001", "0.000000000000000001",
-        "9007199254740993", "0.9007199254740993", "0.9007199254740992", "123456789012345678", "1234567890123456789",
-        "18446744073709551615", "18446744073709551616", "0.3333333333333333", "0.6666666666666666", "1.0000001",
-        "01", "+1", "\"0.5\"", "null", "true", "[0.5]", "0.5 ", " 0.5", "0.5x", "NaN", "Infinity",
-        "3.85e-06", "3.850253200584726e-6", "1E+0", "1e-0", "1e22", "1e23", "1e-22", "1e-23", "0.1e1", "10e-1", "1.5E-3",
-        "0.5e", "0.5e+", "0.5e-", "5e-0001", "5e-001", "0e999", "0.0e-999", "1e+22", "123456789012345678e-18", "0.1e-21",
+        "1.00000000000000009",
+        "1.000000000000000065",
+        "0.36992193657909411",
+        "1.000000000000000001",
+        "0.000000000000000001",
+        "9007199254740993",
+        "0.9007199254740993",
+        "0.9007199254740992",
+        "123456789012345678",
+        "1234567890123456789",
+        "18446744073709551615",
+        "18446744073709551616",
+        "0.3333333333333333",
+        "0.6666666666666666",
+        "1.0000001",
+        "01",
+        "+1",
+        "\"0.5\"",
+        "null",
+        "true",
+        "[0.5]",
+        "0.5 ",
+        " 0.5",
+        "0.5x",
+        "NaN",
+        "Infinity",
+        "3.85e-06",
+        "3.850253200584726e-6",
+        "1E+0",
+        "1e-0",
+        "1e22",
+        "1e23",
+        "1e-22",
+        "1e-23",
+        "0.1e1",
+        "10e-1",
+        "1.5E-3",
+        "0.5e",
+        "0.5e+",
+        "0.5e-",
+        "5e-0001",
+        "5e-001",
+        "0e999",
+        "0.0e-999",
+        "1e+22",
+        "123456789012345678e-18",
+        "0.1e-21",
     ] {
         inputs.push(text.replacen("\"risk\":0.5", &format!("\"risk\":{risk}"), 1));
     }
-    for sv in ["1", "0", "2", "01", "1.0", "1e0", "-1", "-0", "null", "4294967295", "4294967296", "99999999999", "\"1\"", "true"] {
+    for sv in [
+        "1",
+        "0",
+        "2",
+        "01",
+        "1.0",
+        "1e0",
+        "-1",
+        "-0",
+        "null",
+        "4294967295",
+        "4294967296",
+        "99999999999",
+        "\"1\"",
+        "true",
+    ] {
         inputs.push(text.replacen('}', &format!(",\"schema_version\":{sv}}}"), 1));
     }
     for attrs in [
-        "{}", "{ }", "[]", "null", "nul", "1", "\"x\"", "true", "{\"a\":1}", "{\"a\":1,}", "{\"a\" 1}", "{\"a\":}", "{,}",
-        "[1,]", "[,1]", "[1 2]", "{\"a\":[1,{\"b\":2}]}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\x\"}", "{\"a\":\"\u{1}\"}",
-        "{\"a\":01}", "{\"a\":-}", "{\"a\":1.}", "{\"a\":1e}", "{\"a\":-0.5E+3}", "{1:2}", "{\"a\":[[[[[[[[1]]]]]]]]}",
-        "{\"a\":[[[[[[[1]]]]]]]}", "{\"a\":{\"b\":{\"c\":{}}}}", "{\"a\":tru}", "{\"a\":\"é\"}", "{\"a\":[}", "{\"a\":]",
-        "{\"a\":1]", "[1}", "{\"a\":[1}]", "[{\"a\":1]}", "[[]}", "{\"a\":{}]", "{\"a\"\u{c}:1}", "[1,\u{b}2]",
+        "{}",
+        "{ }",
+        "[]",
+        "null",
+        "nul",
+        "1",
+        "\"x\"",
+        "true",
+        "{\"a\":1}",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "{\"a\":}",
+        "{,}",
+        "[1,]",
+        "[,1]",
+        "[1 2]",
+        "{\"a\":[1,{\"b\":2}]}",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\u{1}\"}",
+        "{\"a\":01}",
+        "{\"a\":-}",
+        "{\"a\":1.}",
+        "{\"a\":1e}",
+        "{\"a\":-0.5E+3}",
+        "{1:2}",
+        "{\"a\":[[[[[[[[1]]]]]]]]}",
+        "{\"a\":[[[[[[[1]]]]]]]}",
+        "{\"a\":{\"b\":{\"c\":{}}}}",
+        "{\"a\":tru}",
+        "{\"a\":\"é\"}",
+        "{\"a\":[}",
+        "{\"a\":]",
+        "{\"a\":1]",
+        "[1}",
+        "{\"a\":[1}]",
+        "[{\"a\":1]}",
+        "[[]}",
+        "{\"a\":{}]",
+        "{\"a\"\u{c}:1}",
+        "[1,\u{b}2]",
     ] {
         inputs.push(text.replacen('}', &format!(",\"attributes\":{attrs}}}"), 1));
     }
@@ -603,16 +773,46 @@ fn edge_cases() {
 #[test]
 fn rfc3339_edge_cases() {
     for s in [
-        "1970-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z", "1970-01-01T00:30:00+01:00", "1900-01-01T00:00:00Z",
-        "1899-12-31T23:59:59Z", "2000-02-29T12:00:00Z", "1900-02-29T12:00:00Z", "2100-02-29T00:00:00Z", "2024-02-29T00:00:00Z",
-        "2023-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-12-31T23:59:59.999999999Z", "2026-12-31T23:59:59.9999999999Z",
-        "2026-05-28T20:26:60Z", "2026-05-28T20:26:60.5Z", "2026-05-28T24:00:00Z", "2026-05-28T20:60:00Z",
-        "2026-05-28T20:26:40+23:59", "2026-05-28T20:26:40-23:59", "2026-05-28T20:26:40+24:00", "2026-05-28T20:26:40-00:00",
-        "2026-05-28T20:26:40+01:60", "2026-05-28T20:26:40.Z", "2026-05-28T20:26:40.1Z", "2026-05-28T20:26:40.12Z",
-        "2026-05-28T20:26:40.1234+02:00", "2026-05-28T20:26:40Z ", " 2026-05-28T20:26:40Z", "2026-05-28T20:26:40",
-        "2026-05-28T20:26:40+0200", "2026-05-28T20:26:40+02", "2026-5-28T20:26:40Z", "9999-12-31T23:59:59.999Z",
-        "0000-01-01T00:00:00Z", "2026-00-10T00:00:00Z", "2026-13-10T00:00:00Z", "2026-01-00T00:00:00Z",
-        "2026-05-28T20:26:40\u{2212}02:00", "2026-05-28T20:26:40.123456789+14:00", "",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999Z",
+        "1970-01-01T00:30:00+01:00",
+        "1900-01-01T00:00:00Z",
+        "1899-12-31T23:59:59Z",
+        "2000-02-29T12:00:00Z",
+        "1900-02-29T12:00:00Z",
+        "2100-02-29T00:00:00Z",
+        "2024-02-29T00:00:00Z",
+        "2023-02-29T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "2026-12-31T23:59:59.999999999Z",
+        "2026-12-31T23:59:59.9999999999Z",
+        "2026-05-28T20:26:60Z",
+        "2026-05-28T20:26:60.5Z",
+        "2026-05-28T24:00:00Z",
+        "2026-05-28T20:60:00Z",
+        "2026-05-28T20:26:40+23:59",
+        "2026-05-28T20:26:40-23:59",
+        "2026-05-28T20:26:40+24:00",
+        "2026-05-28T20:26:40-00:00",
+        "2026-05-28T20:26:40+01:60",
+        "2026-05-28T20:26:40.Z",
+        "2026-05-28T20:26:40.1Z",
+        "2026-05-28T20:26:40.12Z",
+        "2026-05-28T20:26:40.1234+02:00",
+        "2026-05-28T20:26:40Z ",
+        " 2026-05-28T20:26:40Z",
+        "2026-05-28T20:26:40",
+        "2026-05-28T20:26:40+0200",
+        "2026-05-28T20:26:40+02",
+        "2026-5-28T20:26:40Z",
+        "9999-12-31T23:59:59.999Z",
+        "0000-01-01T00:00:00Z",
+        "2026-00-10T00:00:00Z",
+        "2026-13-10T00:00:00Z",
+        "2026-01-00T00:00:00Z",
+        "2026-05-28T20:26:40\u{2212}02:00",
+        "2026-05-28T20:26:40.123456789+14:00",
+        "",
     ] {
         assert_eq!(parse_rfc3339_ms(s), chrono_ms(s), "{s:?}");
     }

@@ -31,9 +31,23 @@ struct Instance {
     base: String,
 }
 
-fn start_instance(rt: &tokio::runtime::Runtime, broker: &KafkaBroker, t: &Topics, dir: &Path, name: &str, policy: &str) -> Instance {
+fn start_instance(
+    rt: &tokio::runtime::Runtime,
+    broker: &KafkaBroker,
+    t: &Topics,
+    dir: &Path,
+    name: &str,
+    policy: &str,
+) -> Instance {
     let port = free_port();
-    let path = t.write_instance_config(broker, dir, &format!("{name}.toml"), &format!("{}-{name}", t.group), policy, &format!("127.0.0.1:{port}"));
+    let path = t.write_instance_config(
+        broker,
+        dir,
+        &format!("{name}.toml"),
+        &format!("{}-{name}", t.group),
+        policy,
+        &format!("127.0.0.1:{port}"),
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir).unwrap();
     let status = Arc::new(Status::default());
@@ -46,8 +60,12 @@ fn start_instance(rt: &tokio::runtime::Runtime, broker: &KafkaBroker, t: &Topics
 fn wait_assigned(instances: &[&Instance], total: usize) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let counts: Vec<usize> = instances.iter().map(|i| i.status.assigned_partitions.load(Ordering::SeqCst)).collect();
-        if counts.iter().sum::<usize>() == total && counts.iter().all(|&c| c > 0) && instances.iter().all(|i| i.status.ready.load(Ordering::SeqCst)) {
+        let counts: Vec<usize> =
+            instances.iter().map(|i| i.status.assigned_partitions.load(Ordering::SeqCst)).collect();
+        if counts.iter().sum::<usize>() == total
+            && counts.iter().all(|&c| c > 0)
+            && instances.iter().all(|i| i.status.ready.load(Ordering::SeqCst))
+        {
             return;
         }
         assert!(Instant::now() < deadline, "partitions not spread over the fleet: {counts:?}");
@@ -138,7 +156,8 @@ fn the_global_cap_holds_for_the_fleet_not_per_instance() {
     let policy = "[breaker]\nglobal_rate_per_minute = 1\nglobal_burst = 30\ncell_rate_per_minute = 1\ncell_burst = 30\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let started = Instant::now();
-    let fleet: Vec<Instance> = ["a", "b", "c"].iter().map(|n| start_instance(&rt, broker, &t, dir.path(), n, policy)).collect();
+    let fleet: Vec<Instance> =
+        ["a", "b", "c"].iter().map(|n| start_instance(&rt, broker, &t, dir.path(), n, policy)).collect();
     wait_assigned(&fleet.iter().collect::<Vec<_>>(), PARTITIONS as usize);
     let mut inputs = decisions(0, 100, "src-1");
     inputs.extend(decisions(100, 100, "src-2"));
@@ -172,7 +191,14 @@ fn stopping_killing_and_adding_instances_loses_and_duplicates_nothing() {
     let coords = produce(broker, &t.input, &inputs);
     let total = inputs.len() as i64;
     let config = |name: &str| {
-        t.write_instance_config(broker, dir.path(), &format!("{name}.toml"), &format!("{}-{name}", t.group), NO_TRIP, "127.0.0.1:0")
+        t.write_instance_config(
+            broker,
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!("{}-{name}", t.group),
+            NO_TRIP,
+            "127.0.0.1:0",
+        )
     };
     let mut running: Vec<(String, std::process::Child)> =
         ["a", "b", "c"].iter().map(|n| (n.to_string(), spawn_service(&config(n), &log))).collect();
@@ -223,7 +249,8 @@ fn stopping_killing_and_adding_instances_loses_and_duplicates_nothing() {
     eprintln!("churn: {actions:?}");
     assert!(actions.len() >= 3, "the run must see churn: {actions:?}");
     let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
-    let expected: BTreeSet<String> = inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    let expected: BTreeSet<String> =
+        inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected, "the same notices as a single uninterrupted run");
 }
 
@@ -256,8 +283,13 @@ fn after_an_incident_held_notices_are_listed_and_released_once_through_the_admin
 
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
     let auth = format!("Bearer {TOKEN}");
-    let listed: serde_json::Value =
-        client.get(format!("{}/admin/held?cell=spike-src", a.base)).header("Authorization", &auth).send().unwrap().json().unwrap();
+    let listed: serde_json::Value = client
+        .get(format!("{}/admin/held?cell=spike-src", a.base))
+        .header("Authorization", &auth)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(listed["pending"].as_u64().unwrap() as usize, held.len());
     let release = |who: &str| -> serde_json::Value {
         client
@@ -277,8 +309,10 @@ fn after_an_incident_held_notices_are_listed_and_released_once_through_the_admin
     rt.block_on(a.handle).unwrap().unwrap();
 
     let all_notices = broker.read_all_committed(&t.notices, Duration::from_secs(30));
-    let ids: BTreeSet<String> =
-        all_notices.iter().map(|r| String::from_utf8(r.header("notice_id").flatten().unwrap().to_vec()).unwrap()).collect();
+    let ids: BTreeSet<String> = all_notices
+        .iter()
+        .map(|r| String::from_utf8(r.header("notice_id").flatten().unwrap().to_vec()).unwrap())
+        .collect();
     assert_eq!(all_notices.len(), 100, "every decision ends as exactly one notice");
     assert_eq!(ids.len(), 100, "0 duplicate notice ids");
     let audit = broker.read_all_committed(&format!("{}-audit", t.shadow), Duration::from_secs(30));

@@ -85,7 +85,11 @@ fn generate(n: usize, topics: &TopicsFile) -> Vec<Held> {
                 held_at_ms: at,
                 key: rec.key.clone(),
                 payload: rec.payload.to_vec(),
-                headers: rec.headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect(),
+                headers: rec
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect(),
                 notice_json: d.notice_json(),
             });
         }
@@ -106,7 +110,8 @@ impl Fixture {
     /// the held topic (plus `garbage` unreadable records).
     fn new(broker: &KafkaBroker, tag: &str, garbage: usize) -> Fixture {
         let name = |what: &str| unique_name(&format!("{tag}-{what}"));
-        let (held_t, notices, shadow, control, audit) = (name("held"), name("notices"), name("shadow"), name("control"), name("audit"));
+        let (held_t, notices, shadow, control, audit) =
+            (name("held"), name("notices"), name("shadow"), name("control"), name("audit"));
         broker.create_topic(&held_t, 3);
         broker.create_topic(&notices, 3);
         broker.create_topic(&shadow, 1);
@@ -144,9 +149,14 @@ transactional_id = "{txn}"
         std::fs::write(&config, cfg).unwrap();
         let settings = load(&config);
         let held = generate(HELD, &settings.topics);
-        let mut records: Vec<Raw> = held.iter().map(|h| (h.key.clone(), h.payload.clone(), h.headers.clone())).collect();
+        let mut records: Vec<Raw> =
+            held.iter().map(|h| (h.key.clone(), h.payload.clone(), h.headers.clone())).collect();
         for g in 0..garbage {
-            records.push((format!("garbage-{g}").into_bytes(), b"{\"schema\":\"resetguard.held.v1\",\"oops\"".to_vec(), Vec::new()));
+            records.push((
+                format!("garbage-{g}").into_bytes(),
+                b"{\"schema\":\"resetguard.held.v1\",\"oops\"".to_vec(),
+                Vec::new(),
+            ));
         }
         produce(broker, &settings.topics.held, &records);
         Fixture { _dir: dir, config, settings, held }
@@ -199,7 +209,8 @@ fn produce(broker: &KafkaBroker, topic: &str, records: &[Raw]) {
                 for (hk, hv) in hs {
                     headers = headers.insert(Header { key: hk, value: Some(&hv[..]) });
                 }
-                let rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(&k[..]).payload(&v[..]).headers(headers);
+                let rec: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(topic).key(&k[..]).payload(&v[..]).headers(headers);
                 let fut = producer.send_result(rec).map_err(|(e, _)| e).unwrap();
                 async move {
                     match fut.await {
@@ -234,7 +245,9 @@ struct Progress {
 
 impl Progress {
     fn new(broker: &KafkaBroker, topic: &str) -> Progress {
-        let make = |isolation: &str| -> BaseConsumer { broker.base_config().set("isolation.level", isolation).create().unwrap() };
+        let make = |isolation: &str| -> BaseConsumer {
+            broker.base_config().set("isolation.level", isolation).create().unwrap()
+        };
         Progress {
             uncommitted: make("read_uncommitted"),
             committed: make("read_committed"),
@@ -262,7 +275,11 @@ impl Progress {
                 return;
             }
             if let Some(c) = child.as_deref_mut() {
-                assert!(c.try_wait().unwrap().is_none(), "the releasing child exited early; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+                assert!(
+                    c.try_wait().unwrap().is_none(),
+                    "the releasing child exited early; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
             }
             assert!(Instant::now() < deadline, "the release made no progress to {at_least} (at {hwm}, stable {lso})");
             std::thread::sleep(Duration::from_millis(2));
@@ -288,7 +305,11 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
     for r in &notices {
         let id = header(r, "notice_id").expect("notice_id header").to_string();
         let h = by_id.get(id.as_str()).unwrap_or_else(|| panic!("notice for unknown id {id}"));
-        assert_eq!(r.payload.as_deref().unwrap(), &h.notice_json[..], "a released notice is the pipeline's notice, byte for byte");
+        assert_eq!(
+            r.payload.as_deref().unwrap(),
+            &h.notice_json[..],
+            "a released notice is the pipeline's notice, byte for byte"
+        );
         assert_eq!(r.key.as_deref().unwrap(), h.account.as_bytes());
         assert_eq!(header(r, "schema"), Some("resetguard.notice.v1"));
         assert_eq!(header(r, "policy_version"), Some(POLICY_VERSION));
@@ -299,7 +320,12 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         *count.entry(id).or_default() += 1;
     }
     let dups: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "{} notice ids sent more than once, e.g. {:?}", dups.len(), dups.iter().take(3).collect::<Vec<_>>());
+    assert!(
+        dups.is_empty(),
+        "{} notice ids sent more than once, e.g. {:?}",
+        dups.len(),
+        dups.iter().take(3).collect::<Vec<_>>()
+    );
     let sent: BTreeSet<String> = count.keys().cloned().collect();
     assert_eq!(sent.len(), released.len(), "one notice per released id");
     assert!(sent == released, "the notices are exactly the released ids");
@@ -315,7 +341,10 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         assert!(!v["reason"].as_str().unwrap().is_empty());
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
         assert!(v["instance"].as_str().unwrap().ends_with("-held-actions"));
-        assert!(actions.insert(id.clone(), v["action"].as_str().unwrap().to_string()).is_none(), "two control records for {id}");
+        assert!(
+            actions.insert(id.clone(), v["action"].as_str().unwrap().to_string()).is_none(),
+            "two control records for {id}"
+        );
     }
     assert_eq!(actions.len(), HELD, "one control record per held notice");
     for (id, a) in &actions {
@@ -332,7 +361,8 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         assert!(v["scope"].is_object());
         assert!(v["instance"].as_str().unwrap().ends_with("-held-actions"));
         // The same shape as the pipeline's audit records (admin actions).
-        serde_json::from_slice::<resetguard::kafka::control::AuditRecord>(r.payload.as_deref().unwrap()).expect("an audit record");
+        serde_json::from_slice::<resetguard::kafka::control::AuditRecord>(r.payload.as_deref().unwrap())
+            .expect("an audit record");
         let action = v["action"].as_str().unwrap().to_string();
         assert!(action == "release" || action == "discard");
         for id in v["notice_ids"].as_array().unwrap() {
@@ -345,8 +375,10 @@ fn check_final(broker: &KafkaBroker, fx: &Fixture, discarded: &BTreeSet<String>,
         }
     }
     assert!(audited.values().all(|n| *n == 1), "an id audited twice");
-    let audited_release: BTreeSet<String> = audited.keys().filter(|(a, _)| a == "release").map(|(_, id)| id.clone()).collect();
-    let audited_discard: BTreeSet<String> = audited.keys().filter(|(a, _)| a == "discard").map(|(_, id)| id.clone()).collect();
+    let audited_release: BTreeSet<String> =
+        audited.keys().filter(|(a, _)| a == "release").map(|(_, id)| id.clone()).collect();
+    let audited_discard: BTreeSet<String> =
+        audited.keys().filter(|(a, _)| a == "discard").map(|(_, id)| id.clone()).collect();
     assert!(audited_release == released, "every release is in the audit topic");
     assert!(&audited_discard == discarded, "every discard is in the audit topic");
 }
@@ -367,7 +399,8 @@ fn list_then_discard_one_cell_records_each_action_once() {
     let replayed = fx.in_cell("replayed-feed");
     let buggy = fx.in_cell("buggy-model");
     assert!(replayed.len() > 1_000 && buggy.len() > 5_000, "both cells hold: {} / {}", replayed.len(), buggy.len());
-    let listed: BTreeSet<String> = held::list(s, &Selector::cell("replayed-feed")).unwrap().items.into_iter().map(|i| i.notice_id).collect();
+    let listed: BTreeSet<String> =
+        held::list(s, &Selector::cell("replayed-feed")).unwrap().items.into_iter().map(|i| i.notice_id).collect();
     assert!(listed == replayed, "a cell selector lists exactly that cell");
     // A time range: held_at in [from, to).
     let mid = fx.held[HELD / 2].held_at_ms;
@@ -377,7 +410,11 @@ fn list_then_discard_one_cell_records_each_action_once() {
     assert!(expected > 0);
 
     // Refused: no selection, no actor, no reason. Nothing is written.
-    for (sel, actor, reason) in [(Selector::default(), ACTOR, REASON), (Selector::cell("replayed-feed"), "", REASON), (Selector::cell("replayed-feed"), ACTOR, " ")] {
+    for (sel, actor, reason) in [
+        (Selector::default(), ACTOR, REASON),
+        (Selector::cell("replayed-feed"), "", REASON),
+        (Selector::cell("replayed-feed"), ACTOR, " "),
+    ] {
         match held::discard(s, &sel, actor, reason) {
             Err(HeldError::Invalid(_)) => {}
             other => panic!("must be refused: {other:?}"),
@@ -419,7 +456,8 @@ fn release_stopped_by_its_flag_then_run_again_sends_each_notice_once() {
     let discarded = fx.in_cell("replayed-feed");
     assert_eq!(held::discard(&s, &Selector::cell("replayed-feed"), ACTOR, REASON).unwrap().discarded, discarded.len());
     // A few notices already went out (e.g. sent by hand): they must not be sent again.
-    let seeded: BTreeSet<String> = fx.ids_where(|h| !discarded.contains(&h.notice_id)).into_iter().step_by(997).collect();
+    let seeded: BTreeSet<String> =
+        fx.ids_where(|h| !discarded.contains(&h.notice_id)).into_iter().step_by(997).collect();
     fx.seed_notices(broker, &seeded);
     let to_release = HELD - discarded.len();
 
@@ -486,7 +524,8 @@ fn release_sigkilled_twice_then_run_again_sends_each_notice_once() {
     let s = fx.settings.clone();
     let discarded = fx.in_cell("replayed-feed");
     held::discard(&s, &Selector::cell("replayed-feed"), ACTOR, REASON).unwrap();
-    let seeded: BTreeSet<String> = fx.ids_where(|h| !discarded.contains(&h.notice_id)).into_iter().skip(3).step_by(1201).collect();
+    let seeded: BTreeSet<String> =
+        fx.ids_where(|h| !discarded.contains(&h.notice_id)).into_iter().skip(3).step_by(1201).collect();
     fx.seed_notices(broker, &seeded);
     let to_release = (HELD - discarded.len()) as i64;
     let log = fx._dir.path().join("child.log");
@@ -505,7 +544,9 @@ fn release_sigkilled_twice_then_run_again_sends_each_notice_once() {
     }
     let uncommitted = broker.read_to_end(&s.topics.notices, common::kafka::Isolation::ReadUncommitted, TIMEOUT).len();
     let committed = broker.read_all_committed(&s.topics.notices, TIMEOUT).len();
-    eprintln!("notices in the log: {uncommitted}, committed: {committed} (the rest were in transactions cut off by SIGKILL)");
+    eprintln!(
+        "notices in the log: {uncommitted}, committed: {committed} (the rest were in transactions cut off by SIGKILL)"
+    );
     assert!(uncommitted > committed, "a SIGKILL cut off an open transaction with notices in it");
 
     let never = AtomicBool::new(false);
@@ -531,7 +572,9 @@ fn a_second_release_fences_the_first_and_each_notice_still_goes_once() {
     // A slow release (100/s) that an operator starts again at full speed, e.g. from another shell.
     let slow = {
         let s = s.clone();
-        std::thread::spawn(move || held::release(&s, &Selector::everything(), ACTOR, REASON, 6_000, &AtomicBool::new(false)))
+        std::thread::spawn(move || {
+            held::release(&s, &Selector::everything(), ACTOR, REASON, 6_000, &AtomicBool::new(false))
+        })
     };
     progress.wait_for(to_release / 10, true, None, Path::new("/dev/null"));
     let fast = held::release(&s, &Selector::everything(), ACTOR, REASON, 600_000, &AtomicBool::new(false)).unwrap();

@@ -160,7 +160,13 @@ impl Gen {
         let account = format!("{prefix}-{n}");
         let steps: &[(&str, f64)] = match source {
             // 3 × 0.09 + 0.6 + 0.3 = 1.17
-            "auth-service" => &[("failed_login", 0.9), ("failed_login", 0.9), ("failed_login", 0.9), ("credential_stuffing", 1.0), ("mfa_failure", 1.0)],
+            "auth-service" => &[
+                ("failed_login", 0.9),
+                ("failed_login", 0.9),
+                ("failed_login", 0.9),
+                ("credential_stuffing", 1.0),
+                ("mfa_failure", 1.0),
+            ],
             // 0.2 + 0.2 (cap 0.4) + 0.7 = 1.1
             "device-intel" => &[("new_device", 1.0), ("new_device", 1.0), ("impossible_travel", 1.0)],
             // 1.0
@@ -279,14 +285,20 @@ fn incident_scenario(mode: TimeMode) {
     }
 
     // Background traffic never decides (a check of the generator).
-    let noise_decisions = feed.iter().zip(&outcomes).filter(|(m, (o, _))| m.tag == Tag::Noise && o.decision().is_some()).count();
+    let noise_decisions =
+        feed.iter().zip(&outcomes).filter(|(m, (o, _))| m.tag == Tag::Noise && o.decision().is_some()).count();
     assert_eq!(noise_decisions, 0, "background traffic decided");
 
     // The flood: each flagged account decided once, all attributed to the buggy source.
-    let flagged_decisions: Vec<&Outcome> =
-        feed.iter().zip(&outcomes).filter(|(m, (o, _))| m.tag == Tag::Flagged && o.decision().is_some()).map(|(_, (o, _))| o).collect();
+    let flagged_decisions: Vec<&Outcome> = feed
+        .iter()
+        .zip(&outcomes)
+        .filter(|(m, (o, _))| m.tag == Tag::Flagged && o.decision().is_some())
+        .map(|(_, (o, _))| o)
+        .collect();
     assert_eq!(flagged_decisions.len(), FLAGGED, "each flagged account crosses the threshold once");
-    let flagged_accounts: HashSet<&str> = flagged_decisions.iter().map(|o| o.decision().map_or("", |d| d.account_id.as_str())).collect();
+    let flagged_accounts: HashSet<&str> =
+        flagged_decisions.iter().map(|o| o.decision().map_or("", |d| d.account_id.as_str())).collect();
     assert_eq!(flagged_accounts.len(), FLAGGED);
     assert!(flagged_decisions.iter().all(|o| o.decision().is_some_and(|d| d.cell == BUGGY)));
 
@@ -317,7 +329,10 @@ fn incident_scenario(mode: TimeMode) {
     }
     let incident_notices = outcomes
         .iter()
-        .filter(|(o, t)| matches!(o, Outcome::Notice(d) if d.cell == BUGGY) && t.is_some_and(|t| (INCIDENT_START..INCIDENT_END).contains(&t)))
+        .filter(|(o, t)| {
+            matches!(o, Outcome::Notice(d) if d.cell == BUGGY)
+                && t.is_some_and(|t| (INCIDENT_START..INCIDENT_END).contains(&t))
+        })
         .count();
     assert!(
         buggy_notices <= burst,
@@ -328,7 +343,8 @@ fn incident_scenario(mode: TimeMode) {
         buggy_incident_decisions - incident_notices,
         outcomes
             .iter()
-            .filter(|(o, t)| matches!(o, Outcome::Held(d, _) if d.cell == BUGGY) && t.is_some_and(|t| (INCIDENT_START..INCIDENT_END).contains(&t)))
+            .filter(|(o, t)| matches!(o, Outcome::Held(d, _) if d.cell == BUGGY)
+                && t.is_some_and(|t| (INCIDENT_START..INCIDENT_END).contains(&t)))
             .count(),
         "every decision of {BUGGY} in the incident that was not one of the few notices is held"
     );
@@ -348,7 +364,9 @@ fn incident_scenario(mode: TimeMode) {
                 assert_eq!(d.cell, v.source);
                 assert_eq!(d.account_id, v.account);
             }
-            other => panic!("{} reported by {} during the incident: expected a notice, got {other:?}", v.account, v.source),
+            other => {
+                panic!("{} reported by {} during the incident: expected a notice, got {other:?}", v.account, v.source)
+            }
         }
     }
     assert!(during - before >= 5);
@@ -365,7 +383,12 @@ fn incident_scenario(mode: TimeMode) {
     // Each genuine takeover decided on its last event.
     for (m, (o, _)) in feed.iter().zip(&outcomes) {
         if let Tag::Genuine { n, last } = m.tag {
-            assert_eq!(o.decision().is_some(), last, "{} (victim {n}): decides on the crossing event only: {o:?}", m.account);
+            assert_eq!(
+                o.decision().is_some(),
+                last,
+                "{} (victim {n}): decides on the crossing event only: {o:?}",
+                m.account
+            );
         }
     }
 

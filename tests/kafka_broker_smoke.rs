@@ -15,10 +15,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn keys(records: &[Record]) -> Vec<&str> {
-    records
-        .iter()
-        .map(|r| r.key_str().expect("record has a key"))
-        .collect()
+    records.iter().map(|r| r.key_str().expect("record has a key")).collect()
 }
 
 /// Sends `(key, payload)` records inside the producer's open transaction and waits until
@@ -26,9 +23,7 @@ fn keys(records: &[Record]) -> Vec<&str> {
 fn send_all(producer: &FutureProducer, topic: &str, records: &[(&str, &str)]) {
     let pending: Vec<_> = records
         .iter()
-        .map(|(k, v)| {
-            produce_one_async(producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[])
-        })
+        .map(|(k, v)| produce_one_async(producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[]))
         .collect();
     for delivery in pending {
         block_on(delivery);
@@ -40,11 +35,7 @@ fn consume_n(consumer: &BaseConsumer, n: usize) -> Vec<Record> {
     let deadline = Instant::now() + TIMEOUT;
     let mut out = Vec::new();
     while out.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} records consumed",
-            out.len()
-        );
+        assert!(Instant::now() < deadline, "only {} of {n} records consumed", out.len());
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => out.push(Record {
@@ -67,18 +58,9 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     broker.create_topic("risk-events", 2);
     broker.create_topic("reset-decisions", 2);
 
-    let inputs: Vec<(String, String)> = (0..10)
-        .map(|i| {
-            (
-                format!("acct-{i}"),
-                format!("{{\"account\":\"acct-{i}\",\"score\":{i}}}"),
-            )
-        })
-        .collect();
-    let input_refs: Vec<(&str, &str)> = inputs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let inputs: Vec<(String, String)> =
+        (0..10).map(|i| (format!("acct-{i}"), format!("{{\"account\":\"acct-{i}\",\"score\":{i}}}"))).collect();
+    let input_refs: Vec<(&str, &str)> = inputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     broker.produce("risk-events", &input_refs);
 
     // consume -> transform -> produce + offsets in one transaction
@@ -113,16 +95,11 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     }
     let mut tpl = TopicPartitionList::new();
     for (&p, &next) in &next_offsets {
-        tpl.add_partition_offset("risk-events", p, Offset::Offset(next))
-            .expect("offset tpl");
+        tpl.add_partition_offset("risk-events", p, Offset::Offset(next)).expect("offset tpl");
     }
     let cgm = consumer.group_metadata().expect("consumer group metadata");
-    producer
-        .send_offsets_to_transaction(&tpl, &cgm, TIMEOUT)
-        .expect("send_offsets_to_transaction");
-    producer
-        .commit_transaction(TIMEOUT)
-        .expect("commit_transaction");
+    producer.send_offsets_to_transaction(&tpl, &cgm, TIMEOUT).expect("send_offsets_to_transaction");
+    producer.commit_transaction(TIMEOUT).expect("commit_transaction");
 
     // read_committed sees every output exactly once, with the right contents
     let out = broker.read_all_committed("reset-decisions", TIMEOUT);
@@ -157,17 +134,11 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     out_keys.sort_unstable();
     assert_eq!(out_keys, input_keys);
     // No hidden duplicates below the read_committed view either.
-    assert_eq!(
-        broker
-            .read_to_end("reset-decisions", Isolation::ReadUncommitted, TIMEOUT)
-            .len(),
-        inputs.len()
-    );
+    assert_eq!(broker.read_to_end("reset-decisions", Isolation::ReadUncommitted, TIMEOUT).len(), inputs.len());
 
     // The input offsets were committed atomically with the outputs.
     let committed = broker.committed_offsets(group, "risk-events");
-    let want_committed: Vec<(i32, Option<i64>)> =
-        (0..2).map(|p| (p, next_offsets.get(&p).copied())).collect();
+    let want_committed: Vec<(i32, Option<i64>)> = (0..2).map(|p| (p, next_offsets.get(&p).copied())).collect();
     assert_eq!(committed, want_committed);
     let total: i64 = committed.iter().map(|(_, o)| o.unwrap_or(0)).sum();
     assert_eq!(total, inputs.len() as i64);
@@ -179,10 +150,7 @@ fn committed_transaction_with_consumer_offsets_is_seen_exactly_once() {
     let dir = broker.dir().to_path_buf();
     TcpStream::connect(&addr).expect("broker listening before drop");
     drop(broker);
-    assert!(
-        TcpStream::connect(&addr).is_err(),
-        "broker still listening after drop"
-    );
+    assert!(TcpStream::connect(&addr).is_err(), "broker still listening after drop");
     assert!(!dir.exists(), "broker dir {} left behind", dir.display());
 }
 
@@ -197,26 +165,13 @@ fn aborted_transaction_is_invisible_to_read_committed() {
     producer.begin_transaction().expect("begin 1");
     send_all(&producer, topic, &[("c1", "commit-1"), ("c2", "commit-2")]);
     producer.commit_transaction(TIMEOUT).expect("commit 1");
-    assert_eq!(
-        keys(&broker.read_all_committed(topic, TIMEOUT)),
-        ["c1", "c2"]
-    );
+    assert_eq!(keys(&broker.read_all_committed(topic, TIMEOUT)), ["c1", "c2"]);
 
     producer.begin_transaction().expect("begin 2");
-    send_all(
-        &producer,
-        topic,
-        &[("a1", "abort-1"), ("a2", "abort-2"), ("a3", "abort-3")],
-    );
+    send_all(&producer, topic, &[("a1", "abort-1"), ("a2", "abort-2"), ("a3", "abort-3")]);
     // The open transaction's records are in the log, but read_committed stops before them.
-    assert_eq!(
-        keys(&broker.read_to_end(topic, Isolation::ReadUncommitted, TIMEOUT)),
-        ["c1", "c2", "a1", "a2", "a3"]
-    );
-    assert_eq!(
-        keys(&broker.read_to_end(topic, Isolation::ReadCommitted, TIMEOUT)),
-        ["c1", "c2"]
-    );
+    assert_eq!(keys(&broker.read_to_end(topic, Isolation::ReadUncommitted, TIMEOUT)), ["c1", "c2", "a1", "a2", "a3"]);
+    assert_eq!(keys(&broker.read_to_end(topic, Isolation::ReadCommitted, TIMEOUT)), ["c1", "c2"]);
     producer.abort_transaction(TIMEOUT).expect("abort 2");
 
     producer.begin_transaction().expect("begin 3");
@@ -225,10 +180,7 @@ fn aborted_transaction_is_invisible_to_read_committed() {
 
     let committed = broker.read_all_committed(topic, TIMEOUT);
     assert_eq!(keys(&committed), ["c1", "c2", "c3"]);
-    let payloads: Vec<&str> = committed
-        .iter()
-        .map(|r| r.payload_str().expect("payload"))
-        .collect();
+    let payloads: Vec<&str> = committed.iter().map(|r| r.payload_str().expect("payload")).collect();
     assert_eq!(payloads, ["commit-1", "commit-2", "commit-3"]);
     assert!(committed.iter().all(|r| r.headers.is_empty()));
 

@@ -70,7 +70,10 @@ fn service() -> &'static Service {
     static SERVICE: OnceLock<Result<Service, String>> = OnceLock::new();
     let r = SERVICE.get_or_init(|| {
         std::panic::catch_unwind(start_service).map_err(|p| {
-            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
         })
     });
     match r {
@@ -113,8 +116,14 @@ fn traffic() -> (Vec<(String, Vec<u8>)>, BTreeSet<String>) {
     }
     for k in 0..TAKEOVERS {
         let a = format!("acct-ato-{k:04}");
-        v.push((a.clone(), ev(&format!("ops-ato-e{k}a"), &a, t + 1000 + k as i64, "auth-service", "credential_stuffing", 0.95)));
-        v.push((a.clone(), ev(&format!("ops-ato-e{k}b"), &a, t + 1500 + k as i64, "device-intel", "impossible_travel", 0.9)));
+        v.push((
+            a.clone(),
+            ev(&format!("ops-ato-e{k}a"), &a, t + 1000 + k as i64, "auth-service", "credential_stuffing", 0.95),
+        ));
+        v.push((
+            a.clone(),
+            ev(&format!("ops-ato-e{k}b"), &a, t + 1500 + k as i64, "device-intel", "impossible_travel", 0.9),
+        ));
         accounts.insert(a);
     }
     // Invalid events; the account ids of those that carry one are scanned for too.
@@ -134,7 +143,10 @@ fn traffic() -> (Vec<(String, Vec<u8>)>, BTreeSet<String>) {
     }
     for i in 0..SPIKE_EVENTS {
         let a = format!("acct-spike-{i:04}");
-        v.push((a.clone(), ev(&format!("ops-spike-e{i}"), &a, t + 2000 + i as i64, SPIKE_SOURCE, "breached_password", 1.0)));
+        v.push((
+            a.clone(),
+            ev(&format!("ops-spike-e{i}"), &a, t + 2000 + i as i64, SPIKE_SOURCE, "breached_password", 1.0),
+        ));
         accounts.insert(a);
     }
     (v, accounts)
@@ -142,8 +154,10 @@ fn traffic() -> (Vec<(String, Vec<u8>)>, BTreeSet<String>) {
 
 fn produce(broker: &KafkaBroker, topic: &str, records: &[(String, Vec<u8>)]) {
     let producer = broker.producer();
-    let pending: Vec<_> =
-        records.iter().map(|(k, p)| produce_one_async(&producer, topic, Some(k.as_bytes()), Some(&p[..]), &[])).collect();
+    let pending: Vec<_> = records
+        .iter()
+        .map(|(k, p)| produce_one_async(&producer, topic, Some(k.as_bytes()), Some(&p[..]), &[]))
+        .collect();
     for p in pending {
         block_on(p);
     }
@@ -156,7 +170,14 @@ fn start_service() -> Service {
     let settings = {
         // The config is read once, here; nothing of it stays on disk.
         let dir = tempfile::tempdir().unwrap();
-        let path = t.write_instance_config(broker, dir.path(), "resetguard.toml", &unique_name("ops-txn"), "", &format!("127.0.0.1:{port}"));
+        let path = t.write_instance_config(
+            broker,
+            dir.path(),
+            "resetguard.toml",
+            &unique_name("ops-txn"),
+            "",
+            &format!("127.0.0.1:{port}"),
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap_or_else(|e| panic!("config: {e:?}"))
     };
@@ -293,10 +314,14 @@ impl Scrape {
         Scrape { types, samples }
     }
 
-    fn matching<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples
-            .iter()
-            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
     }
 
     fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -377,7 +402,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut from = 0;
     while let Some(i) = text[from..].find("resetguard_").map(|i| i + from) {
         let mut end = i + "resetguard_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_')
+        {
             end += 1;
         }
         if (i == 0 || !ident(bytes[i - 1])) && end > i + "resetguard_".len() {
@@ -475,7 +502,11 @@ impl ChildGuard {
     fn spawn(mut cmd: Command) -> ChildGuard {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let mut watchdog = Command::new("bash")
-            .args(["-c", r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null"#, "operability-watchdog"])
+            .args([
+                "-c",
+                r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null"#,
+                "operability-watchdog",
+            ])
             .arg(child.id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -533,7 +564,11 @@ fn healthz_is_ok_and_readyz_turns_ready_after_assignment() {
     assert!(s.readyz_seen.iter().all(|c| *c == 200 || *c == 503), "/readyz statuses seen: {:?}", s.readyz_seen);
     let http = http_client();
     let base = format!("http://127.0.0.1:{}", s.port);
-    assert_eq!(http.get(format!("{base}/readyz")).send().unwrap().status().as_u16(), 200, "still ready after the traffic");
+    assert_eq!(
+        http.get(format!("{base}/readyz")).send().unwrap().status().as_u16(),
+        200,
+        "still ready after the traffic"
+    );
     assert_eq!(http.get(format!("{base}/healthz")).send().unwrap().status().as_u16(), 200);
     assert_eq!(Scrape::parse(&s.scrape).sum("resetguard_ready", &[]), 1.0, "resetguard_ready agrees with /readyz");
 }
@@ -597,12 +632,24 @@ fn metric_values_match_the_outputs() {
         show()
     );
     assert_eq!(m.sum("resetguard_breaker_state", &[("cell", SPIKE_SOURCE)]), 1.0, "exactly one state per cell");
-    assert_eq!(m.sum("resetguard_breaker_state", &[("cell", "global"), ("state", "closed")]), 1.0, "the global cell keeps flowing");
-    assert!(m.sum("resetguard_breaker_trips_total", &[("cell", SPIKE_SOURCE)]) >= 1.0, "breaker_trips_total of the spiking cell\n{}", show());
+    assert_eq!(
+        m.sum("resetguard_breaker_state", &[("cell", "global"), ("state", "closed")]),
+        1.0,
+        "the global cell keeps flowing"
+    );
+    assert!(
+        m.sum("resetguard_breaker_trips_total", &[("cell", SPIKE_SOURCE)]) >= 1.0,
+        "breaker_trips_total of the spiking cell\n{}",
+        show()
+    );
     let dlq = m.sum("resetguard_dlq_records_total", &[]);
     assert!(dlq > 0.0, "dlq_records_total\n{}", show());
     assert_eq!(dlq, s.dlq_in_topic as f64, "dlq_records_total vs records on the DLQ topic");
-    assert_eq!(m.sum("resetguard_dlq_records_total", &[("reason", "duplicate")]), DUPLICATES as f64, "duplicates in the DLQ");
+    assert_eq!(
+        m.sum("resetguard_dlq_records_total", &[("reason", "duplicate")]),
+        DUPLICATES as f64,
+        "duplicates in the DLQ"
+    );
     assert_eq!(m.sum("resetguard_events_duplicate_total", &[]), DUPLICATES as f64);
     assert_eq!(m.sum("resetguard_events_rejected_total", &[]), 5.0, "the five invalid events");
     assert!(m.sum("resetguard_events_consumed_total", &[("source", SPIKE_SOURCE)]) >= SPIKE_EVENTS as f64);
@@ -643,7 +690,10 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     let alerts = repo_file(ALERTS);
     let alert_exprs = rule_exprs(&alerts);
     // The scans found what they should: a query per target, an expr per rule.
-    let rules = alerts.lines().filter(|l| l.trim_start().starts_with("- alert:") || l.trim_start().starts_with("- record:")).count();
+    let rules = alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:") || l.trim_start().starts_with("- record:"))
+        .count();
     assert!(rules > 0 && alert_exprs.len() == rules, "{ALERTS}: {rules} rules but {} exprs scanned", alert_exprs.len());
     assert!(alert_exprs.iter().all(|e| !e.trim().is_empty()), "{ALERTS}: an empty expr was scanned: {alert_exprs:?}");
     let targets = {
@@ -658,7 +708,11 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
         }
         count(&dash["panels"])
     };
-    assert!(targets > 0 && dash_queries.len() >= targets, "{DASHBOARD}: {targets} targets but {} queries", dash_queries.len());
+    assert!(
+        targets > 0 && dash_queries.len() >= targets,
+        "{DASHBOARD}: {targets} targets but {} queries",
+        dash_queries.len()
+    );
 
     let mut referenced: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     for q in &dash_queries {
@@ -689,7 +743,11 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
             missing.push(format!("{name} (used by {}): {p}", files.iter().copied().collect::<Vec<_>>().join(", ")));
         }
     }
-    assert!(missing.is_empty(), "metrics used by the dashboard or the alerts but missing from the scrape:\n  {}", missing.join("\n  "));
+    assert!(
+        missing.is_empty(),
+        "metrics used by the dashboard or the alerts but missing from the scrape:\n  {}",
+        missing.join("\n  ")
+    );
 }
 
 #[test]
@@ -718,7 +776,10 @@ fn prometheus_scrapes_the_service_and_evaluates_the_rules() {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    assert!(Path::new(PROMETHEUS).is_file(), "{PROMETHEUS} is required (scripts/test installs Debian's prometheus package)");
+    assert!(
+        Path::new(PROMETHEUS).is_file(),
+        "{PROMETHEUS} is required (scripts/test installs Debian's prometheus package)"
+    );
     let mut prom = ChildGuard::spawn(cmd);
     let log_tail = || {
         let mut text = String::new();
@@ -756,7 +817,8 @@ fn prometheus_scrapes_the_service_and_evaluates_the_rules() {
     // cell puts ResetguardBreakerOpen in pending (its `for` is 1 minute) for exactly that cell.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (rules, alerts) = loop {
-        let r: Value = http.get(format!("{base}/api/v1/rules")).send().and_then(|r| r.json()).expect("GET /api/v1/rules");
+        let r: Value =
+            http.get(format!("{base}/api/v1/rules")).send().and_then(|r| r.json()).expect("GET /api/v1/rules");
         let rules: Vec<Value> = r["data"]["groups"]
             .as_array()
             .into_iter()
@@ -764,7 +826,8 @@ fn prometheus_scrapes_the_service_and_evaluates_the_rules() {
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
         let evaluated = !rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown");
-        let alerts: Vec<Value> = rules.iter().flat_map(|r| r["alerts"].as_array().cloned().unwrap_or_default()).collect();
+        let alerts: Vec<Value> =
+            rules.iter().flat_map(|r| r["alerts"].as_array().cloned().unwrap_or_default()).collect();
         let breaker_alert = alerts.iter().any(|a| a["labels"]["alertname"] == "ResetguardBreakerOpen");
         if (evaluated && breaker_alert) || Instant::now() >= deadline {
             break (rules, alerts);

@@ -77,7 +77,11 @@ fn sigkill_three_times_loses_and_duplicates_nothing() {
             if done >= target {
                 break;
             }
-            assert!(child.try_wait().unwrap().is_none(), "service exited early; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "service exited early; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             assert!(Instant::now() < deadline, "no progress to {target} (at {done})");
             std::thread::sleep(Duration::from_millis(20 + rng.below(50)));
         }
@@ -87,14 +91,18 @@ fn sigkill_three_times_loses_and_duplicates_nothing() {
         kill_points.push(at);
     }
     eprintln!("SIGKILLed at committed offsets {kill_points:?} of {total}");
-    assert!(kill_points.iter().all(|&k| k < total), "every kill must land before the end of the input: {kill_points:?}");
+    assert!(
+        kill_points.iter().all(|&k| k < total),
+        "every kill must land before the end of the input: {kill_points:?}"
+    );
     let mut child = spawn_service(&cfg, &log);
     wait_committed(broker, &t, total, Duration::from_secs(180));
     signal(&child, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
     let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
-    let expected: BTreeSet<String> = inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    let expected: BTreeSet<String> =
+        inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected, "the notice set equals the expected set");
 }
 
@@ -128,7 +136,11 @@ fn sigterm_drains_then_restart_resumes_without_reprocessing() {
         assert!(Instant::now() < exit_deadline, "did not exit within the drain timeout");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "SIGTERM must exit 0, got {status}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "SIGTERM must exit 0, got {status}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // No open transaction left: the output topics are stable (LSO == HWM) right away.
     let before = broker.read_all_committed(&t.notices, Duration::from_secs(10)).len()
         + broker.read_all_committed(&t.held, Duration::from_secs(10)).len()
@@ -142,7 +154,8 @@ fn sigterm_drains_then_restart_resumes_without_reprocessing() {
     assert!(child.wait().unwrap().success());
     // check_outputs asserts no event_id has two outcomes: nothing committed was reprocessed.
     let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
-    let expected: BTreeSet<String> = inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    let expected: BTreeSet<String> =
+        inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected);
     assert!(before > 0, "the first run produced outputs before SIGTERM");
 }
@@ -161,7 +174,12 @@ fn breaker_stays_open_through_five_sigkill_restarts_while_the_spike_goes_on() {
         (from..from + n)
             .map(|i| {
                 let (a, id) = (format!("victim-{i}"), format!("v-{i}"));
-                input(&a, ev(&id, &a, t0 + i as i64, "buggy-model", "breached_password", 1.0), Expect::Decision, Some(&id))
+                input(
+                    &a,
+                    ev(&id, &a, t0 + i as i64, "buggy-model", "breached_password", 1.0),
+                    Expect::Decision,
+                    Some(&id),
+                )
             })
             .collect()
     };

@@ -153,9 +153,22 @@ pub fn event(rng: &mut Rng, account: u32, t_ms: i64) -> Vec<u8> {
     if rng.chance(0.85) {
         let h = rng.next_u64();
         if h % 10 < 7 {
-            let _ = write!(s, ",\"ip\":\"{}.{}.{}.{}\"", 1 + (h >> 8) % 223, (h >> 16) % 256, (h >> 24) % 256, 1 + (h >> 32) % 254);
+            let _ = write!(
+                s,
+                ",\"ip\":\"{}.{}.{}.{}\"",
+                1 + (h >> 8) % 223,
+                (h >> 16) % 256,
+                (h >> 24) % 256,
+                1 + (h >> 32) % 254
+            );
         } else {
-            let _ = write!(s, ",\"ip\":\"2001:db8:{:x}:{:x}::{:x}\"", (h >> 8) & 0xffff, (h >> 24) & 0xffff, (h >> 40) & 0xffff);
+            let _ = write!(
+                s,
+                ",\"ip\":\"2001:db8:{:x}:{:x}::{:x}\"",
+                (h >> 8) & 0xffff,
+                (h >> 24) & 0xffff,
+                (h >> 40) & 0xffff
+            );
         }
     }
     if rng.chance(0.8) {
@@ -168,7 +181,11 @@ pub fn event(rng: &mut Rng, account: u32, t_ms: i64) -> Vec<u8> {
         let _ = write!(s, ",\"user_agent\":\"{}\"", USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize]);
     }
     if rng.chance(0.1) {
-        let _ = write!(s, ",\"attributes\":{{\"attempt\":{},\"method\":\"password\",\"flags\":[\"vpn\"]}}", 1 + rng.below(5));
+        let _ = write!(
+            s,
+            ",\"attributes\":{{\"attempt\":{},\"method\":\"password\",\"flags\":[\"vpn\"]}}",
+            1 + rng.below(5)
+        );
     }
     if rng.chance(0.3) {
         s.push_str(",\"schema_version\":1");

@@ -247,7 +247,13 @@ impl AccountStore {
                         c.cells.push(e.cell);
                     }
                 }
-                None => contributions.push(Contribution { signal: e.signal, count: 1, sum: w, counted: 0.0, cells: vec![e.cell] }),
+                None => contributions.push(Contribution {
+                    signal: e.signal,
+                    count: 1,
+                    sum: w,
+                    counted: 0.0,
+                    cells: vec![e.cell],
+                }),
             }
         }
         for c in &mut contributions {
@@ -307,7 +313,8 @@ impl AccountStore {
                 if let Ok(e) = self.index.find_entry(key, |&j| j as usize == i) {
                     e.remove();
                 }
-                self.slots[i] = Slot { key: FREE, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
+                self.slots[i] =
+                    Slot { key: FREE, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
                 self.free.push(i as u32);
                 freed += 1;
             }
@@ -340,7 +347,14 @@ impl AccountStore {
 
 /// Keeps the evidence ids aligned with the ring: writes into `out` the ids of surviving entries (at
 /// most `MAX_EVIDENCE - 1` of them) plus the new one.
-fn rebuild_ids(out: &mut String, old: Option<&str>, old_len: usize, kept_flags: &[bool], drop_oldest: bool, new_id: &str) {
+fn rebuild_ids(
+    out: &mut String,
+    old: Option<&str>,
+    old_len: usize,
+    kept_flags: &[bool],
+    drop_oldest: bool,
+    new_id: &str,
+) {
     out.clear();
     if let Some(old) = old {
         let ids: SmallVec<[&str; MAX_EVIDENCE]> = old.split('\n').collect();
@@ -403,7 +417,12 @@ mod tests {
         let cs = sig(&p, "credential_stuffing"); // weight 0.6, cap 0.9
         let mut last = None;
         for i in 0..10u32 {
-            last = Some(s.add(42, Entry { t: 1000 + i, risk_q: quantise_risk(1.0), signal: fl, cell: 0 }, &format!("e{i}"), 0));
+            last = Some(s.add(
+                42,
+                Entry { t: 1000 + i, risk_q: quantise_risk(1.0), signal: fl, cell: 0 },
+                &format!("e{i}"),
+                0,
+            ));
         }
         assert!((last.unwrap().short - 0.5).abs() < 1e-4, "failed_login capped at 0.5");
         let sc = s.add(42, Entry { t: 1011, risk_q: quantise_risk(0.5), signal: cs, cell: 1 }, "cs", 0);

@@ -225,7 +225,8 @@ impl Breaker {
             ramp_tenths: 10,
             policy,
         };
-        let (rate, burst, floor) = (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
+        let (rate, burst, floor) =
+            (b.policy.global_rate_per_minute, b.policy.global_burst, b.policy.global_spike_floor);
         b.add_cell("global", rate, burst, floor);
         b
     }
@@ -309,7 +310,8 @@ impl Breaker {
         c.no_budget = scaled_rate <= 0.0 || scaled_burst == 0;
         let period = Duration::from_secs_f64(60.0 / scaled_rate.max(1e-6)).min(Duration::from_secs(365 * 86_400));
         let q = Quota::with_period(period).unwrap_or_else(|| quota(rate, burst)).allow_burst(nz(scaled_burst));
-        c.limiter = RateLimiter::direct_with_clock(q, self.clock.clone()).with_middleware::<StateInformationMiddleware>();
+        c.limiter =
+            RateLimiter::direct_with_clock(q, self.clock.clone()).with_middleware::<StateInformationMiddleware>();
         if drain {
             for _ in 0..scaled_burst {
                 if c.limiter.check().is_err() {
@@ -352,11 +354,8 @@ impl Breaker {
             self.apply_timers(i, now);
         }
         if let Some((start, end)) = self.ramp {
-            let tenths = if now >= end {
-                10
-            } else {
-                (1 + ((now - start).max(0) * 9 / (end - start).max(1)) as u32).min(10)
-            };
+            let tenths =
+                if now >= end { 10 } else { (1 + ((now - start).max(0) * 9 / (end - start).max(1)) as u32).min(10) };
             if tenths != self.ramp_tenths {
                 self.ramp_tenths = tenths;
                 // Each step starts empty: a ramp never mints a burst.
@@ -406,7 +405,9 @@ impl Breaker {
         }
         self.stale_count += 1;
         let g = GLOBAL as usize;
-        if self.stale_count > self.policy.stale_floor && matches!(self.cells[g].state, CellState::Closed | CellState::HalfOpen) {
+        if self.stale_count > self.policy.stale_floor
+            && matches!(self.cells[g].state, CellState::Closed | CellState::HalfOpen)
+        {
             self.set_state(g, CellState::Open, Cause::ReplaySuspected, now, None, None);
         }
     }
@@ -483,7 +484,15 @@ impl Breaker {
         }
     }
 
-    fn set_state(&mut self, i: usize, to: CellState, cause: Cause, now: i64, actor: Option<String>, reason: Option<String>) {
+    fn set_state(
+        &mut self,
+        i: usize,
+        to: CellState,
+        cause: Cause,
+        now: i64,
+        actor: Option<String>,
+        reason: Option<String>,
+    ) {
         let thr = self.threshold(&self.cells[i]);
         let c = &mut self.cells[i];
         let from = c.state;
@@ -566,7 +575,15 @@ impl Breaker {
     }
 
     /// Forces a cell open or closed until `now + ttl`, on behalf of `actor`.
-    pub fn force(&mut self, cell: &str, open: bool, ttl: Duration, actor: &str, reason: &str, now_ms: i64) -> Result<Transition, String> {
+    pub fn force(
+        &mut self,
+        cell: &str,
+        open: bool,
+        ttl: Duration,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Transition, String> {
         self.advance(now_ms);
         let now = self.now();
         let i = self.cell_by_name(cell)?;
@@ -594,7 +611,13 @@ impl Breaker {
     }
 
     /// Ends a manual override now: a forced-open cell goes half-open, a forced-closed one closed.
-    pub fn clear_override(&mut self, cell: &str, actor: &str, reason: &str, now_ms: i64) -> Result<Option<Transition>, String> {
+    pub fn clear_override(
+        &mut self,
+        cell: &str,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Option<Transition>, String> {
         self.advance(now_ms);
         let now = self.now();
         let i = self.names.get(cell).copied().ok_or_else(|| format!("no breaker cell named {cell:?}"))? as usize;
@@ -612,7 +635,15 @@ impl Breaker {
     }
 
     /// Applies an override recorded by another instance (or an earlier incarnation) until `until_ms`.
-    pub fn apply_override(&mut self, cell: &str, open: bool, until_ms: i64, actor: &str, reason: &str, now_ms: i64) -> Result<(), String> {
+    pub fn apply_override(
+        &mut self,
+        cell: &str,
+        open: bool,
+        until_ms: i64,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), String> {
         self.advance(now_ms);
         let now = self.now();
         if until_ms <= now {

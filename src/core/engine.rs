@@ -12,8 +12,8 @@ use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event};
 use super::hash::{id_hash, IdentityBuild};
 use super::outcome::{
-    OutcomeKind, notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo,
-    WindowKind,
+    notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, OutcomeKind, SignalContribution, Trigger,
+    WindowInfo, WindowKind,
 };
 use super::policy::Policy;
 
@@ -213,7 +213,8 @@ impl Engine {
 
         let p = &self.policy;
         let short_hit = scores.short >= p.threshold;
-        let slow_hit = p.slow.enabled && scores.slow >= p.slow.threshold && scores.slow_kinds >= p.slow.min_signal_kinds;
+        let slow_hit =
+            p.slow.enabled && scores.slow >= p.slow.threshold && scores.slow_kinds >= p.slow.min_signal_kinds;
         if !short_hit && !slow_hit {
             return Outcome::NoAction(NoActionReason::BelowThreshold);
         }
@@ -229,9 +230,17 @@ impl Engine {
             return Outcome::Notice(Box::new(self.placeholder_decision()));
         }
 
-        let (kind, score, threshold) =
-            if short_hit { (WindowKind::Short, scores.short, p.threshold) } else { (WindowKind::Slow, scores.slow, p.slow.threshold) };
-        let view = self.accounts.view(key).unwrap_or(WindowView { start_s: t_s, end_s: t_s, contributions: Vec::new(), evidence: Vec::new() });
+        let (kind, score, threshold) = if short_hit {
+            (WindowKind::Short, scores.short, p.threshold)
+        } else {
+            (WindowKind::Slow, scores.slow, p.slow.threshold)
+        };
+        let view = self.accounts.view(key).unwrap_or(WindowView {
+            start_s: t_s,
+            end_s: t_s,
+            contributions: Vec::new(),
+            evidence: Vec::new(),
+        });
         let decision = self.build_decision(ev, cell, now, kind, score, threshold, view);
         self.breaker.note_event_lag(now - ev.occurred_at_ms, now);
         match self.breaker.check(cell, now) {
@@ -299,7 +308,8 @@ impl Engine {
     }
 
     fn placeholder_decision(&self) -> Decision {
-        let info = || WindowInfo { kind: WindowKind::Short, length_seconds: 0, start: String::new(), end: String::new() };
+        let info =
+            || WindowInfo { kind: WindowKind::Short, length_seconds: 0, start: String::new(), end: String::new() };
         Decision {
             notice_id: String::new(),
             account_id: String::new(),
@@ -381,7 +391,10 @@ mod tests {
     #[test]
     fn two_signals_decide_and_the_notice_explains_itself() {
         let mut e = engine();
-        assert_eq!(run(&mut e, &ev("a", "acct", T0, "auth", "credential_stuffing", 1.0), 0), Outcome::NoAction(NoActionReason::BelowThreshold));
+        assert_eq!(
+            run(&mut e, &ev("a", "acct", T0, "auth", "credential_stuffing", 1.0), 0),
+            Outcome::NoAction(NoActionReason::BelowThreshold)
+        );
         let o = run(&mut e, &ev("b", "acct", T0 + 1000, "model", "impossible_travel", 0.8), 0);
         let Outcome::Notice(d) = o else { panic!("expected notice, got {o:?}") };
         assert_eq!(d.account_id, "acct");
@@ -398,7 +411,8 @@ mod tests {
 
     #[test]
     fn cooldown_allows_one_notice_per_incident_and_ids_are_stable_across_replays() {
-        let inputs: Vec<Vec<u8>> = (0..6).map(|i| ev(&format!("e{i}"), "acct", T0 + i * 1000, "s", "breached_password", 1.0)).collect();
+        let inputs: Vec<Vec<u8>> =
+            (0..6).map(|i| ev(&format!("e{i}"), "acct", T0 + i * 1000, "s", "breached_password", 1.0)).collect();
         let mut ids = Vec::new();
         for _ in 0..2 {
             let mut e = engine();
@@ -431,7 +445,10 @@ mod tests {
         assert_eq!(run(&mut e, &ev("h", "y", T0 - 121_000, "s", "new_device", 0.1), 1).kind(), OutcomeKind::Late);
         // Lowest watermark now T0 - 2 min; a fresh partition may lag it by one cooldown (24 h).
         let day = 86_400_000;
-        assert_eq!(run(&mut e, &ev("j", "w", T0 - 120_000 - day - 1, "s", "new_device", 0.1), 3).kind(), OutcomeKind::Late);
+        assert_eq!(
+            run(&mut e, &ev("j", "w", T0 - 120_000 - day - 1, "s", "new_device", 0.1), 3).kind(),
+            OutcomeKind::Late
+        );
         assert_eq!(run(&mut e, &ev("i", "z", T0 - day, "s", "new_device", 0.1), 2).kind(), OutcomeKind::NoAction);
     }
 
@@ -477,7 +494,11 @@ mod tests {
         let mut held = 0;
         let mut notices = 0;
         for i in 0..200 {
-            let o = run(&mut e, &ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "buggy", "breached_password", 1.0), 0);
+            let o = run(
+                &mut e,
+                &ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "buggy", "breached_password", 1.0),
+                0,
+            );
             match o {
                 Outcome::Notice(_) => notices += 1,
                 Outcome::Held(d, h) => {
@@ -496,8 +517,9 @@ mod tests {
 
     #[test]
     fn restore_rebuilds_cooldowns_and_breaker_before_the_first_live_event() {
-        let inputs: Vec<Vec<u8>> =
-            (0..100).map(|i| ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "buggy", "breached_password", 1.0)).collect();
+        let inputs: Vec<Vec<u8>> = (0..100)
+            .map(|i| ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "buggy", "breached_password", 1.0))
+            .collect();
         let mut first = engine();
         let outcomes: Vec<_> = inputs.iter().map(|b| run(&mut first, b, 0)).collect();
         assert_eq!(outcomes.iter().filter(|o| o.kind() == OutcomeKind::Notice).count(), 30);

@@ -308,7 +308,8 @@ fn signal_index(policy: &Policy, name: &str) -> Option<u8> {
 /// is parsed by hand first, with the same result (`tests/decode_equivalence.rs` checks both
 /// against each other).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    rfc3339_common_ms(s.as_bytes()).or_else(|| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()))
+    rfc3339_common_ms(s.as_bytes())
+        .or_else(|| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()))
 }
 
 /// The common shape of RFC 3339 timestamps; `None` for anything else (valid or not), left to chrono.
@@ -529,7 +530,9 @@ fn classify_json_error(e: &serde_json::Error, text: &str) -> Rejection {
     use serde_json::error::Category;
     let at = format!("line {} column {}", e.line(), e.column());
     match e.classify() {
-        Category::Io | Category::Eof => Rejection::new(RejectReason::MalformedJson, format!("unexpected end of input at {at}")),
+        Category::Io | Category::Eof => {
+            Rejection::new(RejectReason::MalformedJson, format!("unexpected end of input at {at}"))
+        }
         Category::Syntax => {
             let msg = e.to_string();
             if msg.starts_with("recursion limit exceeded") {
@@ -541,16 +544,23 @@ fn classify_json_error(e: &serde_json::Error, text: &str) -> Rejection {
         Category::Data => {
             let msg = e.to_string();
             if msg.starts_with("missing field") {
-                Rejection::new(RejectReason::MissingField, quoted_field(&msg).map_or(msg.clone(), |f| format!("missing field {f}")))
+                Rejection::new(
+                    RejectReason::MissingField,
+                    quoted_field(&msg).map_or(msg.clone(), |f| format!("missing field {f}")),
+                )
             } else if msg.starts_with("unknown field") {
                 Rejection::new(RejectReason::UnknownField, format!("unknown field at {at}"))
             } else if msg.starts_with("duplicate field") {
-                Rejection::new(RejectReason::DuplicateField, quoted_field(&msg).map_or(at.clone(), |f| format!("duplicate field {f}")))
+                Rejection::new(
+                    RejectReason::DuplicateField,
+                    quoted_field(&msg).map_or(at.clone(), |f| format!("duplicate field {f}")),
+                )
             } else if msg.starts_with("invalid type") && text.trim_start().as_bytes().first() != Some(&b'{') {
                 Rejection::new(RejectReason::NotAnObject, "the message must be a JSON object")
             } else {
                 // "invalid type: string \"...\", expected f64": keep only what was expected.
-                let expected = msg.split(", expected ").nth(1).and_then(|s| s.split(" at line").next()).unwrap_or("another type");
+                let expected =
+                    msg.split(", expected ").nth(1).and_then(|s| s.split(" at line").next()).unwrap_or("another type");
                 Rejection::new(RejectReason::InvalidType, format!("wrong type at {at}, expected {expected}"))
             }
         }
@@ -582,8 +592,8 @@ mod fast {
 
     /// `10^i`, exact in f64 up to 10^22, as in serde_json's table (which goes on to 10^308).
     const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
-        1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
     ];
     /// Deepest nesting the `attributes` skipper tracks (the policy's limit is far below).
     const MAX_DEPTH: u32 = 64;
@@ -1160,10 +1170,16 @@ mod tests {
         assert_eq!(reason(&base.replace("\"ip\"", "\"ipv9\"")), RejectReason::UnknownField);
         assert_eq!(reason(&base.replace("failed_login", "telepathy")), RejectReason::UnknownSignal);
         assert_eq!(reason(&base.replace("2026-05-28T20:26:40Z", "yesterday")), RejectReason::InvalidTimestamp);
-        assert_eq!(reason(&base.replace("2026-05-28T20:26:40Z", "2099-01-01T00:00:00Z")), RejectReason::FutureTimestamp);
+        assert_eq!(
+            reason(&base.replace("2026-05-28T20:26:40Z", "2099-01-01T00:00:00Z")),
+            RejectReason::FutureTimestamp
+        );
         assert_eq!(reason(&base.replace("\"e1\"", "\"\"")), RejectReason::FieldLength);
         assert_eq!(reason(&base.replace("\"e1\"", "\"e\\n1\"")), RejectReason::ControlCharacters);
-        assert_eq!(reason(&base.replace("\"ip\":", "\"schema_version\":2,\"ip\":")), RejectReason::UnsupportedSchemaVersion);
+        assert_eq!(
+            reason(&base.replace("\"ip\":", "\"schema_version\":2,\"ip\":")),
+            RejectReason::UnsupportedSchemaVersion
+        );
         let deep = format!("{}{}{}", "[".repeat(10), "1", "]".repeat(10));
         assert_eq!(reason(&base.replace("[1,{\"b\":2}]", &deep)), RejectReason::AttributesTooDeep);
         // Nesting as deep as the size limit allows is rejected without exhausting the stack.
@@ -1262,7 +1278,9 @@ mod tests {
         .expect("policy");
         for p in [policy(), custom] {
             let mut names: Vec<String> = p.signals.iter().map(|s| s.name.clone()).collect();
-            names.extend(["", "a ", "A", "failed_login ", "failed_logi", "zz", "zz_lasu", "\u{e9}\u{e9}"].map(String::from));
+            names.extend(
+                ["", "a ", "A", "failed_login ", "failed_logi", "zz", "zz_lasu", "\u{e9}\u{e9}"].map(String::from),
+            );
             for n in &names {
                 assert_eq!(signal_index(&p, n), p.signal_index(n), "{n:?}");
             }

@@ -605,7 +605,8 @@ impl PolicyFile {
         let idle_ttl = c.duration("window.idle_ttl", &self.window.idle_ttl, Duration::from_secs(1), 30 * day);
         let slow_len = c.duration("slow_window.length", &self.slow_window.length, Duration::from_secs(60), 30 * day);
         let slow_threshold = c.positive("slow_window.threshold", self.slow_window.threshold);
-        let min_kinds = c.range_u32("slow_window.min_signal_kinds", self.slow_window.min_signal_kinds, 1, MAX_SIGNALS as u32);
+        let min_kinds =
+            c.range_u32("slow_window.min_signal_kinds", self.slow_window.min_signal_kinds, 1, MAX_SIGNALS as u32);
         if self.slow_window.enabled && slow_len <= window {
             c.err("slow_window.length", "must be longer than window.length");
         }
@@ -631,7 +632,10 @@ impl PolicyFile {
         let mut signals = Vec::with_capacity(self.signals.len());
         for (name, s) in &self.signals {
             let path = format!("signals.{name}");
-            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 c.err(&path, "signal names are 1 to 64 characters of a-z, 0-9 and _");
             }
             let weight = c.positive(&format!("{path}.weight"), s.weight);
@@ -641,7 +645,12 @@ impl PolicyFile {
 
         let b = &self.breaker;
         let breaker = BreakerPolicy {
-            global_rate_per_minute: c.range_u32("breaker.global_rate_per_minute", b.global_rate_per_minute, 1, 1_000_000),
+            global_rate_per_minute: c.range_u32(
+                "breaker.global_rate_per_minute",
+                b.global_rate_per_minute,
+                1,
+                1_000_000,
+            ),
             global_burst: c.range_u32("breaker.global_burst", b.global_burst, 1, 1_000_000),
             cell_rate_per_minute: c.range_u32("breaker.cell_rate_per_minute", b.cell_rate_per_minute, 1, 1_000_000),
             cell_burst: c.range_u32("breaker.cell_burst", b.cell_burst, 1, 1_000_000),
@@ -671,7 +680,12 @@ impl PolicyFile {
             max_cells: c.range_u32("breaker.max_cells", b.max_cells, 1, MAX_CELLS_LIMIT as u32) as usize,
             stale_after: c.duration("breaker.stale_after", &b.stale_after, Duration::from_secs(60), 30 * day),
             stale_floor: c.range_u32("breaker.stale_floor", b.stale_floor, 1, 10_000_000),
-            policy_change_ramp: c.duration("breaker.policy_change_ramp", &b.policy_change_ramp, Duration::ZERO, 7 * day),
+            policy_change_ramp: c.duration(
+                "breaker.policy_change_ramp",
+                &b.policy_change_ramp,
+                Duration::ZERO,
+                7 * day,
+            ),
         };
         if b.cell_burst > b.global_burst {
             c.err("breaker.cell_burst", "must not exceed breaker.global_burst");

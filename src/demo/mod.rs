@@ -152,7 +152,8 @@ pub async fn run(flood: usize, listen: SocketAddr) -> anyhow::Result<()> {
         *notices_by_cell.entry(v["cell"].as_str().unwrap_or("?").to_string()).or_default() += 1;
         notified.insert(v["account_id"].as_str().unwrap_or("").to_string());
     }
-    let flood_notices = notices.iter().filter(|v| v["account_id"].as_str().is_some_and(|a| a.starts_with("victim-"))).count();
+    let flood_notices =
+        notices.iter().filter(|v| v["account_id"].as_str().is_some_and(|a| a.starts_with("victim-"))).count();
     let flood_held = held.iter().filter(|v| v["account_id"].as_str().is_some_and(|a| a.starts_with("victim-"))).count();
     let genuine_ok = genuine.iter().filter(|a| notified.contains(*a)).count();
     println!();
@@ -165,7 +166,9 @@ pub async fn run(flood: usize, listen: SocketAddr) -> anyhow::Result<()> {
         "buggy model {BUGGY_SOURCE}: flagged {flood_sent} accounts -> {flood_notices} notices escaped (cell burst {burst}), {flood_held} held"
     );
     println!("genuine takeovers notified  {genuine_ok} of {}", genuine.len());
-    let verdict = flood_notices as u64 <= u64::from(burst) && genuine_ok == genuine.len() && flood_notices + flood_held == flood_sent as usize;
+    let verdict = flood_notices as u64 <= u64::from(burst)
+        && genuine_ok == genuine.len()
+        && flood_notices + flood_held == flood_sent as usize;
     println!(
         "{}",
         if verdict {

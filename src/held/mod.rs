@@ -48,8 +48,8 @@ use crate::kafka::client::producer_config;
 
 pub use pace::Pacer;
 pub use select::{
-    check_actor_reason, control_key, notice_id_of_control_key, Applied, AuditRecord, ControlValue, HeldAction, HeldState,
-    HeldView, Ledger, Scope, Selector,
+    check_actor_reason, control_key, notice_id_of_control_key, Applied, AuditRecord, ControlValue, HeldAction,
+    HeldState, HeldView, Ledger, Scope, Selector,
 };
 
 /// Most notices per release transaction.
@@ -220,7 +220,13 @@ pub fn release(
         remaining: found.pending.len(),
         ..ReleaseReport::default()
     };
-    let target = |p: &Pending| if p.view.mode == "shadow" { settings.topics.shadow.as_str() } else { settings.topics.notices.as_str() };
+    let target = |p: &Pending| {
+        if p.view.mode == "shadow" {
+            settings.topics.shadow.as_str()
+        } else {
+            settings.topics.notices.as_str()
+        }
+    };
     let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
     for p in &found.pending {
         wanted.entry(target(p)).or_default().insert(p.view.notice_id.as_str());
@@ -281,7 +287,15 @@ pub fn release(
                 ("mode", p.view.mode.clone()),
                 ("released_by", actor.to_string()),
             ];
-            txn.add(&mut batch, Out { topic: target(p).to_string(), key: p.view.account_id.as_bytes().to_vec(), payload: notice.to_vec(), headers })?;
+            txn.add(
+                &mut batch,
+                Out {
+                    topic: target(p).to_string(),
+                    key: p.view.account_id.as_bytes().to_vec(),
+                    payload: notice.to_vec(),
+                    headers,
+                },
+            )?;
             report.sent += 1;
         } else {
             batch.already_sent.push(id.to_string());
@@ -296,7 +310,12 @@ pub fn release(
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();
-            info!(sent = report.sent, already_sent = report.already_sent, remaining = report.remaining, "Release in progress.");
+            info!(
+                sent = report.sent,
+                already_sent = report.already_sent,
+                remaining = report.remaining,
+                "Release in progress."
+            );
         }
     }
     if !batch.is_empty() {
@@ -304,8 +323,14 @@ pub fn release(
         report.transactions += 1;
     }
     report.interrupted |= report.remaining > 0;
-    info!(sent = report.sent, already_sent = report.already_sent, remaining = report.remaining,
-        interrupted = report.interrupted, transactions = report.transactions, "Release finished.");
+    info!(
+        sent = report.sent,
+        already_sent = report.already_sent,
+        remaining = report.remaining,
+        interrupted = report.interrupted,
+        transactions = report.transactions,
+        "Release finished."
+    );
     Ok(report)
 }
 
@@ -313,7 +338,12 @@ pub fn release(
 /// `held/<notice_id>` control record `{"action":"discarded",...}` per notice and one audit record
 /// per transaction (one transaction per [`DISCARD_BATCH`] notices), under the same transactional
 /// id as releases (so a discard and a release never act on a notice at the same time).
-pub fn discard(settings: &Settings, selector: &Selector, actor: &str, reason: &str) -> Result<DiscardReport, HeldError> {
+pub fn discard(
+    settings: &Settings,
+    selector: &Selector,
+    actor: &str,
+    reason: &str,
+) -> Result<DiscardReport, HeldError> {
     selector.check_for_action().map_err(HeldError::Invalid)?;
     check_actor_reason(actor, reason).map_err(HeldError::Invalid)?;
     let mut txn = Txn::init(settings)?;
@@ -403,7 +433,8 @@ fn reader(settings: &Settings) -> Result<BaseConsumer, HeldError> {
 /// offset: read_committed), calling `f` for each record.
 fn scan(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64, HeldError> {
     let consumer = reader(settings)?;
-    let md = consumer.fetch_metadata(Some(topic), OP_TIMEOUT).map_err(|e| kafka_err(&format!("metadata of {topic}"), e))?;
+    let md =
+        consumer.fetch_metadata(Some(topic), OP_TIMEOUT).map_err(|e| kafka_err(&format!("metadata of {topic}"), e))?;
     let partitions: Vec<i32> = match md.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().iter().map(|p| p.id()).collect(),
         _ => return Err(HeldError::Kafka(format!("topic {topic} does not exist"))),
@@ -517,7 +548,9 @@ fn read_held(settings: &Settings, selector: &Selector, ledger: &Ledger, with_not
         seen.insert(view.notice_id.clone());
         found.matched += 1;
         match ledger.state(&view.notice_id) {
-            HeldState::Pending => found.pending.push(Pending { view, notice, partition: m.partition(), offset: m.offset() }),
+            HeldState::Pending => {
+                found.pending.push(Pending { view, notice, partition: m.partition(), offset: m.offset() })
+            }
             HeldState::Released => found.released += 1,
             HeldState::Discarded => found.discarded += 1,
         }
@@ -577,7 +610,13 @@ struct AuditHead {
 }
 
 fn audit(settings: &Settings, actor: &str, reason: &str, action: &'static str, scope: &Scope) -> AuditHead {
-    AuditHead { topic: settings.topics.audit.clone(), actor: actor.into(), reason: reason.into(), action, scope: scope.clone() }
+    AuditHead {
+        topic: settings.topics.audit.clone(),
+        actor: actor.into(),
+        reason: reason.into(),
+        action,
+        scope: scope.clone(),
+    }
 }
 
 /// The records of the open transaction.
@@ -627,14 +666,20 @@ impl Txn {
     fn init(settings: &Settings) -> Result<Txn, HeldError> {
         let mut s = settings.clone();
         s.transactional_id = format!("{}-held-actions", settings.group_id);
-        let producer: BaseProducer = producer_config(&s).create().map_err(|e| kafka_err("cannot create the Kafka producer", e))?;
-        producer.init_transactions(OP_TIMEOUT).map_err(|e| kafka_err(&format!("cannot initialise transactions (transactional.id {})", s.transactional_id), e))?;
+        let producer: BaseProducer =
+            producer_config(&s).create().map_err(|e| kafka_err("cannot create the Kafka producer", e))?;
+        producer.init_transactions(OP_TIMEOUT).map_err(|e| {
+            kafka_err(&format!("cannot initialise transactions (transactional.id {})", s.transactional_id), e)
+        })?;
         Ok(Txn { producer, id: s.transactional_id, open: false })
     }
 
     fn classify(&self, e: KafkaError) -> Failure {
         let fenced = |code: RDKafkaErrorCode| {
-            matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            matches!(
+                code,
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            )
         };
         if let Some((code, _)) = self.producer.client().fatal_error() {
             if fenced(code) {
@@ -722,7 +767,12 @@ impl Txn {
             notice_ids: std::mem::take(&mut batch.notice_ids),
             already_sent: std::mem::take(&mut batch.already_sent),
         };
-        let audit = Out { topic: head.topic, key: b"held".to_vec(), payload: serde_json::to_vec(&record).unwrap_or_default(), headers: vec![("action", head.action.to_string())] };
+        let audit = Out {
+            topic: head.topic,
+            key: b"held".to_vec(),
+            payload: serde_json::to_vec(&record).unwrap_or_default(),
+            headers: vec![("action", head.action.to_string())],
+        };
         let mut last = String::from("a record could not be sent");
         let mut resend = batch.dirty;
         for attempt in 0..TXN_ATTEMPTS {

@@ -106,7 +106,10 @@ mod tests {
                 for w in [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(60)] {
                     let allowed = (w.as_nanos() / p.interval().as_nanos()) as usize + p.burst() as usize;
                     let got = max_in_window(&t, w);
-                    assert!(got <= allowed, "rate {rate}/min, overshoot {overshoot:?}: {got} permits within {w:?}, allowed {allowed}");
+                    assert!(
+                        got <= allowed,
+                        "rate {rate}/min, overshoot {overshoot:?}: {got} permits within {w:?}, allowed {allowed}"
+                    );
                 }
             }
         }

@@ -71,7 +71,10 @@ impl Selector {
     pub fn check_for_action(&self) -> Result<(), String> {
         self.check()?;
         match (self.all, self.has_criterion()) {
-            (false, false) => Err("select held notices by cell, source, from or to; acting on every held notice needs an explicit `all`".into()),
+            (false, false) => Err(
+                "select held notices by cell, source, from or to; acting on every held notice needs an explicit `all`"
+                    .into(),
+            ),
             (true, true) => Err("`all` cannot be combined with cell, source, from or to".into()),
             _ => Ok(()),
         }
@@ -518,7 +521,13 @@ mod tests {
         assert!(!err.contains("secret-account"), "{err}");
     }
 
-    fn view(cell: &str, held_cell: &str, source: &str, held_at_ms: Option<i64>, decided_at_ms: Option<i64>) -> HeldView {
+    fn view(
+        cell: &str,
+        held_cell: &str,
+        source: &str,
+        held_at_ms: Option<i64>,
+        decided_at_ms: Option<i64>,
+    ) -> HeldView {
         HeldView {
             notice_id: "rn_1".into(),
             account_id: "a".into(),
@@ -545,7 +554,8 @@ mod tests {
         let g = view("auth", "global", "auth", Some(1_000), None);
         assert!(Selector::cell("global").matches(&g), "the cell that held it");
         assert!(Selector::cell("auth").matches(&g), "the source's cell");
-        let s = Selector { source: Some("buggy".into()), from_ms: Some(1_000), to_ms: Some(2_000), ..Selector::default() };
+        let s =
+            Selector { source: Some("buggy".into()), from_ms: Some(1_000), to_ms: Some(2_000), ..Selector::default() };
         assert!(s.matches(&h));
         assert!(!Selector { from_ms: Some(1_001), ..s.clone() }.matches(&h));
         assert!(!Selector { to_ms: Some(1_000), from_ms: None, ..s.clone() }.matches(&h), "to is exclusive");
@@ -610,7 +620,8 @@ mod tests {
             serde_json::to_string(&v).unwrap(),
             r#"{"action":"released","actor":"ana","reason":"INC-1","at":"t","instance":"rg-release"}"#
         );
-        let back: ControlValue = serde_json::from_str(r#"{"action":"discarded","actor":"a","reason":"r","at":"t"}"#).unwrap();
+        let back: ControlValue =
+            serde_json::from_str(r#"{"action":"discarded","actor":"a","reason":"r","at":"t"}"#).unwrap();
         assert_eq!(back.action, HeldAction::Discarded);
     }
 

@@ -37,8 +37,18 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(token: Option<&Secret>, commands: Sender<AdminCommand>, status: Arc<Status>, settings: Option<Arc<Settings>>) -> Self {
-        AdminState { token_digest: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()), commands, status, settings }
+    pub fn new(
+        token: Option<&Secret>,
+        commands: Sender<AdminCommand>,
+        status: Arc<Status>,
+        settings: Option<Arc<Settings>>,
+    ) -> Self {
+        AdminState {
+            token_digest: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+            commands,
+            status,
+            settings,
+        }
     }
 }
 
@@ -106,16 +116,22 @@ fn check_who(actor: &str, reason: &str) -> Result<(), Response> {
 async fn send(s: &AdminState, make: impl FnOnce(crate::kafka::pipeline::Reply) -> AdminCommand) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if s.commands.send(make(tx)).is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the pipeline is not running" }))).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the pipeline is not running" })))
+            .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(v))) => Json(v).into_response(),
         Ok(Ok(Err(e))) => bad_request(e),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "no answer from the pipeline" }))).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "no answer from the pipeline" })))
+            .into_response(),
     }
 }
 
-async fn breaker_action(State(s): State<AdminState>, Path((cell, action)): Path<(String, String)>, Json(body): Json<BreakerBody>) -> Response {
+async fn breaker_action(
+    State(s): State<AdminState>,
+    Path((cell, action)): Path<(String, String)>,
+    Json(body): Json<BreakerBody>,
+) -> Response {
     if let Err(r) = check_who(&body.actor, &body.reason) {
         return r;
     }
@@ -178,8 +194,14 @@ async fn allow_remove(State(s): State<AdminState>, Json(body): Json<AllowBody>) 
     if let Err(r) = check_who(&body.actor, &body.reason) {
         return r;
     }
-    send(&s, |reply| AdminCommand::Allow { account_id: body.account_id, expires_ms: None, actor: body.actor, reason: body.reason, reply })
-        .await
+    send(&s, |reply| AdminCommand::Allow {
+        account_id: body.account_id,
+        expires_ms: None,
+        actor: body.actor,
+        reason: body.reason,
+        reply,
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -203,10 +225,19 @@ impl HeldQuery {
     fn selector(&self) -> Result<Selector, Response> {
         let time = |v: &Option<String>| -> Result<Option<i64>, Response> {
             v.as_deref()
-                .map(|t| crate::core::event::parse_rfc3339_ms(t).ok_or_else(|| bad_request("from/to must be RFC 3339 timestamps")))
+                .map(|t| {
+                    crate::core::event::parse_rfc3339_ms(t)
+                        .ok_or_else(|| bad_request("from/to must be RFC 3339 timestamps"))
+                })
                 .transpose()
         };
-        Ok(Selector { cell: self.cell.clone(), source: self.source.clone(), from_ms: time(&self.from)?, to_ms: time(&self.to)?, all: self.all })
+        Ok(Selector {
+            cell: self.cell.clone(),
+            source: self.source.clone(),
+            from_ms: time(&self.from)?,
+            to_ms: time(&self.to)?,
+            all: self.all,
+        })
     }
 }
 
@@ -233,7 +264,9 @@ struct HeldBody {
 fn held_error(e: HeldError) -> Response {
     match e {
         HeldError::Invalid(m) => bad_request(m),
-        other => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": other.to_string() }))).into_response(),
+        other => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": other.to_string() }))).into_response()
+        }
     }
 }
 
@@ -267,7 +300,8 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
     let job = match action.as_str() {
         "release" => tokio::task::spawn_blocking(move || {
             let never = std::sync::atomic::AtomicBool::new(false);
-            held::release(&settings, &sel, &actor, &reason, rate, &never).map(|r| serde_json::to_value(r).unwrap_or_default())
+            held::release(&settings, &sel, &actor, &reason, rate, &never)
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
         }),
         "discard" => tokio::task::spawn_blocking(move || {
             held::discard(&settings, &sel, &actor, &reason).map(|r| serde_json::to_value(r).unwrap_or_default())

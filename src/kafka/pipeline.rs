@@ -136,11 +136,8 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Finish the open transaction before the partitions go (or abort if the
                 // assignment was lost: the offsets would be rejected anyway).
-                let result = if consumer.assignment_lost() {
-                    abort(s).map_err(TxnError::Fatal)
-                } else {
-                    commit(s, consumer)
-                };
+                let result =
+                    if consumer.assignment_lost() { abort(s).map_err(TxnError::Fatal) } else { commit(s, consumer) };
                 if let Err(e) = result {
                     warn!(error = ?e, "Ending the transaction on revoke failed.");
                     *s.callback_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -168,7 +165,11 @@ fn wall_ms() -> i64 {
 }
 
 /// For each partition: the committed offset (or the low watermark), and where restore starts.
-fn plan_restore<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList, s: &Shared) -> Vec<RestorePlan> {
+fn plan_restore<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+    s: &Shared,
+) -> Vec<RestorePlan> {
     let committed = consumer.committed_offsets(tpl.clone(), s.timeout).unwrap_or_else(|_| tpl.clone());
     let mut by_time = TopicPartitionList::new();
     for e in tpl.elements() {
@@ -300,9 +301,12 @@ pub fn run_pipeline(
         .create()
         .map_err(|e| PipelineError::Startup(format!("cannot create the Kafka producer: {e}")))?;
     let timeout = Duration::from_secs(30);
-    producer
-        .init_transactions(timeout)
-        .map_err(|e| PipelineError::Startup(format!("cannot initialise transactions (transactional.id {}): {e}", settings.transactional_id)))?;
+    producer.init_transactions(timeout).map_err(|e| {
+        PipelineError::Startup(format!(
+            "cannot initialise transactions (transactional.id {}): {e}",
+            settings.transactional_id
+        ))
+    })?;
     let lookback = [
         policy.window + policy.allowed_lateness,
         if policy.slow.enabled { policy.slow.length } else { Duration::ZERO },
@@ -419,7 +423,8 @@ pub fn run_pipeline(
                     if let Outcome::Notice(d) = outcome {
                         shared.txn.lock().unwrap_or_else(|p| p.into_inner()).notice_event_ms.push(d.event_ms);
                     }
-                    let mut record = BaseRecord::to(rec.topic).key(&rec.key[..]).payload(&rec.payload[..]).headers(rec.headers);
+                    let mut record =
+                        BaseRecord::to(rec.topic).key(&rec.key[..]).payload(&rec.payload[..]).headers(rec.headers);
                     loop {
                         match shared.producer.send(record) {
                             Ok(()) => break,
@@ -430,7 +435,13 @@ pub fn run_pipeline(
                             Err((e, _)) => {
                                 // The transaction cannot be committed without this record.
                                 warn!(error = %e, "Producing an output record failed; aborting the transaction.");
-                                if let Err(e) = handle_txn_error(TxnError::Abortable(e.to_string()), &shared, &consumer, &mut engine, &mut restore_until) {
+                                if let Err(e) = handle_txn_error(
+                                    TxnError::Abortable(e.to_string()),
+                                    &shared,
+                                    &consumer,
+                                    &mut engine,
+                                    &mut restore_until,
+                                ) {
                                     result = Err(e);
                                     break 'outer;
                                 }
@@ -480,7 +491,8 @@ pub fn run_pipeline(
                 if let Ok(pos) = consumer.position() {
                     for e in pos.elements() {
                         let Some(t) = shared.inputs.iter().position(|x| x == e.topic()) else { continue };
-                        if let (Offset::Offset(p), Some(&until)) = (e.offset(), restore_until.get(&(t, e.partition()))) {
+                        if let (Offset::Offset(p), Some(&until)) = (e.offset(), restore_until.get(&(t, e.partition())))
+                        {
                             if p >= until {
                                 restore_until.remove(&(t, e.partition()));
                             }
@@ -546,7 +558,8 @@ fn control_reader(s: &Settings) -> Result<BaseConsumer, PipelineError> {
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
-    let c: BaseConsumer = cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
+    let c: BaseConsumer =
+        cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
     let md = c
         .fetch_metadata(Some(&s.topics.control), Duration::from_secs(10))
         .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", s.topics.control)))?;
@@ -562,7 +575,13 @@ fn control_reader(s: &Settings) -> Result<BaseConsumer, PipelineError> {
 
 /// Applies control records. At startup (`to_end`) reads up to the end of the topic; afterwards
 /// takes what arrived. Records of this instance were applied when they were made.
-fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: bool, last_policy: &mut Option<String>) -> usize {
+fn read_control(
+    c: &BaseConsumer,
+    engine: &mut Engine,
+    s: &Settings,
+    to_end: bool,
+    last_policy: &mut Option<String>,
+) -> usize {
     use super::control::{parse, Control};
     let mut ends: HashMap<i32, i64> = HashMap::new();
     if to_end {
@@ -630,7 +649,11 @@ fn read_control(c: &BaseConsumer, engine: &mut Engine, s: &Settings, to_end: boo
 /// Records the running policy version in the control topic (its own small transaction).
 fn record_policy_version(s: &Shared, settings: &Settings) -> Result<(), PipelineError> {
     use super::control::{PolicyVersionRecord, POLICY_VERSION_KEY};
-    let rec = PolicyVersionRecord { version: settings.policy.version.clone(), at_ms: wall_ms(), instance: settings.transactional_id.clone() };
+    let rec = PolicyVersionRecord {
+        version: settings.policy.version.clone(),
+        at_ms: wall_ms(),
+        instance: settings.transactional_id.clone(),
+    };
     let payload = serde_json::to_vec(&rec).unwrap_or_default();
     let fatal = |e: KafkaError| PipelineError::Startup(format!("cannot record the policy version: {e}"));
     s.producer.begin_transaction().map_err(fatal)?;
@@ -656,16 +679,35 @@ fn admin_command(
         AdminCommand::Breaker { cell, action, actor, reason, reply } => {
             let b = engine.breaker_mut();
             let (r, open, until) = match action {
-                BreakerAction::Open { ttl } => (b.force(&cell, true, ttl, &actor, &reason, now).map(Some), true, now + ttl.as_millis() as i64),
-                BreakerAction::Close { ttl } => (b.force(&cell, false, ttl, &actor, &reason, now).map(Some), false, now + ttl.as_millis() as i64),
+                BreakerAction::Open { ttl } => {
+                    (b.force(&cell, true, ttl, &actor, &reason, now).map(Some), true, now + ttl.as_millis() as i64)
+                }
+                BreakerAction::Close { ttl } => {
+                    (b.force(&cell, false, ttl, &actor, &reason, now).map(Some), false, now + ttl.as_millis() as i64)
+                }
                 BreakerAction::Clear => (b.clear_override(&cell, &actor, &reason, now), false, now),
             };
-            let rec = OverrideRecord { cell: cell.clone(), open, until_ms: until, at_ms: now, actor: actor.clone(), reason: reason.clone(), instance: instance.clone() };
+            let rec = OverrideRecord {
+                cell: cell.clone(),
+                open,
+                until_ms: until,
+                at_ms: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                instance: instance.clone(),
+            };
             let audit = AuditRecord {
                 at: crate::core::event::format_rfc3339_ms(now),
                 actor,
                 reason,
-                action: format!("breaker_{}", match action { BreakerAction::Open { .. } => "open", BreakerAction::Close { .. } => "close", BreakerAction::Clear => "clear" }),
+                action: format!(
+                    "breaker_{}",
+                    match action {
+                        BreakerAction::Open { .. } => "open",
+                        BreakerAction::Close { .. } => "close",
+                        BreakerAction::Clear => "clear",
+                    }
+                ),
                 scope: serde_json::json!({ "cell": cell, "until_ms": until }),
                 instance,
             };
@@ -679,7 +721,14 @@ fn admin_command(
                     engine.disallow_account(&account_id);
                 }
             }
-            let rec = AllowRecord { account_id: account_id.clone(), expires_ms, at_ms: now, actor: actor.clone(), reason: reason.clone(), instance: instance.clone() };
+            let rec = AllowRecord {
+                account_id: account_id.clone(),
+                expires_ms,
+                at_ms: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                instance: instance.clone(),
+            };
             let audit = AuditRecord {
                 at: crate::core::event::format_rfc3339_ms(now),
                 actor,
@@ -688,7 +737,12 @@ fn admin_command(
                 scope: serde_json::json!({ "account_id": account_id, "expires_ms": expires_ms }),
                 instance,
             };
-            (Ok(serde_json::json!({ "applied": true })), (allow_key(&account_id), serde_json::to_vec(&rec).unwrap_or_default()), audit, reply)
+            (
+                Ok(serde_json::json!({ "applied": true })),
+                (allow_key(&account_id), serde_json::to_vec(&rec).unwrap_or_default()),
+                audit,
+                reply,
+            )
         }
     };
     if let Err(e) = result {
@@ -851,7 +905,9 @@ fn tick(engine: &mut Engine, m: &Metrics, status: &Status, tally: &mut Tally, re
 fn report_lag(consumer: &BaseConsumer<Ctx>, m: &Metrics, timeout: Duration) {
     let Ok(pos) = consumer.position() else { return };
     for e in pos.elements() {
-        if let (Offset::Offset(p), Ok((_, high))) = (e.offset(), consumer.fetch_watermarks(e.topic(), e.partition(), timeout)) {
+        if let (Offset::Offset(p), Ok((_, high))) =
+            (e.offset(), consumer.fetch_watermarks(e.topic(), e.partition(), timeout))
+        {
             m.consumer_lag.with_label_values(&[e.topic(), &e.partition().to_string()]).set((high - p).max(0));
         }
     }

@@ -28,7 +28,12 @@ fn h(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
 }
 
 /// The record an outcome produces, if any (no-action outcomes produce none).
-pub fn record_for<'a>(outcome: &Outcome, origin: &Origin<'a>, topics: &'a TopicsFile, mode: Mode) -> Option<OutRecord<'a>> {
+pub fn record_for<'a>(
+    outcome: &Outcome,
+    origin: &Origin<'a>,
+    topics: &'a TopicsFile,
+    mode: Mode,
+) -> Option<OutRecord<'a>> {
     match outcome {
         Outcome::NoAction(_) => None,
         Outcome::Notice(d) => {

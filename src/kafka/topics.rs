@@ -18,12 +18,20 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
         admin_config(s).create().map_err(|e| PipelineError::Startup(format!("cannot create admin client: {e}")))?;
     let t = &s.topics;
     let mut wanted: Vec<&str> = t.input.iter().map(String::as_str).collect();
-    wanted.extend([t.notices.as_str(), t.held.as_str(), t.dlq.as_str(), t.shadow.as_str(), t.control.as_str(), t.audit.as_str()]);
+    wanted.extend([
+        t.notices.as_str(),
+        t.held.as_str(),
+        t.dlq.as_str(),
+        t.shadow.as_str(),
+        t.control.as_str(),
+        t.audit.as_str(),
+    ]);
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
         .map_err(|e| PipelineError::Startup(format!("cannot reach Kafka to read metadata: {e}")))?;
-    let existing: Vec<String> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_string()).collect();
+    let existing: Vec<String> =
+        metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_string()).collect();
     let missing: Vec<&str> = wanted.iter().copied().filter(|w| !existing.iter().any(|e| e == w)).collect();
     if missing.is_empty() {
         return Ok(Vec::new());

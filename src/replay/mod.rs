@@ -62,7 +62,8 @@ fn create(dir: &Path, name: &str) -> Result<BufWriter<File>, ReplayError> {
 /// Opens the input: `-` is stdin; gzip is detected by its magic bytes.
 pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>, ReplayError> {
     let err = |source| ReplayError::Input { path: path.display().to_string(), source };
-    let raw: Box<dyn Read> = if path.as_os_str() == "-" { Box::new(io::stdin()) } else { Box::new(File::open(path).map_err(err)?) };
+    let raw: Box<dyn Read> =
+        if path.as_os_str() == "-" { Box::new(io::stdin()) } else { Box::new(File::open(path).map_err(err)?) };
     let mut reader = BufReader::with_capacity(1 << 20, raw);
     let head = reader.fill_buf().map_err(err)?;
     if head.starts_with(&[0x1f, 0x8b]) {
@@ -171,7 +172,9 @@ pub fn replay(policy: Arc<Policy>, args: &ReplayArgs) -> Result<Report, ReplayEr
     }
     report.lines = line_no;
     report.breaker_final = engine.breaker().snapshot();
-    for (name, w) in [("notices.jsonl", &mut out.notices), ("held.jsonl", &mut out.held), ("rejected.jsonl", &mut out.rejected)] {
+    for (name, w) in
+        [("notices.jsonl", &mut out.notices), ("held.jsonl", &mut out.held), ("rejected.jsonl", &mut out.rejected)]
+    {
         w.flush().map_err(werr(name))?;
     }
     let report_path = args.out.join("report.json");

@@ -18,7 +18,8 @@ fn esc(s: &str) -> String {
 }
 
 pub fn render(report: &Report) -> String {
-    let minutes: Vec<(i64, u64, u64, u64)> = report.minutes().map(|(m, x)| (m, x.notices, x.held, x.decisions)).collect();
+    let minutes: Vec<(i64, u64, u64, u64)> =
+        report.minutes().map(|(m, x)| (m, x.notices, x.held, x.decisions)).collect();
     let cells: Vec<String> = {
         let mut c: Vec<String> = report.breaker_transitions.iter().map(|t| t.cell.clone()).collect();
         c.sort();
@@ -52,7 +53,13 @@ pub fn render(report: &Report) -> String {
     // Square-root scale: a handful of notices stays visible next to thousands held.
     let y_of = |v: f64| top + CHART_H - (v.max(0.0) / max_y).sqrt() * CHART_H;
     // Axes and labels.
-    let _ = write!(s, r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##, top + CHART_H, W - 20.0, top + CHART_H);
+    let _ = write!(
+        s,
+        r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##,
+        top + CHART_H,
+        W - 20.0,
+        top + CHART_H
+    );
     let _ = write!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{}" stroke="#333"/>"##, top + CHART_H);
     let _ = write!(
         s,
@@ -67,17 +74,29 @@ pub fn render(report: &Report) -> String {
         let x = x_of(*m);
         let yn = y_of(*notices as f64);
         let yh = y_of((*notices + *held) as f64);
-        let _ = write!(s, r##"<rect x="{x:.1}" y="{yn:.1}" width="{bar_w:.1}" height="{:.1}" fill="#2e7d32"/>"##, top + CHART_H - yn);
+        let _ = write!(
+            s,
+            r##"<rect x="{x:.1}" y="{yn:.1}" width="{bar_w:.1}" height="{:.1}" fill="#2e7d32"/>"##,
+            top + CHART_H - yn
+        );
         if *held > 0 {
-            let _ = write!(s, r##"<rect x="{x:.1}" y="{yh:.1}" width="{bar_w:.1}" height="{:.1}" fill="#c62828"/>"##, yn - yh);
+            let _ = write!(
+                s,
+                r##"<rect x="{x:.1}" y="{yh:.1}" width="{bar_w:.1}" height="{:.1}" fill="#c62828"/>"##,
+                yn - yh
+            );
         }
     }
     // Decisions per minute (all cells) and the global cell's learned baseline.
     let line = |points: Vec<(f64, f64)>, color: &str, dash: &str| -> String {
         let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}" points="{}"/>"#, pts.join(" "))
+        format!(
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}" points="{}"/>"#,
+            pts.join(" ")
+        )
     };
-    let decisions: Vec<(f64, f64)> = minutes.iter().map(|(m, _, _, d)| (x_of(*m) + bar_w / 2.0, y_of(*d as f64))).collect();
+    let decisions: Vec<(f64, f64)> =
+        minutes.iter().map(|(m, _, _, d)| (x_of(*m) + bar_w / 2.0, y_of(*d as f64))).collect();
     s.push_str(&line(decisions, "#212121", "none"));
     let baseline: Vec<(f64, f64)> = report
         .minutes()
@@ -115,7 +134,8 @@ pub fn render(report: &Report) -> String {
     let band_top = legend_y + 34.0;
     for (i, cell) in cells.iter().enumerate() {
         let y = band_top + i as f64 * (BAND_H + 6.0);
-        let _ = write!(s, r#"<text x="8" y="{:.1}">{}</text>"#, y + 13.0, esc(&cell.chars().take(10).collect::<String>()));
+        let _ =
+            write!(s, r#"<text x="8" y="{:.1}">{}</text>"#, y + 13.0, esc(&cell.chars().take(10).collect::<String>()));
         let _ = write!(s, r##"<rect x="{LEFT}" y="{y:.1}" width="{plot_w:.1}" height="{BAND_H}" fill="#e8f5e9"/>"##);
         for (c, st, from, to) in intervals.iter().filter(|iv| iv.0 == cell) {
             let _ = c;
@@ -127,7 +147,8 @@ pub fn render(report: &Report) -> String {
             };
             let x1 = x_of(from.div_euclid(60_000)).max(LEFT);
             let x2 = x_of(to.div_euclid(60_000)).max(x1 + 1.0);
-            let _ = write!(s, r#"<rect x="{x1:.1}" y="{y:.1}" width="{:.1}" height="{BAND_H}" fill="{color}"/>"#, x2 - x1);
+            let _ =
+                write!(s, r#"<rect x="{x1:.1}" y="{y:.1}" width="{:.1}" height="{BAND_H}" fill="{color}"/>"#, x2 - x1);
         }
     }
     let y = band_top + cells.len() as f64 * (BAND_H + 6.0) + 14.0;

@@ -46,16 +46,8 @@ pub const DEFAULT_SIGNALS: [&str; 7] = [
 ];
 
 /// Sources used by the scenarios (plus a few odd ones: names the breaker reserves, non-ASCII).
-pub const SOURCES: [&str; 8] = [
-    "auth-service",
-    "device-intel",
-    "breached-pw-check",
-    "risk-model-v7",
-    "global",
-    "_other",
-    "détecteur-ß",
-    "s",
-];
+pub const SOURCES: [&str; 8] =
+    ["auth-service", "device-intel", "breached-pw-check", "risk-model-v7", "global", "_other", "détecteur-ß", "s"];
 
 /// The first non-negative millisecond of the minute containing `ms`.
 pub fn minute_floor(ms: i64) -> i64 {
@@ -217,8 +209,13 @@ pub const BAD_TIMESTAMPS: [&str; 9] = [
 ];
 
 /// Timestamps that are valid RFC 3339 but far in the past (the Go zero time among them).
-pub const ANCIENT_TIMESTAMPS: [&str; 5] =
-    ["0001-01-01T00:00:00Z", "1400-01-01T00:00:00Z", "1900-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z", "1970-01-01T00:00:00Z"];
+pub const ANCIENT_TIMESTAMPS: [&str; 5] = [
+    "0001-01-01T00:00:00Z",
+    "1400-01-01T00:00:00Z",
+    "1900-01-01T00:00:00Z",
+    "1969-12-31T23:59:59.999Z",
+    "1970-01-01T00:00:00Z",
+];
 
 /// A way to damage, or harmlessly re-encode, a valid event.
 #[derive(Debug, Clone)]
@@ -231,7 +228,9 @@ pub enum Mutation {
     /// Optional fields present as `null`.
     NullOptionals,
     /// Optional fields present with valid values (attributes nested `depth` ≤ 8).
-    Optionals { depth: usize },
+    Optionals {
+        depth: usize,
+    },
     /// `occurred_at` with a `+hh:mm` offset (same instant).
     OffsetTimestamp(i32),
     /// `risk` written as the integer 0 or 1.
@@ -244,7 +243,10 @@ pub enum Mutation {
     LongUnicodeAccount,
     // --- invalid ---
     RemoveField(usize),
-    WrongType { field: usize, value: usize },
+    WrongType {
+        field: usize,
+        value: usize,
+    },
     RiskOutOfRange(f64),
     RiskOverflow,
     BadTimestamp(usize),
@@ -253,8 +255,14 @@ pub enum Mutation {
     UnknownSignal(usize),
     UnknownField,
     DuplicateField(usize),
-    ControlChars { field: usize, ch: char },
-    TooLong { field: usize, unicode: bool },
+    ControlChars {
+        field: usize,
+        ch: char,
+    },
+    TooLong {
+        field: usize,
+        unicode: bool,
+    },
     OptionalTooLong(usize),
     Empty(usize),
     SchemaVersion(u32),
@@ -263,7 +271,10 @@ pub enum Mutation {
     DeepAttributes(usize),
     AttributesNotObject(usize),
     DeepMessage(usize),
-    NonUtf8 { at: usize, byte: u8 },
+    NonUtf8 {
+        at: usize,
+        byte: u8,
+    },
     Truncate(usize),
     NotAnObject(usize),
     /// The required fields as a JSON array in field order (the contract asks for an object).
@@ -286,7 +297,12 @@ impl Mutation {
     /// Applies the mutation to `ev`. `wall_ms` is the wall clock the input will be processed at.
     pub fn apply(&self, ev: &Ev, wall_ms: i64) -> Mutated {
         use RejectReason as R;
-        let valid = |bytes: Vec<u8>, t_ms: i64| Mutated { bytes, expect: Expect::Valid, event_id: ev.event_id.clone(), t_ms: Some(t_ms) };
+        let valid = |bytes: Vec<u8>, t_ms: i64| Mutated {
+            bytes,
+            expect: Expect::Valid,
+            event_id: ev.event_id.clone(),
+            t_ms: Some(t_ms),
+        };
         let bad = |bytes: Vec<u8>, expect: Expect| Mutated { bytes, expect, event_id: ev.event_id.clone(), t_ms: None };
         let replace = |key: &str, raw: &str| -> Vec<u8> {
             let mut s = String::from("{");
@@ -362,7 +378,12 @@ impl Mutation {
                 let mut e = ev.clone();
                 e.risk = if one { 1.0 } else { 0.0 };
                 let raw = if one { "1" } else { "0" };
-                Mutated { bytes: replace_or_add(&e, "risk", raw), expect: Expect::Valid, event_id: e.event_id, t_ms: Some(e.t_ms) }
+                Mutated {
+                    bytes: replace_or_add(&e, "risk", raw),
+                    expect: Expect::Valid,
+                    event_id: e.event_id,
+                    t_ms: Some(e.t_ms),
+                }
             }
             Mutation::SchemaVersion1 => valid(set("schema_version", json!(1)), ev.t_ms),
             Mutation::Ancient(i) => {
@@ -387,7 +408,8 @@ impl Mutation {
             }
             Mutation::WrongType { field, value } => {
                 // Fields whose type is fixed: a string field, the risk, or an optional field.
-                let fields = ["event_id", "account_id", "occurred_at", "source", "signal", "risk", "ip", "schema_version"];
+                let fields =
+                    ["event_id", "account_id", "occurred_at", "source", "signal", "risk", "ip", "schema_version"];
                 let key = fields[field % fields.len()];
                 let mut raw = WRONG_VALUES[value % WRONG_VALUES.len()];
                 // `null` is a valid value of an optional field; `123` is a valid risk-like number
@@ -424,7 +446,8 @@ impl Mutation {
             }
             Mutation::ControlChars { field, ch } => {
                 let (key, _) = STRING_FIELDS[field % STRING_FIELDS.len()];
-                let cur = ev.fields().into_iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_str().map(str::to_string));
+                let cur =
+                    ev.fields().into_iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_str().map(str::to_string));
                 let cur = cur.unwrap_or_default();
                 let mid = cur.char_indices().nth(cur.chars().count() / 2).map_or(cur.len(), |(i, _)| i);
                 let v = format!("{}{}{}", &cur[..mid], ch, &cur[mid..]);
@@ -532,7 +555,8 @@ pub fn arb_mutation() -> impl Strategy<Value = Mutation> {
     let invalid_fields = prop_oneof![
         (0..REQUIRED.len()).prop_map(Mutation::RemoveField),
         (0usize..8, 0..WRONG_VALUES.len()).prop_map(|(field, value)| Mutation::WrongType { field, value }),
-        prop_oneof![-1e12..-1e-9f64, 1.000_000_1..1e300f64, Just(-0.001), Just(1.0001), Just(2.0)].prop_map(Mutation::RiskOutOfRange),
+        prop_oneof![-1e12..-1e-9f64, 1.000_000_1..1e300f64, Just(-0.001), Just(1.0001), Just(2.0)]
+            .prop_map(Mutation::RiskOutOfRange),
         Just(Mutation::RiskOverflow),
         (0..BAD_TIMESTAMPS.len()).prop_map(Mutation::BadTimestamp),
         (1i64..=86_400_000 * 365).prop_map(Mutation::Future),

@@ -90,8 +90,7 @@ logger.raftserver.level = INFO
 /// The JVM is only reaped by the test process after this watchdog has exited, so `$1` cannot
 /// have been recycled for another process when the kill runs.
 /// `Drop` writes `nokill` first when it has already stopped and reaped the JVM itself.
-const WATCHDOG_SCRIPT: &str =
-    r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
+const WATCHDOG_SCRIPT: &str = r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
 
 /// One record as read back from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,24 +105,17 @@ pub struct Record {
 impl Record {
     /// Key as UTF-8 (panics if it is not UTF-8).
     pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .map(|k| std::str::from_utf8(k).expect("record key is not UTF-8"))
+        self.key.as_deref().map(|k| std::str::from_utf8(k).expect("record key is not UTF-8"))
     }
 
     /// Payload as UTF-8 (panics if it is not UTF-8).
     pub fn payload_str(&self) -> Option<&str> {
-        self.payload
-            .as_deref()
-            .map(|p| std::str::from_utf8(p).expect("record payload is not UTF-8"))
+        self.payload.as_deref().map(|p| std::str::from_utf8(p).expect("record payload is not UTF-8"))
     }
 
     /// Value of the first header named `name` (`Some(None)` for a null-valued header).
     pub fn header(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_deref())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_deref())
     }
 }
 
@@ -203,11 +195,7 @@ impl KafkaBroker {
         Err(last_err)
     }
 
-    fn start_once(
-        libs: &Path,
-        began: Instant,
-        may_record_cds: bool,
-    ) -> Result<KafkaBroker, StartError> {
+    fn start_once(libs: &Path, began: Instant, may_record_cds: bool) -> Result<KafkaBroker, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("resetguard-kafka-")
             .tempdir()
@@ -218,28 +206,21 @@ impl KafkaBroker {
         let log4j_path = dir.path().join("log4j2.properties");
         let log_path = dir.path().join("broker.log");
         let data_dir = dir.path().join("data");
-        let write = |p: &Path, s: &str| {
-            fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())))
-        };
-        write(
-            &props_path,
-            &server_properties(port, controller_port, &data_dir),
-        )?;
+        let write =
+            |p: &Path, s: &str| fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())));
+        write(&props_path, &server_properties(port, controller_port, &data_dir))?;
         write(&log4j_path, LOG4J2_CONFIG)?;
 
         // 1. Lay out the formatted KRaft log dir (static single-voter quorum). Formatting is a
         //    JVM launch of its own; its output does not depend on ports or paths, so it runs
         //    once per jar set and each broker gets a copy.
         let template = formatted_template(libs).map_err(StartError::plain)?;
-        copy_dir(&template, &data_dir)
-            .map_err(|e| StartError::plain(format!("copying formatted log dir: {e}")))?;
+        copy_dir(&template, &data_dir).map_err(|e| StartError::plain(format!("copying formatted log dir: {e}")))?;
 
         // 2. Start the broker, output to broker.log.
         let log = fs::File::create(&log_path)
             .map_err(|e| StartError::plain(format!("creating {}: {e}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| StartError::plain(format!("dup log fd: {e}")))?;
+        let log_err = log.try_clone().map_err(|e| StartError::plain(format!("dup log fd: {e}")))?;
         let (cds_flags, cds_dump) = cds_plan(libs, may_record_cds);
         let java = jvm_command(libs, &log4j_path, dir.path(), &cds_flags, "kafka.Kafka")
             .arg(&props_path)
@@ -281,10 +262,7 @@ impl KafkaBroker {
                 CDS_DUMP_CLAIMED.store(false, Ordering::SeqCst);
             }
             // `broker` is dropped here: JVM killed, temp dir removed.
-            return Err(StartError {
-                msg: format!("{msg}\n--- tail of broker.log ---\n{tail}"),
-                port_clash,
-            });
+            return Err(StartError { msg: format!("{msg}\n--- tail of broker.log ---\n{tail}"), port_clash });
         }
         broker.startup_time = began.elapsed();
         eprintln!(
@@ -408,8 +386,7 @@ impl KafkaBroker {
     /// Transactional producer config for `transactional_id` (not yet initialised).
     pub fn transactional_producer_config(&self, transactional_id: &str) -> ClientConfig {
         let mut cfg = self.producer_config();
-        cfg.set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "30000");
+        cfg.set("transactional.id", transactional_id).set("transaction.timeout.ms", "30000");
         cfg
     }
 
@@ -417,10 +394,7 @@ impl KafkaBroker {
 
     /// A read_committed `BaseConsumer` in `group_id` (see [`Self::consumer_config`]).
     pub fn read_committed_consumer(&self, group_id: &str) -> BaseConsumer {
-        let c: BaseConsumer = self
-            .consumer_config(group_id)
-            .create()
-            .expect("creating read_committed consumer");
+        let c: BaseConsumer = self.consumer_config(group_id).create().expect("creating read_committed consumer");
         warm_up(c.client());
         c
     }
@@ -434,13 +408,10 @@ impl KafkaBroker {
 
     /// A `FutureProducer` with `transactional.id`, after `init_transactions` (blocking call).
     pub fn transactional_producer(&self, transactional_id: &str) -> FutureProducer {
-        let p: FutureProducer = self
-            .transactional_producer_config(transactional_id)
-            .create()
-            .expect("creating transactional producer");
+        let p: FutureProducer =
+            self.transactional_producer_config(transactional_id).create().expect("creating transactional producer");
         warm_up(p.client());
-        p.init_transactions(OP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
+        p.init_transactions(OP_TIMEOUT).unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
         p
     }
 
@@ -453,17 +424,14 @@ impl KafkaBroker {
 
     /// Like [`Self::create_topic`], with topic configs (e.g. `("cleanup.policy", "compact")`).
     pub fn create_topic_with_config(&self, name: &str, partitions: i32, config: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> =
-            self.base_config().create().expect("creating admin client");
+        let admin: AdminClient<DefaultClientContext> = self.base_config().create().expect("creating admin client");
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (k, v) in config {
             topic = topic.set(k, v);
         }
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(OP_TIMEOUT))
-            .request_timeout(Some(OP_TIMEOUT));
-        let results = block_on(admin.create_topics([&topic], &opts))
-            .unwrap_or_else(|e| panic!("create_topics({name}): {e}"));
+        let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT)).request_timeout(Some(OP_TIMEOUT));
+        let results =
+            block_on(admin.create_topics([&topic], &opts)).unwrap_or_else(|e| panic!("create_topics({name}): {e}"));
         for r in results {
             if let Err((t, code)) = r {
                 panic!("creating topic {t}: {code:?}");
@@ -480,27 +448,19 @@ impl KafkaBroker {
                 t.name() == name
                     && t.error().is_none()
                     && t.partitions().len() == partitions as usize
-                    && t.partitions()
-                        .iter()
-                        .all(|p| p.leader() >= 0 && p.error().is_none())
+                    && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
             });
             if ready {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "topic {name} has no leaders after {OP_TIMEOUT:?}"
-            );
+            assert!(Instant::now() < deadline, "topic {name} has no leaders after {OP_TIMEOUT:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Number of partitions of `topic` (panics if it does not exist).
     pub fn partition_count(&self, topic: &str) -> i32 {
-        let c: BaseConsumer = self
-            .base_config()
-            .create()
-            .expect("creating metadata client");
+        let c: BaseConsumer = self.base_config().create().expect("creating metadata client");
         partitions_of(&c, topic).len() as i32
     }
 
@@ -546,15 +506,7 @@ impl KafkaBroker {
         let producer = self.producer();
         let pending: Vec<_> = records
             .iter()
-            .map(|(k, v)| {
-                produce_one_async(
-                    &producer,
-                    topic,
-                    Some(k.as_bytes()),
-                    Some(v.as_bytes()),
-                    &[],
-                )
-            })
+            .map(|(k, v)| produce_one_async(&producer, topic, Some(k.as_bytes()), Some(v.as_bytes()), &[]))
             .collect();
         for delivery in pending {
             block_on(delivery);
@@ -599,10 +551,7 @@ impl KafkaBroker {
         let partitions = partitions_of(&committed, topic);
         // High watermarks at the start; markers of transactions ended since then only move the
         // LSO further, so reaching these marks means "everything finished by now is visible".
-        let hwm: Vec<i64> = partitions
-            .iter()
-            .map(|&p| watermarks(&uncommitted, topic, p).1)
-            .collect();
+        let hwm: Vec<i64> = partitions.iter().map(|&p| watermarks(&uncommitted, topic, p).1).collect();
         loop {
             let mut pending = Vec::new();
             for (&p, &h) in partitions.iter().zip(&hwm) {
@@ -614,11 +563,7 @@ impl KafkaBroker {
             if pending.is_empty() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{topic} still has an open transaction: {}",
-                pending.join(", ")
-            );
+            assert!(Instant::now() < deadline, "{topic} still has an open transaction: {}", pending.join(", "));
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -640,8 +585,7 @@ impl KafkaBroker {
         let partitions = partitions_of(&consumer, topic);
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("adding partition to assignment");
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("adding partition to assignment");
         }
         consumer.assign(&tpl).expect("assigning partitions");
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
@@ -659,11 +603,7 @@ impl KafkaBroker {
                     at_end.remove(&m.partition());
                     let headers = m
                         .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
+                        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
                         .unwrap_or_default();
                     out.push(Record {
                         partition: m.partition(),
@@ -687,11 +627,7 @@ impl KafkaBroker {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "--- kafka test broker {} log tail ---\n{}",
-                self.bootstrap,
-                self.log_tail(LOG_TAIL_LINES)
-            );
+            eprintln!("--- kafka test broker {} log tail ---\n{}", self.bootstrap, self.log_tail(LOG_TAIL_LINES));
         }
         // The one broker recording the CDS archive must exit normally for the JVM to write it.
         let mut reaped = false;
@@ -734,10 +670,7 @@ struct StartError {
 
 impl StartError {
     fn plain(msg: String) -> Self {
-        StartError {
-            msg,
-            port_clash: false,
-        }
+        StartError { msg, port_clash: false }
     }
 }
 
@@ -757,11 +690,7 @@ impl Drop for KillOnDrop {
 /// transactional ids on a shared broker.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Sends one record through `producer` and waits for the delivery report; returns
@@ -795,10 +724,7 @@ pub fn produce_one_async(
     if !headers.is_empty() {
         let mut hs = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
+            hs = hs.insert(Header { key: k, value: Some(*v) });
         }
         rec = rec.headers(hs);
     }
@@ -853,19 +779,13 @@ fn cds_plan(libs: &Path, may_record: bool) -> (Vec<String>, Option<(PathBuf, Pat
     };
     let fin = libs.join(format!(".broker-cds-{:016x}.jsa", java_identity()));
     if fin.is_file() {
-        return (
-            vec![format!("-XX:SharedArchiveFile={}", fin.display())],
-            None,
-        );
+        return (vec![format!("-XX:SharedArchiveFile={}", fin.display())], None);
     }
     if !may_record || CDS_DUMP_CLAIMED.swap(true, Ordering::SeqCst) {
         return (Vec::new(), None);
     }
     let tmp = libs.join(format!(".broker-cds.jsa.tmp-{}", std::process::id()));
-    (
-        vec![format!("-XX:ArchiveClassesAtExit={}", tmp.display())],
-        Some((tmp, fin)),
-    )
+    (vec![format!("-XX:ArchiveClassesAtExit={}", tmp.display())], Some((tmp, fin)))
 }
 
 /// Hash of the resolved java binary's path, size and mtime (a JDK update changes it).
@@ -874,11 +794,8 @@ fn java_identity() -> u64 {
     let path = if bin.contains('/') {
         Some(PathBuf::from(&bin))
     } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(&bin))
-                .find(|p| p.is_file())
-        })
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(&bin)).find(|p| p.is_file()))
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     if let Some(p) = path.and_then(|p| fs::canonicalize(p).ok()) {
@@ -892,24 +809,12 @@ fn java_identity() -> u64 {
 }
 
 /// `java <flags> <extra_flags> -cp '<libs>/*' <main>` run in `workdir`, stdin closed.
-fn jvm_command(
-    libs: &Path,
-    log4j_config: &Path,
-    workdir: &Path,
-    extra_flags: &[String],
-    main: &str,
-) -> Command {
+fn jvm_command(libs: &Path, log4j_config: &Path, workdir: &Path, extra_flags: &[String], main: &str) -> Command {
     let mut cmd = Command::new(java_bin());
     cmd.args(JVM_FLAGS)
         .args(extra_flags)
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            log4j_config.display()
-        ))
-        .arg(format!(
-            "-Dkafka.logs.dir={}",
-            workdir.join("logs").display()
-        ))
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j_config.display()))
+        .arg(format!("-Dkafka.logs.dir={}", workdir.join("logs").display()))
         .arg("-cp")
         .arg(format!("{}/*", libs.display()))
         .arg(main)
@@ -956,8 +861,7 @@ fn formatted_template(libs: &Path) -> Result<PathBuf, String> {
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
-            if fs::rename(&data, &template).is_err() && !template.join("meta.properties").is_file()
-            {
+            if fs::rename(&data, &template).is_err() && !template.join("meta.properties").is_file() {
                 return Err(format!("could not publish {}", template.display()));
             }
             Ok(template)
@@ -986,20 +890,13 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// bootstrap handle then fails with `_DESTROY_BROKER` and is only retried ~1-3 s later. Doing
 /// one metadata round trip first avoids that stall (seen as a 3 s first group join).
 pub fn warm_up<C: ClientContext>(client: &Client<C>) {
-    client
-        .fetch_metadata(None, OP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("warm-up metadata request: {e}"));
+    client.fetch_metadata(None, OP_TIMEOUT).unwrap_or_else(|e| panic!("warm-up metadata request: {e}"));
 }
 
 fn partitions_of<C: Consumer>(c: &C, topic: &str) -> Vec<i32> {
-    let md = c
-        .fetch_metadata(Some(topic), OP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
+    let md = c.fetch_metadata(Some(topic), OP_TIMEOUT).unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
+    let t =
+        md.topics().iter().find(|t| t.name() == topic).unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
     if let Some(err) = t.error() {
         panic!("topic {topic}: {err:?}");
     }
@@ -1071,24 +968,12 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("process.roles", "broker,controller".to_string()),
         ("node.id", NODE_ID.to_string()),
         // Static single-voter quorum: formatted without --standalone and independent of ports.
-        (
-            "controller.quorum.voters",
-            format!("{NODE_ID}@127.0.0.1:{controller_port}"),
-        ),
-        (
-            "listeners",
-            format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
-        ),
-        (
-            "advertised.listeners",
-            format!("PLAINTEXT://127.0.0.1:{port}"),
-        ),
+        ("controller.quorum.voters", format!("{NODE_ID}@127.0.0.1:{controller_port}")),
+        ("listeners", format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}")),
+        ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{port}")),
         ("controller.listener.names", "CONTROLLER".into()),
         ("inter.broker.listener.name", "PLAINTEXT".into()),
-        (
-            "listener.security.protocol.map",
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
-        ),
+        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into()),
         ("log.dirs", data_dir.display().to_string()),
         ("num.partitions", "1".into()),
         ("default.replication.factor", "1".into()),
@@ -1099,27 +984,18 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("transaction.state.log.replication.factor", "1".into()),
         ("transaction.state.log.min.isr", "1".into()),
         ("transaction.state.log.num.partitions", "1".into()),
-        (
-            "share.coordinator.state.topic.replication.factor",
-            "1".into(),
-        ),
+        ("share.coordinator.state.topic.replication.factor", "1".into()),
         ("share.coordinator.state.topic.min.isr", "1".into()),
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Abort transactions that exceeded transaction.timeout.ms within ~1 s, not 10 s.
-        (
-            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
-            "1000".into(),
-        ),
+        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000".into()),
         ("log.segment.bytes", (1024 * 1024).to_string()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "2".into()),
         ("background.threads", "2".into()),
         ("num.recovery.threads.per.data.dir", "1".into()),
         ("log.cleaner.threads", "1".into()),
-        (
-            "log.cleaner.dedupe.buffer.size",
-            (4 * 1024 * 1024).to_string(),
-        ),
+        ("log.cleaner.dedupe.buffer.size", (4 * 1024 * 1024).to_string()),
     ]
     .into_iter()
     .collect();

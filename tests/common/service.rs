@@ -45,7 +45,15 @@ impl Topics {
 
     /// A config for one instance of a fleet: its own file name, transactional id and HTTP address;
     /// the admin token is read from the file `admin.token` in `dir` when it exists.
-    pub fn write_instance_config(&self, broker: &KafkaBroker, dir: &Path, file: &str, txn_id: &str, policy_extra: &str, listen: &str) -> PathBuf {
+    pub fn write_instance_config(
+        &self,
+        broker: &KafkaBroker,
+        dir: &Path,
+        file: &str,
+        txn_id: &str,
+        policy_extra: &str,
+        listen: &str,
+    ) -> PathBuf {
         std::fs::write(dir.join("policy.toml"), format!("version = \"e2e-1\"\n{policy_extra}")).unwrap();
         let admin = if dir.join("admin.token").exists() { "[admin]\ntoken_file = \"admin.token\"\n" } else { "" };
         let cfg = format!(
@@ -127,7 +135,13 @@ pub fn partition_of(account: &str) -> i32 {
 }
 
 pub fn input(account: &str, bytes: Vec<u8>, expect: Expect, event_id: Option<&str>) -> Input {
-    Input { key: account.to_string(), bytes, partition: partition_of(account), expect, event_id: event_id.map(str::to_string) }
+    Input {
+        key: account.to_string(),
+        bytes,
+        partition: partition_of(account),
+        expect,
+        event_id: event_id.map(str::to_string),
+    }
 }
 
 pub fn produce(broker: &KafkaBroker, topic: &str, inputs: &[Input]) -> Vec<(i32, i64)> {
@@ -166,14 +180,28 @@ pub fn mixed_inputs(spike: usize) -> Vec<Input> {
     for k in 0..10 {
         let a = format!("ato-{k}");
         let (id1, id2) = (format!("ato-e{k}a"), format!("ato-e{k}b"));
-        v.push(input(&a, ev(&id1, &a, t + 1000 + k, "auth-service", "credential_stuffing", 0.95), Expect::NoAction, Some(&id1)));
-        v.push(input(&a, ev(&id2, &a, t + 1500 + k, "device-intel", "impossible_travel", 0.9), Expect::Notice, Some(&id2)));
+        v.push(input(
+            &a,
+            ev(&id1, &a, t + 1000 + k, "auth-service", "credential_stuffing", 0.95),
+            Expect::NoAction,
+            Some(&id1),
+        ));
+        v.push(input(
+            &a,
+            ev(&id2, &a, t + 1500 + k, "device-intel", "impossible_travel", 0.9),
+            Expect::Notice,
+            Some(&id2),
+        ));
     }
     let bad: [(&str, Vec<u8>); 5] = [
         ("malformed_json", b"{\"event_id\":".to_vec()),
         ("risk_out_of_range", ev("bad-risk", "bad-1", t, "auth-service", "new_device", 1.5)),
         ("unknown_signal", ev("bad-signal", "bad-2", t, "auth-service", "telepathy", 0.5)),
-        ("missing_field", br#"{"event_id":"bad-missing","account_id":"bad-3","source":"s","signal":"new_device","risk":0.1}"#.to_vec()),
+        (
+            "missing_field",
+            br#"{"event_id":"bad-missing","account_id":"bad-3","source":"s","signal":"new_device","risk":0.1}"#
+                .to_vec(),
+        ),
         ("not_utf8", vec![0xff, 0xfe, 0x00]),
     ];
     for (i, (reason, bytes)) in bad.into_iter().enumerate() {
@@ -181,7 +209,12 @@ pub fn mixed_inputs(spike: usize) -> Vec<Input> {
     }
     for i in 0..spike {
         let (a, id) = (format!("spike-{i}"), format!("spike-e{i}"));
-        v.push(input(&a, ev(&id, &a, t + 2000 + i as i64, "buggy-model", "breached_password", 1.0), Expect::Decision, Some(&id)));
+        v.push(input(
+            &a,
+            ev(&id, &a, t + 2000 + i as i64, "buggy-model", "breached_password", 1.0),
+            Expect::Decision,
+            Some(&id),
+        ));
     }
     v
 }
@@ -201,7 +234,12 @@ pub fn followups(first: &[Input]) -> Vec<Input> {
         // Same accounts as ordinary events, so same partitions, 30 min behind: late.
         let a = format!("ord-{k}");
         let id = format!("late-e{k}");
-        v.push(input(&a, ev(&id, &a, old, "auth-service", "new_device", 0.2), Expect::Dlq("behind_watermark"), Some(&id)));
+        v.push(input(
+            &a,
+            ev(&id, &a, old, "auth-service", "new_device", 0.2),
+            Expect::Dlq("behind_watermark"),
+            Some(&id),
+        ));
     }
     v
 }
@@ -215,7 +253,12 @@ pub fn json(r: &Record) -> serde_json::Value {
 }
 
 /// Reads all outputs and checks the tally. Returns (notice accounts, held accounts).
-pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords: &[(i32, i64)]) -> (BTreeSet<String>, BTreeSet<String>) {
+pub fn check_outputs(
+    broker: &KafkaBroker,
+    t: &Topics,
+    inputs: &[Input],
+    coords: &[(i32, i64)],
+) -> (BTreeSet<String>, BTreeSet<String>) {
     let timeout = Duration::from_secs(60);
     let schemas = super::schemas::OutputSchemas::load();
     let notices = broker.read_all_committed(&t.notices, timeout);
@@ -254,7 +297,12 @@ pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords:
         let headers: serde_json::Map<String, serde_json::Value> = r
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v.as_deref().unwrap_or(&[])).into_owned())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(v.as_deref().unwrap_or(&[])).into_owned()),
+                )
+            })
             .collect();
         let bad = super::schemas::errors(&schemas.dlq_headers, &serde_json::Value::Object(headers));
         assert!(bad.is_empty(), "DLQ headers break schemas/dlq-record.v1.schema.json: {bad:?}");
@@ -289,7 +337,11 @@ pub fn check_outputs(broker: &KafkaBroker, t: &Topics, inputs: &[Input], coords:
                 notice_accounts.iter().take(5).collect::<Vec<_>>()
             ),
             Expect::Decision => {
-                assert!(notice_accounts.contains(&i.key) ^ held_accounts.contains(&i.key), "{} must be sent xor held", i.key)
+                assert!(
+                    notice_accounts.contains(&i.key) ^ held_accounts.contains(&i.key),
+                    "{} must be sent xor held",
+                    i.key
+                )
             }
             Expect::NoAction => {
                 if let Some(id) = &i.event_id {
@@ -349,8 +401,18 @@ pub fn crash_inputs(n: usize) -> Vec<Input> {
             // A takeover: two strong signals, far apart in the stream (different commits).
             let a = format!("ato-{i}");
             let (id1, id2) = (format!("c-{i}a"), format!("c-{i}b"));
-            v.push(input(&a, ev(&id1, &a, t + i as i64, "auth-service", "credential_stuffing", 0.95), Expect::NoAction, Some(&id1)));
-            v.push(input(&a, ev(&id2, &a, t + i as i64 + 5, "device-intel", "impossible_travel", 0.9), Expect::Notice, Some(&id2)));
+            v.push(input(
+                &a,
+                ev(&id1, &a, t + i as i64, "auth-service", "credential_stuffing", 0.95),
+                Expect::NoAction,
+                Some(&id1),
+            ));
+            v.push(input(
+                &a,
+                ev(&id2, &a, t + i as i64 + 5, "device-intel", "impossible_travel", 0.9),
+                Expect::Notice,
+                Some(&id2),
+            ));
         } else if i % 250 == 3 && v.len() > 10 {
             let mut d = v[v.len() - 10].clone();
             if d.expect == Expect::NoAction && d.event_id.is_some() {
@@ -360,7 +422,12 @@ pub fn crash_inputs(n: usize) -> Vec<Input> {
             }
         } else {
             let id = format!("c-{i}");
-            v.push(input(&a, ev(&id, &a, t + i as i64, "auth-service", "failed_login", 0.2), Expect::NoAction, Some(&id)));
+            v.push(input(
+                &a,
+                ev(&id, &a, t + i as i64, "auth-service", "failed_login", 0.2),
+                Expect::NoAction,
+                Some(&id),
+            ));
         }
         i += 1;
     }
@@ -380,4 +447,3 @@ pub fn crash_inputs(n: usize) -> Vec<Input> {
     out.extend(delayed.into_iter().map(|(_, x)| x));
     out
 }
-
