@@ -22,6 +22,7 @@ use resetguard::kafka::records::{record_for, Origin, OutRecord};
 use serde_json::{json, Map, Value};
 
 mod common;
+use common::events::{DEFAULT_SIGNALS, REQUIRED};
 use common::schemas::{errors, load_schema, validator};
 
 /// 2026-05-28T20:26:40Z.
@@ -481,17 +482,6 @@ impl Table {
         self.raw(format!("missing {field}"), Value::Object(m).to_string(), expect);
     }
 }
-
-const REQUIRED: [&str; 6] = ["event_id", "account_id", "occurred_at", "source", "signal", "risk"];
-const DEFAULT_SIGNALS: [&str; 7] = [
-    "breached_password",
-    "credential_stuffing",
-    "failed_login",
-    "impossible_travel",
-    "mfa_failure",
-    "new_device",
-    "unusual_time",
-];
 
 fn agreement_cases() -> Vec<Case> {
     use Expect::{Accept, Reject};

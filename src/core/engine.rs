@@ -12,8 +12,8 @@ use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event};
 use super::hash::{id_hash, IdentityBuild};
 use super::outcome::{
-    notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, OutcomeKind, SignalContribution, Trigger,
-    WindowInfo, WindowKind,
+    notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo,
+    WindowKind,
 };
 use super::policy::Policy;
 
@@ -39,6 +39,22 @@ const ACCOUNT_SALT: u64 = 0x6163_636f_756e_7421;
 /// Slots the sweep examines per tick: bounded work per tick, a full pass over 1 M accounts in
 /// about 25 s at the default 100 ms tick.
 pub const SWEEP_BUDGET: usize = 4096;
+
+/// What `Engine::judge` concluded: an outcome already, or a decision for the breaker to judge.
+enum Judged {
+    Done(Outcome),
+    Decided(Decided),
+}
+
+/// A decision before the breaker: the account, when, and which window decided with what score.
+struct Decided {
+    key: u64,
+    t_s: u32,
+    now: i64,
+    kind: WindowKind,
+    score: f32,
+    threshold: f32,
+}
 
 pub struct Engine {
     policy: Arc<Policy>,
@@ -135,7 +151,10 @@ impl Engine {
         };
         let cell = self.breaker.cell_for(&ev.source);
         let event_ms = ev.occurred_at_ms;
-        let outcome = self.decide(&ev, cell, partition, wall_ms, false);
+        let outcome = match self.judge(&ev, cell, partition, wall_ms, false) {
+            Judged::Done(outcome) => outcome,
+            Judged::Decided(d) => self.decision_outcome(&ev, cell, d),
+        };
         Processed { outcome, cell: Some(cell), event_ms: Some(event_ms) }
     }
 
@@ -152,7 +171,7 @@ impl Engine {
             let cell = self.breaker.cell_for(&ev.source);
             let at = if self.mode == TimeMode::EventTime { wall_ms } else { at_ms };
             let replay = !self.live_started;
-            if self.decide(&ev, cell, partition, at, true).kind() == OutcomeKind::Notice && replay {
+            if matches!(self.judge(&ev, cell, partition, at, true), Judged::Decided(_)) && replay {
                 let _ = self.breaker.check(cell, at);
             }
             if replay {
@@ -171,13 +190,16 @@ impl Engine {
         self.max_event_ms.clear();
     }
 
-    fn decide(&mut self, ev: &Event<'_>, cell: u8, partition: u32, wall_ms: i64, restoring: bool) -> Outcome {
+    /// Everything up to the decision: dedupe, watermark, windows, allow-list and cooldown (the
+    /// cooldown ledger records a decision here). The breaker and the decision record are left to
+    /// the caller: `process` builds them, `restore` only replays into the breaker.
+    fn judge(&mut self, ev: &Event<'_>, cell: u8, partition: u32, wall_ms: i64, restoring: bool) -> Judged {
         if self.mode == TimeMode::EventTime {
             self.event_clock_ms = self.event_clock_ms.max(ev.occurred_at_ms);
         }
         let now = self.now(wall_ms);
         if self.dedupe.seen_or_insert(id_hash(self.seed, &ev.event_id), now) {
-            return Outcome::Duplicate;
+            return Judged::Done(Outcome::Duplicate);
         }
         let p = (partition as usize).min(u16::MAX as usize);
         if p >= self.max_event_ms.len() {
@@ -200,7 +222,7 @@ impl Engine {
         };
         if let Some(wm) = watermark {
             if ev.occurred_at_ms < wm {
-                return Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: wm };
+                return Judged::Done(Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: wm });
             }
         }
         self.max_event_ms[p] = newest.max(ev.occurred_at_ms);
@@ -216,25 +238,26 @@ impl Engine {
         let slow_hit =
             p.slow.enabled && scores.slow >= p.slow.threshold && scores.slow_kinds >= p.slow.min_signal_kinds;
         if !short_hit && !slow_hit {
-            return Outcome::NoAction(NoActionReason::BelowThreshold);
+            return Judged::Done(Outcome::NoAction(NoActionReason::BelowThreshold));
         }
         if self.allow.get(&key).is_some_and(|&until| ev.occurred_at_ms < until) {
-            return Outcome::NoAction(NoActionReason::AllowListed);
+            return Judged::Done(Outcome::NoAction(NoActionReason::AllowListed));
         }
         if self.ledger.get(&key).is_some_and(|&until| t_s < until) {
-            return Outcome::NoAction(NoActionReason::Cooldown);
+            return Judged::Done(Outcome::NoAction(NoActionReason::Cooldown));
         }
         self.ledger.insert(key, t_s.saturating_add(p.cooldown.as_secs() as u32));
-        if restoring {
-            // A marker for `restore`: a decision was re-made (its outcome is already recorded).
-            return Outcome::Notice(Box::new(self.placeholder_decision()));
-        }
-
         let (kind, score, threshold) = if short_hit {
             (WindowKind::Short, scores.short, p.threshold)
         } else {
             (WindowKind::Slow, scores.slow, p.slow.threshold)
         };
+        Judged::Decided(Decided { key, t_s, now, kind, score, threshold })
+    }
+
+    /// The breaker's verdict on a decision, and its record (notice or held).
+    fn decision_outcome(&mut self, ev: &Event<'_>, cell: u8, d: Decided) -> Outcome {
+        let Decided { key, t_s, now, kind, score, threshold } = d;
         let view = self.accounts.view(key).unwrap_or(WindowView {
             start_s: t_s,
             end_s: t_s,
@@ -304,28 +327,6 @@ impl Engine {
                 policy_version: p.version.clone(),
             },
             event_ms: ev.occurred_at_ms,
-        }
-    }
-
-    fn placeholder_decision(&self) -> Decision {
-        let info =
-            || WindowInfo { kind: WindowKind::Short, length_seconds: 0, start: String::new(), end: String::new() };
-        Decision {
-            notice_id: String::new(),
-            account_id: String::new(),
-            decided_at: String::new(),
-            mode: self.policy.mode.as_str(),
-            cell: String::new(),
-            trigger: Trigger { event_id: String::new(), source: String::new(), occurred_at: String::new() },
-            explanation: Explanation {
-                score: 0.0,
-                threshold: 0.0,
-                window: info(),
-                contributions: Vec::new(),
-                evidence: Vec::new(),
-                policy_version: String::new(),
-            },
-            event_ms: 0,
         }
     }
 

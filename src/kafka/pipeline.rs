@@ -381,7 +381,7 @@ pub fn run_pipeline(
             }
         }
         while let Ok(cmd) = commands.try_recv() {
-            if let Err(e) = admin_command(cmd, &shared, &consumer, &mut engine, &settings, &metrics) {
+            if let Err(e) = admin_command(cmd, &shared, &consumer, &mut engine, &settings) {
                 result = Err(e);
                 break 'outer;
             }
@@ -670,22 +670,28 @@ fn admin_command(
     consumer: &BaseConsumer<Ctx>,
     engine: &mut Engine,
     settings: &Settings,
-    metrics: &Metrics,
 ) -> Result<(), PipelineError> {
     use super::control::{allow_key, override_key, AllowRecord, AuditRecord, OverrideRecord};
     let now = wall_ms();
     let instance = settings.transactional_id.clone();
-    let (result, control, audit, reply) = match cmd {
+    // Each command yields: its answer, its control record, and what the audit record says.
+    let (result, control, actor, reason, action, scope, reply) = match cmd {
         AdminCommand::Breaker { cell, action, actor, reason, reply } => {
             let b = engine.breaker_mut();
-            let (r, open, until) = match action {
-                BreakerAction::Open { ttl } => {
-                    (b.force(&cell, true, ttl, &actor, &reason, now).map(Some), true, now + ttl.as_millis() as i64)
-                }
-                BreakerAction::Close { ttl } => {
-                    (b.force(&cell, false, ttl, &actor, &reason, now).map(Some), false, now + ttl.as_millis() as i64)
-                }
-                BreakerAction::Clear => (b.clear_override(&cell, &actor, &reason, now), false, now),
+            let (r, open, until, verb) = match action {
+                BreakerAction::Open { ttl } => (
+                    b.force(&cell, true, ttl, &actor, &reason, now).map(Some),
+                    true,
+                    now + ttl.as_millis() as i64,
+                    "open",
+                ),
+                BreakerAction::Close { ttl } => (
+                    b.force(&cell, false, ttl, &actor, &reason, now).map(Some),
+                    false,
+                    now + ttl.as_millis() as i64,
+                    "close",
+                ),
+                BreakerAction::Clear => (b.clear_override(&cell, &actor, &reason, now), false, now, "clear"),
             };
             let rec = OverrideRecord {
                 cell: cell.clone(),
@@ -696,23 +702,15 @@ fn admin_command(
                 reason: reason.clone(),
                 instance: instance.clone(),
             };
-            let audit = AuditRecord {
-                at: crate::core::event::format_rfc3339_ms(now),
+            (
+                r.map(|t| serde_json::to_value(t).unwrap_or_default()),
+                (override_key(&cell), serde_json::to_vec(&rec).unwrap_or_default()),
                 actor,
                 reason,
-                action: format!(
-                    "breaker_{}",
-                    match action {
-                        BreakerAction::Open { .. } => "open",
-                        BreakerAction::Close { .. } => "close",
-                        BreakerAction::Clear => "clear",
-                    }
-                ),
-                scope: serde_json::json!({ "cell": cell, "until_ms": until }),
-                instance,
-            };
-            let result = r.map(|t| serde_json::to_value(t).unwrap_or_default());
-            (result, (override_key(&cell), serde_json::to_vec(&rec).unwrap_or_default()), audit, reply)
+                format!("breaker_{verb}"),
+                serde_json::json!({ "cell": cell, "until_ms": until }),
+                reply,
+            )
         }
         AdminCommand::Allow { account_id, expires_ms, actor, reason, reply } => {
             match expires_ms {
@@ -729,22 +727,18 @@ fn admin_command(
                 reason: reason.clone(),
                 instance: instance.clone(),
             };
-            let audit = AuditRecord {
-                at: crate::core::event::format_rfc3339_ms(now),
-                actor,
-                reason,
-                action: if expires_ms.is_some() { "allow_list_add".into() } else { "allow_list_remove".into() },
-                scope: serde_json::json!({ "account_id": account_id, "expires_ms": expires_ms }),
-                instance,
-            };
             (
                 Ok(serde_json::json!({ "applied": true })),
                 (allow_key(&account_id), serde_json::to_vec(&rec).unwrap_or_default()),
-                audit,
+                actor,
+                reason,
+                if expires_ms.is_some() { "allow_list_add".to_string() } else { "allow_list_remove".to_string() },
+                serde_json::json!({ "account_id": account_id, "expires_ms": expires_ms }),
                 reply,
             )
         }
     };
+    let audit = AuditRecord { at: crate::core::event::format_rfc3339_ms(now), actor, reason, action, scope, instance };
     if let Err(e) = result {
         let _ = reply.send(Err(e));
         return Ok(());
@@ -765,7 +759,6 @@ fn admin_command(
         Ok(()) => {
             info!(action = %audit.action, "Manual action applied and recorded.");
             let _ = reply.send(result);
-            let _ = metrics;
             Ok(())
         }
         Err(TxnError::Abortable(m)) => {
