@@ -39,25 +39,27 @@ pub async fn run_with_admin(
     if !created.is_empty() {
         info!(topics = ?created, "Created topics.");
     }
+    let dlq_record_limit = kafka::topics::record_limit(&settings, &settings.topics.dlq).await;
     let http_stop = CancellationToken::new();
+    let stop_flag = Arc::new(AtomicBool::new(false));
     let admin = crate::http::admin::AdminState::new(
         settings.admin_token.as_ref(),
         commands,
         status.clone(),
         Some(settings.clone()),
-    );
+    )
+    .with_stop(stop_flag.clone());
     let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
         .await
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
     info!(%addr, "Serving /metrics, /healthz and /readyz.");
 
-    let stop_flag = Arc::new(AtomicBool::new(false));
     let flag = stop_flag.clone();
     let s2 = settings.clone();
     let st = status.clone();
     let pipeline = std::thread::Builder::new()
         .name("pipeline".into())
-        .spawn(move || kafka::run_pipeline(s2, metrics, st, flag, commands_rx))
+        .spawn(move || kafka::run_pipeline(s2, metrics, st, flag, commands_rx, dlq_record_limit))
         .map_err(|e| PipelineError::Startup(format!("cannot start the pipeline thread: {e}")))?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -77,6 +79,8 @@ pub async fn run_with_admin(
             }
         }
     };
+    // A release started over HTTP commits what it has and stops.
+    stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
     http_stop.cancel();
     let _ = http.await;
     result

@@ -127,7 +127,7 @@ impl Checked {
         mode: Mode,
     ) {
         let origin = Origin { topic: INPUT_TOPIC, partition: 0, offset, key: None, payload: input };
-        let rec = record_for(outcome, &origin, topics, mode);
+        let rec = record_for(outcome, &origin, topics, mode, usize::MAX);
         match outcome {
             Outcome::Notice(d) => {
                 let rec = rec.expect("a notice produces a record");
@@ -372,7 +372,7 @@ fn dlq_records_carry_the_original_bytes_and_schema_valid_headers() {
         let outcome = e.process(payload, 2, WALL).outcome;
         let key = key.map(str::as_bytes);
         let origin = Origin { topic: INPUT_TOPIC, partition: 2, offset: 1000 + offset as i64, key, payload };
-        let rec = record_for(&outcome, &origin, &topics, Mode::Live);
+        let rec = record_for(&outcome, &origin, &topics, Mode::Live, usize::MAX);
         if *expect == "accepted" {
             assert_eq!(outcome.kind(), OutcomeKind::NoAction, "{outcome:?}");
             assert!(rec.is_none());

@@ -75,7 +75,8 @@ fn generate(n: usize, topics: &TopicsFile) -> Vec<Held> {
         let processed = engine.process(ev.as_bytes(), 0, at);
         if let Outcome::Held(d, info) = &processed.outcome {
             let origin = Origin { topic: "in", partition: 0, offset: i as i64, key: None, payload: ev.as_bytes() };
-            let rec = record_for(&processed.outcome, &origin, topics, Mode::Live).expect("a held outcome has a record");
+            let rec = record_for(&processed.outcome, &origin, topics, Mode::Live, usize::MAX)
+                .expect("a held outcome has a record");
             assert_eq!(rec.topic, topics.held);
             out.push(Held {
                 notice_id: d.notice_id.clone(),

@@ -189,6 +189,9 @@ pub struct Breaker {
     /// After a policy change: the caps ramp up between these times (ms), in tenths.
     ramp: Option<(i64, i64)>,
     ramp_tenths: u32,
+    /// Manual overrides carried over by [`Breaker::without_history`], applied again by
+    /// [`Breaker::reapply_overrides`] once the history has been replayed: (cell, open, until).
+    carried_overrides: Vec<(String, bool, i64)>,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -223,6 +226,7 @@ impl Breaker {
             stale_count: 0,
             ramp: None,
             ramp_tenths: 10,
+            carried_overrides: Vec::new(),
             policy,
         };
         let (rate, burst, floor) =
@@ -295,6 +299,58 @@ impl Breaker {
 
     pub fn share(&self) -> f64 {
         self.share
+    }
+
+    /// A breaker with this one's configuration and none of its history, for a restore that
+    /// replays the committed decisions into it: the same cells in the same order (cell indices
+    /// stay valid), this instance's `share` of the caps with full (scaled) bursts, the policy
+    /// ramp, and the manual overrides (kept aside until [`Breaker::reapply_overrides`], so
+    /// replayed history cannot end them). Counts, baselines, spent budget and automatic states
+    /// start over: what the committed history charges, the replay charges again, once.
+    ///
+    /// Because every restore starts from here, decisions of an aborted transaction are never
+    /// charged twice, and a fleet's instances together never hold more budget than one
+    /// instance replaying all partitions would.
+    pub fn without_history(&self, share: f64) -> Breaker {
+        let mut b = Breaker::new(self.policy.clone());
+        let (rate, burst, floor) = (self.policy.cell_rate_per_minute, self.policy.cell_burst, self.policy.spike_floor);
+        for c in self.cells.iter().skip(1) {
+            b.add_cell(&c.name, rate, burst, floor);
+        }
+        b.share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
+        b.share_set = true;
+        b.ramp = self.ramp;
+        b.ramp_tenths = self.ramp_tenths;
+        for i in 0..b.cells.len() {
+            b.rescale(i, false);
+        }
+        b.carried_overrides = self
+            .cells
+            .iter()
+            .filter_map(|c| c.forced.as_ref().map(|o| (c.name.clone(), c.state == CellState::ForcedOpen, o.until_ms)))
+            .collect();
+        b.carried_overrides.extend(self.carried_overrides.iter().cloned());
+        b
+    }
+
+    /// Applies the overrides carried over by [`Breaker::without_history`] that are still in
+    /// force at `now_ms`. They were reported when made, so no transition is recorded.
+    pub fn reapply_overrides(&mut self, now_ms: i64) {
+        self.advance(now_ms);
+        let now = self.now();
+        for (name, open, until) in std::mem::take(&mut self.carried_overrides) {
+            let Some(&i) = self.names.get(&name) else { continue };
+            if until <= now {
+                continue;
+            }
+            let c = &mut self.cells[i as usize];
+            c.forced = Some(Override { until_ms: until });
+            c.state = if open { CellState::ForcedOpen } else { CellState::ForcedClosed };
+            c.since_ms = now;
+            if open {
+                c.disturbed = true;
+            }
+        }
     }
 
     fn rescale(&mut self, i: usize, drain: bool) {
@@ -592,6 +648,24 @@ impl Breaker {
         self.cells[i].forced = Some(Override { until_ms: now.saturating_add(ttl.as_millis() as i64) });
         self.set_state(i, to, cause, now, Some(actor.to_string()), Some(reason.to_string()));
         Ok(self.transitions.last().cloned().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Whether `force` (or, with `clear`, `clear_override`) on this cell name would be accepted,
+    /// without changing anything: callers record an action durably before applying it.
+    pub fn check_cell_name(&self, cell: &str, clear: bool) -> Result<(), String> {
+        if self.names.contains_key(cell) {
+            return Ok(());
+        }
+        if clear {
+            return Err(format!("no breaker cell named {cell:?}"));
+        }
+        if cell.is_empty() || cell.len() > 64 || cell.chars().any(char::is_control) {
+            return Err("a cell name is a source name of 1 to 64 characters".into());
+        }
+        if self.cells.len() > self.policy.max_cells || matches!(cell, OVERFLOW_CELL | "global") {
+            return Err(format!("no room for a new cell {cell:?} (breaker.max_cells reached)"));
+        }
+        Ok(())
     }
 
     /// The cell with exactly this name, created if it is a source not seen yet (an operator may

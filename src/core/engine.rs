@@ -181,8 +181,27 @@ impl Engine {
         }
     }
 
+    /// Starts a restore: drops all state (kept: the allow-list and the breaker's configuration,
+    /// cells and manual overrides, see [`Breaker::without_history`]) so that `restore` can
+    /// rebuild it, breaker history included, from the committed inputs. `share` is this
+    /// instance's share of the fleet's caps. Call [`Engine::finish_restore`] before the first
+    /// live `process`.
+    pub fn begin_restore(&mut self, share: f64) {
+        self.reset_state();
+        self.breaker = self.breaker.without_history(share);
+        self.live_started = false;
+    }
+
+    /// Ends a restore: manual overrides apply again; transitions re-lived during the replay
+    /// were reported by whoever first lived them.
+    pub fn finish_restore(&mut self, wall_ms: i64) {
+        self.breaker.drain_transitions();
+        self.breaker.reapply_overrides(self.now(wall_ms));
+        self.breaker.drain_transitions();
+    }
+
     /// Drops all per-account state, dedupe memory, cooldowns and watermarks (kept: the breaker,
-    /// the allow-list). Used before restoring from the input topic.
+    /// the allow-list).
     pub fn reset_state(&mut self) {
         self.accounts = AccountStore::new(&self.policy);
         self.dedupe = Dedupe::new(self.policy.dedupe_horizon.as_millis() as i64, self.policy.dedupe_max_entries);

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -45,6 +45,7 @@ use crate::config::Settings;
 use crate::core::event::format_rfc3339_ms;
 use crate::core::outcome::NOTICE_SCHEMA;
 use crate::kafka::client::producer_config;
+use crate::kafka::txn::{TxnError, TxnWriter, NO_TAG};
 
 pub use pace::Pacer;
 pub use select::{
@@ -647,17 +648,10 @@ impl Batch {
     }
 }
 
-enum Failure {
-    Retry,
-    Abort(String),
-    Fatal(HeldError),
-}
-
-/// The transactional producer of held actions.
+/// The transactional writer of held actions, under the fleet's fixed held-actions id.
 struct Txn {
-    producer: BaseProducer,
+    writer: TxnWriter,
     id: String,
-    open: bool,
 }
 
 impl Txn {
@@ -666,62 +660,36 @@ impl Txn {
     fn init(settings: &Settings) -> Result<Txn, HeldError> {
         let mut s = settings.clone();
         s.transactional_id = format!("{}-held-actions", settings.group_id);
-        let producer: BaseProducer =
-            producer_config(&s).create().map_err(|e| kafka_err("cannot create the Kafka producer", e))?;
-        producer.init_transactions(OP_TIMEOUT).map_err(|e| {
+        let writer = TxnWriter::new(&producer_config(&s)).map_err(|e| {
             kafka_err(&format!("cannot initialise transactions (transactional.id {})", s.transactional_id), e)
         })?;
-        Ok(Txn { producer, id: s.transactional_id, open: false })
+        Ok(Txn { writer, id: s.transactional_id })
     }
 
-    fn classify(&self, e: KafkaError) -> Failure {
+    /// A fatal error is a fence when another release or discard took the id over.
+    fn fatal(&self, e: TxnError) -> HeldError {
         let fenced = |code: RDKafkaErrorCode| {
             matches!(
                 code,
                 RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
             )
         };
-        if let Some((code, _)) = self.producer.client().fatal_error() {
-            if fenced(code) {
-                return Failure::Fatal(HeldError::Fenced(self.id.clone()));
-            }
-        }
-        match &e {
-            KafkaError::Transaction(t) if fenced(t.code()) => Failure::Fatal(HeldError::Fenced(self.id.clone())),
-            KafkaError::Transaction(t) if t.is_fatal() => Failure::Fatal(kafka_err("transaction failed", &e)),
-            KafkaError::Transaction(t) if t.txn_requires_abort() => Failure::Abort(e.to_string()),
-            KafkaError::Transaction(t) if t.is_retriable() => Failure::Retry,
-            _ => Failure::Abort(e.to_string()),
+        match self.writer.producer().client().fatal_error() {
+            Some((code, _)) if fenced(code) => HeldError::Fenced(self.id.clone()),
+            _ => kafka_err("transaction failed", e),
         }
     }
 
-    fn begin(&mut self) -> Result<(), Failure> {
-        if !self.open {
-            self.producer.begin_transaction().map_err(|e| self.classify(e))?;
-            self.open = true;
-        }
-        Ok(())
-    }
-
-    fn send(&self, out: &Out) -> Result<(), Failure> {
+    fn send(&mut self, out: &Out) -> Result<(), TxnError> {
         let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
         for (k, v) in &out.headers {
             headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let mut record = BaseRecord::to(&out.topic).key(&out.key[..]).payload(&out.payload[..]).headers(headers);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.producer.poll(Duration::ZERO);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(self.classify(e)),
-            }
-        }
+        let record =
+            BaseRecord::with_opaque_to(&out.topic, NO_TAG).key(&out.key[..]).payload(&out.payload[..]).headers(headers);
+        self.writer.send(record)?;
+        self.writer.poll();
+        Ok(())
     }
 
     /// Adds a record to the batch and sends it within the open transaction (opened if needed).
@@ -730,28 +698,20 @@ impl Txn {
         if batch.records.is_empty() {
             batch.deadline = Instant::now() + RELEASE_BATCH_AGE;
         }
-        let sent = self.begin().and_then(|()| self.send(&out));
+        let sent = self.send(&out);
         batch.records.push(out);
         match sent {
             Ok(()) => Ok(()),
-            Err(Failure::Retry) | Err(Failure::Abort(_)) => {
+            Err(TxnError::Fatal { .. }) => Err(self.fatal(sent.unwrap_err())),
+            Err(_) => {
                 batch.dirty = true;
                 Ok(())
             }
-            Err(Failure::Fatal(e)) => Err(e),
         }
     }
 
     fn abort(&mut self) -> Result<(), HeldError> {
-        if self.open {
-            self.producer.abort_transaction(OP_TIMEOUT).map_err(|e| match self.classify(e) {
-                Failure::Fatal(e) => e,
-                Failure::Retry => HeldError::Kafka("abort_transaction: retriable error".into()),
-                Failure::Abort(m) => HeldError::Kafka(format!("abort_transaction: {m}")),
-            })?;
-            self.open = false;
-        }
-        Ok(())
+        self.writer.abort(&mut || {}).map_err(|e| self.fatal(e))
     }
 
     /// Adds the audit record and commits the batch's transaction. When Kafka aborts it, the
@@ -785,9 +745,12 @@ impl Txn {
                     *batch = Batch::default();
                     return Ok(());
                 }
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry) => last = "retriable error".into(),
-                Err(Failure::Abort(m)) => last = m,
+                Err(e @ TxnError::Fatal { .. }) => return Err(self.fatal(e)),
+                Err(e @ TxnError::Poison { .. }) => {
+                    self.abort()?;
+                    return Err(kafka_err("a record can never be written", e));
+                }
+                Err(e) => last = e.to_string(),
             }
             resend = true;
         }
@@ -795,27 +758,13 @@ impl Txn {
         Err(HeldError::Kafka(format!("transaction aborted {TXN_ATTEMPTS} times, last: {last}")))
     }
 
-    fn try_commit(&mut self, batch: &Batch, audit: &Out, resend: bool) -> Result<(), Failure> {
-        self.begin()?;
+    fn try_commit(&mut self, batch: &Batch, audit: &Out, resend: bool) -> Result<(), TxnError> {
         if resend {
             for r in &batch.records {
                 self.send(r)?;
             }
         }
         self.send(audit)?;
-        let mut retries = 0;
-        loop {
-            match self.producer.commit_transaction(OP_TIMEOUT) {
-                Ok(()) => {
-                    self.open = false;
-                    return Ok(());
-                }
-                Err(e) => match self.classify(e) {
-                    Failure::Retry if retries < 10 => retries += 1,
-                    Failure::Retry => return Err(Failure::Abort("commit_transaction kept failing".into())),
-                    other => return Err(other),
-                },
-            }
-        }
+        self.writer.commit(None)
     }
 }

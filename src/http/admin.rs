@@ -34,6 +34,8 @@ pub struct AdminState {
     status: Arc<Status>,
     /// Settings for the held-notice actions (`None`: those endpoints answer 503).
     settings: Option<Arc<Settings>>,
+    /// Set when the service shuts down: a running release commits what it has and stops.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AdminState {
@@ -48,7 +50,14 @@ impl AdminState {
             commands,
             status,
             settings,
+            stop: Arc::default(),
         }
+    }
+
+    /// Releases started over HTTP stop (after committing what they have) when `stop` is set.
+    pub fn with_stop(mut self, stop: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = stop;
+        self
     }
 }
 
@@ -283,8 +292,8 @@ async fn held_list(State(s): State<AdminState>, axum::extract::Query(q): axum::e
     }
 }
 
-/// `release` runs to completion (paced); a client that gives up does not stop it, and running
-/// it again is harmless: each notice is released exactly once.
+/// `release` runs to completion (paced) or until the service shuts down; a client that gives up
+/// does not stop it, and running it again is harmless: each notice is released exactly once.
 async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Json(body): Json<HeldBody>) -> Response {
     let Some(settings) = s.settings.clone() else { return (StatusCode::SERVICE_UNAVAILABLE, "").into_response() };
     if let Err(r) = check_who(&body.actor, &body.reason) {
@@ -299,8 +308,7 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
     let rate = body.rate_per_minute.unwrap_or(settings.release_rate_per_minute).max(1);
     let job = match action.as_str() {
         "release" => tokio::task::spawn_blocking(move || {
-            let never = std::sync::atomic::AtomicBool::new(false);
-            held::release(&settings, &sel, &actor, &reason, rate, &never)
+            held::release(&settings, &sel, &actor, &reason, rate, &s.stop)
                 .map(|r| serde_json::to_value(r).unwrap_or_default())
         }),
         "discard" => tokio::task::spawn_blocking(move || {

@@ -31,6 +31,8 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
         ("partition.assignment.strategy", "range"),
+        // Consumer lag comes from these statistics, not from blocking watermark requests.
+        ("statistics.interval.ms", "5000"),
     ] {
         if !s.kafka.contains_key(k) {
             c.set(k, v);

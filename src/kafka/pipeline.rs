@@ -3,20 +3,27 @@
 //! transaction every `commit_interval`. Runs on a dedicated OS thread because librdkafka's
 //! transactional calls block. Does IO; decisions are the core's.
 //!
-//! State is rebuilt from the input topic itself: on every assignment (and after an aborted
-//! transaction) each partition is re-read from `now - lookback` up to its committed offset in
-//! restore mode (state only, no outputs, breaker not charged), then processed live.
+//! One event, from poll to commit: [`Pipeline::on_message`] → `Engine::process` → [`record_for`]
+//! → [`TxnWriter::send`] (tagged with the input's coordinates) → [`Pipeline::commit`] (outputs and
+//! offsets in one transaction; the outcome tallies reach the metrics only then).
+//!
+//! State is rebuilt from the input topic itself ([`super::restore`]): on every assignment and
+//! after every abort, each partition is re-read from `now - lookback` up to its committed offset
+//! in restore mode (state and breaker history, no outputs). Live decisions start only when every
+//! assigned partition has finished restoring. Every abort, whatever caused it, goes through
+//! [`Pipeline::recover`]: abort, reset state, rewind to the committed offsets, restore.
 
-// hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
-use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+// hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
+use hashbrown::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::BaseRecord;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -26,24 +33,13 @@ use crate::core::breaker::{CellSnapshot, CellState};
 use crate::core::{Engine, Outcome, TimeMode};
 use crate::telemetry::Metrics;
 
+use super::admin;
+pub use super::admin::{AdminCommand, BreakerAction, Reply};
 use super::client::{consumer_config, producer_config};
-use super::records::{record_for, Origin};
-
-/// A manual action from the admin API, applied by the pipeline thread, made durable in the
-/// control topic and recorded in the audit topic (one transaction), then answered.
-pub enum AdminCommand {
-    Breaker { cell: String, action: BreakerAction, actor: String, reason: String, reply: Reply },
-    Allow { account_id: String, expires_ms: Option<i64>, actor: String, reason: String, reply: Reply },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerAction {
-    Open { ttl: Duration },
-    Close { ttl: Duration },
-    Clear,
-}
-
-pub type Reply = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
+use super::control_reader::ControlReader;
+use super::records::{record_for, Origin, DLQ_RECORD_OVERHEAD};
+use super::restore::{self, PartitionPlan};
+use super::txn::{Tag, TxnError, TxnWriter, NO_TAG};
 
 /// Errors that stop the pipeline. Each has a disposition: startup and fatal errors exit non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +50,14 @@ pub enum PipelineError {
     Fatal(String),
 }
 
-/// Live status shared with the HTTP server and the demo.
+impl From<TxnError> for PipelineError {
+    fn from(e: TxnError) -> Self {
+        PipelineError::Fatal(e.to_string())
+    }
+}
+
+/// Live status shared with the HTTP server and the demo. Counters move when their transaction
+/// commits.
 #[derive(Default)]
 pub struct Status {
     pub ready: AtomicBool,
@@ -68,468 +71,834 @@ pub struct Status {
     pub breaker: Mutex<Vec<CellSnapshot>>,
 }
 
-#[derive(Debug)]
-enum TxnError {
-    Abortable(String),
-    Fatal(String),
+/// Input coordinates: (index in `topics.input`, partition).
+type Tp = (usize, i32);
+
+/// What the rebalance callback saw, for the loop to act on after the poll.
+enum RebalanceEvent {
+    Assigned(Vec<Tp>),
+    /// Everything was revoked; `committed`: the open transaction was committed first (else it
+    /// was aborted and its outcomes will be redone by the next owner).
+    Revoked {
+        committed: bool,
+    },
+    Fatal(TxnError),
 }
 
-/// State of the open transaction, shared with the rebalance callback.
-#[derive(Default)]
-struct Txn {
-    open: bool,
-    /// Next offset to consume per (input topic index, partition), for `send_offsets_to_transaction`.
-    offsets: HashMap<(usize, i32), i64>,
-    /// Event times of notices in the open transaction, for the event-to-notice histogram.
-    notice_event_ms: Vec<i64>,
-}
-
+/// State shared with the rebalance callback (which runs inside `consumer.poll`).
 struct Shared {
-    producer: BaseProducer,
-    txn: Mutex<Txn>,
+    writer: Mutex<TxnWriter>,
+    /// Next offset to consume per partition in the open transaction.
+    offsets: Mutex<HashMap<Tp, i64>>,
     inputs: Vec<String>,
-    /// Per (topic index, partition): the committed offset restore mode runs up to.
-    restore_until: Mutex<HashMap<(usize, i32), i64>>,
-    rebalanced: AtomicBool,
-    /// Set while draining: an assignment arriving now is not restored (the member is leaving).
+    events: Mutex<Vec<RebalanceEvent>>,
+    /// Set while draining: an assignment arriving now is declined (the member is leaving).
     leaving: AtomicBool,
-    /// Set by the callback when it failed to commit on revoke.
-    callback_failure: Mutex<Option<TxnError>>,
-    lookback_ms: i64,
-    metrics: Metrics,
-    timeout: Duration,
+    /// Consumer lag per partition from librdkafka's statistics (no blocking watermark calls).
+    lag: Mutex<HashMap<Tp, i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn offsets_tpl(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (&(t, p), &o) in lock(&self.offsets).iter() {
+            let _ = tpl.add_partition_offset(&self.inputs[t], p, Offset::Offset(o));
+        }
+        tpl
+    }
+
+    fn topic_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|t| t == name)
+    }
+
+    /// Commits the open transaction with its offsets (the consumer's current group metadata).
+    fn commit<C: ConsumerContext>(&self, writer: &mut TxnWriter, consumer: &BaseConsumer<C>) -> Result<(), TxnError> {
+        if !writer.is_open() {
+            return Ok(());
+        }
+        let tpl = self.offsets_tpl();
+        let result = match consumer.group_metadata() {
+            Some(cgm) if tpl.count() > 0 => writer.commit(Some((&tpl, &cgm))),
+            Some(_) => writer.commit(None),
+            None => Err(TxnError::Abort {
+                what: "no consumer group metadata (not in a group)",
+                source: KafkaError::Subscription("not in a group".into()),
+            }),
+        };
+        if result.is_ok() {
+            lock(&self.offsets).clear();
+        }
+        result
+    }
 }
 
 struct Ctx {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = lock(&self.shared.lag);
+        lag.clear();
+        for (name, topic) in &statistics.topics {
+            let Some(t) = self.shared.topic_index(name) else { continue };
+            for (&p, part) in &topic.partitions {
+                if p >= 0 && part.consumer_lag >= 0 {
+                    lag.insert((t, p), part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if s.leaving.load(Ordering::SeqCst) => {
-                // Draining: take nothing on (restore planning would block the drain).
-                if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
-                    warn!(error = %e, "Declining an assignment while draining failed.");
-                }
-            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let plan = plan_restore(consumer, tpl, s);
-                let mut assign = TopicPartitionList::new();
-                let mut until = s.restore_until.lock().unwrap_or_else(|p| p.into_inner());
-                until.clear();
-                for p in &plan {
-                    let _ = assign.add_partition_offset(&s.inputs[p.topic], p.partition, Offset::Offset(p.start));
-                    if p.start < p.until {
-                        until.insert((p.topic, p.partition), p.until);
-                    }
+                let parts: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| s.topic_index(e.topic()).map(|t| (t, e.partition())))
+                    .collect();
+                // Nothing is fetched here: the loop plans the restore (blocking lookups, retried)
+                // and assigns each partition at the offset it must start from.
+                if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+                    warn!(error = %e, "Taking the assignment over from the callback failed.");
                 }
-                if let Err(e) = consumer.assign(&assign) {
-                    error!(error = %e, "Assigning partitions failed.");
+                if !s.leaving.load(Ordering::SeqCst) {
+                    info!(partitions = parts.len(), "Partitions assigned.");
+                    lock(&s.events).push(RebalanceEvent::Assigned(parts));
                 }
-                info!(partitions = plan.len(), restoring = until.len(), "Partitions assigned.");
-                s.rebalanced.store(true, Ordering::SeqCst);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Finish the open transaction before the partitions go (or abort if the
-                // assignment was lost: the offsets would be rejected anyway).
-                let result =
-                    if consumer.assignment_lost() { abort(s).map_err(TxnError::Fatal) } else { commit(s, consumer) };
-                if let Err(e) = result {
-                    warn!(error = ?e, "Ending the transaction on revoke failed.");
-                    *s.callback_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                }
+                // Finish the open transaction before the partitions go, or abort it if the
+                // assignment was lost (its offsets would be refused anyway). The loop may be in
+                // the middle of an abort itself (it holds the writer): then nothing is open.
+                let event = match s.writer.try_lock() {
+                    Ok(mut w) if w.is_open() => {
+                        let ended = if consumer.assignment_lost() {
+                            w.abort(&mut || {}).map(|()| false)
+                        } else {
+                            match s.commit(&mut w, consumer) {
+                                Ok(()) => Ok(true),
+                                Err(TxnError::Fatal { what, source }) => Err(TxnError::Fatal { what, source }),
+                                Err(e) => {
+                                    warn!(error = %e, "Committing on revoke failed; aborting.");
+                                    w.abort(&mut || {}).map(|()| false)
+                                }
+                            }
+                        };
+                        match ended {
+                            Ok(committed) => RebalanceEvent::Revoked { committed },
+                            Err(e) => RebalanceEvent::Fatal(e),
+                        }
+                    }
+                    _ => RebalanceEvent::Revoked { committed: false },
+                };
+                lock(&s.offsets).clear();
                 if let Err(e) = consumer.unassign() {
-                    error!(error = %e, "Unassigning partitions failed.");
+                    warn!(error = %e, "Unassigning partitions failed.");
                 }
                 info!(partitions = tpl.count(), "Partitions revoked.");
-                s.rebalanced.store(true, Ordering::SeqCst);
+                lock(&s.events).push(event);
             }
             other => error!(code = ?other, "Rebalance error."),
         }
     }
 }
 
-struct RestorePlan {
-    topic: usize,
-    partition: i32,
-    start: i64,
-    until: i64,
-}
-
 fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// For each partition: the committed offset (or the low watermark), and where restore starts.
-fn plan_restore<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    tpl: &TopicPartitionList,
-    s: &Shared,
-) -> Vec<RestorePlan> {
-    let committed = consumer.committed_offsets(tpl.clone(), s.timeout).unwrap_or_else(|_| tpl.clone());
-    let mut by_time = TopicPartitionList::new();
-    for e in tpl.elements() {
-        let _ = by_time.add_partition_offset(e.topic(), e.partition(), Offset::Offset(wall_ms() - s.lookback_ms));
-    }
-    let starts = consumer.offsets_for_times(by_time, s.timeout).ok();
-    let mut plan = Vec::new();
-    for e in committed.elements() {
-        let Some(topic) = s.inputs.iter().position(|t| t == e.topic()) else { continue };
-        let low = consumer.fetch_watermarks(e.topic(), e.partition(), s.timeout).map(|w| w.0).unwrap_or(0);
-        let until = match e.offset() {
-            Offset::Offset(o) if o >= 0 => o,
-            _ => low,
-        };
-        let start = starts
-            .as_ref()
-            .and_then(|t| t.find_partition(e.topic(), e.partition()))
-            .and_then(|x| match x.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
-            })
-            .unwrap_or(until)
-            .clamp(low, until);
-        plan.push(RestorePlan { topic, partition: e.partition(), start, until });
-    }
-    plan
-}
-
-fn classify(e: KafkaError) -> Result<bool, TxnError> {
-    match e {
-        KafkaError::Transaction(t) if t.is_retriable() => Ok(true),
-        KafkaError::Transaction(t) if t.txn_requires_abort() => Err(TxnError::Abortable(t.to_string())),
-        other => Err(TxnError::Fatal(other.to_string())),
-    }
-}
-
-/// Commits the open transaction with the consumed offsets. Retriable errors are retried.
-fn commit<C: ConsumerContext>(s: &Shared, consumer: &BaseConsumer<C>) -> Result<(), TxnError> {
-    let mut txn = s.txn.lock().unwrap_or_else(|p| p.into_inner());
-    if !txn.open {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let mut tpl = TopicPartitionList::new();
-    for ((t, p), o) in &txn.offsets {
-        let _ = tpl.add_partition_offset(&s.inputs[*t], *p, Offset::Offset(*o));
-    }
-    let Some(cgm) = consumer.group_metadata() else {
-        return Err(TxnError::Abortable("no consumer group metadata (not in a group)".into()));
-    };
-    for attempt in 0.. {
-        match s.producer.send_offsets_to_transaction(&tpl, &cgm, s.timeout) {
-            Ok(()) => break,
-            Err(e) => match classify(e) {
-                Ok(true) if attempt < 10 => continue,
-                Ok(_) => return Err(TxnError::Abortable("send_offsets_to_transaction kept failing".into())),
-                Err(e) => return Err(e),
-            },
-        }
-    }
-    drain_in_flight(&s.producer, s.timeout);
-    for attempt in 0.. {
-        match s.producer.commit_transaction(s.timeout) {
-            Ok(()) => break,
-            Err(e) => match classify(e) {
-                Ok(true) if attempt < 10 => continue,
-                Ok(_) => return Err(TxnError::Abortable("commit_transaction kept failing".into())),
-                Err(e) => return Err(e),
-            },
-        }
-    }
-    txn.open = false;
-    txn.offsets.clear();
-    let now = wall_ms();
-    for ms in txn.notice_event_ms.drain(..) {
-        s.metrics.event_to_notice.observe((now - ms).max(0) as f64 / 1000.0);
-    }
-    s.metrics.transactions.with_label_values(&["commit"]).inc();
-    s.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// Waits until the open transaction's records are delivered, polling in 1 ms steps.
-/// `BaseProducer::commit_transaction` flushes first, but its flush polls in `poll(100 ms)` steps
-/// and `BaseProducer::poll` always blocks for its whole timeout: a single record still in flight
-/// (linger.ms, the produce round trip) made every commit take 100 ms, as long as the commit
-/// interval itself. benches/pipeline.rs, A/B: commit 104 ms -> 4 ms mean, throughput x2.2,
-/// event-to-notice p50 210 -> 60 ms. With nothing left in flight, that flush returns at once.
-/// On timeout, `commit_transaction` decides as before.
-fn drain_in_flight(producer: &BaseProducer, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
-    }
-}
-
-fn abort(s: &Shared) -> Result<(), String> {
-    let mut txn = s.txn.lock().unwrap_or_else(|p| p.into_inner());
-    if !txn.open {
-        return Ok(());
-    }
-    s.producer.abort_transaction(s.timeout).map_err(|e| e.to_string())?;
-    txn.open = false;
-    txn.offsets.clear();
-    txn.notice_event_ms.clear();
-    s.metrics.transactions.with_label_values(&["abort"]).inc();
-    Ok(())
-}
-
-/// Outcome counts kept locally and flushed to Prometheus on each tick (not per event).
+/// Outcome counts of the open transaction: they reach the metrics and the status when it
+/// commits, and are dropped when it aborts (its inputs are redone).
 #[derive(Default)]
 struct Tally {
     outcomes: HashMap<(&'static str, &'static str), u64>,
+    held: HashMap<(u8, &'static str), u64>,
     consumed_by_cell: Vec<u64>,
     /// Inputs that did not decode far enough to have a source.
     consumed_invalid: u64,
+    /// Event-to-decision latencies (ms) of decisions, and event times of notices.
+    decision_latency_ms: Vec<i64>,
+    notice_event_ms: Vec<i64>,
+    truncated: u64,
+    events: u64,
 }
 
-/// Runs the pipeline until `shutdown` is set or a fatal error occurs.
+impl Tally {
+    fn clear(&mut self) {
+        self.outcomes.clear();
+        self.held.clear();
+        self.consumed_by_cell.iter_mut().for_each(|n| *n = 0);
+        self.consumed_invalid = 0;
+        self.decision_latency_ms.clear();
+        self.notice_event_ms.clear();
+        self.truncated = 0;
+        self.events = 0;
+    }
+
+    fn add(&mut self, outcome: &Outcome, cell: Option<u8>, now: i64, engine: &Engine) {
+        self.events += 1;
+        *self.outcomes.entry((outcome.kind().as_str(), outcome.reason())).or_default() += 1;
+        match cell {
+            Some(c) => {
+                let c = c as usize;
+                if self.consumed_by_cell.len() <= c {
+                    self.consumed_by_cell.resize(c + 1, 0);
+                }
+                self.consumed_by_cell[c] += 1;
+            }
+            None => self.consumed_invalid += 1,
+        }
+        match outcome {
+            Outcome::Notice(d) => {
+                self.decision_latency_ms.push(now - d.event_ms);
+                self.notice_event_ms.push(d.event_ms);
+            }
+            Outcome::Held(d, h) => {
+                self.decision_latency_ms.push(now - d.event_ms);
+                let held_by = engine.breaker().cell_index(&h.cell).unwrap_or(crate::core::breaker::GLOBAL);
+                *self.held.entry((held_by, h.reason.as_str())).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// The transaction committed: everything counted becomes visible.
+    fn publish(&mut self, m: &Metrics, status: &Status, engine: &Engine) {
+        let shadow = engine.policy().mode == crate::core::policy::Mode::Shadow;
+        for ((kind, reason), &n) in &self.outcomes {
+            m.outcomes.with_label_values(&[kind, reason]).inc_by(n);
+            match *kind {
+                "rejected" => m.events_rejected.with_label_values(&[reason]).inc_by(n),
+                "late" => m.events_late.inc_by(n),
+                "duplicate" => m.events_duplicate.inc_by(n),
+                "notice" if shadow => m.notices_would_send.inc_by(n),
+                "notice" => m.notices_sent.inc_by(n),
+                _ => {}
+            }
+            let counter = match *kind {
+                "notice" => &status.notices,
+                "held" => &status.held,
+                "no_action" => &status.no_action,
+                _ => {
+                    let label = if *kind == "rejected" { reason } else { kind };
+                    m.dlq_records.with_label_values(&[label]).inc_by(n);
+                    &status.dlq
+                }
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        for (&(cell, reason), &n) in &self.held {
+            m.notices_held.with_label_values(&[engine.breaker().cell_name(cell), reason]).inc_by(n);
+        }
+        if self.consumed_invalid > 0 {
+            m.events_consumed.with_label_values(&["_invalid"]).inc_by(self.consumed_invalid);
+        }
+        for (cell, &n) in self.consumed_by_cell.iter().enumerate() {
+            if n > 0 {
+                m.events_consumed.with_label_values(&[engine.breaker().cell_name(cell as u8)]).inc_by(n);
+            }
+        }
+        for &ms in &self.decision_latency_ms {
+            m.event_to_decision.observe(ms.max(0) as f64 / 1000.0);
+        }
+        let now = wall_ms();
+        for &ms in &self.notice_event_ms {
+            m.event_to_notice.observe((now - ms).max(0) as f64 / 1000.0);
+        }
+        m.dlq_truncated.inc_by(self.truncated);
+        status.consumed.fetch_add(self.events, Ordering::Relaxed);
+        self.clear();
+    }
+}
+
+/// Where the loop is with its assignment.
+enum Phase {
+    /// No partitions.
+    Idle,
+    /// Re-reading committed history for state; per partition still restoring: where live starts.
+    Restoring(HashMap<Tp, i64>),
+    Live,
+}
+
+/// How many times an input's DLQ record was refused by Kafka as too large; after the first, it
+/// is written without its payload; after the second, the pipeline stops (see `on_poison`).
+type Degraded = HashMap<(usize, i32, i64), u8>;
+
+struct Pipeline {
+    settings: Arc<Settings>,
+    metrics: Metrics,
+    status: Arc<Status>,
+    shared: Arc<Shared>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    engine: Engine,
+    control: ControlReader,
+    total_partitions: usize,
+    lookback_ms: i64,
+    plan_budget: Duration,
+    /// Largest DLQ payload that fits the DLQ topic and the producer.
+    dlq_payload_max: usize,
+    owned: Vec<Tp>,
+    plans: Vec<PartitionPlan>,
+    phase: Phase,
+    tally: Tally,
+    /// Input coordinates of the records in the open transaction, indexed by delivery tag.
+    origins: Vec<(usize, i32, i64)>,
+    degraded: Degraded,
+    batch: usize,
+}
+
+/// Runs the pipeline until `shutdown` is set or a fatal error occurs. `dlq_record_limit` is the
+/// largest record the DLQ topic and the producer accept (see `topics::record_limit`).
 pub fn run_pipeline(
     settings: Arc<Settings>,
     metrics: Metrics,
     status: Arc<Status>,
     shutdown: Arc<AtomicBool>,
     commands: std::sync::mpsc::Receiver<AdminCommand>,
+    dlq_record_limit: usize,
 ) -> Result<(), PipelineError> {
-    let policy = settings.policy.clone();
-    let producer: BaseProducer = producer_config(&settings)
-        .create()
-        .map_err(|e| PipelineError::Startup(format!("cannot create the Kafka producer: {e}")))?;
-    let timeout = Duration::from_secs(30);
-    producer.init_transactions(timeout).map_err(|e| {
-        PipelineError::Startup(format!(
-            "cannot initialise transactions (transactional.id {}): {e}",
-            settings.transactional_id
-        ))
-    })?;
-    let lookback = [
-        policy.window + policy.allowed_lateness,
-        if policy.slow.enabled { policy.slow.length } else { Duration::ZERO },
-        policy.cooldown,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or_default()
-        + policy.allowed_lateness
-        + Duration::from_secs(300);
-    let shared = Arc::new(Shared {
-        producer,
-        txn: Mutex::new(Txn::default()),
-        inputs: settings.topics.input.clone(),
-        restore_until: Mutex::new(HashMap::new()),
-        rebalanced: AtomicBool::new(false),
-        leaving: AtomicBool::new(false),
-        callback_failure: Mutex::new(None),
-        lookback_ms: lookback.as_millis() as i64,
-        metrics: metrics.clone(),
-        timeout,
-    });
-    let consumer: BaseConsumer<Ctx> = consumer_config(&settings)
-        .create_with_context(Ctx { shared: shared.clone() })
-        .map_err(|e| PipelineError::Startup(format!("cannot create the Kafka consumer: {e}")))?;
-    let inputs: Vec<&str> = settings.topics.input.iter().map(String::as_str).collect();
-    consumer.subscribe(&inputs).map_err(|e| PipelineError::Startup(format!("cannot subscribe to {inputs:?}: {e}")))?;
-    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &policy.version, policy.mode.as_str()]).set(1);
+    let mut p = Pipeline::start(settings, metrics, status, dlq_record_limit)?;
+    let result = p.run(&shutdown, &commands);
+    p.drain(result, shutdown.load(Ordering::SeqCst))
+}
 
-    let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
-    let total_partitions = input_partitions(&consumer, &settings)?;
-    // Overrides and allow-list changes of the fleet apply before the first decision.
-    let control = control_reader(&settings)?;
-    let mut last_policy: Option<String> = None;
-    let applied = read_control(&control, &mut engine, &settings, true, &mut last_policy);
-    info!(records = applied, "Control topic applied.");
-    if last_policy.as_deref() != Some(policy.version.as_str()) {
-        if let Some(previous) = &last_policy {
-            // A new policy may decide very differently: ramp the caps up instead of trusting it.
-            warn!(previous = %previous, current = %policy.version, "Policy version changed; ramping the breaker caps up.");
-            engine.breaker_mut().start_policy_ramp(wall_ms());
+impl Pipeline {
+    fn start(
+        settings: Arc<Settings>,
+        metrics: Metrics,
+        status: Arc<Status>,
+        dlq_record_limit: usize,
+    ) -> Result<Pipeline, PipelineError> {
+        let policy = settings.policy.clone();
+        let config = producer_config(&settings);
+        let writer = TxnWriter::new(&config).map_err(|e| {
+            PipelineError::Startup(format!(
+                "cannot initialise transactions (transactional.id {}): {e}",
+                settings.transactional_id
+            ))
+        })?;
+        let txn_timeout = config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let lookback = [
+            policy.window + policy.allowed_lateness,
+            if policy.slow.enabled { policy.slow.length } else { Duration::ZERO },
+            policy.cooldown,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+            + policy.allowed_lateness
+            + Duration::from_secs(300);
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            offsets: Mutex::new(HashMap::new()),
+            inputs: settings.topics.input.clone(),
+            events: Mutex::new(Vec::new()),
+            leaving: AtomicBool::new(false),
+            lag: Mutex::new(HashMap::new()),
+        });
+        let consumer: BaseConsumer<Ctx> = consumer_config(&settings)
+            .create_with_context(Ctx { shared: shared.clone() })
+            .map_err(|e| PipelineError::Startup(format!("cannot create the Kafka consumer: {e}")))?;
+        let inputs: Vec<&str> = settings.topics.input.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&inputs)
+            .map_err(|e| PipelineError::Startup(format!("cannot subscribe to {inputs:?}: {e}")))?;
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &policy.version, policy.mode.as_str()])
+            .set(1);
+        for topic in &settings.topics.input {
+            // Present from the first scrape, so the alert on it sees a zero, not no data.
+            metrics.input_gap_records.with_label_values(&[topic]);
+            metrics.input_offset_resets.with_label_values(&[topic]);
         }
-        record_policy_version(&shared, &settings)?;
+        let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
+        let total_partitions = input_partitions(&consumer, &settings)?;
+        // Overrides and allow-list changes of the fleet apply before the first decision.
+        let control = ControlReader::new(&settings)?;
+        let (applied, last_policy) = control.read_to_end(&mut engine, wall_ms());
+        info!(records = applied, "Control topic applied.");
+        let mut p = Pipeline {
+            settings,
+            metrics,
+            status,
+            shared,
+            consumer: Arc::new(consumer),
+            engine,
+            control,
+            total_partitions,
+            lookback_ms: lookback.as_millis() as i64,
+            // A committed offset stays unstable until a dead member's transaction times out
+            // (transaction.timeout.ms, then the coordinator's abort sweep): wait that out twice.
+            plan_budget: (txn_timeout * 2 + Duration::from_secs(30)).max(Duration::from_secs(120)),
+            dlq_payload_max: dlq_record_limit.saturating_sub(DLQ_RECORD_OVERHEAD),
+            owned: Vec::new(),
+            plans: Vec::new(),
+            phase: Phase::Idle,
+            tally: Tally::default(),
+            origins: Vec::new(),
+            degraded: Degraded::new(),
+            batch: 0,
+        };
+        let version = p.settings.policy.version.clone();
+        if last_policy.as_deref() != Some(version.as_str()) {
+            if let Some(previous) = &last_policy {
+                // A new policy may decide very differently: ramp the caps up instead of trusting it.
+                warn!(previous = %previous, current = %version, "Policy version changed; ramping the breaker caps up.");
+                p.engine.breaker_mut().start_policy_ramp(wall_ms());
+            }
+            p.record_policy_version()?;
+        }
+        Ok(p)
     }
-    let mut restore_until: HashMap<(usize, i32), i64> = HashMap::new();
-    let mut tally = Tally::default();
-    let mut batch = 0usize;
-    let mut deadline = Instant::now() + settings.commit_interval;
-    let mut next_tick = Instant::now();
-    let mut next_lag = Instant::now();
-    let mut result = Ok(());
 
-    'outer: while !shutdown.load(Ordering::SeqCst) {
-        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-        let polled = consumer.poll(wait);
-        if shared.rebalanced.swap(false, Ordering::SeqCst) {
-            // Eager rebalance: everything was revoked (and committed) or freshly assigned.
-            engine.reset_state();
-            restore_until = shared.restore_until.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            batch = 0;
-            let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-            status.assigned_partitions.store(n, Ordering::SeqCst);
-            // This instance's share of the fleet-wide caps follows its share of the partitions.
-            engine.breaker_mut().set_share(n as f64 / total_partitions.max(1) as f64);
-            status.ready.store(false, Ordering::SeqCst);
-            metrics.ready.set(0);
+    /// Records the running policy version in the control topic (its own small transaction).
+    fn record_policy_version(&mut self) -> Result<(), PipelineError> {
+        use super::control::{PolicyVersionRecord, POLICY_VERSION_KEY};
+        let rec = PolicyVersionRecord {
+            version: self.settings.policy.version.clone(),
+            at_ms: wall_ms(),
+            instance: self.settings.transactional_id.clone(),
+        };
+        let payload = serde_json::to_vec(&rec).unwrap_or_default();
+        let fatal = |e: TxnError| PipelineError::Startup(format!("cannot record the policy version: {e}"));
+        let mut w = lock(&self.shared.writer);
+        let record = BaseRecord::with_opaque_to(&self.settings.topics.control, NO_TAG)
+            .key(POLICY_VERSION_KEY.as_bytes())
+            .payload(&payload[..]);
+        if let Err(e) = w.send(record).and_then(|()| w.commit(None)) {
+            let _ = w.abort(&mut || {});
+            return Err(fatal(e));
         }
-        if let Some(e) = shared.callback_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            if let Err(e) = handle_txn_error(e, &shared, &consumer, &mut engine, &mut restore_until) {
-                result = Err(e);
-                break 'outer;
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        shutdown: &AtomicBool,
+        commands: &std::sync::mpsc::Receiver<AdminCommand>,
+    ) -> Result<(), PipelineError> {
+        let commit_interval = self.settings.commit_interval;
+        let mut deadline = Instant::now() + commit_interval;
+        let mut next_tick = Instant::now();
+        while !shutdown.load(Ordering::SeqCst) {
+            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let consumer = self.consumer.clone();
+            let polled = consumer.poll(wait);
+            // A message polled together with a rebalance belongs to the old assignment: it is
+            // fetched again from the committed offsets.
+            let rebalanced = self.on_rebalance_events()?;
+            match polled {
+                Some(Ok(m)) if !rebalanced => self.on_message(&m)?,
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    return Err(PipelineError::Fatal(format!("the consumer failed: {code}")));
+                }
+                Some(Err(e)) => warn!(error = %e, "Consumer error."),
+                None => {}
             }
-        }
-        while let Ok(cmd) = commands.try_recv() {
-            if let Err(e) = admin_command(cmd, &shared, &consumer, &mut engine, &settings) {
-                result = Err(e);
-                break 'outer;
-            }
-        }
-        match polled {
-            Some(Ok(m)) => {
-                let Some(topic) = shared.inputs.iter().position(|t| t == m.topic()) else { continue };
-                let (partition, offset) = (m.partition(), m.offset());
-                let payload = m.payload().unwrap_or(&[]);
-                let now = wall_ms();
-                if let Some(&until) = restore_until.get(&(topic, partition)) {
-                    if offset < until {
-                        let at = m.timestamp().to_millis().unwrap_or(now);
-                        engine.restore(payload, partition as u32, now, at);
-                        continue;
-                    }
-                    restore_until.remove(&(topic, partition));
-                }
-                if let Err(e) = begin_if_needed(&shared) {
-                    result = Err(e);
-                    break 'outer;
-                }
-                let processed = engine.process(payload, partition as u32, now);
-                let outcome = &processed.outcome;
-                *tally.outcomes.entry((outcome.kind().as_str(), outcome.reason())).or_default() += 1;
-                match processed.cell {
-                    Some(c) => {
-                        let c = c as usize;
-                        if tally.consumed_by_cell.len() <= c {
-                            tally.consumed_by_cell.resize(c + 1, 0);
-                        }
-                        tally.consumed_by_cell[c] += 1;
-                    }
-                    None => tally.consumed_invalid += 1,
-                }
-                count_status(&status, outcome, &metrics, now);
-                let origin = Origin { topic: m.topic(), partition, offset, key: m.key(), payload };
-                if let Some(rec) = record_for(outcome, &origin, &settings.topics, policy.mode) {
-                    if let Outcome::Notice(d) = outcome {
-                        shared.txn.lock().unwrap_or_else(|p| p.into_inner()).notice_event_ms.push(d.event_ms);
-                    }
-                    let mut record =
-                        BaseRecord::to(rec.topic).key(&rec.key[..]).payload(&rec.payload[..]).headers(rec.headers);
-                    loop {
-                        match shared.producer.send(record) {
-                            Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                                record = r;
-                                shared.producer.poll(Duration::from_millis(5));
-                            }
-                            Err((e, _)) => {
-                                // The transaction cannot be committed without this record.
-                                warn!(error = %e, "Producing an output record failed; aborting the transaction.");
-                                if let Err(e) = handle_txn_error(
-                                    TxnError::Abortable(e.to_string()),
-                                    &shared,
-                                    &consumer,
-                                    &mut engine,
-                                    &mut restore_until,
-                                ) {
-                                    result = Err(e);
-                                    break 'outer;
-                                }
-                                continue 'outer;
-                            }
-                        }
-                    }
-                }
-                shared.txn.lock().unwrap_or_else(|p| p.into_inner()).offsets.insert((topic, partition), offset + 1);
-                batch += 1;
-                if batch % 1024 == 0 {
-                    shared.producer.poll(Duration::ZERO);
+            if !matches!(self.phase, Phase::Restoring(_)) {
+                // Admin actions run between transactions, never inside the pipeline's own.
+                while let Ok(cmd) = commands.try_recv() {
+                    self.commit()?;
+                    let mut w = lock(&self.shared.writer);
+                    admin::execute(cmd, &mut w, &mut self.engine, &self.settings, wall_ms())?;
                 }
             }
-            Some(Err(e)) => {
-                if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
-                    result = Err(PipelineError::Fatal(e.to_string()));
+            let now = Instant::now();
+            if now >= deadline || self.batch >= self.settings.max_batch {
+                self.commit()?;
+                deadline = Instant::now() + commit_interval;
+            }
+            if now >= next_tick {
+                next_tick = now + Duration::from_millis(100);
+                self.tick()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on what the rebalance callback saw; `true` if it saw anything.
+    fn on_rebalance_events(&mut self) -> Result<bool, PipelineError> {
+        let events = std::mem::take(&mut *lock(&self.shared.events));
+        let any = !events.is_empty();
+        for e in events {
+            match e {
+                RebalanceEvent::Revoked { committed } => {
+                    self.metrics.rebalances.inc();
+                    if committed {
+                        self.after_commit();
+                    } else {
+                        self.after_abort();
+                    }
+                    self.owned.clear();
+                    self.plans.clear();
+                    self.phase = Phase::Idle;
+                    self.set_ready(false);
+                    self.status.assigned_partitions.store(0, Ordering::SeqCst);
+                }
+                RebalanceEvent::Assigned(parts) => {
+                    self.owned = parts;
+                    self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
+                    self.restore_all()?;
+                }
+                RebalanceEvent::Fatal(e) => return Err(e.into()),
+            }
+        }
+        Ok(any)
+    }
+
+    /// Plans and starts the restore of every owned partition, from a clean engine.
+    fn restore_all(&mut self) -> Result<(), PipelineError> {
+        self.set_ready(false);
+        let share = self.owned.len() as f64 / self.total_partitions.max(1) as f64;
+        self.engine.begin_restore(share);
+        if self.owned.is_empty() {
+            self.phase = Phase::Idle;
+            return Ok(());
+        }
+        let plans = restore::plan(
+            &*self.consumer,
+            &self.shared.inputs,
+            &self.owned,
+            self.lookback_ms,
+            wall_ms(),
+            self.plan_budget,
+        )
+        .map_err(|e| PipelineError::Fatal(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut until = HashMap::new();
+        for p in &plans {
+            let topic = &self.shared.inputs[p.topic];
+            if p.gap > 0 {
+                self.metrics.input_gap_records.with_label_values(&[topic]).inc_by(p.gap as u64);
+            }
+            if p.reset {
+                self.metrics.input_offset_resets.with_label_values(&[topic]).inc();
+            }
+            if p.start < p.until {
+                let _ = tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.start));
+                until.insert((p.topic, p.partition), p.until);
+            }
+        }
+        self.plans = plans;
+        self.metrics.restores.inc();
+        info!(partitions = self.plans.len(), restoring = until.len(), "Restoring state.");
+        if until.is_empty() {
+            return self.go_live();
+        }
+        self.consumer.assign(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign for restore: {e}")))?;
+        self.phase = Phase::Restoring(until);
+        Ok(())
+    }
+
+    /// Every owned partition is restored: fetch each from its first live offset.
+    fn go_live(&mut self) -> Result<(), PipelineError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.plans {
+            let _ = tpl.add_partition_offset(&self.shared.inputs[p.topic], p.partition, Offset::Offset(p.until));
+        }
+        self.consumer.assign(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign partitions: {e}")))?;
+        // Partitions paused when their restore ended fetch again.
+        let _ = self.consumer.resume(&tpl);
+        self.engine.finish_restore(wall_ms());
+        self.phase = Phase::Live;
+        info!(partitions = self.plans.len(), "State restored; deciding live.");
+        Ok(())
+    }
+
+    fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let Some(topic) = self.shared.topic_index(m.topic()) else { return Ok(()) };
+        let (partition, offset) = (m.partition(), m.offset());
+        match &mut self.phase {
+            Phase::Idle => Ok(()),
+            Phase::Restoring(until) => {
+                let Some(&end) = until.get(&(topic, partition)) else { return Ok(()) };
+                if offset < end {
+                    let now = wall_ms();
+                    let at = m.timestamp().to_millis().unwrap_or(now);
+                    self.engine.restore(m.payload().unwrap_or(&[]), partition as u32, now, at);
+                }
+                if offset + 1 >= end {
+                    self.restored(topic, partition)?;
+                }
+                Ok(())
+            }
+            Phase::Live => self.process(m, topic),
+        }
+    }
+
+    /// A partition reached its first live offset; the last one to get there starts live decisions.
+    fn restored(&mut self, topic: usize, partition: i32) -> Result<(), PipelineError> {
+        let Phase::Restoring(until) = &mut self.phase else { return Ok(()) };
+        if until.remove(&(topic, partition)).is_some() {
+            // Fetch nothing more from it until every partition is restored.
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.shared.inputs[topic], partition);
+            let _ = self.consumer.pause(&tpl);
+        }
+        if until.is_empty() {
+            self.go_live()?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, m: &BorrowedMessage<'_>, topic: usize) -> Result<(), PipelineError> {
+        let (partition, offset) = (m.partition(), m.offset());
+        let payload = m.payload().unwrap_or(&[]);
+        let now = wall_ms();
+        let processed = self.engine.process(payload, partition as u32, now);
+        let outcome = &processed.outcome;
+        self.tally.add(outcome, processed.cell, now, &self.engine);
+        let origin = Origin { topic: m.topic(), partition, offset, key: m.key(), payload };
+        let coord = (topic, partition, offset);
+        let mut level = self.degraded.get(&coord).copied().unwrap_or(0);
+        loop {
+            let max = if level == 0 { self.dlq_payload_max } else { 0 };
+            let Some(rec) = record_for(outcome, &origin, &self.settings.topics, self.engine.policy().mode, max) else {
+                break;
+            };
+            if origin.payload.len() > max && rec.topic == self.settings.topics.dlq {
+                self.tally.truncated += 1;
+            }
+            let tag: Tag = self.origins.len();
+            let record = BaseRecord::with_opaque_to(rec.topic, tag)
+                .key(&rec.key[..])
+                .payload(&rec.payload[..])
+                .headers(rec.headers);
+            let sent = lock(&self.shared.writer).send(record);
+            match sent {
+                Ok(()) => {
+                    self.origins.push(coord);
                     break;
                 }
-                warn!(error = %e, "Consumer error.");
-            }
-            None => {}
-        }
-        let now_i = Instant::now();
-        if now_i >= deadline || batch >= settings.max_batch {
-            if batch > 0 {
-                match commit(&shared, &consumer) {
-                    Ok(()) => {
-                        status.commits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if let Err(e) = handle_txn_error(e, &shared, &consumer, &mut engine, &mut restore_until) {
-                            result = Err(e);
-                            break;
-                        }
-                    }
+                // Refused before it was queued: write less of it at once, or stop.
+                Err(TxnError::Poison { topic: t, code, .. }) => {
+                    level = self.degrade(coord, &t, code)?;
                 }
+                Err(e) => return self.on_txn_error(e),
             }
-            batch = 0;
-            deadline = Instant::now() + settings.commit_interval;
         }
-        if now_i >= next_tick {
-            next_tick = now_i + Duration::from_millis(100);
-            read_control(&control, &mut engine, &settings, false, &mut None);
-            if !restore_until.is_empty() {
-                // A partition is restored once its position reached the committed offset.
-                if let Ok(pos) = consumer.position() {
-                    for e in pos.elements() {
-                        let Some(t) = shared.inputs.iter().position(|x| x == e.topic()) else { continue };
-                        if let (Offset::Offset(p), Some(&until)) = (e.offset(), restore_until.get(&(t, e.partition())))
-                        {
-                            if p >= until {
-                                restore_until.remove(&(t, e.partition()));
-                            }
-                        }
-                    }
-                }
+        lock(&self.shared.offsets).insert((topic, partition), offset + 1);
+        self.batch += 1;
+        if self.batch % 1024 == 0 {
+            lock(&self.shared.writer).poll();
+        }
+        Ok(())
+    }
+
+    /// An output for input `coord` can never be produced as it is. A DLQ record is written
+    /// again without its payload (level 1); anything else, or a second refusal, stops the
+    /// process: retrying the same bytes forever would stall every partition behind it.
+    fn degrade(
+        &mut self,
+        coord: (usize, i32, i64),
+        topic: &str,
+        code: rdkafka::error::RDKafkaErrorCode,
+    ) -> Result<u8, PipelineError> {
+        let level = self.degraded.entry(coord).or_insert(0);
+        if topic != self.settings.topics.dlq || *level >= 1 {
+            error!(topic, input_partition = coord.1, input_offset = coord.2, code = %code,
+                "An output record can never be produced; stopping.");
+            return Err(PipelineError::Fatal(format!(
+                "the output for input {}[{}] offset {} cannot be written to {topic}: {code} (check the topic's max.message.bytes and the producer's message.max.bytes)",
+                self.shared.inputs[coord.0], coord.1, coord.2
+            )));
+        }
+        *level = 1;
+        warn!(topic, input_partition = coord.1, input_offset = coord.2, code = %code,
+            "A DLQ record was refused; writing it without its payload.");
+        Ok(1)
+    }
+
+    fn on_txn_error(&mut self, e: TxnError) -> Result<(), PipelineError> {
+        match e {
+            TxnError::Fatal { .. } => {
+                error!(error = %e, "Fatal transaction error.");
+                Err(e.into())
             }
-            tick(&mut engine, &metrics, &status, &mut tally, restore_until.is_empty());
-        }
-        if now_i >= next_lag {
-            next_lag = now_i + Duration::from_secs(5);
-            report_lag(&consumer, &metrics, shared.timeout.min(Duration::from_secs(2)));
+            TxnError::Poison { tag, ref topic, code } => {
+                let Some(&coord) = self.origins.get(tag) else {
+                    return Err(PipelineError::Fatal(format!("an output record can never be produced: {e}")));
+                };
+                self.degrade(coord, &topic.clone(), code)?;
+                self.recover(&e)
+            }
+            TxnError::Abort { .. } => self.recover(&e),
         }
     }
 
-    // Drain: finish the open transaction, then leave the group.
-    let drain = shutdown.load(Ordering::SeqCst);
-    if result.is_ok() {
-        if let Err(e) = commit(&shared, &consumer) {
-            warn!(error = ?e, "Final commit failed; aborting the open transaction.");
-            let _ = abort(&shared);
+    /// The one way back from an aborted transaction: abort, drop the state its inputs built,
+    /// rewind every partition to its committed offset, and restore.
+    fn recover(&mut self, why: &TxnError) -> Result<(), PipelineError> {
+        warn!(error = %why, "Transaction aborted; rewinding to the committed offsets and restoring.");
+        {
+            let consumer = &self.consumer;
+            let mut w = lock(&self.shared.writer);
+            // While Kafka is away, keep serving the consumer (group membership, callbacks);
+            // what it delivers meanwhile is fetched again after the rewind.
+            w.abort(&mut || {
+                let _ = consumer.poll(Duration::from_millis(100));
+            })?;
         }
-    } else {
-        let _ = abort(&shared);
+        lock(&self.shared.offsets).clear();
+        self.after_abort();
+        self.on_rebalance_events()?;
+        if !self.owned.is_empty() {
+            self.restore_all()?;
+        }
+        Ok(())
     }
-    tick(&mut engine, &metrics, &status, &mut tally, false);
-    shared.leaving.store(true, Ordering::SeqCst);
-    consumer.unsubscribe();
-    // Serve the revoke callback so the member leaves the group cleanly.
-    let leave_by = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < leave_by && consumer.assignment().map(|a| a.count()).unwrap_or(0) > 0 {
-        let _ = consumer.poll(Duration::from_millis(50));
+
+    fn after_commit(&mut self) {
+        self.tally.publish(&self.metrics, &self.status, &self.engine);
+        self.origins.clear();
+        self.batch = 0;
+        self.metrics.transactions.with_label_values(&["commit"]).inc();
+        self.status.commits.fetch_add(1, Ordering::Relaxed);
     }
-    if drain {
-        info!("Pipeline drained.");
+
+    fn after_abort(&mut self) {
+        self.tally.clear();
+        self.origins.clear();
+        self.batch = 0;
+        self.metrics.transactions.with_label_values(&["abort"]).inc();
     }
-    result
+
+    /// Commits the open transaction; an error goes through `on_txn_error`.
+    fn commit(&mut self) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let result = {
+            let mut w = lock(&self.shared.writer);
+            if !w.is_open() {
+                return Ok(());
+            }
+            self.shared.commit(&mut w, &self.consumer)
+        };
+        match result {
+            Ok(()) => {
+                self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
+                self.after_commit();
+                Ok(())
+            }
+            Err(e) => self.on_txn_error(e),
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.status.ready.store(ready, Ordering::SeqCst);
+        self.metrics.ready.set(i64::from(ready));
+    }
+
+    /// Timer work every 100 ms: restore progress, control records, engine expiry, breaker
+    /// transitions (logged once each), gauges.
+    fn tick(&mut self) -> Result<(), PipelineError> {
+        let now = wall_ms();
+        if let Phase::Restoring(until) = &self.phase {
+            // A partition whose last records are transaction markers never delivers the offset
+            // its restore ends at: its position says it is done.
+            let mut done = Vec::new();
+            if let Ok(pos) = self.consumer.position() {
+                for e in pos.elements() {
+                    let Some(t) = self.shared.topic_index(e.topic()) else { continue };
+                    if let (Offset::Offset(p), Some(&end)) = (e.offset(), until.get(&(t, e.partition()))) {
+                        if p >= end {
+                            done.push((t, e.partition()));
+                        }
+                    }
+                }
+            }
+            for (t, p) in done {
+                self.restored(t, p)?;
+            }
+            return Ok(());
+        }
+        self.control.read_new(&mut self.engine, now);
+        self.engine.tick(now);
+        let m = &self.metrics;
+        for t in self.engine.drain_transitions() {
+            warn!(cell = %t.cell, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(),
+                decisions_this_minute = t.decisions_this_minute, threshold = t.threshold, "Breaker cell changed state.");
+            if matches!(t.to, CellState::Open | CellState::ForcedOpen) {
+                m.breaker_trips.with_label_values(&[&t.cell, t.cause.as_str()]).inc();
+            }
+        }
+        let snap = self.engine.breaker().snapshot();
+        for c in &snap {
+            for st in CellState::ALL {
+                m.breaker_state.with_label_values(&[&c.cell, st.as_str()]).set(i64::from(c.state == st));
+            }
+            m.cell_decision_rate.with_label_values(&[&c.cell]).set(f64::from(c.decisions_this_minute));
+            m.cell_baseline.with_label_values(&[&c.cell]).set(c.baseline_per_minute);
+        }
+        let b = self.engine.breaker();
+        m.budget_remaining.set(i64::from(b.global_remaining()));
+        m.cap_factor.set(b.share() * b.ramp_factor());
+        m.tracked_accounts.set(self.engine.tracked_accounts() as i64);
+        if now % 5_000 < 100 {
+            m.state_bytes.set(self.engine.state_bytes() as i64);
+        }
+        if let Some(wm) = self.engine.min_watermark() {
+            m.watermark_lag_seconds.set((now - wm).max(0) as f64 / 1000.0);
+        }
+        self.report_lag();
+        self.set_ready(matches!(self.phase, Phase::Live));
+        *lock(&self.status.breaker) = snap;
+        Ok(())
+    }
+
+    /// Lag gauges of owned partitions from the latest statistics; series of partitions this
+    /// instance no longer owns are removed.
+    fn report_lag(&self) {
+        let lag = lock(&self.shared.lag);
+        for &(t, p) in &self.owned {
+            if let Some(&l) = lag.get(&(t, p)) {
+                self.metrics.consumer_lag.with_label_values(&[&self.shared.inputs[t], &p.to_string()]).set(l);
+            }
+        }
+        for (t, topic) in self.shared.inputs.iter().enumerate() {
+            for p in 0..self.total_partitions as i32 {
+                if !self.owned.contains(&(t, p)) {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &p.to_string()]);
+                }
+            }
+        }
+    }
+
+    /// Drain: finish the open transaction, then leave the group.
+    fn drain(mut self, result: Result<(), PipelineError>, shutdown: bool) -> Result<(), PipelineError> {
+        let result = match result {
+            Ok(()) => self.commit().map(|()| ()),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = lock(&self.shared.writer).abort(&mut || {});
+        }
+        self.shared.leaving.store(true, Ordering::SeqCst);
+        self.consumer.unsubscribe();
+        // Serve the revoke callback so the member leaves the group cleanly.
+        let leave_by = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < leave_by && lock(&self.shared.events).is_empty() {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+        }
+        self.set_ready(false);
+        if shutdown && result.is_ok() {
+            info!("Pipeline drained.");
+        }
+        result
+    }
 }
 
 /// Partitions of the input topics, for this instance's share of the fleet's caps.
@@ -546,362 +915,4 @@ fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<usize,
         total += n;
     }
     Ok(total)
-}
-
-/// A reader of the whole control topic (no group: every instance reads everything).
-fn control_reader(s: &Settings) -> Result<BaseConsumer, PipelineError> {
-    let mut cfg = rdkafka::ClientConfig::new();
-    for (k, v) in &s.kafka {
-        cfg.set(k, v);
-    }
-    cfg.set("group.id", format!("{}-control-reader", s.group_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false");
-    let c: BaseConsumer =
-        cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
-    let md = c
-        .fetch_metadata(Some(&s.topics.control), Duration::from_secs(10))
-        .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", s.topics.control)))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let _ = tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning);
-        }
-    }
-    c.assign(&tpl).map_err(|e| PipelineError::Startup(format!("cannot assign the control topic: {e}")))?;
-    Ok(c)
-}
-
-/// Applies control records. At startup (`to_end`) reads up to the end of the topic; afterwards
-/// takes what arrived. Records of this instance were applied when they were made.
-fn read_control(
-    c: &BaseConsumer,
-    engine: &mut Engine,
-    s: &Settings,
-    to_end: bool,
-    last_policy: &mut Option<String>,
-) -> usize {
-    use super::control::{parse, Control};
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    if to_end {
-        if let Ok(a) = c.assignment() {
-            for e in a.elements() {
-                if let Ok((_, high)) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)) {
-                    ends.insert(e.partition(), high);
-                }
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut applied = 0;
-    loop {
-        let reached = ends.is_empty()
-            || c.position().is_ok_and(|pos| {
-                pos.elements().iter().all(|e| match (e.offset(), ends.get(&e.partition())) {
-                    (Offset::Offset(o), Some(&h)) => o >= h,
-                    (_, Some(&h)) => h == 0,
-                    _ => true,
-                })
-            });
-        if to_end && reached {
-            break;
-        }
-        let timeout = if to_end { Duration::from_millis(100) } else { Duration::ZERO };
-        let Some(msg) = c.poll(timeout) else {
-            if !to_end || Instant::now() > deadline {
-                break;
-            }
-            continue;
-        };
-        let Ok(m) = msg else { continue };
-        let now = wall_ms();
-        match parse(m.key().unwrap_or(&[]), m.payload()) {
-            Some(Control::Override(o)) if to_end || o.instance != s.transactional_id => {
-                let b = engine.breaker_mut();
-                let r = if o.until_ms <= o.at_ms {
-                    b.clear_override(&o.cell, &o.actor, &o.reason, now).map(|_| ())
-                } else {
-                    b.apply_override(&o.cell, o.open, o.until_ms, &o.actor, &o.reason, now)
-                };
-                if let Err(e) = r {
-                    warn!(cell = %o.cell, error = %e, "Control record not applied.");
-                }
-                applied += 1;
-            }
-            Some(Control::Allow(a)) if to_end || a.instance != s.transactional_id => {
-                match a.expires_ms {
-                    Some(until) => engine.allow_account(&a.account_id, until),
-                    None => {
-                        engine.disallow_account(&a.account_id);
-                    }
-                }
-                applied += 1;
-            }
-            Some(Control::PolicyVersion(v)) => *last_policy = Some(v.version),
-            Some(_) => {}
-            None => warn!(offset = m.offset(), "Malformed control record skipped."),
-        }
-    }
-    applied
-}
-
-/// Records the running policy version in the control topic (its own small transaction).
-fn record_policy_version(s: &Shared, settings: &Settings) -> Result<(), PipelineError> {
-    use super::control::{PolicyVersionRecord, POLICY_VERSION_KEY};
-    let rec = PolicyVersionRecord {
-        version: settings.policy.version.clone(),
-        at_ms: wall_ms(),
-        instance: settings.transactional_id.clone(),
-    };
-    let payload = serde_json::to_vec(&rec).unwrap_or_default();
-    let fatal = |e: KafkaError| PipelineError::Startup(format!("cannot record the policy version: {e}"));
-    s.producer.begin_transaction().map_err(fatal)?;
-    s.producer
-        .send(BaseRecord::to(&settings.topics.control).key(POLICY_VERSION_KEY).payload(&payload[..]))
-        .map_err(|(e, _)| fatal(e))?;
-    s.producer.commit_transaction(s.timeout).map_err(fatal)
-}
-
-/// Applies one admin command, writes its control and audit records and commits them.
-fn admin_command(
-    cmd: AdminCommand,
-    s: &Shared,
-    consumer: &BaseConsumer<Ctx>,
-    engine: &mut Engine,
-    settings: &Settings,
-) -> Result<(), PipelineError> {
-    use super::control::{allow_key, override_key, AllowRecord, AuditRecord, OverrideRecord};
-    let now = wall_ms();
-    let instance = settings.transactional_id.clone();
-    // Each command yields: its answer, its control record, and what the audit record says.
-    let (result, control, actor, reason, action, scope, reply) = match cmd {
-        AdminCommand::Breaker { cell, action, actor, reason, reply } => {
-            let b = engine.breaker_mut();
-            let (r, open, until, verb) = match action {
-                BreakerAction::Open { ttl } => (
-                    b.force(&cell, true, ttl, &actor, &reason, now).map(Some),
-                    true,
-                    now + ttl.as_millis() as i64,
-                    "open",
-                ),
-                BreakerAction::Close { ttl } => (
-                    b.force(&cell, false, ttl, &actor, &reason, now).map(Some),
-                    false,
-                    now + ttl.as_millis() as i64,
-                    "close",
-                ),
-                BreakerAction::Clear => (b.clear_override(&cell, &actor, &reason, now), false, now, "clear"),
-            };
-            let rec = OverrideRecord {
-                cell: cell.clone(),
-                open,
-                until_ms: until,
-                at_ms: now,
-                actor: actor.clone(),
-                reason: reason.clone(),
-                instance: instance.clone(),
-            };
-            (
-                r.map(|t| serde_json::to_value(t).unwrap_or_default()),
-                (override_key(&cell), serde_json::to_vec(&rec).unwrap_or_default()),
-                actor,
-                reason,
-                format!("breaker_{verb}"),
-                serde_json::json!({ "cell": cell, "until_ms": until }),
-                reply,
-            )
-        }
-        AdminCommand::Allow { account_id, expires_ms, actor, reason, reply } => {
-            match expires_ms {
-                Some(until) => engine.allow_account(&account_id, until),
-                None => {
-                    engine.disallow_account(&account_id);
-                }
-            }
-            let rec = AllowRecord {
-                account_id: account_id.clone(),
-                expires_ms,
-                at_ms: now,
-                actor: actor.clone(),
-                reason: reason.clone(),
-                instance: instance.clone(),
-            };
-            (
-                Ok(serde_json::json!({ "applied": true })),
-                (allow_key(&account_id), serde_json::to_vec(&rec).unwrap_or_default()),
-                actor,
-                reason,
-                if expires_ms.is_some() { "allow_list_add".to_string() } else { "allow_list_remove".to_string() },
-                serde_json::json!({ "account_id": account_id, "expires_ms": expires_ms }),
-                reply,
-            )
-        }
-    };
-    let audit = AuditRecord { at: crate::core::event::format_rfc3339_ms(now), actor, reason, action, scope, instance };
-    if let Err(e) = result {
-        let _ = reply.send(Err(e));
-        return Ok(());
-    }
-    begin_if_needed(s)?;
-    let audit_bytes = serde_json::to_vec(&audit).unwrap_or_default();
-    let sends = [
-        (settings.topics.control.as_str(), control.0.as_bytes().to_vec(), control.1),
-        (settings.topics.audit.as_str(), audit.actor.as_bytes().to_vec(), audit_bytes),
-    ];
-    for (topic, key, payload) in &sends {
-        if let Err((e, _)) = s.producer.send(BaseRecord::to(topic).key(&key[..]).payload(&payload[..])) {
-            let _ = reply.send(Err(format!("could not record the action: {e}")));
-            return abort(s).map_err(PipelineError::Fatal);
-        }
-    }
-    match commit(s, consumer) {
-        Ok(()) => {
-            info!(action = %audit.action, "Manual action applied and recorded.");
-            let _ = reply.send(result);
-            Ok(())
-        }
-        Err(TxnError::Abortable(m)) => {
-            let _ = reply.send(Err(format!("could not record the action: {m}")));
-            abort(s).map_err(PipelineError::Fatal)
-        }
-        Err(TxnError::Fatal(m)) => {
-            let _ = reply.send(Err(m.clone()));
-            Err(PipelineError::Fatal(m))
-        }
-    }
-}
-
-fn begin_if_needed(s: &Shared) -> Result<(), PipelineError> {
-    let mut txn = s.txn.lock().unwrap_or_else(|p| p.into_inner());
-    if !txn.open {
-        s.producer.begin_transaction().map_err(|e| PipelineError::Fatal(format!("begin_transaction: {e}")))?;
-        txn.open = true;
-    }
-    Ok(())
-}
-
-/// Abortable: abort, drop state, and restore every assigned partition up to its committed
-/// offset, then go on. Fatal: stop.
-fn handle_txn_error(
-    e: TxnError,
-    s: &Shared,
-    consumer: &BaseConsumer<Ctx>,
-    engine: &mut Engine,
-    restore_until: &mut HashMap<(usize, i32), i64>,
-) -> Result<(), PipelineError> {
-    match e {
-        TxnError::Fatal(m) => {
-            error!(error = %m, "Fatal transaction error.");
-            Err(PipelineError::Fatal(m))
-        }
-        TxnError::Abortable(m) => {
-            warn!(error = %m, "Transaction aborted; rewinding to the committed offsets.");
-            abort(s).map_err(PipelineError::Fatal)?;
-            engine.reset_state();
-            let assignment = consumer.assignment().map_err(|e| PipelineError::Fatal(e.to_string()))?;
-            restore_until.clear();
-            for p in plan_restore(consumer, &assignment, s) {
-                consumer
-                    .seek(&s.inputs[p.topic], p.partition, Offset::Offset(p.start), s.timeout)
-                    .map_err(|e| PipelineError::Fatal(format!("seek after abort failed: {e}")))?;
-                if p.start < p.until {
-                    restore_until.insert((p.topic, p.partition), p.until);
-                }
-            }
-            Ok(())
-        }
-    }
-}
-
-fn count_status(status: &Status, outcome: &Outcome, metrics: &Metrics, now: i64) {
-    status.consumed.fetch_add(1, Ordering::Relaxed);
-    match outcome {
-        Outcome::Notice(d) => {
-            status.notices.fetch_add(1, Ordering::Relaxed);
-            metrics.event_to_decision.observe((now - d.event_ms).max(0) as f64 / 1000.0);
-        }
-        Outcome::Held(d, h) => {
-            status.held.fetch_add(1, Ordering::Relaxed);
-            metrics.notices_held.with_label_values(&[h.cell.as_str(), h.reason.as_str()]).inc();
-            metrics.event_to_decision.observe((now - d.event_ms).max(0) as f64 / 1000.0);
-        }
-        Outcome::NoAction(_) => {
-            status.no_action.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {
-            status.dlq.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Timer work every 100 ms: engine expiry, breaker transitions (logged once each), gauges.
-fn tick(engine: &mut Engine, m: &Metrics, status: &Status, tally: &mut Tally, restored: bool) {
-    let now = wall_ms();
-    engine.tick(now);
-    for t in engine.drain_transitions() {
-        warn!(cell = %t.cell, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(),
-            decisions_this_minute = t.decisions_this_minute, threshold = t.threshold, "Breaker cell changed state.");
-        if matches!(t.to, CellState::Open | CellState::ForcedOpen) {
-            m.breaker_trips.with_label_values(&[&t.cell, t.cause.as_str()]).inc();
-        }
-    }
-    for ((kind, reason), n) in tally.outcomes.drain() {
-        m.outcomes.with_label_values(&[kind, reason]).inc_by(n);
-        match kind {
-            "rejected" => m.events_rejected.with_label_values(&[reason]).inc_by(n),
-            "late" => m.events_late.inc_by(n),
-            "duplicate" => m.events_duplicate.inc_by(n),
-            "notice" if engine.policy().mode == crate::core::policy::Mode::Shadow => m.notices_would_send.inc_by(n),
-            "notice" => m.notices_sent.inc_by(n),
-            "held" => {}
-            _ => {}
-        }
-        if matches!(kind, "rejected" | "late" | "duplicate") {
-            let label = if kind == "rejected" { reason } else { kind };
-            m.dlq_records.with_label_values(&[label]).inc_by(n);
-        }
-    }
-    if tally.consumed_invalid > 0 {
-        m.events_consumed.with_label_values(&["_invalid"]).inc_by(tally.consumed_invalid);
-        tally.consumed_invalid = 0;
-    }
-    for (cell, n) in tally.consumed_by_cell.iter_mut().enumerate() {
-        if *n > 0 {
-            m.events_consumed.with_label_values(&[engine.breaker().cell_name(cell as u8)]).inc_by(*n);
-            *n = 0;
-        }
-    }
-    let snap = engine.breaker().snapshot();
-    for c in &snap {
-        for st in CellState::ALL {
-            m.breaker_state.with_label_values(&[&c.cell, st.as_str()]).set(i64::from(c.state == st));
-        }
-        m.cell_decision_rate.with_label_values(&[&c.cell]).set(f64::from(c.decisions_this_minute));
-        m.cell_baseline.with_label_values(&[&c.cell]).set(c.baseline_per_minute);
-    }
-    m.budget_remaining.set(i64::from(engine.breaker().global_remaining()));
-    m.cap_factor.set(engine.breaker().share() * engine.breaker().ramp_factor());
-    m.tracked_accounts.set(engine.tracked_accounts() as i64);
-    if now % 5_000 < 100 {
-        m.state_bytes.set(engine.state_bytes() as i64);
-    }
-    if let Some(wm) = engine.min_watermark() {
-        m.watermark_lag_seconds.set((now - wm).max(0) as f64 / 1000.0);
-    }
-    let ready = restored && status.assigned_partitions.load(Ordering::SeqCst) > 0;
-    status.ready.store(ready, Ordering::SeqCst);
-    m.ready.set(i64::from(ready));
-    *status.breaker.lock().unwrap_or_else(|p| p.into_inner()) = snap;
-}
-
-fn report_lag(consumer: &BaseConsumer<Ctx>, m: &Metrics, timeout: Duration) {
-    let Ok(pos) = consumer.position() else { return };
-    for e in pos.elements() {
-        if let (Offset::Offset(p), Ok((_, high))) =
-            (e.offset(), consumer.fetch_watermarks(e.topic(), e.partition(), timeout))
-        {
-            m.consumer_lag.with_label_values(&[e.topic(), &e.partition().to_string()]).set((high - p).max(0));
-        }
-    }
 }

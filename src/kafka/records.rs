@@ -27,12 +27,20 @@ fn h(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
     headers.insert(Header { key, value: Some(value.as_bytes()) })
 }
 
-/// The record an outcome produces, if any (no-action outcomes produce none).
+/// Bytes a DLQ record needs beyond its key and payload (headers, record and batch framing),
+/// with room to spare: the rejection detail is the longest header and stays under 300 bytes.
+pub const DLQ_RECORD_OVERHEAD: usize = 1024;
+
+/// The record an outcome produces, if any (no-action outcomes produce none). A DLQ record whose
+/// original payload is longer than `dlq_payload_max` carries only its first `dlq_payload_max`
+/// bytes, with the headers `truncated: true` and `original_bytes` (the input's coordinates in
+/// the headers find the whole of it while the input topic retains it).
 pub fn record_for<'a>(
     outcome: &Outcome,
     origin: &Origin<'a>,
     topics: &'a TopicsFile,
     mode: Mode,
+    dlq_payload_max: usize,
 ) -> Option<OutRecord<'a>> {
     match outcome {
         Outcome::NoAction(_) => None,
@@ -71,10 +79,16 @@ pub fn record_for<'a>(
             headers = h(headers, "source_topic", origin.topic);
             headers = h(headers, "source_partition", &origin.partition.to_string());
             headers = h(headers, "source_offset", &origin.offset.to_string());
+            let mut payload = origin.payload;
+            if payload.len() > dlq_payload_max {
+                headers = h(headers, "truncated", "true");
+                headers = h(headers, "original_bytes", &payload.len().to_string());
+                payload = &payload[..dlq_payload_max];
+            }
             Some(OutRecord {
                 topic: topics.dlq.as_str(),
                 key: origin.key.map(<[u8]>::to_vec).unwrap_or_default(),
-                payload: std::borrow::Cow::Borrowed(origin.payload),
+                payload: std::borrow::Cow::Borrowed(payload),
                 headers,
             })
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -66,4 +66,28 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
         }
     }
     Ok(created)
+}
+
+/// librdkafka's default `message.max.bytes`.
+const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record `topic` accepts from this service: the smaller of the topic's
+/// `max.message.bytes` (asked from the broker; unknown if the broker does not say) and the
+/// producer's `message.max.bytes`.
+pub async fn record_limit(s: &Settings, topic: &str) -> usize {
+    let producer_max =
+        s.kafka.get("message.max.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(PRODUCER_DEFAULT_MAX_BYTES);
+    let Ok(admin) = admin_config(s).create::<AdminClient<DefaultClientContext>>() else { return producer_max };
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let topic_max = match admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts).await {
+        Ok(results) => results
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.get("max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok())),
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "Cannot read the topic's max.message.bytes; assuming the producer's limit.");
+            None
+        }
+    };
+    topic_max.map_or(producer_max, |t| t.min(producer_max))
 }

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub watermark_lag_seconds: Gauge,
     pub ready: IntGauge,
     pub build_info: IntGaugeVec,
+    pub input_gap_records: IntCounterVec,
+    pub input_offset_resets: IntCounterVec,
+    pub dlq_truncated: IntCounter,
+    pub rebalances: IntCounter,
+    pub restores: IntCounter,
 }
 
 /// Latency buckets for event-time to decision/notice, from 5 ms to 10 min: events can legitimately
@@ -144,6 +149,29 @@ impl Metrics {
                 Opts::new("resetguard_build_info", "Build and policy information (value is always 1)."),
                 &["version", "policy_version", "mode"],
             )?,
+            input_gap_records: IntCounterVec::new(
+                Opts::new(
+                    "resetguard_input_gap_records_total",
+                    "Input records deleted by retention before they were processed (the committed offset was below the first retained one); they got no outcome.",
+                ),
+                &["topic"],
+            )?,
+            input_offset_resets: IntCounterVec::new(
+                Opts::new(
+                    "resetguard_input_offset_resets_total",
+                    "Times a committed offset was beyond the end of its partition (topic recreated or truncated) and the partition was processed from its start.",
+                ),
+                &["topic"],
+            )?,
+            dlq_truncated: IntCounter::new(
+                "resetguard_dlq_truncated_total",
+                "DLQ records written with only the first bytes of their input, because the whole did not fit the DLQ topic.",
+            )?,
+            rebalances: IntCounter::new("resetguard_rebalances_total", "Consumer group rebalances this instance took part in.")?,
+            restores: IntCounter::new(
+                "resetguard_restores_total",
+                "State restores from the input topic (after an assignment or an aborted transaction).",
+            )?,
         };
         registry.register(Box::new(m.events_consumed.clone()))?;
         registry.register(Box::new(m.events_rejected.clone()))?;
@@ -172,6 +200,11 @@ impl Metrics {
         registry.register(Box::new(m.watermark_lag_seconds.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.build_info.clone()))?;
+        registry.register(Box::new(m.input_gap_records.clone()))?;
+        registry.register(Box::new(m.input_offset_resets.clone()))?;
+        registry.register(Box::new(m.dlq_truncated.clone()))?;
+        registry.register(Box::new(m.rebalances.clone()))?;
+        registry.register(Box::new(m.restores.clone()))?;
         // Closed label sets start at 0, so dashboards and alerts see every series from the first
         // scrape (a rate over a missing series is no data, not zero).
         for result in ["commit", "abort"] {

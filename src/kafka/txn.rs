@@ -1,0 +1,306 @@
+//! The one transactional writer of resetguard: begin, send (a full queue is polled and retried),
+//! commit within a bounded budget, abort, and the error classes every caller acts on. The
+//! pipeline, admin actions and held release all write through it. Does IO.
+//!
+//! Error classes ([`TxnError`]):
+//! - **abort**: the open transaction cannot commit (a broker outage outlasted the budget, a
+//!   delivery failed, the coordinator expired it). The caller aborts and redoes its work; for
+//!   the pipeline that means rewinding to the committed offsets and restoring.
+//! - **poison**: one record can never be produced (too large for the producer or the topic,
+//!   rejected as invalid). Retrying the same bytes can only fail again; the caller must write
+//!   something else for it or stop.
+//! - **fatal**: the producer cannot go on (fenced by a newer instance with the same
+//!   transactional id, or librdkafka reports a fatal error). The process exits non-zero.
+//!
+//! A broker outage is never fatal by itself: calls that time out are retried until the
+//! transaction's budget (`transaction.timeout.ms`) is spent, then the transaction is aborted.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tracing::warn;
+
+/// Delivery tag of a record: the caller's index of what the record came from ([`NO_TAG`]: none).
+pub type Tag = usize;
+pub const NO_TAG: Tag = usize::MAX;
+
+/// librdkafka's default `transaction.timeout.ms`, used when the config does not say.
+const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest single blocking call; a longer outage is ridden out by retrying.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between retries of a call that failed at once (not by timing out).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Errors of a transactional write, each with its disposition (see the module docs).
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    #[error("the transaction must be aborted ({what}): {source}")]
+    Abort {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("a record for topic {topic} can never be produced ({code})")]
+    Poison { tag: Tag, topic: String, code: RDKafkaErrorCode },
+    #[error("fatal Kafka producer error ({what}): {source}")]
+    Fatal {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// A delivery that failed, reported by librdkafka on a poll.
+#[derive(Debug, Clone)]
+struct Failed {
+    tag: Tag,
+    topic: String,
+    code: RDKafkaErrorCode,
+}
+
+/// Producer context: remembers failed deliveries (which record, why) for the commit to judge.
+#[derive(Default)]
+pub struct WriterContext {
+    failures: Mutex<Vec<Failed>>,
+}
+
+impl ClientContext for WriterContext {}
+
+impl ProducerContext for WriterContext {
+    type DeliveryOpaque = Tag;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Tag) {
+        if let Err((e, m)) = result {
+            let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+            // Records purged by an abort are not failures of their own.
+            if matches!(code, RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) {
+                return;
+            }
+            let failed = Failed { tag, topic: m.topic().to_string(), code };
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(failed);
+        }
+    }
+}
+
+/// Whether a produce error code means this record can never be written, however often retried.
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+    )
+}
+
+enum Class {
+    Retry,
+    Abort,
+    Fatal,
+}
+
+/// The transactional producer and the state of its open transaction.
+pub struct TxnWriter {
+    producer: BaseProducer<WriterContext>,
+    open: bool,
+    /// Total time a commit may take before the transaction is given up (aborted).
+    budget: Duration,
+}
+
+impl TxnWriter {
+    /// Creates the producer from `config` (which carries `transactional.id`) and initialises
+    /// transactions, fencing any earlier producer with the same id. Retries a broker that is
+    /// not reachable yet for up to the transaction budget.
+    pub fn new(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
+        let budget = config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
+        let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
+        let deadline = Instant::now() + budget.max(Duration::from_secs(30));
+        loop {
+            match producer.init_transactions(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                    warn!(error = %e, "Initialising transactions failed; retrying.");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TxnWriter { producer, open: false, budget })
+    }
+
+    pub fn producer(&self) -> &BaseProducer<WriterContext> {
+        &self.producer
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Serves delivery reports without waiting.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    fn classify(&self, e: &KafkaError) -> Class {
+        if self.producer.client().fatal_error().is_some() {
+            return Class::Fatal;
+        }
+        match e {
+            KafkaError::Transaction(t) if t.is_fatal() => Class::Fatal,
+            KafkaError::Transaction(t) if t.txn_requires_abort() => Class::Abort,
+            KafkaError::Transaction(t) if t.is_retriable() => Class::Retry,
+            // rust-rdkafka's commit flushes first and reports a flush that timed out this way:
+            // the broker is slow or away, which is what retrying is for.
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Class::Retry,
+            // Anything else: aborting is always safe (the work is redone); a producer that is
+            // really broken reports fatal on the abort.
+            _ => Class::Abort,
+        }
+    }
+
+    fn error(&self, what: &'static str, e: KafkaError) -> TxnError {
+        match self.classify(&e) {
+            Class::Fatal => TxnError::Fatal { what, source: e },
+            _ => TxnError::Abort { what, source: e },
+        }
+    }
+
+    /// Opens a transaction unless one is open.
+    pub fn begin(&mut self) -> Result<(), TxnError> {
+        if self.open {
+            return Ok(());
+        }
+        self.failures().clear();
+        self.producer.begin_transaction().map_err(|e| self.error("begin_transaction", e))?;
+        self.open = true;
+        Ok(())
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Vec<Failed>> {
+        self.producer.context().failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one record in the open transaction (opened if needed). A full local queue is
+    /// drained by polling and the send retried; a record that can never be produced is
+    /// [`TxnError::Poison`] with its tag, and the transaction stays usable.
+    pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
+        self.begin()?;
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((KafkaError::MessageProduction(code), r)) if is_permanent(code) => {
+                    return Err(TxnError::Poison { tag: r.delivery_opaque, topic: r.topic.to_string(), code });
+                }
+                Err((e, _)) => return Err(self.error("send", e)),
+            }
+        }
+    }
+
+    /// Commits the open transaction, with the consumed offsets when given. Calls that time out
+    /// are retried until the budget is spent; then the transaction must be aborted.
+    pub fn commit(&mut self, offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>) -> Result<(), TxnError> {
+        if !self.open {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.budget;
+        if let Some((tpl, cgm)) = offsets {
+            self.retry(deadline, "send_offsets_to_transaction", |p| {
+                p.send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
+            })?;
+        }
+        // Deliver what is in flight in short polls: rust-rdkafka's own flush polls in 100 ms
+        // steps, which made every commit last 100 ms (benches/pipeline.rs: commit 104 -> 4 ms).
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
+        self.check_deliveries()?;
+        let committed = self.retry(deadline, "commit_transaction", |p| p.commit_transaction(CALL_TIMEOUT));
+        // A commit refused because a delivery failed: say which record.
+        self.check_deliveries()?;
+        committed?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// A failed delivery in the open transaction: poison if it can never succeed, else abort.
+    fn check_deliveries(&self) -> Result<(), TxnError> {
+        let failures = self.failures();
+        if let Some(f) = failures.iter().find(|f| is_permanent(f.code)) {
+            return Err(TxnError::Poison { tag: f.tag, topic: f.topic.clone(), code: f.code });
+        }
+        if let Some(f) = failures.first() {
+            return Err(TxnError::Abort {
+                what: "an output record was not delivered",
+                source: KafkaError::MessageProduction(f.code),
+            });
+        }
+        Ok(())
+    }
+
+    fn retry(
+        &self,
+        deadline: Instant,
+        what: &'static str,
+        call: impl Fn(&BaseProducer<WriterContext>) -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        loop {
+            let started = Instant::now();
+            match call(&self.producer) {
+                Ok(()) => return Ok(()),
+                Err(e) => match self.classify(&e) {
+                    Class::Retry if Instant::now() < deadline => {
+                        warn!(call = what, error = %e, "Transactional call failed; retrying.");
+                        if started.elapsed() < RETRY_PAUSE {
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
+                    }
+                    Class::Fatal => return Err(TxnError::Fatal { what, source: e }),
+                    _ => return Err(TxnError::Abort { what, source: e }),
+                },
+            }
+        }
+    }
+
+    /// Aborts the open transaction. A broker that is away is waited for (calling `keep_alive`
+    /// between attempts, so the caller can keep its consumer in the group); only a fatal error
+    /// ends the wait.
+    pub fn abort(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
+        if !self.open {
+            return Ok(());
+        }
+        loop {
+            match self.producer.abort_transaction(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(t)) if t.code() == RDKafkaErrorCode::State && !t.is_fatal() => {
+                    // No transaction in progress any more: nothing to abort.
+                    break;
+                }
+                Err(e) => match self.classify(&e) {
+                    Class::Fatal => return Err(TxnError::Fatal { what: "abort_transaction", source: e }),
+                    _ => {
+                        warn!(error = %e, "Aborting the transaction failed; retrying.");
+                        keep_alive();
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                },
+            }
+        }
+        self.open = false;
+        self.failures().clear();
+        Ok(())
+    }
+}
