@@ -338,6 +338,32 @@ fn output_schemas_reject_broken_records() {
 // ------------------------------------------------------------------------------------------------
 
 #[test]
+fn an_oversize_dlq_record_carries_the_first_bytes_and_says_it_was_truncated() {
+    let dlq = validator("dlq-record.v1.schema.json");
+    let topics = TopicsFile::default();
+    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let payload = vec![b'{'; 10_000];
+    let outcome = e.process(&payload, 1, WALL).outcome;
+    let origin = Origin { topic: INPUT_TOPIC, partition: 1, offset: 77, key: Some(b"k"), payload: &payload };
+    let rec = record_for(&outcome, &origin, &topics, Mode::Live, 1_000).expect("a rejected input has a DLQ record");
+    assert_eq!(&rec.payload[..], &payload[..1_000], "the first bytes, as many as fit");
+    let hs = headers_object(&rec.headers);
+    let errs = errors(&dlq, &hs);
+    assert!(errs.is_empty(), "truncated DLQ headers break the schema: {errs:?}\n{hs:#}");
+    assert_eq!(header(&hs, "truncated"), "true");
+    assert_eq!(header(&hs, "original_bytes"), "10000");
+    assert_eq!(header(&hs, "source_offset"), "77");
+    // A record that fits is untouched and says nothing about truncation.
+    let whole = record_for(&outcome, &origin, &topics, Mode::Live, 10_000).expect("record");
+    assert_eq!(whole.payload.len(), 10_000);
+    assert!(headers_object(&whole.headers).get("truncated").is_none());
+    // The schema wants both truncation headers or neither.
+    let mut half = hs.clone();
+    half.as_object_mut().expect("object").remove("original_bytes");
+    assert!(!dlq.is_valid(&half), "truncated without original_bytes must be refused");
+}
+
+#[test]
 fn dlq_records_carry_the_original_bytes_and_schema_valid_headers() {
     let dlq = validator("dlq-record.v1.schema.json");
     let topics = TopicsFile::default();

@@ -389,6 +389,7 @@ mod tests {
     use super::*;
     use crate::core::breaker::HeldReason;
     use crate::core::outcome::OutcomeKind;
+    use std::time::Duration;
 
     const T0: i64 = 1_780_000_000_000;
 
@@ -533,6 +534,50 @@ mod tests {
         }
         assert_eq!(notices, 30, "default spike floor");
         assert_eq!(held, 170);
+    }
+
+    #[test]
+    fn decisions_redone_after_an_abort_are_charged_to_the_breaker_once() {
+        // Regression (fault-path issue, defect 5): after an aborted transaction the breaker kept
+        // the charges of the aborted decisions and the redone ones were charged again, so a
+        // batch under the spike floor was held after an abort.
+        let inputs: Vec<Vec<u8>> = (0..30)
+            .map(|i| ev(&format!("e{i}"), &format!("acct{i}"), T0 + i * 100, "model", "breached_password", 1.0))
+            .collect();
+        let mut reference = engine();
+        let expected: Vec<_> = inputs.iter().map(|b| run(&mut reference, b, 0).kind()).collect();
+        assert!(expected.iter().all(|k| *k == OutcomeKind::Notice), "30 decisions stay under the spike floor");
+
+        let mut e = engine();
+        for b in &inputs[..15] {
+            run(&mut e, b, 0);
+        }
+        // The next 15 are decided, then their transaction aborts: rewind and restore.
+        for b in &inputs[15..] {
+            run(&mut e, b, 0);
+        }
+        e.begin_restore(1.0);
+        for (i, b) in inputs[..15].iter().enumerate() {
+            e.restore(b, 0, T0 + i as i64 * 100, T0 + i as i64 * 100);
+        }
+        e.finish_restore(T0 + 1_500);
+        let redone: Vec<_> = inputs[15..].iter().map(|b| run(&mut e, b, 0).kind()).collect();
+        assert_eq!(redone, expected[15..].to_vec());
+    }
+
+    #[test]
+    fn a_manual_override_survives_a_restore() {
+        let mut e = engine();
+        run(&mut e, &ev("a", "acct", T0, "model", "failed_login", 0.1), 0);
+        e.breaker_mut().force("model", true, Duration::from_secs(3_600), "sre", "incident", T0).unwrap();
+        e.drain_transitions();
+        e.begin_restore(1.0);
+        e.restore(&ev("a", "acct", T0, "model", "failed_login", 0.1), 0, T0, T0);
+        e.finish_restore(T0 + 1_000);
+        assert_eq!(e.breaker().state_of("model"), Some(crate::core::breaker::CellState::ForcedOpen));
+        assert!(e.drain_transitions().is_empty(), "the override was reported when it was made");
+        let o = run(&mut e, &ev("b", "acct2", T0 + 2_000, "model", "breached_password", 1.0), 0);
+        assert!(matches!(o, Outcome::Held(_, ref h) if h.reason == HeldReason::ForcedOpen), "{o:?}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         ("heartbeat.interval.ms", "1000"),
         ("partition.assignment.strategy", "range"),
         // Consumer lag comes from these statistics, not from blocking watermark requests.
-        ("statistics.interval.ms", "5000"),
+        ("statistics.interval.ms", "2000"),
     ] {
         if !s.kafka.contains_key(k) {
             c.set(k, v);

@@ -147,8 +147,13 @@ impl ClientContext for Ctx {
         for (name, topic) in &statistics.topics {
             let Some(t) = self.shared.topic_index(name) else { continue };
             for (&p, part) in &topic.partitions {
-                if p >= 0 && part.consumer_lag >= 0 {
-                    lag.insert((t, p), part.consumer_lag);
+                // librdkafka's own consumer_lag counts from the consumer's committed offset,
+                // which transactional commits never update: measure from what was consumed to
+                // the last stable offset (read_committed) instead.
+                let consumed = if part.app_offset >= 0 { part.app_offset } else { part.next_offset };
+                let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+                if p >= 0 && consumed >= 0 && end >= 0 {
+                    lag.insert((t, p), (end - consumed).max(0));
                 }
             }
         }
