@@ -48,12 +48,10 @@ pub enum PipelineError {
     Startup(String),
     #[error("fatal Kafka error, exiting so the orchestrator restarts the service: {0}")]
     Fatal(String),
-}
-
-impl From<TxnError> for PipelineError {
-    fn from(e: TxnError) -> Self {
-        PipelineError::Fatal(e.to_string())
-    }
+    #[error("fatal Kafka error, exiting so the orchestrator restarts the service: {0}")]
+    Transaction(#[from] TxnError),
+    #[error("the assignment cannot be restored, exiting so the orchestrator restarts the service: {0}")]
+    Restore(#[from] restore::PlanError),
 }
 
 /// Live status shared with the HTTP server and the demo. Counters move when their transaction
@@ -582,7 +580,7 @@ impl Pipeline {
             wall_ms(),
             self.plan_budget,
         )
-        .map_err(|e| PipelineError::Fatal(e.to_string()))?;
+        ?;
         let mut tpl = TopicPartitionList::new();
         let mut until = HashMap::new();
         for p in &plans {
