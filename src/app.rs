@@ -48,7 +48,8 @@ pub async fn run_with_admin(
         status.clone(),
         Some(settings.clone()),
     )
-    .with_stop(stop_flag.clone());
+    .with_stop(stop_flag.clone())
+    .with_metrics(metrics.clone());
     let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
         .await
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;

@@ -180,6 +180,12 @@ pub struct PipelineFile {
     /// Most messages per transaction, bounding the work redone after an abort. Default 50000.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// `/healthz` fails when the pipeline loop has not come round for this long (a wedged
+    /// instance is restarted by its liveness probe). Waiting for an unreachable broker counts as
+    /// coming round. Default `5m`: longer than the longest bounded wait inside the loop (a
+    /// restore plan retries its offset lookups for up to 2 × transaction.timeout.ms + 30 s).
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: String,
     /// Seed of the id hashes, as 16 hex digits or `env:NAME`. Keep it stable for a deployment.
     /// Default: a fixed public seed (fine unless account ids are attacker-chosen).
     #[serde(default)]
@@ -195,6 +201,9 @@ fn default_commit_interval() -> String {
 fn default_drain_timeout() -> String {
     "10s".into()
 }
+fn default_stall_timeout() -> String {
+    "5m".into()
+}
 fn default_max_batch() -> usize {
     50_000
 }
@@ -207,6 +216,7 @@ impl Default for PipelineFile {
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
+            stall_timeout: default_stall_timeout(),
             hash_seed: None,
         }
     }
@@ -240,6 +250,7 @@ pub struct Settings {
     pub transactional_id: String,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
+    pub stall_timeout: Duration,
     pub max_batch: usize,
     pub hash_seed: u64,
     pub http_listen: SocketAddr,
@@ -354,6 +365,7 @@ impl ConfigFile {
         };
         let commit_interval = dur("pipeline.commit_interval", &self.pipeline.commit_interval, &mut errors);
         let drain_timeout = dur("pipeline.drain_timeout", &self.pipeline.drain_timeout, &mut errors);
+        let stall_timeout = dur("pipeline.stall_timeout", &self.pipeline.stall_timeout, &mut errors);
         if self.pipeline.max_batch == 0 {
             errors.push(field("pipeline.max_batch", "must be at least 1"));
         }
@@ -404,6 +416,7 @@ impl ConfigFile {
                 transactional_id,
                 commit_interval,
                 drain_timeout,
+                stall_timeout,
                 max_batch: self.pipeline.max_batch,
                 hash_seed,
                 http_listen,

@@ -159,3 +159,31 @@ fn with_the_token_a_breaker_override_reaches_the_pipeline_and_oversize_bodies_ar
     assert_eq!(no_reason, 400, "every manual action needs a reason");
     assert!(s.commands.try_recv().is_err(), "refused requests send no command");
 }
+
+#[test]
+fn healthz_fails_once_the_pipeline_loop_stops_coming_round() {
+    use std::sync::atomic::Ordering;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let status = Arc::new(Status::default());
+    let (tx, _rx) = mpsc::channel();
+    let state = AdminState::new(None, tx, status.clone(), None);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = resetguard::http::router(prometheus::Registry::new(), status.clone(), state);
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let get = || reqwest::blocking::get(format!("http://{addr}/healthz")).unwrap();
+    // Before the loop starts (topic setup, control topic read) the process is alive.
+    assert_eq!(get().status(), 200);
+    status.stall_timeout_ms.store(60_000, Ordering::SeqCst);
+    status.beat();
+    assert_eq!(get().status(), 200, "the loop came round just now");
+    let now = status.heartbeat_ms.load(Ordering::SeqCst);
+    status.heartbeat_ms.store(now - 61_000, Ordering::SeqCst);
+    let stalled = get();
+    assert_eq!(stalled.status(), 503);
+    assert!(stalled.text().unwrap().contains("has not come round for 61 s"));
+    status.beat();
+    assert_eq!(get().status(), 200, "alive again once the loop comes round");
+}

@@ -36,6 +36,8 @@ pub struct AdminState {
     settings: Option<Arc<Settings>>,
     /// Set when the service shuts down: a running release commits what it has and stops.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Where released and discarded held notices are counted (`None`: not counted).
+    metrics: Option<crate::telemetry::Metrics>,
 }
 
 impl AdminState {
@@ -51,7 +53,14 @@ impl AdminState {
             status,
             settings,
             stop: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Held notices released or discarded over HTTP are counted in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Releases started over HTTP stop (after committing what they have) when `stop` is set.
@@ -308,11 +317,18 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
     let rate = body.rate_per_minute.unwrap_or(settings.release_rate_per_minute).max(1);
     let job = match action.as_str() {
         "release" => tokio::task::spawn_blocking(move || {
-            held::release(&settings, &sel, &actor, &reason, rate, &s.stop)
-                .map(|r| serde_json::to_value(r).unwrap_or_default())
+            let r = held::release(&settings, &sel, &actor, &reason, rate, &s.stop)?;
+            if let Some(m) = &s.metrics {
+                m.held_released.inc_by(r.released() as u64);
+            }
+            Ok(serde_json::to_value(r).unwrap_or_default())
         }),
         "discard" => tokio::task::spawn_blocking(move || {
-            held::discard(&settings, &sel, &actor, &reason).map(|r| serde_json::to_value(r).unwrap_or_default())
+            let r = held::discard(&settings, &sel, &actor, &reason)?;
+            if let Some(m) = &s.metrics {
+                m.held_discarded.inc_by(r.discarded as u64);
+            }
+            Ok(serde_json::to_value(r).unwrap_or_default())
         }),
         _ => return (StatusCode::NOT_FOUND, "").into_response(),
     };

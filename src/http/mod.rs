@@ -24,10 +24,23 @@ struct AppState {
     status: Arc<Status>,
 }
 
+/// `/healthz` is alive while the pipeline loop comes round at least every `stall_timeout`
+/// (`Status::heartbeat_ms`, set by the loop); before the loop starts it is alive.
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let beat = s.status.heartbeat_ms.load(Ordering::Relaxed);
+    let limit = s.status.stall_timeout_ms.load(Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    if beat > 0 && limit > 0 && now - beat > limit {
+        let msg = format!("stalled: the pipeline loop has not come round for {} s\n", (now - beat) / 1000);
+        return (StatusCode::SERVICE_UNAVAILABLE, msg);
+    }
+    (StatusCode::OK, "ok\n".to_string())
+}
+
 pub fn router(registry: Registry, status: Arc<Status>, admin: admin::AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, status })
         .merge(admin::router(admin))

@@ -67,6 +67,17 @@ pub struct Status {
     pub no_action: AtomicU64,
     pub commits: AtomicU64,
     pub breaker: Mutex<Vec<CellSnapshot>>,
+    /// Wall time (ms) the pipeline loop last came round (0: not started): `/healthz`.
+    pub heartbeat_ms: std::sync::atomic::AtomicI64,
+    /// `pipeline.stall_timeout` in ms (0: never stalled).
+    pub stall_timeout_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Status {
+    /// The loop came round (or is waiting for Kafka, which a restart would not cure).
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(wall_ms(), Ordering::Relaxed);
+    }
 }
 
 /// Input coordinates: (index in `topics.input`, partition).
@@ -357,7 +368,13 @@ struct Pipeline {
     origins: Vec<(usize, i32, i64)>,
     degraded: Degraded,
     batch: usize,
+    /// When the producer was replaced after a fatal error (see `renew_producer`).
+    renewals: Vec<Instant>,
 }
+
+/// Most producer replacements within [`RENEWAL_WINDOW`] before a fatal error stops the process.
+const MAX_RENEWALS: usize = 3;
+const RENEWAL_WINDOW: Duration = Duration::from_secs(600);
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. `dlq_record_limit` is the
 /// largest record the DLQ topic and the producer accept (see `topics::record_limit`).
@@ -427,6 +444,7 @@ impl Pipeline {
             metrics.input_gap_records.with_label_values(&[topic]);
             metrics.input_offset_resets.with_label_values(&[topic]);
         }
+        status.stall_timeout_ms.store(settings.stall_timeout.as_millis() as i64, Ordering::Relaxed);
         let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
         let total_partitions = input_partitions(&consumer, &settings)?;
         // Overrides and allow-list changes of the fleet apply before the first decision.
@@ -454,6 +472,7 @@ impl Pipeline {
             origins: Vec::new(),
             degraded: Degraded::new(),
             batch: 0,
+            renewals: Vec::new(),
         };
         let version = p.settings.policy.version.clone();
         if last_policy.as_deref() != Some(version.as_str()) {
@@ -527,6 +546,7 @@ impl Pipeline {
             }
             if now >= next_tick {
                 next_tick = now + Duration::from_millis(100);
+                self.status.beat();
                 self.tick()?;
             }
         }
@@ -557,7 +577,16 @@ impl Pipeline {
                     self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
                     self.restore_all()?;
                 }
-                RebalanceEvent::Fatal(e) => return Err(e.into()),
+                RebalanceEvent::Fatal(e) => {
+                    // Ending the transaction on revoke failed fatally; the partitions are gone.
+                    self.renew_producer(e)?;
+                    self.after_abort();
+                    self.owned.clear();
+                    self.plans.clear();
+                    self.phase = Phase::Idle;
+                    self.set_ready(false);
+                    self.status.assigned_partitions.store(0, Ordering::SeqCst);
+                }
             }
         }
         Ok(any)
@@ -579,8 +608,7 @@ impl Pipeline {
             self.lookback_ms,
             wall_ms(),
             self.plan_budget,
-        )
-        ?;
+        )?;
         let mut tpl = TopicPartitionList::new();
         let mut until = HashMap::new();
         for p in &plans {
@@ -729,8 +757,13 @@ impl Pipeline {
     fn on_txn_error(&mut self, e: TxnError) -> Result<(), PipelineError> {
         match e {
             TxnError::Fatal { .. } => {
-                error!(error = %e, "Fatal transaction error.");
-                Err(e.into())
+                self.renew_producer(e)?;
+                self.after_abort();
+                self.on_rebalance_events()?;
+                if !self.owned.is_empty() {
+                    self.restore_all()?;
+                }
+                Ok(())
             }
             TxnError::Poison { tag, ref topic, code } => {
                 let Some(&coord) = self.origins.get(tag) else {
@@ -747,14 +780,19 @@ impl Pipeline {
     /// rewind every partition to its committed offset, and restore.
     fn recover(&mut self, why: &TxnError) -> Result<(), PipelineError> {
         warn!(error = %why, "Transaction aborted; rewinding to the committed offsets and restoring.");
-        {
+        let aborted = {
             let consumer = &self.consumer;
+            let status = &self.status;
             let mut w = lock(&self.shared.writer);
             // While Kafka is away, keep serving the consumer (group membership, callbacks);
             // what it delivers meanwhile is fetched again after the rewind.
             w.abort(&mut || {
+                status.beat();
                 let _ = consumer.poll(Duration::from_millis(100));
-            })?;
+            })
+        };
+        if let Err(e) = aborted {
+            self.renew_producer(e)?;
         }
         lock(&self.shared.offsets).clear();
         self.after_abort();
@@ -762,6 +800,31 @@ impl Pipeline {
         if !self.owned.is_empty() {
             self.restore_all()?;
         }
+        Ok(())
+    }
+
+    /// The producer hit a fatal error. A transaction the coordinator expired while the broker
+    /// was unreachable or frozen ends this way too (the coordinator bumps the producer epoch, and
+    /// librdkafka reports the next call as fenced or in an invalid state), so, like Kafka
+    /// Streams, a new producer with the same transactional id takes over: initialising it aborts
+    /// whatever the old one left open. A second instance really running with the same id would
+    /// fence it right back: after [`MAX_RENEWALS`] renewals within [`RENEWAL_WINDOW`] the error
+    /// stands and the process exits.
+    fn renew_producer(&mut self, e: TxnError) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        self.renewals.retain(|t| now.duration_since(*t) < RENEWAL_WINDOW);
+        if self.renewals.len() >= MAX_RENEWALS {
+            error!(error = %e, renewals = self.renewals.len(), "Fatal producer error again; another instance may use the same transactional.id. Exiting.");
+            return Err(e.into());
+        }
+        warn!(error = %e, "Fatal producer error; replacing the producer and restoring from the committed offsets.");
+        self.renewals.push(now);
+        let writer = TxnWriter::new(&producer_config(&self.settings)).map_err(|source| {
+            PipelineError::Transaction(TxnError::Fatal { what: "init_transactions of a new producer", source })
+        })?;
+        *lock(&self.shared.writer) = writer;
+        lock(&self.shared.offsets).clear();
+        self.metrics.producer_renewals.inc();
         Ok(())
     }
 

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub dlq_truncated: IntCounter,
     pub rebalances: IntCounter,
     pub restores: IntCounter,
+    pub producer_renewals: IntCounter,
 }
 
 /// Latency buckets for event-time to decision/notice, from 5 ms to 10 min: events can legitimately
@@ -168,6 +169,10 @@ impl Metrics {
                 "DLQ records written with only the first bytes of their input, because the whole did not fit the DLQ topic.",
             )?,
             rebalances: IntCounter::new("resetguard_rebalances_total", "Consumer group rebalances this instance took part in.")?,
+            producer_renewals: IntCounter::new(
+                "resetguard_producer_renewals_total",
+                "Transactional producers replaced after a fatal error (a transaction expired by the coordinator, or another instance with the same transactional.id).",
+            )?,
             restores: IntCounter::new(
                 "resetguard_restores_total",
                 "State restores from the input topic (after an assignment or an aborted transaction).",
@@ -205,6 +210,7 @@ impl Metrics {
         registry.register(Box::new(m.dlq_truncated.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.restores.clone()))?;
+        registry.register(Box::new(m.producer_renewals.clone()))?;
         // Closed label sets start at 0, so dashboards and alerts see every series from the first
         // scrape (a rate over a missing series is no data, not zero).
         for result in ["commit", "abort"] {
