@@ -791,8 +791,14 @@ impl Pipeline {
                 let _ = consumer.poll(Duration::from_millis(100));
             })
         };
-        if let Err(e) = aborted {
-            self.renew_producer(e)?;
+        match aborted {
+            Err(e) => self.renew_producer(e)?,
+            // A produce request of the aborted transaction may still be on its way (a frozen
+            // broker holds it in its socket buffer). Under the classic transaction protocol,
+            // landing after the abort with the same producer epoch it would join the next
+            // transaction and be committed with it: a notice sent twice (tests/faults.rs,
+            // broker frozen). A new producer bumps the epoch, so such a straggler is refused.
+            Ok(()) => self.new_producer()?,
         }
         lock(&self.shared.offsets).clear();
         self.after_abort();
@@ -819,10 +825,30 @@ impl Pipeline {
         }
         warn!(error = %e, "Fatal producer error; replacing the producer and restoring from the committed offsets.");
         self.renewals.push(now);
-        let writer = TxnWriter::new(&producer_config(&self.settings)).map_err(|source| {
-            PipelineError::Transaction(TxnError::Fatal { what: "init_transactions of a new producer", source })
+        self.new_producer()
+    }
+
+    /// Replaces the transactional producer: `init_transactions` under the same id aborts
+    /// whatever the old one left open and bumps the producer epoch, fencing its stragglers.
+    /// While Kafka is away the consumer is kept served and the wait goes on: an outage is not
+    /// fatal.
+    fn new_producer(&mut self) -> Result<(), PipelineError> {
+        let mut fresh = TxnWriter::create(&producer_config(&self.settings)).map_err(|source| {
+            PipelineError::Transaction(TxnError::Fatal { what: "creating a new producer", source })
         })?;
-        *lock(&self.shared.writer) = writer;
+        let consumer = &self.consumer;
+        let status = &self.status;
+        fresh
+            .init(&mut || {
+                status.beat();
+                let _ = consumer.poll(Duration::from_millis(100));
+                true
+            })
+            .map_err(|source| {
+                PipelineError::Transaction(TxnError::Fatal { what: "init_transactions of a new producer", source })
+            })?;
+        let old = std::mem::replace(&mut *lock(&self.shared.writer), fresh);
+        drop(old);
         lock(&self.shared.offsets).clear();
         self.metrics.producer_renewals.inc();
         Ok(())

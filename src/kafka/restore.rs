@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 /// Where one partition's restore starts and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +137,8 @@ pub fn plan(
             _ => None,
         });
         let plan = plan_partition(t, p, committed, low, high, by_time);
+        info!(topic, partition = p, committed = ?committed, first_retained = low, end = high, restore_from = plan.start,
+            live_from = plan.until, "Restore planned.");
         if plan.gap > 0 {
             error!(topic, partition = p, committed = ?committed, first_retained = low, lost = plan.gap,
                 "Retention deleted input records before they were processed; going on from the first retained one.");

@@ -22,7 +22,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::warn;
 
@@ -119,22 +119,34 @@ impl TxnWriter {
     /// transactions, fencing any earlier producer with the same id. Retries a broker that is
     /// not reachable yet for up to the transaction budget.
     pub fn new(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
+        let mut w = TxnWriter::create(config)?;
+        let deadline = Instant::now() + w.budget.max(Duration::from_secs(30));
+        w.init(&mut || Instant::now() < deadline)?;
+        Ok(w)
+    }
+
+    /// Creates the producer without initialising transactions (see [`TxnWriter::init`]).
+    pub fn create(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
         let budget = config
             .get("transaction.timeout.ms")
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
         let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
-        let deadline = Instant::now() + budget.max(Duration::from_secs(30));
+        Ok(TxnWriter { producer, open: false, budget })
+    }
+
+    /// Initialises transactions, retrying while the broker is unreachable and `go_on` says so
+    /// (it is called between attempts, and may keep the caller's consumer alive).
+    pub fn init(&mut self, go_on: &mut dyn FnMut() -> bool) -> Result<(), KafkaError> {
         loop {
-            match producer.init_transactions(CALL_TIMEOUT) {
-                Ok(()) => break,
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+            match self.producer.init_transactions(CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && go_on() => {
                     warn!(error = %e, "Initialising transactions failed; retrying.");
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(TxnWriter { producer, open: false, budget })
     }
 
     pub fn producer(&self) -> &BaseProducer<WriterContext> {
@@ -228,7 +240,7 @@ impl TxnWriter {
             self.producer.poll(Duration::from_millis(1));
         }
         self.check_deliveries()?;
-        let committed = self.retry(deadline, "commit_transaction", |p| p.commit_transaction(CALL_TIMEOUT));
+        let committed = self.finish_commit(deadline);
         // A commit refused because a delivery failed: say which record.
         self.check_deliveries()?;
         committed?;
@@ -249,6 +261,30 @@ impl TxnWriter {
             });
         }
         Ok(())
+    }
+
+    /// `commit_transaction` until it ends. Once librdkafka has started the commit (it reported
+    /// a retriable transaction error), the commit goes on in the background and may only be
+    /// resumed, never aborted ("Conflicting commit_transaction API call is already in
+    /// progress"): it is retried past the budget until Kafka says committed, abortable or fatal
+    /// (the coordinator expires it after `transaction.timeout.ms`). Before that (rust-rdkafka's
+    /// flush timed out) the budget applies.
+    fn finish_commit(&self, deadline: Instant) -> Result<(), TxnError> {
+        let mut started = false;
+        loop {
+            match self.producer.commit_transaction(CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(e) => match self.classify(&e) {
+                    Class::Retry if started || Instant::now() < deadline => {
+                        started |= matches!(e, KafkaError::Transaction(_));
+                        warn!(error = %e, "Committing the transaction is taking long; resuming it.");
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                    Class::Fatal => return Err(TxnError::Fatal { what: "commit_transaction", source: e }),
+                    _ => return Err(TxnError::Abort { what: "commit_transaction", source: e }),
+                },
+            }
+        }
     }
 
     fn retry(
@@ -275,6 +311,20 @@ impl TxnWriter {
         }
     }
 
+    /// Drops the records of the transaction being aborted that are still queued, and serves the
+    /// delivery reports of those in flight: librdkafka's abort waits for them, and rust-rdkafka's
+    /// `abort_transaction` does not poll, so without this an abort during an outage never ends
+    /// ("Failed to flush all outstanding messages").
+    fn drop_outstanding(&self) {
+        // Only what is still queued locally: voiding the acknowledgements of requests in flight
+        // would leave the fate of records already on the broker unknown.
+        self.producer.purge(PurgeConfig::default().queue());
+        let until = Instant::now() + Duration::from_secs(1);
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            self.producer.poll(Duration::from_millis(10));
+        }
+    }
+
     /// Aborts the open transaction. A broker that is away is waited for (calling `keep_alive`
     /// between attempts, so the caller can keep its consumer in the group); only a fatal error
     /// ends the wait.
@@ -283,6 +333,7 @@ impl TxnWriter {
             return Ok(());
         }
         loop {
+            self.drop_outstanding();
             match self.producer.abort_transaction(CALL_TIMEOUT) {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(t)) if t.code() == RDKafkaErrorCode::State && !t.is_fatal() => {

@@ -171,7 +171,7 @@ impl Metrics {
             rebalances: IntCounter::new("resetguard_rebalances_total", "Consumer group rebalances this instance took part in.")?,
             producer_renewals: IntCounter::new(
                 "resetguard_producer_renewals_total",
-                "Transactional producers replaced after a fatal error (a transaction expired by the coordinator, or another instance with the same transactional.id).",
+                "Transactional producers replaced: after every aborted transaction (a new producer epoch fences records of the aborted one still in flight) and after a fatal error (a transaction expired by the coordinator).",
             )?,
             restores: IntCounter::new(
                 "resetguard_restores_total",

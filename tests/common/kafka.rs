@@ -21,6 +21,13 @@
 //! * Start cost (~1 s on an idle 2-core box): the storage format runs once per jar set (a
 //!   formatted template dir is copied per broker), and the JVM loads classes from an AppCDS
 //!   archive that the first dropped broker records (see [`cds_plan`]). Both live next to the jars.
+//! * Fault injection (dedicated brokers only, see [`KafkaBroker::start_dedicated`]):
+//!   [`KafkaBroker::kill`] (SIGKILL + reap), [`KafkaBroker::restart`] (a new JVM on the same data
+//!   dir, ports and `server.properties`), [`KafkaBroker::freeze`] / [`KafkaBroker::thaw`]
+//!   (SIGSTOP / SIGCONT). The watchdog kills whatever JVM the pid file `jvm.pid` names, so it
+//!   follows restarts.
+//! * Retention checks, segment deletion and the abort of timed-out transactions run every ~1 s
+//!   (see [`server_properties`]), so fault recipes that wait for them stay short.
 //! * Needs `java` (17+) on PATH or `$JAVA_HOME`, `bash`, and `mvn` only when the jars are not
 //!   cached. Env: `KAFKA_CACHE_DIR` (jar cache, default `<repo>/.cache/kafka`),
 //!   `KAFKA_TEST_CDS=0` (no class-data-sharing archive).
@@ -85,12 +92,17 @@ logger.raftserver.name = kafka.server.KafkaRaftServer
 logger.raftserver.level = INFO
 ";
 
-/// Watchdog: `$1` = JVM pid, `$2` = dir to delete. Blocks until its stdin (a pipe whose only
-/// writer is the test process) reaches EOF, i.e. until `Drop` or the death of the test process.
-/// The JVM is only reaped by the test process after this watchdog has exited, so `$1` cannot
-/// have been recycled for another process when the kill runs.
+/// Watchdog: `$1` = pid file naming the JVM, `$2` = dir to delete. Blocks until its stdin (a pipe
+/// whose only writer is the test process) reaches EOF, i.e. until `Drop` or the death of the test
+/// process, then SIGKILLs the pid in the file (if any) and deletes the dir.
+/// The pid file only ever names a JVM the test process has not reaped: [`KafkaBroker::kill`]
+/// empties it before reaping, [`KafkaBroker::restart`] writes the new pid right after the spawn,
+/// and `Drop` reaps only after this watchdog has exited; so the pid cannot have been recycled for
+/// another process when the kill runs.
 /// `Drop` writes `nokill` first when it has already stopped and reaped the JVM itself.
-const WATCHDOG_SCRIPT: &str = r#"read -r cmd || true; [ "$cmd" = nokill ] || kill -9 "$1" 2>/dev/null; rm -rf -- "$2""#;
+const WATCHDOG_SCRIPT: &str = r#"read -r cmd || true; if [ "$cmd" != nokill ]; then p=$(cat -- "$1" 2>/dev/null); [ -n "$p" ] && kill -9 "$p" 2>/dev/null; fi; rm -rf -- "$2""#;
+/// Name of the pid file (in the broker dir) the watchdog reads.
+const PID_FILE: &str = "jvm.pid";
 
 /// One record as read back from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +160,18 @@ pub struct KafkaBroker {
     dir: Option<tempfile::TempDir>,
     /// `(tmp, final)` when this JVM records the class-data-sharing archive at exit.
     cds_dump: Option<(PathBuf, PathBuf)>,
+    /// The jar dir this broker runs from (for [`Self::restart`]).
+    libs: PathBuf,
+    /// Whether the JVM is running, SIGSTOPped, or killed and reaped.
+    jvm: JvmState,
+}
+
+/// What the fault controls did to the broker's JVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JvmState {
+    Running,
+    Frozen,
+    Killed,
 }
 
 impl KafkaBroker {
@@ -169,6 +193,13 @@ impl KafkaBroker {
             Ok(broker) => broker,
             Err(e) => panic!("failed to start the shared Kafka test broker: {e}"),
         })
+    }
+
+    /// A broker of its own for a fault test (kill, restart, freeze): like [`Self::start`], but it
+    /// never records the class-data-sharing archive (a killed JVM could not write it). Never use
+    /// the fault controls on [`Self::shared`].
+    pub fn start_dedicated() -> KafkaBroker {
+        Self::try_start_with(false).unwrap_or_else(|e| panic!("failed to start a dedicated Kafka test broker: {e}"))
     }
 
     /// Like [`KafkaBroker::start`], but returns the error instead of panicking.
@@ -230,11 +261,13 @@ impl KafkaBroker {
             .map_err(|e| StartError::plain(format!("spawning java ({}): {e}", java_bin())))?;
         let java_pid = java.id();
         let mut java = KillOnDrop(Some(java));
+        let pid_file = dir.path().join(PID_FILE);
+        write_pid_file(&pid_file, Some(java_pid)).map_err(StartError::plain)?;
 
         // 3. Watchdog that kills the JVM when the test process goes away.
         let mut watchdog = Command::new("bash")
             .args(["-c", WATCHDOG_SCRIPT, "kafka-test-watchdog"])
-            .arg(java_pid.to_string())
+            .arg(&pid_file)
             .arg(dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -252,6 +285,8 @@ impl KafkaBroker {
             log_path,
             dir: Some(dir),
             cds_dump,
+            libs: libs.to_path_buf(),
+            jvm: JvmState::Running,
         };
 
         // 4. Wait until it answers metadata requests.
@@ -322,6 +357,119 @@ impl KafkaBroker {
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // ---- fault controls (dedicated brokers only) ----------------------------------------------
+
+    /// What the fault controls last did to the JVM.
+    pub fn jvm_state(&self) -> JvmState {
+        self.jvm
+    }
+
+    /// OS pid of the current broker JVM.
+    pub fn pid(&self) -> u32 {
+        self.java.id()
+    }
+
+    /// SIGKILLs the broker JVM and reaps it (no controlled shutdown: the data dir is left as a
+    /// crash leaves it). The dir, ports and config stay for [`Self::restart`].
+    pub fn kill(&mut self) {
+        if self.jvm == JvmState::Killed {
+            return;
+        }
+        self.give_up_cds_recording();
+        // Empty the pid file first: once reaped, the pid may be recycled (see WATCHDOG_SCRIPT).
+        if let Err(e) = write_pid_file(&self.dir().join(PID_FILE), None) {
+            panic!("kill: {e}");
+        }
+        let _ = self.java.kill(); // SIGKILL; also ends a SIGSTOPped JVM
+        let status = self.java.wait().unwrap_or_else(|e| panic!("reaping the killed broker JVM: {e}"));
+        self.jvm = JvmState::Killed;
+        eprintln!("kafka test broker {}: JVM killed ({status})", self.bootstrap);
+    }
+
+    /// Starts a new broker JVM on the same data dir, ports and `server.properties` (killing the
+    /// running one first if there is one), and waits until it answers metadata again (log
+    /// recovery after a kill included). Its output is appended to the same `broker.log`.
+    /// Panics with the log tail if it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        let began = Instant::now();
+        let mut last = String::new();
+        // The ports were the old JVM's; a port another process grabbed meanwhile is retried for a
+        // while (nothing else on this machine should want them).
+        for attempt in 1..=10 {
+            match self.spawn_again() {
+                Ok(()) => {}
+                Err(e) => panic!("restarting the Kafka test broker: {e}"),
+            }
+            match self.wait_ready(START_TIMEOUT) {
+                Ok(()) => {
+                    eprintln!(
+                        "kafka test broker {} restarted in {:.2?} (attempt {attempt})",
+                        self.bootstrap,
+                        began.elapsed()
+                    );
+                    return;
+                }
+                Err(msg) => {
+                    let tail = self.log_tail(LOG_TAIL_LINES);
+                    last = format!("{msg}\n--- tail of broker.log ---\n{tail}");
+                    let clash = tail.contains("Address already in use");
+                    self.kill();
+                    if !clash {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        panic!("the Kafka test broker did not come back after a restart: {last}");
+    }
+
+    fn spawn_again(&mut self) -> Result<(), String> {
+        let dir = self.dir().to_path_buf();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log_path)
+            .map_err(|e| format!("opening {}: {e}", self.log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| format!("dup log fd: {e}"))?;
+        let (cds_flags, _) = cds_plan(&self.libs, false);
+        let java = jvm_command(&self.libs, &dir.join("log4j2.properties"), &dir, &cds_flags, "kafka.Kafka")
+            .arg(dir.join("server.properties"))
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .map_err(|e| format!("spawning java ({}): {e}", java_bin()))?;
+        let pid = java.id();
+        self.java = java;
+        self.jvm = JvmState::Running;
+        write_pid_file(&dir.join(PID_FILE), Some(pid))
+    }
+
+    /// SIGSTOPs the broker JVM: connections stay open, nothing answers (a long GC pause, a
+    /// frozen VM). [`Self::thaw`] resumes it; `Drop` kills it frozen or not.
+    pub fn freeze(&mut self) {
+        assert_eq!(self.jvm, JvmState::Running, "freeze: the broker JVM is not running");
+        self.give_up_cds_recording();
+        send_signal(self.java.id(), "-STOP");
+        self.jvm = JvmState::Frozen;
+    }
+
+    /// SIGCONTs a frozen broker JVM.
+    pub fn thaw(&mut self) {
+        assert_eq!(self.jvm, JvmState::Frozen, "thaw: the broker JVM is not frozen");
+        send_signal(self.java.id(), "-CONT");
+        self.jvm = JvmState::Running;
+    }
+
+    /// A JVM that is killed or frozen cannot record the CDS archive at a graceful exit.
+    fn give_up_cds_recording(&mut self) {
+        if let Some((tmp, _)) = self.cds_dump.take() {
+            let _ = fs::remove_file(&tmp);
+            CDS_DUMP_CLAIMED.store(false, Ordering::SeqCst);
         }
     }
 
@@ -462,6 +610,19 @@ impl KafkaBroker {
     pub fn partition_count(&self, topic: &str) -> i32 {
         let c: BaseConsumer = self.base_config().create().expect("creating metadata client");
         partitions_of(&c, topic).len() as i32
+    }
+
+    /// `(partition, low watermark, high watermark)` of every partition of `topic`, in partition
+    /// order (the low watermark moves up when retention deletes segments).
+    pub fn watermarks_of(&self, topic: &str) -> Vec<(i32, i64, i64)> {
+        let c: BaseConsumer = self.base_config().create().expect("creating watermark client");
+        partitions_of(&c, topic)
+            .into_iter()
+            .map(|p| {
+                let (low, high) = watermarks(&c, topic, p);
+                (p, low, high)
+            })
+            .collect()
     }
 
     /// Committed offsets of `group` for every partition of `topic`, in partition order
@@ -632,7 +793,7 @@ impl Drop for KafkaBroker {
         // The one broker recording the CDS archive must exit normally for the JVM to write it.
         let mut reaped = false;
         if let Some((tmp, fin)) = self.cds_dump.take() {
-            if !std::thread::panicking() {
+            if !std::thread::panicking() && self.jvm == JvmState::Running {
                 reaped = self.stop_gracefully(Duration::from_secs(30));
                 if reaped && tmp.is_file() {
                     let _ = fs::rename(&tmp, &fin);
@@ -672,6 +833,23 @@ impl StartError {
     fn plain(msg: String) -> Self {
         StartError { msg, port_clash: false }
     }
+}
+
+/// Writes the pid file the watchdog reads (`None`: empty, nothing to kill), atomically.
+fn write_pid_file(path: &Path, pid: Option<u32>) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let text = pid.map(|p| p.to_string()).unwrap_or_default();
+    fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path)).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn send_signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
 }
 
 /// Kills and reaps a child unless disarmed (for early-return paths in `start_once`).
@@ -989,6 +1167,12 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Abort transactions that exceeded transaction.timeout.ms within ~1 s, not 10 s.
         ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000".into()),
+        // Fault recipes: retention runs every second from one second after startup (defaults
+        // 5 min and 30 s), and deleted segments go at once (default 60 s), so a topic with a
+        // short retention.ms loses its old segments within seconds.
+        ("log.retention.check.interval.ms", "1000".into()),
+        ("log.initial.task.delay.ms", "1000".into()),
+        ("log.segment.delete.delay.ms", "100".into()),
         ("log.segment.bytes", (1024 * 1024).to_string()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "2".into()),

@@ -275,7 +275,34 @@ pub fn check_outputs(
         let bad = super::schemas::errors(&schemas.notice, &v);
         assert!(bad.is_empty(), "notice {id} breaks schemas/reset-notice.v1.schema.json: {bad:?}");
         assert_eq!(header_str(r, "notice_id"), id);
-        assert!(notice_ids.insert(id.clone()), "duplicate notice_id {id}");
+        if !notice_ids.insert(id.clone()) {
+            let copies: Vec<String> = notices
+                .iter()
+                .filter(|x| json(x)["notice_id"] == v["notice_id"])
+                .map(|x| {
+                    format!("partition {} offset {} trigger {}", x.partition, x.offset, json(x)["trigger"]["event_id"])
+                })
+                .collect();
+            let trigger = v["trigger"]["event_id"].as_str().unwrap_or_default();
+            let input = inputs.iter().position(|i| i.event_id.as_deref() == Some(trigger));
+            let at = input.and_then(|i| coords.get(i));
+            eprintln!("the duplicated notice's trigger is input {input:?} at (partition, offset) {at:?}");
+            // A second opinion from Kafka's own (Java) read_committed consumer.
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = std::process::Command::new("java")
+                .arg("-cp")
+                .arg(root.join(".cache/kafka/libs/*"))
+                .arg(root.join("tests/java/ReadCommitted.java"))
+                .args([&broker.bootstrap, &t.notices])
+                .output();
+            if let Ok(o) = out {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let hits: Vec<&str> =
+                    text.lines().filter(|l| l.contains(id.as_str())).map(|l| &l[..l.len().min(60)]).collect();
+                eprintln!("Java read_committed consumer: {} records, lines with {id}: {hits:?}", text.lines().count());
+            }
+            panic!("duplicate notice_id {id}: {copies:?} ({} notices in all)", notices.len());
+        }
         assert_eq!(r.key_str().unwrap(), v["account_id"].as_str().unwrap());
         notice_accounts.insert(v["account_id"].as_str().unwrap().to_string());
         *seen.entry(v["trigger"]["event_id"].as_str().unwrap().to_string()).or_default() += 1;
