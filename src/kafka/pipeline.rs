@@ -566,11 +566,7 @@ impl Pipeline {
                     } else {
                         self.after_abort();
                     }
-                    self.owned.clear();
-                    self.plans.clear();
-                    self.phase = Phase::Idle;
-                    self.set_ready(false);
-                    self.status.assigned_partitions.store(0, Ordering::SeqCst);
+                    self.unassigned();
                 }
                 RebalanceEvent::Assigned(parts) => {
                     self.owned = parts;
@@ -581,15 +577,20 @@ impl Pipeline {
                     // Ending the transaction on revoke failed fatally; the partitions are gone.
                     self.renew_producer(e)?;
                     self.after_abort();
-                    self.owned.clear();
-                    self.plans.clear();
-                    self.phase = Phase::Idle;
-                    self.set_ready(false);
-                    self.status.assigned_partitions.store(0, Ordering::SeqCst);
+                    self.unassigned();
                 }
             }
         }
         Ok(any)
+    }
+
+    /// The partitions were revoked: nothing is owned until the next assignment.
+    fn unassigned(&mut self) {
+        self.owned.clear();
+        self.plans.clear();
+        self.phase = Phase::Idle;
+        self.set_ready(false);
+        self.status.assigned_partitions.store(0, Ordering::SeqCst);
     }
 
     /// Plans and starts the restore of every owned partition, from a clean engine.
