@@ -22,7 +22,9 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false");
+        // The end of a partition tells a restore that it is complete when the committed offset
+        // sits behind records a read_committed consumer never sees (aborted, markers).
+        .set("enable.partition.eof", "true");
     // Defaults an operator may override in [kafka].
     for (k, v) in [
         ("auto.offset.reset", "earliest"),

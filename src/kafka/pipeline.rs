@@ -528,6 +528,7 @@ impl Pipeline {
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     return Err(PipelineError::Fatal(format!("the consumer failed: {code}")));
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p)?,
                 Some(Err(e)) => warn!(error = %e, "Consumer error."),
                 None => {}
             }
@@ -670,6 +671,21 @@ impl Pipeline {
             }
             Phase::Live => self.process(m, topic),
         }
+    }
+
+    /// The consumer read a partition to its end (the last stable offset). A restore whose last
+    /// committed records are followed only by records it never sees (aborted transactions of a
+    /// killed instance, transaction markers) gets no message at or past its end, and its
+    /// position stays short of it: reaching the end of the partition completes it. librdkafka
+    /// names only the partition, so with several input topics this is left to messages and
+    /// positions.
+    fn reached_end(&mut self, partition: i32) -> Result<(), PipelineError> {
+        if self.shared.inputs.len() == 1
+            && matches!(&self.phase, Phase::Restoring(u) if u.contains_key(&(0, partition)))
+        {
+            self.restored(0, partition)?;
+        }
+        Ok(())
     }
 
     /// A partition reached its first live offset; the last one to get there starts live decisions.
