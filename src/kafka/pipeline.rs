@@ -706,6 +706,12 @@ impl Pipeline {
     fn process(&mut self, m: &BorrowedMessage<'_>, topic: usize) -> Result<(), PipelineError> {
         let (partition, offset) = (m.partition(), m.offset());
         let payload = m.payload().unwrap_or(&[]);
+        // Every input is in a transaction, also one without an output record: its offset is
+        // committed with the others (and its outcome counted then).
+        let begun = lock(&self.shared.writer).begin();
+        if let Err(e) = begun {
+            return self.on_txn_error(e);
+        }
         let now = wall_ms();
         let processed = self.engine.process(payload, partition as u32, now);
         let outcome = &processed.outcome;
