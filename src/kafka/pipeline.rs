@@ -781,12 +781,7 @@ impl Pipeline {
         match e {
             TxnError::Fatal { .. } => {
                 self.renew_producer(e)?;
-                self.after_abort();
-                self.on_rebalance_events()?;
-                if !self.owned.is_empty() {
-                    self.restore_all()?;
-                }
-                Ok(())
+                self.rewind()
             }
             TxnError::Poison { tag, ref topic, code } => {
                 let Some(&coord) = self.origins.get(tag) else {
@@ -823,6 +818,13 @@ impl Pipeline {
             // broker frozen). A new producer bumps the epoch, so such a straggler is refused.
             Ok(()) => self.new_producer()?,
         }
+        self.rewind()
+    }
+
+    /// After the open transaction is gone (aborted, or its producer replaced): drop what it
+    /// counted, take in any rebalance seen meanwhile, and restore the owned partitions from
+    /// their committed offsets.
+    fn rewind(&mut self) -> Result<(), PipelineError> {
         lock(&self.shared.offsets).clear();
         self.after_abort();
         self.on_rebalance_events()?;
