@@ -58,8 +58,6 @@ fn decision_mix(
 }
 
 // ---------------------------------------------------------------------------------------------
-// b. broker frozen longer than transaction.timeout.ms
-// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn broker_frozen_longer_than_the_transaction_timeout() {

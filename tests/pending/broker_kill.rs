@@ -7,7 +7,9 @@
 //! was SIGKILLed ends up in the same transaction as its redo after the restart. Still to be
 //! found: how a record of that transaction escapes the abort that the new producer's
 //! `init_transactions` performs (a hanging-transaction straggler, KIP-890, is the lead).
-//! Broker freezes longer than the transaction timeout pass (tests/faults.rs).
+//! The broker-freeze test below (past the transaction timeout) shows the same defect in some
+//! runs (passed 5 runs in a row, then failed once with the same adjacent-offset pattern), so it
+//! waits here too.
 
 // ---------------------------------------------------------------------------------------------
 // a. broker SIGKILL + restart
@@ -48,3 +50,6 @@ fn broker_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(notices, expected_notices(&inputs), "the notice set equals the expected set");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// b. broker frozen longer than transaction.timeout.ms
