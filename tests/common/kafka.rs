@@ -789,6 +789,14 @@ impl Drop for KafkaBroker {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- kafka test broker {} log tail ---\n{}", self.bootstrap, self.log_tail(LOG_TAIL_LINES));
+            // Diagnosis: keep a copy of the broker's dir (data, logs) of a failed test, e.g. for
+            // kafka.tools.DumpLogSegments.
+            if let (Some(keep), Some(dir)) = (std::env::var_os("RG_KEEP_BROKER_DIR"), self.dir.as_ref()) {
+                let to = Path::new(&keep).join(format!("broker-{}", std::process::id()));
+                let _ = fs::create_dir_all(&to);
+                let ok = Command::new("cp").arg("-a").arg(dir.path()).arg(&to).status();
+                eprintln!("--- kafka test broker dir kept in {} ({ok:?}) ---", to.display());
+            }
         }
         // The one broker recording the CDS archive must exit normally for the JVM to write it.
         let mut reaped = false;
