@@ -58,6 +58,47 @@ fn decision_mix(
 }
 
 // ---------------------------------------------------------------------------------------------
+// a. broker SIGKILLed mid-transaction and restarted
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn broker_killed_mid_stream_loses_and_duplicates_nothing() {
+    let mut broker = KafkaBroker::start_dedicated();
+    let t = Topics::create(&broker, "bkill");
+    let dir = tempfile::tempdir().unwrap();
+    // One transaction per commit interval (100 ms): a transaction is open whenever the broker dies.
+    let cfg = write_config(&broker, &t, dir.path(), &unique_name("bkill-txn"), NO_TRIP, &[], Some(50_000));
+    let log = dir.path().join("service.log");
+    let inputs = crash_inputs(60_000);
+    let total = inputs.len() as i64;
+
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(Duration::from_secs(60));
+    let stream = Stream::paced(&broker, &t.input, inputs.clone(), Duration::from_secs(20));
+    // Kill once the service is well into the stream (a transaction is open every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_sum(&broker, &t) < total / 5 {
+        svc.assert_running("before the broker was killed");
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    svc.assert_running("while the broker was down");
+    broker.restart();
+    let coords = stream.finish();
+    // Generous: reconnects, a possible fencing and re-initialisation, the group's rebalance.
+    wait_committed_running(&broker, &t, &mut svc, total, Duration::from_secs(150));
+    svc.assert_running("after the broker came back");
+    svc.terminate_ok();
+
+    let (notices, _) = check_outputs(&broker, &t, &inputs, &coords);
+    assert_eq!(notices, expected_notices(&inputs), "the notice set equals the expected set");
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. broker frozen longer than transaction.timeout.ms
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn broker_frozen_longer_than_the_transaction_timeout() {

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::core::event::format_rfc3339_ms;
 use crate::core::outcome::NOTICE_SCHEMA;
-use crate::kafka::client::producer_config;
+use crate::kafka::client::{output_topics, producer_config};
 use crate::kafka::txn::{TxnError, TxnWriter, NO_TAG};
 
 pub use pace::Pacer;
@@ -660,9 +660,12 @@ impl Txn {
     fn init(settings: &Settings) -> Result<Txn, HeldError> {
         let mut s = settings.clone();
         s.transactional_id = format!("{}-held-actions", settings.group_id);
-        let writer = TxnWriter::new(&producer_config(&s)).map_err(|e| {
+        let mut writer = TxnWriter::new(&producer_config(&s)).map_err(|e| {
             kafka_err(&format!("cannot initialise transactions (transactional.id {})", s.transactional_id), e)
         })?;
+        writer
+            .fence(&output_topics(&s), &mut || None, &mut || {})
+            .map_err(|e| kafka_err("cannot fence the output partitions", e))?;
         Ok(Txn { writer, id: s.transactional_id })
     }
 

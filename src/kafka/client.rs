@@ -66,3 +66,19 @@ pub fn producer_config(s: &Settings) -> ClientConfig {
 pub fn admin_config(s: &Settings) -> ClientConfig {
     base(&s.kafka)
 }
+
+/// Every topic the transactional producers write: the ones a fence covers (`TxnWriter::fence`).
+pub fn output_topics(s: &Settings) -> Vec<&str> {
+    let t = &s.topics;
+    let mut topics = vec![
+        t.notices.as_str(),
+        t.shadow.as_str(),
+        t.held.as_str(),
+        t.dlq.as_str(),
+        t.control.as_str(),
+        t.audit.as_str(),
+    ];
+    topics.sort_unstable();
+    topics.dedup();
+    topics
+}

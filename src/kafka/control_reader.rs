@@ -15,6 +15,7 @@ use crate::core::Engine;
 
 use super::control::{parse, Control};
 use super::pipeline::PipelineError;
+use super::txn::FENCE_MARK;
 
 /// How long startup waits to read the control topic to its end.
 const STARTUP_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,6 +104,10 @@ impl ControlReader {
         all: bool,
         policy: &mut Option<String>,
     ) -> usize {
+        if m.key() == Some(FENCE_MARK.as_bytes()) {
+            // Aborted at once; only a broker without transactions (the demo's mock) shows it.
+            return 0;
+        }
         match parse(m.key().unwrap_or(&[]), m.payload()) {
             Some(Control::Override(o)) if all || o.instance != self.instance => {
                 let b = engine.breaker_mut();

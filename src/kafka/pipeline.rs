@@ -35,7 +35,7 @@ use crate::telemetry::Metrics;
 
 use super::admin;
 pub use super::admin::{AdminCommand, BreakerAction, Reply};
-use super::client::{consumer_config, producer_config};
+use super::client::{consumer_config, output_topics, producer_config};
 use super::control_reader::ControlReader;
 use super::records::{record_for, Origin, DLQ_RECORD_OVERHEAD};
 use super::restore::{self, PartitionPlan};
@@ -400,12 +400,16 @@ impl Pipeline {
     ) -> Result<Pipeline, PipelineError> {
         let policy = settings.policy.clone();
         let config = producer_config(&settings);
-        let writer = TxnWriter::new(&config).map_err(|e| {
+        let mut writer = TxnWriter::new(&config).map_err(|e| {
             PipelineError::Startup(format!(
                 "cannot initialise transactions (transactional.id {}): {e}",
                 settings.transactional_id
             ))
         })?;
+        let fenced = writer
+            .fence(&output_topics(&settings), &mut || None, &mut || {})
+            .map_err(|e| PipelineError::Startup(format!("cannot fence the output partitions: {e}")))?;
+        info!(partitions = fenced, "Output partitions fenced.");
         let txn_timeout = config
             .get("transaction.timeout.ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -872,6 +876,22 @@ impl Pipeline {
             .map_err(|source| {
                 PipelineError::Transaction(TxnError::Fatal { what: "init_transactions of a new producer", source })
             })?;
+        // Any offset will do for the owned partitions: the fence is aborted, and its marker
+        // closes every consumer-offset commit the old producer left pending in the group.
+        let (owned, inputs) = (&self.owned, &self.settings.topics.input);
+        let mut offsets = || {
+            let group = consumer.group_metadata()?;
+            let mut tpl = TopicPartitionList::new();
+            for &(t, p) in owned {
+                let _ = tpl.add_partition_offset(&inputs[t], p, Offset::Offset(0));
+            }
+            Some((tpl, group))
+        };
+        let fenced = fresh.fence(&output_topics(&self.settings), &mut offsets, &mut || {
+            status.beat();
+            let _ = consumer.poll(Duration::from_millis(100));
+        })?;
+        info!(partitions = fenced, "Output partitions fenced by the new producer.");
         let old = std::mem::replace(&mut *lock(&self.shared.writer), fresh);
         drop(old);
         lock(&self.shared.offsets).clear();

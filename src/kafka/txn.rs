@@ -14,6 +14,19 @@
 //!
 //! A broker outage is never fatal by itself: calls that time out are retried until the
 //! transaction's budget (`transaction.timeout.ms`) is spent, then the transaction is aborted.
+//!
+//! **Fencing after init.** `init_transactions` asks the coordinator to abort whatever an earlier
+//! producer with the same transactional id left open, and the coordinator does that by writing
+//! abort markers to the partitions of that transaction. Apache Kafka 4.4 skips the marker of a
+//! partition whose leader it cannot find or that answers UNKNOWN_TOPIC_OR_PARTITION ("likely
+//! deleted already") and still records the abort as complete; right after a broker restart
+//! that happens to partitions that are not loaded yet (seen here: a broker SIGKILLed mid
+//! transaction, its expired transaction completed while the notices partition had no marker).
+//! The open records of that transaction then stay open on the partition and the next commit of
+//! the same producer id commits them too: a notice sent twice. [`TxnWriter::fence`] closes any
+//! such leftover: one empty record to every partition of every output topic, then an abort,
+//! whose markers (written now, by a live coordinator) abort everything the producer id left
+//! open there; from then on the partitions know the new epoch and refuse any older straggler.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,7 +34,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::warn;
@@ -29,6 +42,10 @@ use tracing::warn;
 /// Delivery tag of a record: the caller's index of what the record came from ([`NO_TAG`]: none).
 pub type Tag = usize;
 pub const NO_TAG: Tag = usize::MAX;
+
+/// Header (value `1`) and key of the records [`TxnWriter::fence`] writes: empty, always aborted,
+/// so never seen by a `read_committed` reader.
+pub const FENCE_MARK: &str = "resetguard-fence";
 
 /// librdkafka's default `transaction.timeout.ms`, used when the config does not say.
 const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -309,6 +326,90 @@ impl TxnWriter {
                 },
             }
         }
+    }
+
+    /// Closes whatever an earlier producer with this transactional id left open on `topics` (see
+    /// the module docs): one empty record (key and header [`FENCE_MARK`]) to every partition,
+    /// delivered, then aborted. With `offsets` (asked again on every attempt: the consumer may
+    /// rejoin its group meanwhile) the consumer's offsets are added too, so a consumer-offset
+    /// commit left pending in the group is closed as well; that part is given up after the
+    /// transaction budget (a warning), the partitions never are. Call it right after
+    /// `init_transactions`, before the first transaction. An outage is waited out (`keep_alive`
+    /// between attempts); only a fatal error ends it. Returns the number of partitions fenced.
+    pub fn fence(
+        &mut self,
+        topics: &[&str],
+        offsets: &mut dyn FnMut() -> Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+        keep_alive: &mut dyn FnMut(),
+    ) -> Result<usize, TxnError> {
+        let offsets_until = Instant::now() + self.budget;
+        loop {
+            let with = if Instant::now() < offsets_until { offsets() } else { None };
+            match self.try_fence(topics, with.as_ref().map(|(t, g)| (t, g))) {
+                Ok(n) => {
+                    self.abort(keep_alive)?;
+                    return Ok(n);
+                }
+                Err(TxnError::Fatal { what, source }) => return Err(TxnError::Fatal { what, source }),
+                Err(e) => {
+                    warn!(error = %e, "Fencing the output partitions failed; retrying.");
+                    self.abort(keep_alive)?;
+                    keep_alive();
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+            }
+        }
+    }
+
+    fn try_fence(
+        &mut self,
+        topics: &[&str],
+        offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>,
+    ) -> Result<usize, TxnError> {
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let metadata = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), CALL_TIMEOUT)
+                .map_err(|source| TxnError::Abort { what: "fetch_metadata for the fence", source })?;
+            for t in metadata.topics().iter().filter(|t| t.name() == *topic && t.error().is_none()) {
+                partitions.extend(t.partitions().iter().map(|p| (*topic, p.id())));
+            }
+        }
+        for &(topic, partition) in &partitions {
+            let headers = OwnedHeaders::new().insert(Header { key: FENCE_MARK, value: Some("1") });
+            let record = BaseRecord::with_opaque_to(topic, NO_TAG)
+                .partition(partition)
+                .key(FENCE_MARK.as_bytes())
+                .payload(&[][..])
+                .headers(headers);
+            match self.send(record) {
+                Ok(()) => {}
+                Err(TxnError::Poison { code, .. }) => {
+                    return Err(TxnError::Abort { what: "a fence record", source: KafkaError::MessageProduction(code) })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Delivered, so every partition is part of the transaction before it is aborted.
+        let deadline = Instant::now() + self.budget;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(5));
+        }
+        if self.producer.in_flight_count() > 0 {
+            return Err(TxnError::Abort {
+                what: "fence records not delivered in time",
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+        self.check_deliveries()?;
+        if let Some((tpl, cgm)) = offsets.filter(|(tpl, _)| tpl.count() > 0) {
+            self.producer
+                .send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
+                .map_err(|e| self.error("send_offsets_to_transaction (fence)", e))?;
+        }
+        Ok(partitions.len())
     }
 
     /// Drops the records of the transaction being aborted that are still queued, and serves the
