@@ -167,7 +167,9 @@ pub struct PipelineFile {
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Transactional id of this instance: unique per instance and stable across its restarts, so
-    /// a restart fences its previous incarnation at once. Default `resetguard-<hostname>`.
+    /// a restart fences its previous incarnation at once. It is also the consumer's
+    /// `group.instance.id` (static membership: a restarted instance takes its partitions back
+    /// without a rebalance). Default `resetguard-<hostname>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
@@ -322,7 +324,14 @@ impl ConfigFile {
         if !kafka.contains_key("bootstrap.servers") {
             errors.push(field("kafka.\"bootstrap.servers\"", "is required"));
         }
-        for managed in ["enable.auto.commit", "isolation.level", "transactional.id", "group.id", "enable.idempotence"] {
+        for managed in [
+            "enable.auto.commit",
+            "isolation.level",
+            "transactional.id",
+            "group.id",
+            "group.instance.id",
+            "enable.idempotence",
+        ] {
             if kafka.contains_key(managed) {
                 errors.push(field(
                     &format!("kafka.\"{managed}\""),

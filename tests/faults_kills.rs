@@ -306,3 +306,80 @@ fn ten_kills_at_the_worst_moments_with_the_breaker_enabled() {
     );
     assert!(spike_notices <= bound, "{spike_notices} notices of the spiking source escaped; at most {bound} may");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Static membership: a restart of the same instance is not a rebalance for the others
+// ---------------------------------------------------------------------------------------------
+
+/// Input partitions an instance owns, from the series of its consumer-lag gauge (one per owned
+/// partition; revoked partitions' series are removed). `None`: no answer or no series yet.
+fn owned_partitions(svc: &mut Service) -> Option<BTreeSet<String>> {
+    let (code, text) = svc.get("/metrics")?;
+    let owned: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with("resetguard_consumer_lag_messages{"))
+        .filter_map(|l| l.split("partition=\"").nth(1)?.split('"').next().map(str::to_string))
+        .collect();
+    (code == 200 && !owned.is_empty()).then_some(owned)
+}
+
+/// Waits until `a` and `b` together own every input partition, each some.
+fn wait_split(a: &mut Service, b: &mut Service) -> (BTreeSet<String>, BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let (Some(pa), Some(pb)) = (owned_partitions(a), owned_partitions(b)) {
+            if pa.is_disjoint(&pb) && pa.len() + pb.len() == PARTITIONS as usize {
+                return (pa, pb);
+            }
+        }
+        a.assert_running("while the group formed");
+        b.assert_running("while the group formed");
+        assert!(Instant::now() < deadline, "the two instances never split the partitions");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_instance_restarted_at_once_gets_its_partitions_back_without_a_rebalance_of_the_others() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "static");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg_a = write_config(broker, &t, dir_a.path(), &unique_name("static-a"), NO_TRIP, &[], None);
+    let cfg_b = write_config(broker, &t, dir_b.path(), &unique_name("static-b"), NO_TRIP, &[], None);
+    let (log_a, log_b) = (dir_a.path().join("a.log"), dir_b.path().join("b.log"));
+    let inputs = crash_inputs(40_000);
+    let (first, second) = inputs.split_at(20_000);
+    let mut coords = produce(broker, &t.input, first);
+
+    let mut a = Service::spawn(&cfg_a, &log_a);
+    let mut b = Service::spawn(&cfg_b, &log_b);
+    a.wait_ready(Duration::from_secs(90));
+    b.wait_ready(Duration::from_secs(90));
+    let (owned_a, _) = wait_split(&mut a, &mut b);
+    wait_committed_running(broker, &t, &mut b, first.len() as i64, Duration::from_secs(120));
+    let rebalances_b = b.metric("resetguard_rebalances_total").expect("rebalance counter of b");
+    let restores_b = b.metric("resetguard_restores_total").expect("restore counter of b");
+
+    // SIGKILL a and start it again at once: same config, so the same instance name.
+    a.kill();
+    let mut a = Service::spawn(&cfg_a, &log_a);
+    a.wait_ready(Duration::from_secs(90));
+    coords.extend(produce(broker, &t.input, second));
+    wait_committed_running(broker, &t, &mut b, inputs.len() as i64, Duration::from_secs(120));
+    let (owned_a2, _) = wait_split(&mut a, &mut b);
+
+    assert_eq!(owned_a2, owned_a, "the restarted instance owns what it owned before");
+    assert_eq!(
+        b.metric("resetguard_rebalances_total"),
+        Some(rebalances_b),
+        "the other instance saw no rebalance; its log:\n{}",
+        log_summary(&log_b)
+    );
+    assert_eq!(b.metric("resetguard_restores_total"), Some(restores_b), "the other instance restored nothing");
+    a.terminate_ok();
+    b.terminate_ok();
+    let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
+    let expected: BTreeSet<String> =
+        inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    assert_eq!(notices, expected, "the same notices as one uninterrupted instance");
+}

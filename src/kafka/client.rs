@@ -19,6 +19,9 @@ fn base(props: &BTreeMap<String, String>) -> ClientConfig {
 pub fn consumer_config(s: &Settings) -> ClientConfig {
     let mut c = base(&s.kafka);
     c.set("group.id", &s.group_id)
+        // Static membership: the instance name (the transactional id, stable across restarts)
+        // lets a restarted instance take its partitions back without a rebalance of the others.
+        .set("group.instance.id", &s.transactional_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")

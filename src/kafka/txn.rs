@@ -291,15 +291,21 @@ impl TxnWriter {
         loop {
             match self.producer.commit_transaction(CALL_TIMEOUT) {
                 Ok(()) => return Ok(()),
-                Err(e) => match self.classify(&e) {
-                    Class::Retry if started || Instant::now() < deadline => {
-                        started |= matches!(e, KafkaError::Transaction(_));
-                        warn!(error = %e, "Committing the transaction is taking long; resuming it.");
-                        std::thread::sleep(RETRY_PAUSE);
+                Err(e) => {
+                    // librdkafka has started the commit unless it refused outright (abortable,
+                    // fatal, no transaction) or rust-rdkafka's flush before it timed out.
+                    let in_progress = matches!(&e, KafkaError::Transaction(t)
+                        if !t.txn_requires_abort() && t.code() != RDKafkaErrorCode::State);
+                    started |= in_progress;
+                    match self.classify(&e) {
+                        Class::Fatal => return Err(TxnError::Fatal { what: "commit_transaction", source: e }),
+                        _ if started && in_progress => {}
+                        Class::Retry if Instant::now() < deadline => {}
+                        _ => return Err(TxnError::Abort { what: "commit_transaction", source: e }),
                     }
-                    Class::Fatal => return Err(TxnError::Fatal { what: "commit_transaction", source: e }),
-                    _ => return Err(TxnError::Abort { what: "commit_transaction", source: e }),
-                },
+                    warn!(error = %e, "Committing the transaction is taking long; resuming it.");
+                    std::thread::sleep(RETRY_PAUSE);
+                }
             }
         }
     }
@@ -440,6 +446,25 @@ impl TxnWriter {
                 Err(KafkaError::Transaction(t)) if t.code() == RDKafkaErrorCode::State && !t.is_fatal() => {
                     // No transaction in progress any more: nothing to abort.
                     break;
+                }
+                Err(KafkaError::Transaction(t)) if t.code() == RDKafkaErrorCode::Conflict && !t.is_fatal() => {
+                    // A commit librdkafka started earlier is still going on and refuses the
+                    // abort ("Conflicting commit_transaction API call is already in progress"):
+                    // resume it until it ends, committed or aborted. Either way the transaction
+                    // is over, and the caller goes on from the offsets Kafka has committed.
+                    match self.producer.commit_transaction(CALL_TIMEOUT) {
+                        Ok(()) => {
+                            warn!("The transaction to abort had a commit in progress; it committed.");
+                            break;
+                        }
+                        Err(e) => {
+                            if let Class::Fatal = self.classify(&e) {
+                                return Err(TxnError::Fatal { what: "commit_transaction before an abort", source: e });
+                            }
+                            warn!(error = %e, "A commit in progress blocks the abort; resuming it.");
+                            keep_alive();
+                        }
+                    }
                 }
                 Err(e) => match self.classify(&e) {
                     Class::Fatal => return Err(TxnError::Fatal { what: "abort_transaction", source: e }),
