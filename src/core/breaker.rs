@@ -154,19 +154,28 @@ struct Cell {
     /// This instance's share of the cap is zero: refuse everything (fleet budget, see `set_share`).
     no_budget: bool,
     floor: u32,
+    /// Why the cell is in its state (`None`: closed since it was created).
+    cause: Option<Cause>,
 }
 
-/// Read-only view of one cell, for metrics and the admin API.
+/// Read-only view of one cell, for metrics, the admin API and the incident console.
 #[derive(Debug, Clone, Serialize)]
 pub struct CellSnapshot {
     pub cell: String,
     pub state: CellState,
     pub since_ms: i64,
+    /// Why the cell entered its state (`None`: closed since it was created).
+    pub cause: Option<Cause>,
     pub decisions_this_minute: u32,
     pub baseline_per_minute: f64,
     pub spike_threshold: f64,
     pub warming_up: bool,
     pub forced_until_ms: Option<i64>,
+    /// The cell's rate cap in force on this instance (notices per minute): the policy's rate
+    /// scaled by this instance's share of the fleet and the policy-change ramp.
+    pub cap_per_minute: f64,
+    /// The burst in force, scaled the same way (rounded down).
+    pub cap_burst: u32,
 }
 
 pub struct Breaker {
@@ -252,6 +261,7 @@ impl Breaker {
                 .with_middleware::<StateInformationMiddleware>(),
             no_budget: false,
             floor,
+            cause: None,
         });
         let i = self.cells.len() - 1;
         if self.share < 1.0 {
@@ -347,6 +357,7 @@ impl Breaker {
             c.forced = Some(Override { until_ms: until });
             c.state = if open { CellState::ForcedOpen } else { CellState::ForcedClosed };
             c.since_ms = now;
+            c.cause = Some(if open { Cause::ManualOpen } else { Cause::ManualClose });
             if open {
                 c.disturbed = true;
             }
@@ -554,6 +565,7 @@ impl Breaker {
         let from = c.state;
         c.state = to;
         c.since_ms = now;
+        c.cause = Some(cause);
         if matches!(to, CellState::Open | CellState::ForcedOpen | CellState::HalfOpen) {
             c.disturbed = true;
         }
@@ -738,17 +750,29 @@ impl Breaker {
     }
 
     pub fn snapshot(&self) -> Vec<CellSnapshot> {
+        let factor = self.share * self.ramp_factor();
         self.cells
             .iter()
-            .map(|c| CellSnapshot {
-                cell: c.name.clone(),
-                state: c.state,
-                since_ms: c.since_ms,
-                decisions_this_minute: c.count,
-                baseline_per_minute: c.baseline,
-                spike_threshold: self.threshold(c),
-                warming_up: c.minutes_learned < self.policy.warmup_minutes,
-                forced_until_ms: c.forced.as_ref().map(|o| o.until_ms),
+            .enumerate()
+            .map(|(i, c)| {
+                let (rate, burst) = if i == GLOBAL as usize {
+                    (self.policy.global_rate_per_minute, self.policy.global_burst)
+                } else {
+                    (self.policy.cell_rate_per_minute, self.policy.cell_burst)
+                };
+                CellSnapshot {
+                    cell: c.name.clone(),
+                    state: c.state,
+                    since_ms: c.since_ms,
+                    cause: c.cause,
+                    decisions_this_minute: c.count,
+                    baseline_per_minute: c.baseline,
+                    spike_threshold: self.threshold(c),
+                    warming_up: c.minutes_learned < self.policy.warmup_minutes,
+                    forced_until_ms: c.forced.as_ref().map(|o| o.until_ms),
+                    cap_per_minute: if c.no_budget { 0.0 } else { f64::from(rate) * factor },
+                    cap_burst: if c.no_budget { 0 } else { (f64::from(burst) * factor).floor() as u32 },
+                }
             })
             .collect()
     }
