@@ -85,6 +85,10 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let req = match method {
             "GET" => self.http.get(url),
@@ -94,8 +98,10 @@ impl Browser {
         let resp = req.send().unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = resp.status();
         let v: Value = resp.json().unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {method} {path}: {status} {v}");
-        v["value"].clone()
+        if !status.is_success() {
+            return Err(format!("WebDriver {method} {path}: {status} {v}"));
+        }
+        Ok(v["value"].clone())
     }
 
     fn s(&self, path: &str) -> String {
@@ -116,9 +122,17 @@ impl Browser {
         Element(v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}")).to_string())
     }
 
+    /// Clicks the element matching `css`; found again if the page re-rendered it in between.
     pub fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call("POST", &self.s(&format!("/element/{}/click", e.0)), None);
+        for _ in 0..5 {
+            let e = self.find(css);
+            match self.try_call("POST", &self.s(&format!("/element/{}/click", e.0)), None) {
+                Ok(_) => return,
+                Err(err) if err.contains("stale element reference") => continue,
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("{css} was re-rendered under every click");
     }
 
     /// Replaces the value of an input.

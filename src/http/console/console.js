@@ -8,6 +8,8 @@
   let showAccounts = false;
   let timers = [];
   let cells = [];
+  let cellsKey = "";
+  let releasesKey = "";
   const actions = [];
 
   const $ = (id) => document.getElementById(id);
@@ -109,6 +111,7 @@
     timers.forEach(clearTimeout);
     timers = [];
     for (const id of ["cells", "held-groups", "audit", "notices"]) $(id).replaceChildren();
+    cellsKey = releasesKey = heldKey = "";
     $("console").classList.add("hidden");
     $("logout").classList.add("hidden");
     $("login-panel").classList.remove("hidden");
@@ -160,7 +163,15 @@
   // ---- breaker cells --------------------------------------------------------------------------
   const STATE_LABEL = { closed: "closed", open: "open", half_open: "half-open", forced_open: "forced open", forced_closed: "forced closed" };
 
+  // Rows are rebuilt only when a cell changed (a button is not replaced under the pointer);
+  // otherwise only the "since" column is brought up to date.
   function renderCells() {
+    const key = JSON.stringify(cells);
+    if (key === cellsKey) {
+      for (const td of $("cells").querySelectorAll("td[data-since]")) td.textContent = ago(Number(td.dataset.since));
+      return;
+    }
+    cellsKey = key;
     const rows = cells.map((c) => {
       const thr = c.spike_threshold || 0;
       const ratio = thr > 0 ? Math.min(1, c.decisions_this_minute / thr) : 0;
@@ -174,7 +185,7 @@
         el("td", { class: "mono", text: c.cell }),
         el("td", {}, el("span", { class: `state state-${c.state}`, text: STATE_LABEL[c.state] || c.state })),
         el("td", { text: c.cause ? c.cause.replace(/_/g, " ") : "—" }),
-        el("td", { title: iso(c.since_ms), text: c.since_ms ? ago(c.since_ms) : "—" }),
+        c.since_ms ? el("td", { title: iso(c.since_ms), "data-since": c.since_ms, text: ago(c.since_ms) }) : el("td", { text: "—" }),
         el("td", { class: "num" }, `${c.decisions_this_minute} / ${Math.round(thr * 10) / 10}${c.warming_up ? " (warming up)" : ""}`, meter),
         el("td", { class: "num", text: cap }),
         el("td", { text: c.forced_until_ms ? `${utc(c.forced_until_ms)} UTC` : "—" }),
@@ -267,8 +278,12 @@
   }
 
   // ---- held queue -----------------------------------------------------------------------------
+  let heldKey = "";
   function renderHeld(h) {
     if (!h) return;
+    const key = JSON.stringify(h);
+    if (key === heldKey) return;
+    heldKey = key;
     $("held-summary").textContent = `${h.pending} pending · ${h.released} released · ${h.discarded} discarded` + (h.unreadable ? ` · ${h.unreadable} unreadable` : "");
     $("held-summary").setAttribute("data-pending", h.pending);
     const rows = h.groups.slice(0, 200).map((g) =>
@@ -357,6 +372,9 @@
   }
 
   function renderReleases(list) {
+    const key = JSON.stringify(list);
+    if (key === releasesKey) return;
+    releasesKey = key;
     const items = list.map((r) =>
       el(
         "li",
