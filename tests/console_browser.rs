@@ -8,6 +8,7 @@
 //! the notices topic (read_committed) holds each of the 100 released notice ids exactly once, the
 //! audit topic names each once, no account id was on the page, and the service log holds no
 //! token. A full-page screenshot goes to `target/test-output/console.png`.
+#![allow(clippy::unwrap_used)] // a test fails loudly
 
 mod common;
 

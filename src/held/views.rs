@@ -199,13 +199,14 @@ pub fn recent_notices(settings: &Settings, limit: usize, with_accounts: bool) ->
             found.push((written, m.partition(), m.offset(), e));
         }
     })?;
-    found.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+    found.sort_by_key(|x| std::cmp::Reverse((x.0, x.1, x.2)));
     found.truncate(limit);
     let notices: Vec<NoticeEntry> = found.into_iter().map(|(_, _, _, e)| e).collect();
     Ok(RecentNotices { released: notices.iter().filter(|n| n.released_by.is_some()).count(), notices })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly
 mod tests {
     use super::*;
 

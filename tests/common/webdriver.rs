@@ -3,6 +3,7 @@
 //! the blocking reqwest client, and on drop ends the session and the whole process group, so no
 //! browser process outlives the test. `scripts/browser-deps` installs the two packages.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test helper: fails the test loudly
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
