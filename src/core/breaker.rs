@@ -826,6 +826,29 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_carry_the_cause_of_each_state_and_the_cap_in_force() {
+        let p = policy();
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("m7");
+        b.cell_for("calm");
+        for i in 0..20 {
+            b.check(c, T0 + i);
+        }
+        let snap = b.snapshot();
+        let get = |name: &str| snap.iter().find(|s| s.cell == name).cloned().unwrap_or_else(|| panic!("{name}"));
+        assert_eq!((get("m7").state, get("m7").cause), (CellState::Open, Some(Cause::Spike)));
+        assert_eq!((get("calm").state, get("calm").cause), (CellState::Closed, None));
+        assert_eq!((get("m7").cap_per_minute, get("m7").cap_burst), (f64::from(p.cell_rate_per_minute), p.cell_burst));
+        assert_eq!(get("global").cap_burst, p.global_burst);
+        b.set_share(0.5);
+        let half = b.snapshot();
+        assert_eq!(half[0].cap_per_minute, f64::from(p.global_rate_per_minute) * 0.5, "the instance's share");
+        assert_eq!(half[0].cap_burst, p.global_burst / 2);
+        assert!(b.force("m7", true, Duration::from_secs(60), "ana", "INC-1", T0 + 100).is_ok());
+        assert_eq!(b.snapshot().iter().find(|s| s.cell == "m7").and_then(|s| s.cause), Some(Cause::ManualOpen));
+    }
+
+    #[test]
     fn open_goes_half_open_then_closed_when_calm_or_back_to_open_on_a_new_spike() {
         let p = policy();
         let (open_ms, half_ms) = (p.open_duration.as_millis() as i64, p.half_open_duration.as_millis() as i64);

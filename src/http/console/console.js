@@ -247,7 +247,7 @@
     const bandCells = [...new Set(minutes.flatMap((m) => Object.keys(m.cells || {})))].sort();
     for (const c of cells) if (c.state !== "closed" && !bandCells.includes(c.cell)) bandCells.push(c.cell);
     const height = TOP + H + 40 + bandCells.length * (BAND_H + 4) + 10;
-    const s = svg("svg", { viewBox: `0 0 ${W} ${height}`, width: W, height, "font-family": "sans-serif", "font-size": 11, role: "img" });
+    const s = svg("svg", { viewBox: `0 0 ${W} ${height}`, "font-family": "sans-serif", "font-size": 11, role: "img" });
     const plotW = W - LEFT - 10, barW = plotW / span;
     const max = Math.max(1, ...minutes.map((m) => m.notices + m.held));
     // Square-root scale (as the replay timeline): a few notices stay visible next to thousands held.
@@ -259,12 +259,13 @@
       const yn = y(m.notices), yt = y(m.notices + m.held);
       if (m.notices > 0) s.append(svg("rect", { class: "bar-notices", x: x + 1, y: yn, width: Math.max(1, barW - 2), height: TOP + H - yn, fill: "#2e7d32" }));
       if (m.held > 0) s.append(svg("rect", { class: "bar-held", x: x + 1, y: yt, width: Math.max(1, barW - 2), height: yn - yt, fill: "#c62828" }));
-      if (i % 10 === 0 || i === span - 1) s.append(svg("text", { x, y: TOP + H + 14, fill: "#546e7a" }, utc(m.minute_ms).slice(0, 5)));
+      if (i % 10 === 0) s.append(svg("text", { x, y: TOP + H + 14, fill: "#546e7a" }, utc(m.minute_ms).slice(0, 5)));
+      if (i === span - 1) s.append(svg("text", { x: x + barW, y: TOP + H + 14, fill: "#546e7a", "text-anchor": "end" }, utc(m.minute_ms).slice(0, 5)));
     });
     const ly = TOP + H + 30;
-    s.append(svg("rect", { x: LEFT, y: ly - 9, width: 10, height: 10, fill: "#2e7d32" }), svg("text", { x: LEFT + 14, y: ly }, "notices sent per minute"));
-    s.append(svg("rect", { x: LEFT + 170, y: ly - 9, width: 10, height: 10, fill: "#c62828" }), svg("text", { x: LEFT + 184, y: ly }, "held per minute (this instance)"));
-    s.append(svg("text", { x: LEFT + 400, y: ly, fill: "#546e7a" }, "bands: red open · purple forced open · orange half-open · blue forced closed"));
+    s.append(svg("rect", { x: LEFT, y: ly - 9, width: 10, height: 10, fill: "#2e7d32" }), svg("text", { x: LEFT + 14, y: ly }, "notices sent by the pipeline per minute"));
+    s.append(svg("rect", { x: LEFT + 250, y: ly - 9, width: 10, height: 10, fill: "#c62828" }), svg("text", { x: LEFT + 264, y: ly }, "held per minute (this instance)"));
+    s.append(svg("text", { x: LEFT + 480, y: ly, fill: "#546e7a" }, "bands: red open · purple forced open · orange half-open · blue forced closed"));
     bandCells.forEach((cell, j) => {
       const by = ly + 10 + j * (BAND_H + 4);
       s.append(svg("text", { x: 4, y: by + 11 }, cell.length > 12 ? cell.slice(0, 11) + "…" : cell));
