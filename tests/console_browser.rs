@@ -94,6 +94,11 @@ fn action_with(b: &Browser, needle: &str) -> Result<String, String> {
 /// Opens the confirm dialog's form: waits for the preview to contain `preview`, fills actor and
 /// reason, confirms. Returns the preview text.
 fn confirm(b: &Browser, preview: &str, reason: &str) -> String {
+    confirm_with_picture(b, preview, reason, None)
+}
+
+/// [`confirm`], with a screenshot of the dialog once its preview is there.
+fn confirm_with_picture(b: &Browser, preview: &str, reason: &str, picture: Option<&Path>) -> String {
     let text = b.wait_for(&format!("a preview saying {preview:?}"), TIMEOUT, |b| {
         let t = b.text("#dialog-preview");
         if t.contains(preview) {
@@ -109,6 +114,9 @@ fn confirm(b: &Browser, preview: &str, reason: &str) -> String {
     );
     b.type_into("#actor", ACTOR);
     b.type_into("#reason", reason);
+    if let Some(p) = picture {
+        b.screenshot(p);
+    }
     b.click("#dialog-confirm");
     b.wait_for("the dialog to close", TIMEOUT, |b| {
         let hidden = b.script("return document.getElementById('dialog').classList.contains('hidden');");
@@ -242,7 +250,12 @@ fn the_incident_console_shows_a_tripped_cell_and_releases_held_notices_exactly_o
     b.type_into("#sel-from", &format_rfc3339_ms(cut_ms));
     b.type_into("#sel-rate", "60");
     b.click("#preview-release");
-    let preview = confirm(&b, "100 pending held notices match", "INC-4711: model fixed, releasing");
+    let preview = confirm_with_picture(
+        &b,
+        "100 pending held notices match",
+        "INC-4711: model fixed, releasing",
+        Some(&out.join("console-release-preview.png")),
+    );
     assert!(preview.contains("at 60/min: about 2 min"), "the preview says the pace: {preview}");
     // ...then stop it part-way.
     b.wait_for("the running release", TIMEOUT, |b| {
