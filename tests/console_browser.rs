@@ -4,7 +4,8 @@
 //!
 //! An operator signs in (a wrong token is refused), sees a cell trip after a spike, selects the
 //! 100 notices held after the trip, previews and releases them at a pace, stops the release
-//! part-way, releases the rest, forces a cell open and clears it, and sees the audit trail. Then
+//! part-way, releases the rest, discards what the spike itself held, forces a cell open and
+//! clears it, and sees the audit trail. Then
 //! the notices topic (read_committed) holds each of the 100 released notice ids exactly once, the
 //! audit topic names each once, no account id was on the page, and the service log holds no
 //! token. A full-page screenshot goes to `target/test-output/console.png`.
@@ -289,6 +290,27 @@ fn the_incident_console_shows_a_tripped_cell_and_releases_held_notices_exactly_o
     let done = b.wait_for("the second release", TIMEOUT, |b| action_with(b, "(done)"));
     assert!(done.contains(&format!("sent {rest}, already released {sent_first}")), "{done}");
 
+    // Discard what the spike itself held (held before the cut): never sent.
+    b.type_into("#sel-from", "");
+    b.type_into("#sel-to", &format_rfc3339_ms(cut_ms));
+    b.click("#preview-discard");
+    let p = confirm(
+        &b,
+        &format!("{held_first} pending held notices match"),
+        "INC-4711: the spike's first minute was bogus",
+    );
+    assert!(p.contains("DISCARDED: never sent"), "{p}");
+    let discarded = b.wait_for("the discard", TIMEOUT, |b| action_with(b, "discard of"));
+    assert!(discarded.contains(&format!("discarded {held_first}, already released 0")), "{discarded}");
+    b.wait_for("an empty held queue", TIMEOUT, |b| {
+        let t = b.text("#held-summary");
+        if t == format!("0 pending · {AFTER} released · {held_first} discarded") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+
     // Force a cell open for a TTL, then clear the override.
     b.type_into("#other-cell", "auth-service");
     b.click("#other-open");
@@ -336,7 +358,8 @@ fn the_incident_console_shows_a_tripped_cell_and_releases_held_notices_exactly_o
             .collect();
         let released: usize = rows.iter().filter(|r| r.0 == "release").map(|r| r.2).sum();
         let has = |a: &str| rows.iter().any(|r| r.0 == a && r.1 == ACTOR);
-        if released == AFTER && has("breaker_open") && has("breaker_clear") {
+        let discarded: usize = rows.iter().filter(|r| r.0 == "discard").map(|r| r.2).sum();
+        if released == AFTER && discarded == held_first && has("breaker_open") && has("breaker_clear") {
             Ok(rows)
         } else {
             Err(format!("{rows:?}"))
@@ -391,7 +414,13 @@ fn the_incident_console_shows_a_tripped_cell_and_releases_held_notices_exactly_o
             *audited.entry(id.as_str().unwrap().to_string()).or_default() += 1;
         }
     }
-    assert!(audited.values().all(|n| *n == 1) && audited.keys().cloned().collect::<BTreeSet<_>>() == after);
+    let held_ids: BTreeSet<String> =
+        held_all.iter().map(|r| json(r)["notice_id"].as_str().unwrap().to_string()).collect();
+    assert!(audited.values().all(|n| *n == 1), "an id audited twice");
+    assert!(
+        audited.keys().cloned().collect::<BTreeSet<_>>() == held_ids,
+        "every held notice released or discarded, audited once"
+    );
     assert!(actions.contains(&"breaker_open".to_string()) && actions.contains(&"breaker_clear".to_string()));
 
     drop(b);
