@@ -14,9 +14,10 @@
 //! - [`replay`]: `resetguard replay`, the core over a file with event time as the clock (file IO)
 //! - [`config`]: service configuration (`resetguard.toml`), validated into `Settings`
 //! - [`kafka`]: Kafka adapters and the exactly-once loop (IO)
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz` (IO)
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, the admin API and the incident console `/console` (IO)
 //! - [`app`]: wiring of `resetguard run`
-//! - [`held`]: listing, releasing (paced, exactly once) and discarding held notices (Kafka IO)
+//! - [`held`]: listing, releasing (paced, exactly once) and discarding held notices, and the console's views of
+//!   the held queue, audit trail and last notices (Kafka IO)
 //! - [`demo`]: the zero-setup demo (embedded broker, simulated traffic) and the traffic generator
 //! - [`telemetry`]: metrics (injected registry) and logging setup
 pub mod app;

@@ -65,6 +65,13 @@ fn requests(client: &reqwest::blocking::Client, base: &str) -> Vec<reqwest::bloc
         client.delete(format!("{base}/admin/allow-list")).json(&allow),
         client.post(format!("{base}/admin/held/release")).json(&open),
         client.post(format!("{base}/admin/breaker/global/open")).body("{not json"),
+        // The incident console's endpoints.
+        client.get(format!("{base}/admin/held/groups")),
+        client.get(format!("{base}/admin/audit?limit=5&accounts=true")),
+        client.get(format!("{base}/admin/notices/recent?accounts=true")),
+        client.get(format!("{base}/admin/timeline")),
+        client.get(format!("{base}/admin/held/releases")),
+        client.post(format!("{base}/admin/held/stop")).json(&open),
     ]
 }
 
@@ -78,12 +85,13 @@ fn a_thousand_requests_without_the_right_token_get_a_bare_401_and_change_nothing
     while sent < 1000 {
         for (i, auth) in auths.iter().enumerate() {
             let reqs = requests(&client, &s.base);
-            let mut req = reqs.into_iter().nth((sent + i) % 8).unwrap();
+            let n = reqs.len();
+            let mut req = reqs.into_iter().nth((sent + i) % n).unwrap();
             if let Some(a) = auth {
                 req = req.header("Authorization", a);
             }
             let resp =
-                req.send().unwrap_or_else(|e| panic!("request {sent} (auth #{i}, route #{}): {e}", (sent + i) % 8));
+                req.send().unwrap_or_else(|e| panic!("request {sent} (auth #{i}, route #{}): {e}", (sent + i) % n));
             *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
             let body = resp.text().unwrap();
             assert!(body.is_empty(), "a 401 says nothing: {body:?}");
@@ -186,4 +194,67 @@ fn healthz_fails_once_the_pipeline_loop_stops_coming_round() {
     assert!(stalled.text().unwrap().contains("has not come round for 61 s"));
     status.beat();
     assert_eq!(get().status(), 200, "alive again once the loop comes round");
+}
+
+#[test]
+fn the_console_page_is_served_without_data_and_with_strict_headers() {
+    let s = server(Some(TOKEN));
+    let client = reqwest::blocking::Client::new();
+    let page = client.get(format!("{}/console", s.base)).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let h = page.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["x-frame-options"], "DENY");
+    let csp = h["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let html = page.text().unwrap();
+    assert!(html.contains(r#"<input id="token" type="password""#), "a login form with a password field");
+    assert!(html.contains(r#"<script src="/console/console.js" defer></script>"#));
+    assert!(!html.contains("<script>"), "no inline script (the CSP forbids it)");
+    for (path, kind) in [("/console/console.js", "text/javascript"), ("/console/console.css", "text/css")] {
+        let r = client.get(format!("{}{path}", s.base)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(r.text().unwrap().len() > 1000, "{path} has content");
+    }
+    let js = client.get(format!("{}/console/console.js", s.base)).send().unwrap().text().unwrap();
+    assert!(!js.contains("localStorage") && !js.contains("sessionStorage") && !js.contains("document.cookie"));
+    assert!(!js.contains("innerHTML"), "data is inserted as text, never as HTML");
+    assert!(s.commands.try_recv().is_err(), "loading the page sends nothing to the pipeline");
+}
+
+#[test]
+fn with_the_token_the_console_endpoints_answer_without_touching_the_pipeline() {
+    let s = server(Some(TOKEN));
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let r =
+            client.get(format!("{}{path}", s.base)).header("Authorization", format!("Bearer {TOKEN}")).send().unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(serde_json::Value::Null))
+    };
+    let (status, timeline) = get("/admin/timeline");
+    assert_eq!(status, 200);
+    assert!(timeline["now_ms"].as_i64().unwrap() > 0);
+    assert_eq!(timeline["minutes"], serde_json::json!([]), "no sampler in this server: no minutes");
+    assert_eq!(get("/admin/held/releases"), (200, serde_json::json!([])));
+    // Without Kafka settings the held views are unavailable, not an error page with details.
+    assert_eq!(get("/admin/held/groups").0, 503);
+    assert_eq!(get("/admin/audit").0, 503);
+    assert_eq!(get("/admin/notices/recent").0, 503);
+    let stop = |body: serde_json::Value| {
+        let r = client
+            .post(format!("{}/admin/held/stop", s.base))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().unwrap_or_default())
+    };
+    assert_eq!(
+        stop(serde_json::json!({"actor": "ana", "reason": "mailer struggling"})),
+        (200, serde_json::json!({"stopped": []}))
+    );
+    assert_eq!(stop(serde_json::json!({"actor": "ana", "reason": " "})).0, 400, "a stop needs a reason");
+    assert!(s.commands.try_recv().is_err());
 }

@@ -154,19 +154,28 @@ struct Cell {
     /// This instance's share of the cap is zero: refuse everything (fleet budget, see `set_share`).
     no_budget: bool,
     floor: u32,
+    /// Why the cell is in its state (`None`: closed since it was created).
+    cause: Option<Cause>,
 }
 
-/// Read-only view of one cell, for metrics and the admin API.
+/// Read-only view of one cell, for metrics, the admin API and the incident console.
 #[derive(Debug, Clone, Serialize)]
 pub struct CellSnapshot {
     pub cell: String,
     pub state: CellState,
     pub since_ms: i64,
+    /// Why the cell entered its state (`None`: closed since it was created).
+    pub cause: Option<Cause>,
     pub decisions_this_minute: u32,
     pub baseline_per_minute: f64,
     pub spike_threshold: f64,
     pub warming_up: bool,
     pub forced_until_ms: Option<i64>,
+    /// The cell's rate cap in force on this instance (notices per minute): the policy's rate
+    /// scaled by this instance's share of the fleet and the policy-change ramp.
+    pub cap_per_minute: f64,
+    /// The burst in force, scaled the same way (rounded down).
+    pub cap_burst: u32,
 }
 
 pub struct Breaker {
@@ -252,6 +261,7 @@ impl Breaker {
                 .with_middleware::<StateInformationMiddleware>(),
             no_budget: false,
             floor,
+            cause: None,
         });
         let i = self.cells.len() - 1;
         if self.share < 1.0 {
@@ -347,6 +357,7 @@ impl Breaker {
             c.forced = Some(Override { until_ms: until });
             c.state = if open { CellState::ForcedOpen } else { CellState::ForcedClosed };
             c.since_ms = now;
+            c.cause = Some(if open { Cause::ManualOpen } else { Cause::ManualClose });
             if open {
                 c.disturbed = true;
             }
@@ -554,6 +565,7 @@ impl Breaker {
         let from = c.state;
         c.state = to;
         c.since_ms = now;
+        c.cause = Some(cause);
         if matches!(to, CellState::Open | CellState::ForcedOpen | CellState::HalfOpen) {
             c.disturbed = true;
         }
@@ -738,17 +750,29 @@ impl Breaker {
     }
 
     pub fn snapshot(&self) -> Vec<CellSnapshot> {
+        let factor = self.share * self.ramp_factor();
         self.cells
             .iter()
-            .map(|c| CellSnapshot {
-                cell: c.name.clone(),
-                state: c.state,
-                since_ms: c.since_ms,
-                decisions_this_minute: c.count,
-                baseline_per_minute: c.baseline,
-                spike_threshold: self.threshold(c),
-                warming_up: c.minutes_learned < self.policy.warmup_minutes,
-                forced_until_ms: c.forced.as_ref().map(|o| o.until_ms),
+            .enumerate()
+            .map(|(i, c)| {
+                let (rate, burst) = if i == GLOBAL as usize {
+                    (self.policy.global_rate_per_minute, self.policy.global_burst)
+                } else {
+                    (self.policy.cell_rate_per_minute, self.policy.cell_burst)
+                };
+                CellSnapshot {
+                    cell: c.name.clone(),
+                    state: c.state,
+                    since_ms: c.since_ms,
+                    cause: c.cause,
+                    decisions_this_minute: c.count,
+                    baseline_per_minute: c.baseline,
+                    spike_threshold: self.threshold(c),
+                    warming_up: c.minutes_learned < self.policy.warmup_minutes,
+                    forced_until_ms: c.forced.as_ref().map(|o| o.until_ms),
+                    cap_per_minute: if c.no_budget { 0.0 } else { f64::from(rate) * factor },
+                    cap_burst: if c.no_budget { 0 } else { (f64::from(burst) * factor).floor() as u32 },
+                }
             })
             .collect()
     }
@@ -799,6 +823,29 @@ mod tests {
         let t = b.drain_transitions();
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].from, t[0].to, t[0].cause), (CellState::Closed, CellState::Open, Cause::Spike));
+    }
+
+    #[test]
+    fn snapshots_carry_the_cause_of_each_state_and_the_cap_in_force() {
+        let p = policy();
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("m7");
+        b.cell_for("calm");
+        for i in 0..20 {
+            b.check(c, T0 + i);
+        }
+        let snap = b.snapshot();
+        let get = |name: &str| snap.iter().find(|s| s.cell == name).cloned().unwrap_or_else(|| panic!("{name}"));
+        assert_eq!((get("m7").state, get("m7").cause), (CellState::Open, Some(Cause::Spike)));
+        assert_eq!((get("calm").state, get("calm").cause), (CellState::Closed, None));
+        assert_eq!((get("m7").cap_per_minute, get("m7").cap_burst), (f64::from(p.cell_rate_per_minute), p.cell_burst));
+        assert_eq!(get("global").cap_burst, p.global_burst);
+        b.set_share(0.5);
+        let half = b.snapshot();
+        assert_eq!(half[0].cap_per_minute, f64::from(p.global_rate_per_minute) * 0.5, "the instance's share");
+        assert_eq!(half[0].cap_burst, p.global_burst / 2);
+        assert!(b.force("m7", true, Duration::from_secs(60), "ana", "INC-1", T0 + 100).is_ok());
+        assert_eq!(b.snapshot().iter().find(|s| s.cell == "m7").and_then(|s| s.cause), Some(Cause::ManualOpen));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod pace;
 pub mod select;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,6 +159,14 @@ pub struct DiscardReport {
 /// first, with counts of matching notices already released or discarded. Reads the control and
 /// held topics to their end (read_committed); writes nothing.
 pub fn list(settings: &Settings, selector: &Selector) -> Result<HeldListing, HeldError> {
+    let listing = listing(settings, selector)?;
+    info!(selector = %selector, pending = listing.pending, released = listing.released, discarded = listing.discarded,
+        unreadable = listing.unreadable, "Held notices listed.");
+    Ok(listing)
+}
+
+/// [`list`] without its log line, for views polled every few seconds (the incident console).
+pub(crate) fn listing(settings: &Settings, selector: &Selector) -> Result<HeldListing, HeldError> {
     selector.check().map_err(HeldError::Invalid)?;
     let ledger = read_ledger(settings)?;
     let found = read_held(settings, selector, &ledger, false)?;
@@ -178,8 +187,6 @@ pub fn list(settings: &Settings, selector: &Selector) -> Result<HeldListing, Hel
             offset: p.offset,
         })
         .collect();
-    info!(selector = %selector, pending = items.len(), released = found.released, discarded = found.discarded,
-        unreadable = found.unreadable, "Held notices listed.");
     Ok(HeldListing {
         matched: found.matched,
         pending: items.len(),
@@ -432,7 +439,29 @@ fn reader(settings: &Settings) -> Result<BaseConsumer, HeldError> {
 
 /// Reads every partition of `topic` from the beginning to its end as of now (the last stable
 /// offset: read_committed), calling `f` for each record.
-fn scan(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64, HeldError> {
+fn scan(settings: &Settings, topic: &str, f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64, HeldError> {
+    read_to_end(settings, topic, None, f)
+}
+
+/// Reads the last (at most) `per_partition` records of every partition of `topic` up to its end
+/// as of now (read_committed), calling `f` for each record.
+pub(crate) fn tail(
+    settings: &Settings,
+    topic: &str,
+    per_partition: i64,
+    f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, HeldError> {
+    read_to_end(settings, topic, Some(per_partition.max(1)), f)
+}
+
+/// Reads every partition of `topic` to its end, from the beginning or (`last`) from that many
+/// offsets before the high watermark.
+fn read_to_end(
+    settings: &Settings,
+    topic: &str,
+    last: Option<i64>,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, HeldError> {
     let consumer = reader(settings)?;
     let md =
         consumer.fetch_metadata(Some(topic), OP_TIMEOUT).map_err(|e| kafka_err(&format!("metadata of {topic}"), e))?;
@@ -442,7 +471,16 @@ fn scan(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>
     };
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| kafka_err("assignment", e))?;
+        let start = match last {
+            None => Offset::Beginning,
+            Some(n) => {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, OP_TIMEOUT)
+                    .map_err(|e| kafka_err(&format!("watermarks of {topic}"), e))?;
+                Offset::Offset(low.max(high - n))
+            }
+        };
+        tpl.add_partition_offset(topic, p, start).map_err(|e| kafka_err("assignment", e))?;
     }
     consumer.assign(&tpl).map_err(|e| kafka_err(&format!("assigning {topic}"), e))?;
     // A partition is done once its end was reached; later records are still handed over.

@@ -3,8 +3,10 @@
 //! token: compared in constant time, anything else gets a bare 401, bodies are capped at 16 KiB,
 //! and the token is never logged. Does IO (HTTP); decides nothing itself.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -13,12 +15,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Secret, Settings};
 use crate::held::{self, HeldError, Selector};
+use crate::http::console::Timeline;
 use crate::kafka::pipeline::{AdminCommand, BreakerAction};
 use crate::kafka::Status;
 
@@ -38,6 +41,25 @@ pub struct AdminState {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// Where released and discarded held notices are counted (`None`: not counted).
     metrics: Option<crate::telemetry::Metrics>,
+    /// Per-minute history for the incident console (fed by `console::sample_until`).
+    timeline: Arc<Mutex<Timeline>>,
+    /// Releases started over HTTP on this instance and still running, by id.
+    releases: Arc<Mutex<BTreeMap<u64, RunningRelease>>>,
+    next_release: Arc<AtomicU64>,
+}
+
+/// A release started over HTTP, until it ends: what the console lists and can stop.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningRelease {
+    pub id: u64,
+    pub started_at: String,
+    pub actor: String,
+    pub selector: String,
+    pub rate_per_minute: u32,
+    /// Set by `POST /admin/held/stop` (and at shutdown): commits what it has and stops.
+    #[serde(skip)]
+    stop: Arc<AtomicBool>,
+    pub stopping: bool,
 }
 
 impl AdminState {
@@ -54,7 +76,15 @@ impl AdminState {
             settings,
             stop: Arc::default(),
             metrics: None,
+            timeline: Arc::default(),
+            releases: Arc::default(),
+            next_release: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// The console's per-minute history (the HTTP server samples into it).
+    pub fn timeline(&self) -> Arc<Mutex<Timeline>> {
+        self.timeline.clone()
     }
 
     /// Held notices released or discarded over HTTP are counted in `metrics`.
@@ -76,7 +106,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/breaker/{cell}/{action}", post(breaker_action))
         .route("/admin/allow-list", post(allow_add).delete(allow_remove))
         .route("/admin/held", get(held_list))
+        .route("/admin/held/groups", get(held_groups))
+        .route("/admin/held/releases", get(held_releases))
+        .route("/admin/held/stop", post(held_stop))
         .route("/admin/held/{action}", post(held_action))
+        .route("/admin/audit", get(audit_trail))
+        .route("/admin/notices/recent", get(recent_notices))
+        .route("/admin/timeline", get(timeline))
         // Unknown admin paths get the same 401 as everything else without the token.
         .route("/admin/{*rest}", axum::routing::any(|| async { StatusCode::NOT_FOUND }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -316,13 +352,44 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
     let (actor, reason) = (body.actor, body.reason);
     let rate = body.rate_per_minute.unwrap_or(settings.release_rate_per_minute).max(1);
     let job = match action.as_str() {
-        "release" => tokio::task::spawn_blocking(move || {
-            let r = held::release(&settings, &sel, &actor, &reason, rate, &s.stop)?;
-            if let Some(m) = &s.metrics {
-                m.held_released.inc_by(r.released() as u64);
-            }
-            Ok(serde_json::to_value(r).unwrap_or_default())
-        }),
+        "release" => {
+            // Its own stop flag (POST /admin/held/stop), also set when the service shuts down.
+            let id = s.next_release.fetch_add(1, Ordering::Relaxed);
+            let stop = Arc::new(AtomicBool::new(false));
+            let running = RunningRelease {
+                id,
+                started_at: crate::core::event::format_rfc3339_ms(chrono::Utc::now().timestamp_millis()),
+                actor: actor.clone(),
+                selector: sel.to_string(),
+                rate_per_minute: rate,
+                stop: stop.clone(),
+                stopping: false,
+            };
+            lock(&s.releases).insert(id, running);
+            let done = Arc::new(AtomicBool::new(false));
+            let (shutdown, own, finished) = (s.stop.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                while !finished.load(Ordering::SeqCst) {
+                    if shutdown.load(Ordering::SeqCst) {
+                        own.store(true, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = held::release(&settings, &sel, &actor, &reason, rate, &stop);
+                done.store(true, Ordering::SeqCst);
+                lock(&s2.releases).remove(&id);
+                let r = r?;
+                if let Some(m) = &s2.metrics {
+                    m.held_released.inc_by(r.released() as u64);
+                }
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["release_id"] = id.into();
+                Ok(v)
+            })
+        }
         "discard" => tokio::task::spawn_blocking(move || {
             let r = held::discard(&settings, &sel, &actor, &reason)?;
             if let Some(m) = &s.metrics {
@@ -337,4 +404,102 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
         Ok(Err(e)) => held_error(e),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a blocking read of Kafka for a console view.
+async fn view<T: Serialize + Send + 'static>(
+    s: &AdminState,
+    read: impl FnOnce(&crate::config::Settings) -> Result<T, HeldError> + Send + 'static,
+) -> Response {
+    let Some(settings) = s.settings.clone() else { return (StatusCode::SERVICE_UNAVAILABLE, "").into_response() };
+    match tokio::task::spawn_blocking(move || read(&settings)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => held_error(e),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "").into_response(),
+    }
+}
+
+/// Pending held notices grouped by cell, source, reason and minute (the console's held queue).
+async fn held_groups(State(s): State<AdminState>) -> Response {
+    view(&s, held::views::held_groups).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TrailQuery {
+    /// Most records to return (default 50, at most 500).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Show account ids (hidden by default).
+    #[serde(default)]
+    accounts: bool,
+}
+
+impl TrailQuery {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
+}
+
+/// The newest audit records, newest first.
+async fn audit_trail(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<TrailQuery>,
+) -> Response {
+    let (limit, accounts) = (q.limit(), q.accounts);
+    view(&s, move |settings| held::views::audit_trail(settings, limit, accounts)).await
+}
+
+/// The newest notices on the notices topic, newest first; account ids only with `accounts=true`.
+async fn recent_notices(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<TrailQuery>,
+) -> Response {
+    let (limit, accounts) = (q.limit(), q.accounts);
+    view(&s, move |settings| held::views::recent_notices(settings, limit, accounts)).await
+}
+
+/// The per-minute history of this instance: notices, held, breaker states.
+async fn timeline(State(s): State<AdminState>) -> Response {
+    let minutes = lock(&s.timeline).minutes();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    Json(serde_json::json!({ "now_ms": now_ms, "minutes": minutes })).into_response()
+}
+
+/// Releases started over HTTP on this instance that are still running.
+async fn held_releases(State(s): State<AdminState>) -> Response {
+    let running: Vec<RunningRelease> = lock(&s.releases).values().cloned().collect();
+    Json(running).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    /// The release to stop (`GET /admin/held/releases`); every running one when absent.
+    #[serde(default)]
+    id: Option<u64>,
+    actor: String,
+    reason: String,
+}
+
+/// Stops running releases: each commits what it has sent and ends (its answer says
+/// `interrupted`); running the release again continues where it stopped, each notice once.
+async fn held_stop(State(s): State<AdminState>, Json(body): Json<StopBody>) -> Response {
+    if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    let mut stopped = Vec::new();
+    for r in lock(&s.releases).values_mut() {
+        if body.id.is_none_or(|id| id == r.id) {
+            r.stop.store(true, Ordering::SeqCst);
+            r.stopping = true;
+            stopped.push(r.id);
+        }
+    }
+    tracing::info!(releases = ?stopped, "Held-notice release stop requested over HTTP.");
+    Json(serde_json::json!({ "stopped": stopped })).into_response()
 }

@@ -1,8 +1,10 @@
 //! HTTP surface: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (partitions
-//! assigned and state restored) and the token-protected admin API (`admin`). Does IO; reads
+//! assigned and state restored), the token-protected admin API (`admin`) and the incident
+//! console page that uses it (`console`). Does IO; reads
 //! shared status and forwards admin commands, decides nothing.
 
 pub mod admin;
+pub mod console;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,6 +45,7 @@ pub fn router(registry: Registry, status: Arc<Status>, admin: admin::AdminState)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, status })
+        .merge(console::router())
         .merge(admin::router(admin))
 }
 
@@ -72,6 +75,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    tokio::spawn(console::sample_until(status.clone(), admin.timeline(), shutdown.clone()));
     let app = router(registry, status, admin);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;

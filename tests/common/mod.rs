@@ -5,3 +5,4 @@ pub mod faults;
 pub mod kafka;
 pub mod schemas;
 pub mod service;
+pub mod webdriver;
