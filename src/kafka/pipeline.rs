@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 // hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
 use hashbrown::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseRecord;
 use rdkafka::statistics::Statistics;
@@ -165,6 +165,17 @@ impl ClientContext for Ctx {
                     lag.insert((t, p), (end - consumed).max(0));
                 }
             }
+        }
+    }
+
+    /// The end of a partition (`enable.partition.eof`, used by restores) is no error; librdkafka
+    /// also reports it here, which would print an ERROR line per partition per fetch at the end.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!(reason, "End of partition.")
+            }
+            e => error!(error = %e, reason, "librdkafka error."),
         }
     }
 }
