@@ -318,3 +318,81 @@ fn after_an_incident_held_notices_are_listed_and_released_once_through_the_admin
     let audit = broker.read_all_committed(&format!("{}-audit", t.shadow), Duration::from_secs(30));
     assert!(audit.iter().any(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap()).contains("bob-secops")));
 }
+
+/// Cells on `instance` from the admin API: name -> (state, cause).
+fn cells(client: &reqwest::blocking::Client, instance: &Instance) -> Vec<(String, String, String)> {
+    let cells: serde_json::Value = client
+        .get(format!("{}/admin/breaker", instance.base))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("cell"), s("state"), s("cause"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_fleet_trips_like_one_instance() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "fleettrip");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let policy = "[breaker]\nspike_floor = 30\ncell_burst = 50\nopen_duration = \"30m\"\n";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let fleet: Vec<Instance> =
+        ["a", "b", "c"].iter().map(|n| start_instance(&rt, broker, &t, dir.path(), n, policy)).collect();
+    wait_assigned(&fleet.iter().collect::<Vec<_>>(), PARTITIONS as usize);
+
+    // Wave 1: a buggy source flags 200 accounts that all live on partition 0, so one instance
+    // sees the spike and trips.
+    let on = |p: bool, n: usize, from: usize| -> Vec<Input> {
+        decisions(from, n * 4, "buggy").into_iter().filter(|i| (partition_of(&i.key) == 0) == p).take(n).collect()
+    };
+    let wave1 = on(true, 200, 0);
+    assert_eq!(wave1.len(), 200);
+    let mut coords = produce(broker, &t.input, &wave1);
+    wait_committed(broker, &t, wave1.len() as i64, Duration::from_secs(60));
+    // The other two learn it through the control topic.
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let states = loop {
+        let states: Vec<(String, String)> = fleet
+            .iter()
+            .filter_map(|i| cells(&client, i).into_iter().find(|c| c.0 == "buggy").map(|c| (c.1, c.2)))
+            .collect();
+        if states.len() == 3 && states.iter().all(|(s, _)| s == "open") {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "the trip did not reach every instance: {states:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let causes: Vec<&str> = states.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(causes.iter().filter(|c| **c == "spike").count(), 1, "one instance tripped: {causes:?}");
+    assert_eq!(causes.iter().filter(|c| **c == "fleet_trip").count(), 2, "two followed: {causes:?}");
+
+    // Wave 2: the same source on the other partitions, owned by the instances that did not trip.
+    let wave2 = on(false, 300, 10_000);
+    assert_eq!(wave2.len(), 300);
+    coords.extend(produce(broker, &t.input, &wave2));
+    let inputs: Vec<Input> = wave1.iter().chain(&wave2).cloned().collect();
+    wait_committed(broker, &t, inputs.len() as i64, Duration::from_secs(60));
+    for i in fleet {
+        stop(&rt, i);
+    }
+    let (notices, held) = check_outputs(broker, &t, &inputs, &coords);
+    let wave2_accounts: BTreeSet<String> = wave2.iter().map(|i| i.key.clone()).collect();
+    assert_eq!(notices.len() + held.len(), 500);
+    assert!(notices.is_disjoint(&wave2_accounts), "after the trip no instance sends for the source");
+    // One instance alone would let the floor (30) through; the fleet's share of it is 10.
+    assert!(notices.len() <= 10, "{} notices escaped the fleet (a single instance: at most 30)", notices.len());
+    let control = broker.read_all_committed(&format!("{}-control", t.shadow), Duration::from_secs(30));
+    assert_eq!(control.iter().filter(|r| r.key_str() == Some("trip/buggy")).count(), 1, "one trip record");
+}

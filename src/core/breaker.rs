@@ -90,6 +90,8 @@ pub enum Cause {
     OverrideExpired,
     /// A flood of decisions on old events: offsets rewound or a topic replayed.
     ReplaySuspected,
+    /// Another instance of the fleet tripped this cell (its control record).
+    FleetTrip,
 }
 
 impl Cause {
@@ -104,6 +106,7 @@ impl Cause {
             Cause::ManualClear => "manual_clear",
             Cause::OverrideExpired => "override_expired",
             Cause::ReplaySuspected => "replay_suspected",
+            Cause::FleetTrip => "fleet_trip",
         }
     }
 }
@@ -201,6 +204,8 @@ pub struct Breaker {
     /// Manual overrides carried over by [`Breaker::without_history`], applied again by
     /// [`Breaker::reapply_overrides`] once the history has been replayed: (cell, open, until).
     carried_overrides: Vec<(String, bool, i64)>,
+    /// Trips of other instances of the fleet (cell, when), kept so a restore can apply them again.
+    fleet_trips: Vec<(String, i64)>,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -236,6 +241,7 @@ impl Breaker {
             ramp: None,
             ramp_tenths: 10,
             carried_overrides: Vec::new(),
+            fleet_trips: Vec::new(),
             policy,
         };
         let (rate, burst, floor) =
@@ -340,6 +346,7 @@ impl Breaker {
             .filter_map(|c| c.forced.as_ref().map(|o| (c.name.clone(), c.state == CellState::ForcedOpen, o.until_ms)))
             .collect();
         b.carried_overrides.extend(self.carried_overrides.iter().cloned());
+        b.fleet_trips = self.fleet_trips.clone();
         b
     }
 
@@ -362,6 +369,57 @@ impl Breaker {
                 c.disturbed = true;
             }
         }
+        // Fleet trips still in force: reported when they arrived.
+        for (name, at) in self.fleet_trips.clone() {
+            if let Some(&i) = self.names.get(&name) {
+                self.open_for_fleet(i as usize, at, now, false);
+            }
+        }
+    }
+
+    /// A cell another instance of the fleet tripped at `at_ms` (its control record): opened here
+    /// too, with the open duration counted from `at_ms`, so the fleet trips, half-opens and
+    /// probes like one instance instead of each instance letting its own floor's worth through.
+    /// A manual override wins, a cell already open stays as it is, and a trip whose open
+    /// duration is over is ignored. Returns whether the cell opened.
+    pub fn fleet_trip(&mut self, cell: &str, at_ms: i64, now_ms: i64) -> bool {
+        self.advance(now_ms);
+        let now = self.now();
+        let open_ms = self.policy.open_duration.as_millis() as i64;
+        self.fleet_trips.retain(|(_, at)| at.saturating_add(open_ms) > now);
+        if at_ms.saturating_add(open_ms) <= now {
+            return false;
+        }
+        let i = match self.names.get(cell) {
+            Some(&i) => i,
+            None => self.cell_for(cell),
+        };
+        let opened = self.open_for_fleet(i as usize, at_ms, now, true);
+        if opened {
+            self.fleet_trips.retain(|(c, _)| c != cell);
+            self.fleet_trips.push((cell.to_string(), at_ms));
+        }
+        opened
+    }
+
+    fn open_for_fleet(&mut self, i: usize, at_ms: i64, now: i64, report: bool) -> bool {
+        let open_ms = self.policy.open_duration.as_millis() as i64;
+        let c = &self.cells[i];
+        if c.forced.is_some()
+            || !matches!(c.state, CellState::Closed | CellState::HalfOpen)
+            || at_ms.saturating_add(open_ms) <= now
+        {
+            return false;
+        }
+        if report {
+            self.set_state(i, CellState::Open, Cause::FleetTrip, now, None, None);
+        }
+        let c = &mut self.cells[i];
+        c.state = CellState::Open;
+        c.cause = Some(Cause::FleetTrip);
+        c.since_ms = at_ms.min(now);
+        c.disturbed = true;
+        true
     }
 
     fn rescale(&mut self, i: usize, drain: bool) {
@@ -373,7 +431,12 @@ impl Breaker {
         let factor = self.share * f64::from(self.ramp_tenths) / 10.0;
         let scaled_rate = f64::from(rate) * factor;
         let scaled_burst = (f64::from(burst) * factor).floor() as u32;
+        // Spike floors follow the share like the caps: the instances of a fleet together let no
+        // more through before they trip than one instance owning every partition would.
+        let floor = if i == GLOBAL as usize { self.policy.global_spike_floor } else { self.policy.spike_floor };
+        let share = self.share;
         let c = &mut self.cells[i];
+        c.floor = ((f64::from(floor) * share).floor() as u32).max(1);
         c.no_budget = scaled_rate <= 0.0 || scaled_burst == 0;
         let period = Duration::from_secs_f64(60.0 / scaled_rate.max(1e-6)).min(Duration::from_secs(365 * 86_400));
         let q = Quota::with_period(period).unwrap_or_else(|| quota(rate, burst)).allow_burst(nz(scaled_burst));
@@ -823,6 +886,76 @@ mod tests {
         let t = b.drain_transitions();
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].from, t[0].to, t[0].cause), (CellState::Closed, CellState::Open, Cause::Spike));
+    }
+
+    /// Sends until the cell holds; returns how many were sent.
+    fn sent_before_hold(b: &mut Breaker, cell: u8, at: i64) -> u32 {
+        let mut sent = 0;
+        for i in 0..1000 {
+            match b.check(cell, at + i) {
+                Verdict::Send => sent += 1,
+                Verdict::Hold { .. } => break,
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn three_instances_together_let_through_what_one_would_before_the_spike_trips() {
+        let mut p = policy();
+        p.spike_floor = 30;
+        p.cell_burst = 1000;
+        p.cell_rate_per_minute = 100_000;
+        let mut one = Breaker::new(p.clone());
+        let c = one.cell_for("buggy-model");
+        let alone = sent_before_hold(&mut one, c, T0);
+        let fleet: u32 = (0..3)
+            .map(|_| {
+                // As a restore leaves it: this instance's share, full (scaled) bursts.
+                let mut b = Breaker::new(p.clone()).without_history(1.0 / 3.0);
+                let c = b.cell_for("buggy-model");
+                sent_before_hold(&mut b, c, T0)
+            })
+            .sum();
+        assert_eq!(alone, 30, "one instance: the floor");
+        assert_eq!(fleet, 30, "three instances with a third of the partitions each: the same floor in all");
+        // The floor comes back with the share after a restore.
+        let mut b = Breaker::new(p.clone()).without_history(0.5);
+        let c = b.cell_for("buggy-model");
+        assert_eq!(sent_before_hold(&mut b, c, T0), 15);
+    }
+
+    #[test]
+    fn a_trip_elsewhere_in_the_fleet_opens_the_cell_here_until_the_same_half_open() {
+        let p = policy();
+        let open_ms = p.open_duration.as_millis() as i64;
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("buggy-model");
+        assert!(b.fleet_trip("buggy-model", T0 - 1_000, T0), "a closed cell opens");
+        assert_eq!(b.check(c, T0 + 1), Verdict::Hold { reason: HeldReason::BreakerOpen, cell: c });
+        let t = b.drain_transitions();
+        assert_eq!((t.len(), t[0].to, t[0].cause), (1, CellState::Open, Cause::FleetTrip));
+        assert!(!b.fleet_trip("buggy-model", T0, T0 + 2), "already open: nothing to do");
+        // A cell this instance has not seen yet is created open.
+        assert!(b.fleet_trip("new-source", T0, T0 + 3));
+        assert_eq!(b.state_of("new-source"), Some(CellState::Open));
+        // A restore keeps it open (the replayed history alone would not).
+        let mut r = b.without_history(1.0);
+        r.reapply_overrides(T0 + 10);
+        assert_eq!(r.state_of("buggy-model"), Some(CellState::Open));
+        assert!(r.drain_transitions().is_empty(), "reported when it arrived, not again");
+        // The open duration counts from the trip on the other instance.
+        r.advance(T0 - 1_000 + open_ms);
+        assert_eq!(r.state_of("buggy-model"), Some(CellState::HalfOpen));
+        // Expired trips (e.g. read back from the compacted control topic at startup) are ignored,
+        // and a manual override wins.
+        let mut e = Breaker::new(p.clone());
+        assert!(!e.fleet_trip("buggy-model", T0 - open_ms - 1, T0));
+        assert_eq!(e.state_of("buggy-model"), None);
+        e.cell_for("buggy-model");
+        e.force("buggy-model", false, Duration::from_secs(600), "sre", "known good", T0).unwrap();
+        assert!(!e.fleet_trip("buggy-model", T0, T0 + 1));
+        assert_eq!(e.state_of("buggy-model"), Some(CellState::ForcedClosed));
     }
 
     #[test]

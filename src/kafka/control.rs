@@ -53,12 +53,32 @@ pub struct PolicyVersionRecord {
 
 pub const POLICY_VERSION_KEY: &str = "policy/version";
 
+/// Value of `trip/<cell>`: a cell this instance's breaker tripped on its own (spike, replay
+/// suspected). Every other instance opens the same cell with cause `fleet_trip`, its open
+/// duration counted from `at_ms`, so a fleet trips like one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripRecord {
+    pub cell: String,
+    pub at_ms: i64,
+    /// The trip's cause on the instance that tripped (`spike`, `spike_while_probing`, ...).
+    pub cause: String,
+    /// Decisions in the cell's minute and the threshold they crossed, on that instance.
+    pub decisions_this_minute: u32,
+    pub threshold: f64,
+    pub instance: String,
+}
+
+pub fn trip_key(cell: &str) -> String {
+    format!("trip/{cell}")
+}
+
 /// A control record, parsed from its key and value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     Override(OverrideRecord),
     Allow(AllowRecord),
     PolicyVersion(PolicyVersionRecord),
+    Trip(TripRecord),
     /// Other keys (e.g. `held/<notice_id>`, written by `resetguard held`) are not the pipeline's.
     Other,
 }
@@ -81,6 +101,8 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<Control> {
         serde_json::from_slice(value).ok().map(Control::PolicyVersion)
     } else if key.starts_with("allow/") {
         serde_json::from_slice(value).ok().map(Control::Allow)
+    } else if key.starts_with("trip/") {
+        serde_json::from_slice(value).ok().map(Control::Trip)
     } else {
         Some(Control::Other)
     }
@@ -104,6 +126,17 @@ mod tests {
         let v = serde_json::to_vec(&o).unwrap();
         assert_eq!(parse(override_key("risk-model-v7").as_bytes(), Some(&v)), Some(Control::Override(o)));
         assert_eq!(parse(b"held/rn_x", Some(b"{}")), Some(Control::Other));
+        let t = TripRecord {
+            cell: "buggy-model".into(),
+            at_ms: 5,
+            cause: "spike".into(),
+            decisions_this_minute: 31,
+            threshold: 30.0,
+            instance: "rg-1".into(),
+        };
+        let v = serde_json::to_vec(&t).unwrap();
+        assert_eq!(parse(trip_key("buggy-model").as_bytes(), Some(&v)), Some(Control::Trip(t)));
+        assert_eq!(parse(b"trip/x", Some(b"{}")), None);
         assert_eq!(parse(b"override/x", Some(b"not json")), None);
         assert_eq!(parse(b"override/x", None), None);
     }

@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::core::Engine;
@@ -127,6 +127,12 @@ impl ControlReader {
                     None => {
                         engine.disallow_account(&a.account_id);
                     }
+                }
+                1
+            }
+            Some(Control::Trip(t)) if all || t.instance != self.instance => {
+                if engine.breaker_mut().fleet_trip(&t.cell, t.at_ms, now) {
+                    info!(cell = %t.cell, cause = %t.cause, "Breaker cell opened: tripped elsewhere in the fleet.");
                 }
                 1
             }

@@ -29,13 +29,14 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::core::breaker::{CellSnapshot, CellState};
+use crate::core::breaker::{Cause, CellSnapshot, CellState};
 use crate::core::{Engine, Outcome, TimeMode};
 use crate::telemetry::Metrics;
 
 use super::admin;
 pub use super::admin::{AdminCommand, BreakerAction, Reply};
 use super::client::{consumer_config, output_topics, producer_config};
+use super::control::{trip_key, TripRecord};
 use super::control_reader::ControlReader;
 use super::records::{record_for, Origin, DLQ_RECORD_OVERHEAD};
 use super::restore::{self, PartitionPlan};
@@ -976,13 +977,40 @@ impl Pipeline {
         self.control.read_new(&mut self.engine, now);
         self.engine.tick(now);
         let m = &self.metrics;
+        let mut trips = Vec::new();
         for t in self.engine.drain_transitions() {
             warn!(cell = %t.cell, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(),
                 decisions_this_minute = t.decisions_this_minute, threshold = t.threshold, "Breaker cell changed state.");
             if matches!(t.to, CellState::Open | CellState::ForcedOpen) {
                 m.breaker_trips.with_label_values(&[&t.cell, t.cause.as_str()]).inc();
             }
+            if t.to == CellState::Open
+                && matches!(t.cause, Cause::Spike | Cause::SpikeWhileProbing | Cause::ReplaySuspected)
+            {
+                trips.push(t);
+            }
         }
+        // The fleet's other instances open the same cell (their control readers apply this).
+        for t in trips {
+            let rec = TripRecord {
+                cell: t.cell.clone(),
+                at_ms: t.at_ms,
+                cause: t.cause.as_str().to_string(),
+                decisions_this_minute: t.decisions_this_minute,
+                threshold: t.threshold,
+                instance: self.settings.transactional_id.clone(),
+            };
+            let payload = serde_json::to_vec(&rec).unwrap_or_default();
+            let key = trip_key(&t.cell);
+            let record = BaseRecord::with_opaque_to(&self.settings.topics.control, NO_TAG)
+                .key(key.as_bytes())
+                .payload(&payload[..]);
+            let sent = lock(&self.shared.writer).send(record);
+            if let Err(e) = sent {
+                return self.on_txn_error(e);
+            }
+        }
+        let m = &self.metrics;
         let snap = self.engine.breaker().snapshot();
         for c in &snap {
             for st in CellState::ALL {
