@@ -206,9 +206,7 @@ pub fn release(
 ) -> Result<ReleaseReport, HeldError> {
     selector.check_for_action().map_err(HeldError::Invalid)?;
     check_actor_reason(actor, reason).map_err(HeldError::Invalid)?;
-    if rate_per_minute == 0 {
-        return Err(HeldError::Invalid("rate_per_minute must be at least 1".into()));
-    }
+    crate::core::rules::check_release_rate(rate_per_minute).map_err(HeldError::Invalid)?;
     let mut txn = Txn::init(settings)?;
     // Fenced first, then read: nothing committed under this id can change what is read next.
     let ledger = read_ledger(settings)?;
