@@ -55,6 +55,8 @@ pub async fn run_with_admin(
         .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
     info!(%addr, "Serving /metrics, /healthz and /readyz.");
 
+    tokio::spawn(refresh_held_pending(settings.clone(), metrics.clone(), http_stop.clone()));
+
     let flag = stop_flag.clone();
     let s2 = settings.clone();
     let st = status.clone();
@@ -85,4 +87,48 @@ pub async fn run_with_admin(
     http_stop.cancel();
     let _ = http.await;
     result
+}
+
+/// Sets `resetguard_held_pending{cell}` from the held and control topics every
+/// `admin.held_pending_refresh` until `stop`; a failed read keeps the last figures (and says so
+/// once per failure streak).
+async fn refresh_held_pending(settings: Arc<Settings>, metrics: Metrics, stop: CancellationToken) {
+    let mut shown: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut failing = false;
+    loop {
+        let s = settings.clone();
+        match tokio::task::spawn_blocking(move || crate::held::pending_by_cell(&s)).await {
+            Ok(Ok(by_cell)) => {
+                for cell in &shown {
+                    if !by_cell.contains_key(cell) {
+                        metrics.held_pending.with_label_values(&[cell]).set(0);
+                    }
+                }
+                // Cell names come from the held records: bounded by breaker.max_cells when only
+                // resetguard writes the topic; anything beyond 64 names is summed as `_other`.
+                let mut other = 0;
+                for (cell, n) in by_cell {
+                    if shown.len() >= 64 && !shown.contains(&cell) {
+                        other += n;
+                        continue;
+                    }
+                    metrics.held_pending.with_label_values(&[&cell]).set(n as i64);
+                    shown.insert(cell);
+                }
+                if other > 0 {
+                    metrics.held_pending.with_label_values(&["_other"]).set(other as i64);
+                }
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                tracing::warn!(error = %e, "Cannot count the pending held notices; keeping the last figures.");
+                failing = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.held_pending_refresh) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }

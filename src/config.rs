@@ -45,6 +45,15 @@ pub struct AdminFile {
     /// Pace of releasing held notices. Default 600 per minute (the default global cap).
     #[serde(default = "default_release_rate")]
     pub release_rate_per_minute: u32,
+    /// How often the `resetguard_held_pending` gauge is refreshed by reading the held and control
+    /// topics. Default `1m`: a full read of both topics; held notices wait for people, so a
+    /// minute-old figure is fresh enough.
+    #[serde(default = "default_held_pending_refresh")]
+    pub held_pending_refresh: String,
+}
+
+fn default_held_pending_refresh() -> String {
+    "1m".into()
 }
 
 fn default_token_env() -> String {
@@ -56,7 +65,12 @@ fn default_release_rate() -> u32 {
 
 impl Default for AdminFile {
     fn default() -> Self {
-        AdminFile { token_file: None, token_env: default_token_env(), release_rate_per_minute: default_release_rate() }
+        AdminFile {
+            token_file: None,
+            token_env: default_token_env(),
+            release_rate_per_minute: default_release_rate(),
+            held_pending_refresh: default_held_pending_refresh(),
+        }
     }
 }
 
@@ -257,6 +271,7 @@ pub struct Settings {
     /// Bearer token of the admin API; `None` refuses every admin request.
     pub admin_token: Option<Secret>,
     pub release_rate_per_minute: u32,
+    pub held_pending_refresh: Duration,
 }
 
 /// Invalid configuration: every problem, with field paths.
@@ -366,6 +381,7 @@ impl ConfigFile {
         let commit_interval = dur("pipeline.commit_interval", &self.pipeline.commit_interval, &mut errors);
         let drain_timeout = dur("pipeline.drain_timeout", &self.pipeline.drain_timeout, &mut errors);
         let stall_timeout = dur("pipeline.stall_timeout", &self.pipeline.stall_timeout, &mut errors);
+        let held_pending_refresh = dur("admin.held_pending_refresh", &self.admin.held_pending_refresh, &mut errors);
         if self.pipeline.max_batch == 0 {
             errors.push(field("pipeline.max_batch", "must be at least 1"));
         }
@@ -422,6 +438,7 @@ impl ConfigFile {
                 http_listen,
                 admin_token: admin_token.map(Secret::new),
                 release_rate_per_minute: self.admin.release_rate_per_minute,
+                held_pending_refresh,
             }),
             _ => Err(errors),
         }

@@ -178,7 +178,13 @@ fn start_service() -> Service {
             "",
             &format!("127.0.0.1:{port}"),
         );
+        // The held-pending gauge is refreshed every second here (default: every minute).
         let text = std::fs::read_to_string(&path).unwrap();
+        let text = if text.contains("[admin]") {
+            text.replace("[admin]\n", "[admin]\nheld_pending_refresh = \"1s\"\n")
+        } else {
+            format!("{text}\n[admin]\nheld_pending_refresh = \"1s\"\n")
+        };
         toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap_or_else(|e| panic!("config: {e:?}"))
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -254,6 +260,7 @@ fn start_service() -> Service {
             && s.sum("resetguard_dlq_records_total", &[]) == dlq_in_topic as f64
             && s.sum("resetguard_outcomes_total", &[]) == inputs as f64
             && s.sum("resetguard_breaker_trips_total", &[("cell", SPIKE_SOURCE)]) >= 1.0
+            && s.sum("resetguard_held_pending", &[]) == held_in_topic as f64
             && s.has_samples("resetguard_consumer_lag_messages");
         if caught_up || Instant::now() >= deadline {
             break text;
@@ -657,6 +664,38 @@ fn metric_values_match_the_outputs() {
     assert!(m.sum("resetguard_transactions_total", &[("result", "commit")]) >= 1.0);
     assert_eq!(m.sum("resetguard_transactions_total", &[("result", "abort")]), 0.0);
     assert!(m.has_samples("resetguard_consumer_lag_messages"), "consumer lag is reported\n{}", show());
+    // Decisions per cell: a counter (notice + held) that agrees with the output topics.
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[]),
+        (s.notices_in_topic + s.held_in_topic) as f64,
+        "decisions_total vs notice and held records\n{}",
+        show()
+    );
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[("cell", SPIKE_SOURCE), ("outcome", "held")]),
+        s.held_in_topic as f64,
+        "held decisions of the spiking cell\n{}",
+        show()
+    );
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[("outcome", "notice")]),
+        s.notices_in_topic as f64,
+        "notice decisions\n{}",
+        show()
+    );
+    // Held notices pending (nothing was released or discarded): all held records, by the cell
+    // that held them.
+    assert_eq!(m.sum("resetguard_held_pending", &[]), s.held_in_topic as f64, "held_pending\n{}", show());
+    assert_eq!(
+        m.sum("resetguard_held_pending", &[("cell", SPIKE_SOURCE)]),
+        s.held_in_topic as f64,
+        "held_pending of the spiking cell\n{}",
+        show()
+    );
+    // Process metrics of the prometheus crate's `process` feature.
+    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+        assert!(m.sum(name, &[]) > 0.0, "{name} is exported and positive\n{}", show());
+    }
 }
 
 #[test]

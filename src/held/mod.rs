@@ -190,6 +190,18 @@ pub fn list(settings: &Settings, selector: &Selector) -> Result<HeldListing, Hel
     })
 }
 
+/// Pending held notices per cell that held them (fleet-wide: read from the held and control
+/// topics, read_committed), for the `resetguard_held_pending` gauge. Writes and logs nothing.
+pub fn pending_by_cell(settings: &Settings) -> Result<std::collections::BTreeMap<String, usize>, HeldError> {
+    let ledger = read_ledger(settings)?;
+    let found = read_held(settings, &Selector::everything(), &ledger, false)?;
+    let mut by_cell = std::collections::BTreeMap::new();
+    for p in found.pending {
+        *by_cell.entry(p.view.held_cell).or_default() += 1;
+    }
+    Ok(by_cell)
+}
+
 /// Releases the pending held notices matching `selector` to the mailer, exactly once, at most
 /// `rate_per_minute` per minute (see [`Pacer`]), oldest first. Each transaction (at most
 /// [`RELEASE_BATCH`] notices or [`RELEASE_BATCH_AGE`]) holds the notices, their `held/<notice_id>`
