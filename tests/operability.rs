@@ -692,8 +692,10 @@ fn metric_values_match_the_outputs() {
         "held_pending of the spiking cell\n{}",
         show()
     );
-    // Process metrics of the prometheus crate's `process` feature.
-    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+    // Process metrics of the prometheus crate's `process` feature (CPU time counts whole seconds,
+    // so it may still read 0 here).
+    assert!(m.has_samples("process_cpu_seconds_total"), "process_cpu_seconds_total\n{}", show());
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_threads", "process_start_time_seconds"] {
         assert!(m.sum(name, &[]) > 0.0, "{name} is exported and positive\n{}", show());
     }
 }
