@@ -50,10 +50,34 @@ pub async fn run_with_admin(
     )
     .with_stop(stop_flag.clone())
     .with_metrics(metrics.clone());
-    let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
-        .await
-        .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
-    info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    let startup = |what: &str, addr: std::net::SocketAddr, e: std::io::Error| {
+        PipelineError::Startup(format!("cannot listen on {addr} ({what}): {e}"))
+    };
+    let (http, admin_http) = match settings.admin_listen {
+        None => {
+            let app = crate::http::router(registry, status.clone(), admin);
+            let (addr, http) = crate::http::serve_router(settings.http_listen, app, None, http_stop.clone())
+                .await
+                .map_err(|e| startup("http.listen", settings.http_listen, e))?;
+            info!(%addr, "Serving /metrics, /healthz, /readyz and the admin API.");
+            (http, None)
+        }
+        Some(admin_addr) => {
+            let app = crate::http::public_router(registry, status.clone());
+            let (addr, http) = crate::http::serve_router(settings.http_listen, app, None, http_stop.clone())
+                .await
+                .map_err(|e| startup("http.listen", settings.http_listen, e))?;
+            info!(%addr, "Serving /metrics, /healthz and /readyz.");
+            let tls = settings.admin_tls.clone();
+            let https = tls.is_some();
+            let (addr, admin_http) =
+                crate::http::serve_router(admin_addr, crate::http::admin::router(admin), tls, http_stop.clone())
+                    .await
+                    .map_err(|e| startup("admin.listen", admin_addr, e))?;
+            info!(%addr, tls = https, "Serving the admin API.");
+            (http, Some(admin_http))
+        }
+    };
 
     tokio::spawn(refresh_held_pending(settings.clone(), metrics.clone(), http_stop.clone()));
 
@@ -86,6 +110,9 @@ pub async fn run_with_admin(
     stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
     http_stop.cancel();
     let _ = http.await;
+    if let Some(h) = admin_http {
+        let _ = h.await;
+    }
     result
 }
 

@@ -561,7 +561,10 @@ fn classify_json_error(e: &serde_json::Error, text: &str) -> Rejection {
                 // "invalid type: string \"...\", expected f64": the message quotes the input, and
                 // the input may itself contain ", expected ": name only an expectation from the
                 // closed set of the contract's types.
-                Rejection::new(RejectReason::InvalidType, format!("wrong type at {at}, expected {}", expected_type(&msg)))
+                Rejection::new(
+                    RejectReason::InvalidType,
+                    format!("wrong type at {at}, expected {}", expected_type(&msg)),
+                )
             }
         }
     }

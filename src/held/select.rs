@@ -461,7 +461,7 @@ mod tests {
     /// Real held records from the engine: one source floods until its cell trips.
     fn held_outcomes() -> Vec<Outcome> {
         let policy = Arc::new(Policy::default_with_version("sel-1"));
-        let mut e = Engine::new(policy, 1, TimeMode::Wall);
+        let mut e = Engine::new(policy, crate::core::hash::Keys::demo(), TimeMode::Wall);
         let t0 = 1_700_000_000_000_i64;
         let mut held = Vec::new();
         for i in 0..300 {

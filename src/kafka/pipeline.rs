@@ -454,7 +454,7 @@ impl Pipeline {
             metrics.input_offset_resets.with_label_values(&[topic]);
         }
         status.stall_timeout_ms.store(settings.stall_timeout.as_millis() as i64, Ordering::Relaxed);
-        let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
+        let mut engine = Engine::new(policy.clone(), settings.keys.clone(), TimeMode::Wall);
         let total_partitions = input_partitions(&consumer, &settings)?;
         // Overrides and allow-list changes of the fleet apply before the first decision.
         let control = ControlReader::new(&settings)?;
