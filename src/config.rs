@@ -65,9 +65,9 @@ impl Default for SecretFile {
 pub const TOKEN_MIN_CHARS: usize = 24;
 pub const SECRET_MIN_CHARS: usize = 32;
 
-/// Refuses a token or secret that is short, a known placeholder or low in entropy (estimated as
-/// its length times the Shannon entropy of its own characters: at least 96 bits, which
-/// `openssl rand -hex 32` or `-base64 24` pass easily and `aaaa…` or `abcabc…` never do).
+/// Refuses a token or secret that is short, a known placeholder, a repeated pattern or low in
+/// entropy (estimated as its length times the Shannon entropy of its own characters: at least 96
+/// bits, which `openssl rand -hex 32` or `-base64 24` pass easily and `aaaa…` never does).
 pub fn check_secret_strength(value: &str, min_chars: usize) -> Result<(), String> {
     let lower = value.to_ascii_lowercase();
     const PLACEHOLDERS: [&str; 8] =
@@ -75,9 +75,14 @@ pub fn check_secret_strength(value: &str, min_chars: usize) -> Result<(), String
     if let Some(p) = PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
         return Err(format!("is a placeholder (contains {p:?}); generate one, e.g. `openssl rand -hex 32`"));
     }
-    let n = value.chars().count();
+    let chars: Vec<char> = value.chars().collect();
+    let n = chars.len();
     if n < min_chars {
         return Err(format!("must be at least {min_chars} characters (has {n}); e.g. `openssl rand -hex 32`"));
+    }
+    // A short pattern repeated (`abcdabcd…`) has many characters but no more entropy than one copy.
+    if let Some(p) = (1..=n / 2).find(|&p| chars.iter().skip(p).zip(&chars).all(|(a, b)| a == b)) {
+        return Err(format!("is a pattern of {p} characters repeated; generate one, e.g. `openssl rand -hex 32`"));
     }
     let mut counts = std::collections::HashMap::new();
     for c in value.chars() {
@@ -807,7 +812,7 @@ mod tests {
         // A missing key points at its table.
         assert_eq!(locate(text, "pipeline.max_batch"), Some((5, 2)));
         assert_eq!(locate(text, "allow_list[1].b"), Some((10, 2)));
-        assert_eq!(locate(text, "(bytes 14..15)"), Some((2, 1)));
+        assert_eq!(locate(text, "(bytes 13..14)"), Some((2, 1)));
         assert_eq!(locate(text, "topics.input"), None);
         let e = ConfigError {
             file: "c.toml".into(),

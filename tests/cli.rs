@@ -35,11 +35,14 @@ fn subcommands(help: &str) -> Vec<String> {
         .collect()
 }
 
-/// Lines of `Arguments:` and `Options:` that have no text after the flag or argument.
+/// Entries of `Arguments:` and `Options:` that have no text: neither after the flag on its line
+/// (two spaces apart) nor on the next, further indented line (clap's layout for long texts).
 fn undocumented(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
     let mut out = Vec::new();
     let mut in_section = false;
-    for l in help.lines() {
+    for (i, l) in lines.iter().enumerate() {
         if l.starts_with("Arguments:") || l.starts_with("Options:") {
             in_section = true;
             continue;
@@ -48,10 +51,12 @@ fn undocumented(help: &str) -> Vec<String> {
             in_section = false;
             continue;
         }
-        if in_section {
-            // "  -c, --config <CONFIG>  Service config ..." : two spaces separate the description.
-            let spec_and_doc = l.trim_start();
-            if !spec_and_doc.contains("  ") {
+        let t = l.trim_start();
+        let is_entry = indent(l) <= 6 && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['));
+        if in_section && is_entry {
+            let same_line = t.contains("  ");
+            let next_line = lines.get(i + 1).is_some_and(|n| indent(n) > indent(l) + 2 && !n.trim().is_empty());
+            if !same_line && !next_line {
                 out.push(l.to_string());
             }
         }
