@@ -110,7 +110,7 @@ fn run_and_check_config_exit_2_and_point_at_line_and_column() {
     let expected = [
         "policy.toml:4:1: policy.decision.threshold: must be a finite number greater than 0",
         "resetguard.toml:5:3: pipeline.commit_interval: must be a positive duration like \"100ms\" or \"10s\"",
-        "resetguard.toml:7:1: admin.release_rate_per_minute: rate must be 1 to 60000 notices per minute",
+        "resetguard.toml:7:1: admin.release_rate_per_minute: rate must be 1 to 600000 notices per minute",
     ];
     let check = resetguard(&["check-config", "resetguard.toml"], dir.path());
     assert_eq!(check.status.code(), Some(2), "{}", text(&check.stderr));
