@@ -307,7 +307,7 @@ fn engine_bench(
     );
 
     let fresh = || {
-        let mut e = Engine::new(policy.clone(), 0x5eed, TimeMode::Wall);
+        let mut e = Engine::new(policy.clone(), resetguard::core::hash::Keys::demo(), TimeMode::Wall);
         for (i, ev) in warm.iter().enumerate() {
             black_box(e.process(ev, 0, wall_for(i, 0)));
         }

@@ -153,6 +153,7 @@ impl Outputs {
 /// Writes policy.toml and resetguard.toml into `dir` and loads them.
 fn settings(broker: &KafkaBroker, dir: &Path, input: &str, out: &Outputs, group: &str, opts: &Opts) -> Settings {
     std::fs::write(dir.join("policy.toml"), format!("version = \"bench-1\"\n{NO_TRIP}")).unwrap();
+    std::fs::write(dir.join("deployment.secret"), "bench-deployment-secret-9e4b2f7c16a03d85").unwrap();
     let extra: String = opts.kafka_extra.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect();
     let cfg = format!(
         r#"
@@ -177,6 +178,8 @@ commit_interval = "{commit_interval}"
 drain_timeout = "30s"
 [http]
 listen = "127.0.0.1:0"
+[secret]
+file = "deployment.secret"
 "#,
         bootstrap = broker.bootstrap,
         notices = out.notices,

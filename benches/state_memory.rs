@@ -90,7 +90,8 @@ fn run(events_per_account: usize) {
     // 1. The whole engine.
     let before = live();
     let rss_before = rss_kb();
-    let mut engine = Engine::new(policy.clone(), SEED, TimeMode::Wall);
+    let mut engine =
+        Engine::new(policy.clone(), resetguard::core::hash::Keys::demo().with_id_seed(SEED), TimeMode::Wall);
     let mut mix: std::collections::BTreeMap<OutcomeKind, usize> = Default::default();
     let mut dedupe_inserts = 0usize;
     for (i, ev) in stream_iter(n, ACCOUNTS, T0_MS, STEP_US, 21).enumerate() {

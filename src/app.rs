@@ -50,10 +50,38 @@ pub async fn run_with_admin(
     )
     .with_stop(stop_flag.clone())
     .with_metrics(metrics.clone());
-    let (addr, http) = crate::http::serve(settings.http_listen, registry, status.clone(), admin, http_stop.clone())
-        .await
-        .map_err(|e| PipelineError::Startup(format!("cannot listen on {}: {e}", settings.http_listen)))?;
-    info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    let startup = |what: &str, addr: std::net::SocketAddr, e: std::io::Error| {
+        PipelineError::Startup(format!("cannot listen on {addr} ({what}): {e}"))
+    };
+    // The console's per-minute history, sampled once a second from the pipeline's status.
+    tokio::spawn(crate::http::console::sample_until(status.clone(), admin.timeline(), http_stop.clone()));
+    let (http, admin_http) = match settings.admin_listen {
+        None => {
+            let app = crate::http::router(registry, status.clone(), admin);
+            let (addr, http) = crate::http::serve_router(settings.http_listen, app, None, http_stop.clone())
+                .await
+                .map_err(|e| startup("http.listen", settings.http_listen, e))?;
+            info!(%addr, "Serving /metrics, /healthz, /readyz, the admin API and /console.");
+            (http, None)
+        }
+        Some(admin_addr) => {
+            let app = crate::http::public_router(registry, status.clone());
+            let (addr, http) = crate::http::serve_router(settings.http_listen, app, None, http_stop.clone())
+                .await
+                .map_err(|e| startup("http.listen", settings.http_listen, e))?;
+            info!(%addr, "Serving /metrics, /healthz and /readyz.");
+            let tls = settings.admin_tls.clone();
+            let https = tls.is_some();
+            let (addr, admin_http) =
+                crate::http::serve_router(admin_addr, crate::http::admin_router(admin), tls, http_stop.clone())
+                    .await
+                    .map_err(|e| startup("admin.listen", admin_addr, e))?;
+            info!(%addr, tls = https, "Serving the admin API and /console.");
+            (http, Some(admin_http))
+        }
+    };
+
+    tokio::spawn(refresh_held_pending(settings.clone(), metrics.clone(), http_stop.clone()));
 
     let flag = stop_flag.clone();
     let s2 = settings.clone();
@@ -84,5 +112,52 @@ pub async fn run_with_admin(
     stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
     http_stop.cancel();
     let _ = http.await;
+    if let Some(h) = admin_http {
+        let _ = h.await;
+    }
     result
+}
+
+/// Sets `resetguard_held_pending{cell}` from the held and control topics every
+/// `admin.held_pending_refresh` until `stop`; a failed read keeps the last figures (and says so
+/// once per failure streak).
+async fn refresh_held_pending(settings: Arc<Settings>, metrics: Metrics, stop: CancellationToken) {
+    let mut shown: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut failing = false;
+    loop {
+        let s = settings.clone();
+        match tokio::task::spawn_blocking(move || crate::held::pending_by_cell(&s)).await {
+            Ok(Ok(by_cell)) => {
+                for cell in &shown {
+                    if !by_cell.contains_key(cell) {
+                        metrics.held_pending.with_label_values(&[cell]).set(0);
+                    }
+                }
+                // Cell names come from the held records: bounded by breaker.max_cells when only
+                // resetguard writes the topic; anything beyond 64 names is summed as `_other`.
+                let mut other = 0;
+                for (cell, n) in by_cell {
+                    if shown.len() >= 64 && !shown.contains(&cell) {
+                        other += n;
+                        continue;
+                    }
+                    metrics.held_pending.with_label_values(&[&cell]).set(n as i64);
+                    shown.insert(cell);
+                }
+                if other > 0 {
+                    metrics.held_pending.with_label_values(&["_other"]).set(other as i64);
+                }
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                tracing::warn!(error = %e, "Cannot count the pending held notices; keeping the last figures.");
+                failing = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.held_pending_refresh) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }

@@ -30,6 +30,76 @@ pub struct ConfigFile {
     pub http: HttpFile,
     #[serde(default)]
     pub admin: AdminFile,
+    #[serde(default)]
+    pub secret: SecretFile,
+}
+
+/// Where the deployment secret comes from. It keys `notice_id` (HMAC-SHA256, so an id cannot be
+/// recomputed from a guessed account id) and the seed of the in-memory id hashes. Required: at
+/// least 32 characters of real entropy (`openssl rand -hex 32`); the demo's public secret and
+/// placeholders are refused. Keep it stable: another secret gives every incident another
+/// `notice_id` (docs/runbook.md, "Rotating the deployment secret").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFile {
+    /// File holding the secret (trailing whitespace ignored), relative to this config. Takes
+    /// precedence over `env`.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Environment variable holding the secret. Default `RESETGUARD_SECRET`.
+    #[serde(default = "default_secret_env")]
+    pub env: String,
+}
+
+fn default_secret_env() -> String {
+    "RESETGUARD_SECRET".into()
+}
+
+impl Default for SecretFile {
+    fn default() -> Self {
+        SecretFile { file: None, env: default_secret_env() }
+    }
+}
+
+/// Shortest admin token and deployment secret, in characters.
+pub const TOKEN_MIN_CHARS: usize = 24;
+pub const SECRET_MIN_CHARS: usize = 32;
+
+/// Refuses a token or secret that is short, a known placeholder, a repeated pattern or low in
+/// entropy (estimated as its length times the Shannon entropy of its own characters: at least 96
+/// bits, which `openssl rand -hex 32` or `-base64 24` pass easily and `aaaa…` never does).
+pub fn check_secret_strength(value: &str, min_chars: usize) -> Result<(), String> {
+    let lower = value.to_ascii_lowercase();
+    const PLACEHOLDERS: [&str; 8] =
+        ["replace", "placeholder", "changeme", "change-me", "not-a-secret", "example", "secret123", "demo-secret"];
+    if let Some(p) = PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
+        return Err(format!("is a placeholder (contains {p:?}); generate one, e.g. `openssl rand -hex 32`"));
+    }
+    let chars: Vec<char> = value.chars().collect();
+    let n = chars.len();
+    if n < min_chars {
+        return Err(format!("must be at least {min_chars} characters (has {n}); e.g. `openssl rand -hex 32`"));
+    }
+    // A short pattern repeated (`abcdabcd…`) has many characters but no more entropy than one copy.
+    if let Some(p) = (1..=n / 2).find(|&p| chars.iter().skip(p).zip(&chars).all(|(a, b)| a == b)) {
+        return Err(format!("is a pattern of {p} characters repeated; generate one, e.g. `openssl rand -hex 32`"));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in value.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let bits: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum::<f64>()
+        * n as f64;
+    if bits < 96.0 {
+        return Err(format!("has too little entropy (about {bits:.0} bits, needs 96); e.g. `openssl rand -hex 32`"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,9 +112,30 @@ pub struct AdminFile {
     /// Environment variable holding the token. Default `RESETGUARD_ADMIN_TOKEN`.
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// Serve the admin API on its own listener at this address (then `http.listen` serves only
+    /// `/metrics`, `/healthz` and `/readyz`), e.g. `0.0.0.0:9443`. Default: unset, the admin API
+    /// is served on `http.listen`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// PEM certificate chain (leaf first) of the admin listener, relative to this file. With
+    /// `tls_key`, the admin listener speaks HTTPS only (TLS 1.2/1.3, rustls). Needs `listen`.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`, relative to this file.
+    #[serde(default)]
+    pub tls_key: Option<String>,
     /// Pace of releasing held notices. Default 600 per minute (the default global cap).
     #[serde(default = "default_release_rate")]
     pub release_rate_per_minute: u32,
+    /// How often the `resetguard_held_pending` gauge is refreshed by reading the held and control
+    /// topics. Default `1m`: a full read of both topics; held notices wait for people, so a
+    /// minute-old figure is fresh enough.
+    #[serde(default = "default_held_pending_refresh")]
+    pub held_pending_refresh: String,
+}
+
+fn default_held_pending_refresh() -> String {
+    "1m".into()
 }
 
 fn default_token_env() -> String {
@@ -56,7 +147,15 @@ fn default_release_rate() -> u32 {
 
 impl Default for AdminFile {
     fn default() -> Self {
-        AdminFile { token_file: None, token_env: default_token_env(), release_rate_per_minute: default_release_rate() }
+        AdminFile {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+            token_env: default_token_env(),
+            release_rate_per_minute: default_release_rate(),
+            held_pending_refresh: default_held_pending_refresh(),
+        }
     }
 }
 
@@ -188,8 +287,8 @@ pub struct PipelineFile {
     /// restore plan retries its offset lookups for up to 2 × transaction.timeout.ms + 30 s).
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout: String,
-    /// Seed of the id hashes, as 16 hex digits or `env:NAME`. Keep it stable for a deployment.
-    /// Default: a fixed public seed (fine unless account ids are attacker-chosen).
+    /// Replaced by `[secret]` (the seed of the id hashes is derived from the deployment secret);
+    /// a config that still sets it is refused with a pointer to the migration.
     #[serde(default)]
     pub hash_seed: Option<String>,
 }
@@ -254,23 +353,147 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
     pub max_batch: usize,
-    pub hash_seed: u64,
+    /// Derived from the deployment secret: the id-hash seed and the `notice_id` key.
+    pub keys: crate::core::hash::Keys,
     pub http_listen: SocketAddr,
+    /// The admin API's own listener (`None`: served on `http_listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS identity of the admin listener (checked at load: the files parse into one).
+    pub admin_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Bearer token of the admin API; `None` refuses every admin request.
     pub admin_token: Option<Secret>,
     pub release_rate_per_minute: u32,
+    pub held_pending_refresh: Duration,
 }
 
-/// Invalid configuration: every problem, with field paths.
+/// Invalid configuration: every problem, with field paths and, where the field is in a file,
+/// the line and column.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration {file}: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+#[error("invalid configuration {file}: {}", self.lines().join("; "))]
 pub struct ConfigError {
     pub file: String,
     pub errors: Vec<FieldError>,
+    /// Per error: where it is (file, line, column), when found.
+    pub locations: Vec<Option<Location>>,
 }
 
-/// The public default seed of id hashes.
-pub const DEFAULT_SEED: u64 = 0x7265_7365_7467_7561;
+/// A position in a config or policy file, 1-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl ConfigError {
+    /// One line per problem: `file:line:column: field.path: reason` (without the position when
+    /// the field is not in the file, e.g. a required one that is missing).
+    pub fn lines(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .zip(self.locations.iter().chain(std::iter::repeat(&None)))
+            .map(|(e, at)| match at {
+                Some(l) => format!("{}:{}:{}: {}: {}", l.file, l.line, l.column, shown_path(&e.path), e.reason),
+                None => format!("{}: {}: {}", self.file, shown_path(&e.path), e.reason),
+            })
+            .collect()
+    }
+}
+
+/// A TOML syntax error's path is its byte range (`(bytes a..b)`, located by [`locate`]); it is
+/// shown as `(toml)` (`policy.(toml)` in the policy file).
+pub fn shown_path(path: &str) -> String {
+    match path.find("(bytes ") {
+        Some(i) => format!("{}(toml)", &path[..i]),
+        None => path.to_string(),
+    }
+}
+
+/// Byte offset to 1-based line and column (in characters).
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Where a field path is in a TOML text: the line and column of its key, or of the deepest
+/// enclosing key or table that is there (a missing required field points at its table). Paths
+/// look like `pipeline.commit_interval`, `kafka."bootstrap.servers"`, `allow_list[2].account_id`,
+/// or `(bytes a..b)` for a syntax error. `None` when nothing of the path is in the text.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    if let Some(range) = path.strip_prefix("(bytes ").and_then(|r| r.strip_suffix(')')) {
+        let start = range.split("..").next()?.parse().ok()?;
+        return Some(line_column(text, start));
+    }
+    let doc = toml_edit::ImDocument::parse(text.to_string()).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut found: Option<std::ops::Range<usize>> = None;
+    for (name, index) in segments(path) {
+        let Some((key, value)) = item.as_table_like().and_then(|t| t.get_key_value(&name)) else { break };
+        found = key.span().or_else(|| value.span()).or(found);
+        item = value;
+        if let Some(i) = index {
+            let Some(elem) = item.get(i) else { break };
+            found = elem.span().or(found);
+            item = elem;
+        }
+    }
+    found.map(|r| line_column(text, r.start))
+}
+
+/// `a."b.c"[2].d` → `[("a", None), ("b.c", Some(2)), ("d", None)]`.
+fn segments(path: &str) -> Vec<(String, Option<usize>)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = path.chars().peekable();
+    let mut index: Option<usize> = None;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => {
+                out.push((std::mem::take(&mut cur), index.take()));
+            }
+            '[' if !quoted => {
+                let mut digits = String::new();
+                for d in chars.by_ref() {
+                    if d == ']' {
+                        break;
+                    }
+                    digits.push(d);
+                }
+                index = digits.parse().ok();
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push((cur, index));
+    }
+    out
+}
+
+impl ConfigError {
+    /// A policy file's problems, located in its text.
+    pub fn of_policy(file: &Path, text: &str, errors: Vec<FieldError>) -> ConfigError {
+        let name = file.display().to_string();
+        let locations = errors
+            .iter()
+            .map(|e| locate(text, &e.path).map(|(line, column)| Location { file: name.clone(), line, column }))
+            .collect();
+        ConfigError { file: name, errors, locations }
+    }
+}
+
+/// A TOML error (syntax, unknown field, wrong type) as a field error whose path is its byte range.
+pub fn toml_error(e: &toml::de::Error) -> FieldError {
+    match e.span() {
+        Some(span) => field(&format!("(bytes {}..{})", span.start, span.end), e.message()),
+        None => field("(toml)", e.message()),
+    }
+}
 
 fn field(path: &str, reason: impl Into<String>) -> FieldError {
     FieldError { path: path.into(), reason: reason.into() }
@@ -291,12 +514,35 @@ impl Settings {
     /// Loads the config file and the policy it names; every problem is reported.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let file_name = path.display().to_string();
-        let fail = |errors| ConfigError { file: file_name.clone(), errors };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![field("(file)", e.to_string())]))?;
-        let cfg: ConfigFile =
-            toml::from_str(&text).map_err(|e| fail(vec![field("(toml)", e.message().to_string())]))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        cfg.validate(base).map_err(fail)
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file_name.clone(),
+            errors: vec![field("(file)", e.to_string())],
+            locations: vec![None],
+        })?;
+        let result =
+            toml::from_str::<ConfigFile>(&text).map_err(|e| vec![toml_error(&e)]).and_then(|cfg| cfg.validate(base));
+        result.map_err(|errors| {
+            // Policy errors (`policy.…`) are located in the policy file, the others in this one.
+            let policy_file = toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|t| t.get("policy").and_then(|p| p.as_str()).map(|p| base.join(p)));
+            let policy_text = policy_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+            let locations = errors
+                .iter()
+                .map(|e| match (e.path.strip_prefix("policy."), &policy_text, &policy_file) {
+                    (Some(inner), Some(ptext), Some(pfile)) => locate(ptext, inner).map(|(line, column)| Location {
+                        file: pfile.display().to_string(),
+                        line,
+                        column,
+                    }),
+                    _ => {
+                        locate(&text, &e.path).map(|(line, column)| Location { file: file_name.clone(), line, column })
+                    }
+                })
+                .collect();
+            ConfigError { file: file_name.clone(), errors, locations }
+        })
     }
 }
 
@@ -375,6 +621,7 @@ impl ConfigFile {
         let commit_interval = dur("pipeline.commit_interval", &self.pipeline.commit_interval, &mut errors);
         let drain_timeout = dur("pipeline.drain_timeout", &self.pipeline.drain_timeout, &mut errors);
         let stall_timeout = dur("pipeline.stall_timeout", &self.pipeline.stall_timeout, &mut errors);
+        let held_pending_refresh = dur("admin.held_pending_refresh", &self.admin.held_pending_refresh, &mut errors);
         if self.pipeline.max_batch == 0 {
             errors.push(field("pipeline.max_batch", "must be at least 1"));
         }
@@ -385,20 +632,86 @@ impl ConfigFile {
             let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
             format!("resetguard-{host}")
         });
-        let hash_seed = match &self.pipeline.hash_seed {
-            None => DEFAULT_SEED,
+        if self.pipeline.hash_seed.is_some() {
+            errors.push(field(
+                "pipeline.hash_seed",
+                "is replaced by the [secret] section (the seed is derived from the deployment secret); remove it \
+                 (docs/runbook.md, \"Rotating the deployment secret\")",
+            ));
+        }
+        let secret = match &self.secret.file {
+            Some(f) => match std::fs::read_to_string(base.join(f)) {
+                Ok(t) => Some(t.trim_end().to_string()),
+                Err(e) => {
+                    errors.push(field("secret.file", format!("cannot read the secret file: {e}")));
+                    None
+                }
+            },
+            None => match std::env::var(&self.secret.env) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    errors.push(field(
+                        "secret",
+                        format!(
+                            "the deployment secret is required: set secret.file or the environment variable {} \
+                             (e.g. `openssl rand -hex 32`)",
+                            self.secret.env
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
+        let keys = match secret {
             Some(v) => {
-                let v = resolve("pipeline.hash_seed", v, &mut errors);
-                u64::from_str_radix(v.trim(), 16).unwrap_or_else(|_| {
-                    errors.push(field("pipeline.hash_seed", "must be 1 to 16 hex digits"));
-                    0
-                })
+                let path = if self.secret.file.is_some() { "secret.file" } else { "secret.env" };
+                if let Err(e) = check_secret_strength(&v, SECRET_MIN_CHARS) {
+                    errors.push(field(path, format!("the deployment secret {e}")));
+                }
+                if v == crate::core::hash::DEMO_SECRET {
+                    errors.push(field(path, "is the demo's public secret"));
+                }
+                crate::core::hash::Keys::from_secret(v.as_bytes())
             }
+            None => crate::core::hash::Keys::demo(),
         };
         let http_listen = self.http.listen.parse().unwrap_or_else(|_| {
             errors.push(field("http.listen", "must be an address like 0.0.0.0:9898"));
             SocketAddr::from(([0, 0, 0, 0], 9898))
         });
+        let admin_listen = self.admin.listen.as_deref().and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(field("admin.listen", "must be an address like 0.0.0.0:9443"));
+                None
+            }
+        });
+        if admin_listen.is_some_and(|a| a == http_listen && a.port() != 0) {
+            errors.push(field("admin.listen", "must differ from http.listen"));
+        }
+        let admin_tls = match (&self.admin.tls_cert, &self.admin.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                if self.admin.listen.is_none() {
+                    errors.push(field("admin.tls_cert", "needs admin.listen (TLS is served on the admin listener)"));
+                }
+                match crate::http::tls::server_config(&base.join(cert), &base.join(key)) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(field("admin.tls_cert", e));
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                errors.push(field("admin.tls_key", "is required with admin.tls_cert"));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(field("admin.tls_cert", "is required with admin.tls_key"));
+                None
+            }
+        };
         let admin_token = match &self.admin.token_file {
             Some(f) => match std::fs::read_to_string(base.join(f)) {
                 Ok(t) => Some(t.trim_end().to_string()),
@@ -410,11 +723,12 @@ impl ConfigFile {
             None => std::env::var(&self.admin.token_env).ok(),
         }
         .filter(|t| !t.is_empty());
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            errors.push(field("admin", "the admin token must be at least 16 characters"));
+        if let Some(Err(e)) = admin_token.as_ref().map(|t| check_secret_strength(t, TOKEN_MIN_CHARS)) {
+            let path = if self.admin.token_file.is_some() { "admin.token_file" } else { "admin.token_env" };
+            errors.push(field(path, format!("the admin token {e}")));
         }
-        if self.admin.release_rate_per_minute == 0 {
-            errors.push(field("admin.release_rate_per_minute", "must be at least 1"));
+        if let Err(e) = crate::core::rules::check_release_rate(self.admin.release_rate_per_minute) {
+            errors.push(field("admin.release_rate_per_minute", e));
         }
         match (policy, errors.is_empty()) {
             (Some(policy), true) => Ok(Settings {
@@ -427,10 +741,13 @@ impl ConfigFile {
                 drain_timeout,
                 stall_timeout,
                 max_batch: self.pipeline.max_batch,
-                hash_seed,
+                keys,
                 http_listen,
+                admin_listen,
+                admin_tls,
                 admin_token: admin_token.map(Secret::new),
                 release_rate_per_minute: self.admin.release_rate_per_minute,
+                held_pending_refresh,
             }),
             _ => Err(errors),
         }
@@ -464,5 +781,53 @@ mod tests {
             toml::from_str("policy = \"p.toml\"\n[kafka]\n\"bootstrap.servers\" = \"x:1\"\n").unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();
         assert_eq!(errs[0].path, "policy.decision.threshold");
+    }
+
+    #[test]
+    fn secrets_that_are_short_placeholders_or_low_entropy_are_refused() {
+        assert!(check_secret_strength("REPLACE-ME-placeholder-not-a-secret", TOKEN_MIN_CHARS).is_err());
+        assert!(check_secret_strength("local-dev-token-not-a-secret", TOKEN_MIN_CHARS).is_err());
+        assert!(check_secret_strength("short-token", TOKEN_MIN_CHARS).is_err());
+        assert!(check_secret_strength(&"a".repeat(64), TOKEN_MIN_CHARS).is_err());
+        assert!(check_secret_strength(&"abcd".repeat(16), TOKEN_MIN_CHARS).is_err());
+        assert!(check_secret_strength(crate::core::hash::DEMO_SECRET, SECRET_MIN_CHARS).is_err());
+        // `openssl rand -hex 32` and -base64 24 shapes pass.
+        assert!(check_secret_strength("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 32).is_ok());
+        assert!(check_secret_strength("q7Zl0X3c9GmU8yTbVn2JkR4w5sPe1DhA", 32).is_ok());
+        assert!(check_secret_strength("fault-tests-admin-token-0123456789", TOKEN_MIN_CHARS).is_ok());
+    }
+
+    #[test]
+    fn a_missing_secret_and_a_placeholder_token_fail_with_their_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
+        std::fs::write(dir.path().join("t"), "REPLACE-ME-placeholder-not-a-secret\n").unwrap();
+        let cfg: ConfigFile = toml::from_str(
+            "policy = \"p.toml\"\n[kafka]\n\"bootstrap.servers\" = \"x:1\"\n[admin]\ntoken_file = \"t\"\n[secret]\nenv = \"RESETGUARD_TEST_UNSET_SECRET_VAR\"\n",
+        )
+        .unwrap();
+        let errs = cfg.validate(dir.path()).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["secret", "admin.token_file"], "{errs:?}");
+        assert!(errs[0].reason.contains("RESETGUARD_TEST_UNSET_SECRET_VAR"), "{errs:?}");
+        assert!(errs[1].reason.contains("placeholder"), "{errs:?}");
+    }
+
+    #[test]
+    fn locate_finds_keys_tables_and_syntax_errors() {
+        let text = "policy = \"p\"\n[kafka]\n\"bootstrap.servers\" = \"x\"\n\n[pipeline]\n  commit_interval = \"soon\"\n[[allow_list]]\na = 1\n[[allow_list]]\n b = 2\n";
+        assert_eq!(locate(text, "pipeline.commit_interval"), Some((6, 3)));
+        assert_eq!(locate(text, "kafka.\"bootstrap.servers\""), Some((3, 1)));
+        // A missing key points at its table.
+        assert_eq!(locate(text, "pipeline.max_batch"), Some((5, 2)));
+        assert_eq!(locate(text, "allow_list[1].b"), Some((10, 2)));
+        assert_eq!(locate(text, "(bytes 13..14)"), Some((2, 1)));
+        assert_eq!(locate(text, "topics.input"), None);
+        let e = ConfigError {
+            file: "c.toml".into(),
+            errors: vec![field("pipeline.commit_interval", "bad"), field("secret", "missing")],
+            locations: vec![Some(Location { file: "c.toml".into(), line: 6, column: 3 }), None],
+        };
+        assert_eq!(e.lines(), ["c.toml:6:3: pipeline.commit_interval: bad", "c.toml: secret: missing"]);
     }
 }

@@ -9,9 +9,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use resetguard::config::{Settings, DEFAULT_SEED};
+use resetguard::config::{ConfigError, Settings};
 use resetguard::core::event::parse_rfc3339_ms;
+use resetguard::core::hash::Keys;
 use resetguard::core::Policy;
+
+/// The exit codes, shown at the end of `--help` and in the README.
+const EXIT_CODES: &str = "Exit codes:
+  0  success (check-config: the file is valid)
+  1  a failure at run time: Kafka or the admin API unreachable or refusing, a fatal pipeline error,
+     a wrong admin token
+  2  invalid command line, configuration or request: every problem is printed, with
+     file:line:column where it has a place in a file";
 
 /// mimalloc instead of glibc malloc: ~25% faster per event at 1 M tracked accounts (BENCHMARKS.md).
 #[global_allocator]
@@ -21,7 +30,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "resetguard",
     version,
-    about = "Decides password resets from login-risk events, behind a mass-reset circuit breaker."
+    about = "Decides password resets from login-risk events, behind a mass-reset circuit breaker.",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
@@ -44,38 +54,57 @@ enum Command {
     },
     /// Run the service against Kafka.
     Run {
+        /// Service config (resetguard.toml; it names the policy file). Validated first: an invalid
+        /// one exits 2 with every problem listed.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Backtest a policy over a file of events (JSON lines, optionally gzip; `-` for stdin).
     Replay {
+        /// Policy file (TOML) to backtest.
         #[arg(long)]
         policy: PathBuf,
+        /// Events, one JSON object per line, optionally gzip (detected); `-` reads stdin.
         #[arg(long)]
         input: PathBuf,
+        /// Output directory (created): notices.jsonl, held.jsonl, rejected.jsonl, report.json,
+        /// timeline.svg.
         #[arg(long)]
         out: PathBuf,
         /// Wall-clock time for the future-timestamp check (RFC 3339). Default: now.
         #[arg(long)]
         now: Option<String>,
-        /// Seed of the id hashes (16 hex digits), as in the service config.
+        /// File holding the deployment secret, for the same notice_ids as the service (default:
+        /// the RESETGUARD_SECRET environment variable, else the demo's public secret, with a note).
         #[arg(long)]
-        seed: Option<String>,
+        secret_file: Option<PathBuf>,
         /// Print progress every N lines (0: never).
         #[arg(long, default_value_t = 1_000_000)]
         progress_every: u64,
     },
-    /// Validate a policy file or a service config; prints every problem with its field path.
-    CheckConfig { file: PathBuf },
+    /// Validate a policy file or a service config; prints every problem as
+    /// file:line:column: field.path: reason. Exits 0 when valid, 2 when not (as `run` does).
+    CheckConfig {
+        /// A policy file (it has `version = ...`) or a service config (it names its policy).
+        file: PathBuf,
+    },
     /// Work through held notices after an incident: list, release (paced, exactly once) or discard.
     Held {
         #[command(subcommand)]
         action: HeldAction,
     },
+    /// Breaker overrides through a running instance's admin API: status, open, close, clear.
+    /// Overrides go to the control topic and apply on every instance of the fleet.
+    Breaker {
+        #[command(subcommand)]
+        action: BreakerCommand,
+    },
     /// Publish simulated login-risk events to a Kafka topic (for docker-compose and load tests).
     Generate {
+        /// Kafka bootstrap servers.
         #[arg(long, default_value = "localhost:9092")]
         bootstrap: String,
+        /// Topic to publish to.
         #[arg(long, default_value = "login-risk-events")]
         topic: String,
         /// Events per second (0: as fast as possible).
@@ -118,6 +147,175 @@ struct Who {
     /// Why (recorded in the audit topic).
     #[arg(long)]
     reason: String,
+}
+
+/// Which instance's admin API, and how to authenticate.
+#[derive(clap::Args, Clone)]
+struct Endpoint {
+    /// Base URL of one instance's admin API: http://HOST:9898 (http.listen), or
+    /// https://HOST:PORT when admin.listen and admin.tls_cert are set.
+    #[arg(long, env = "RESETGUARD_URL", default_value = "http://localhost:9898")]
+    url: String,
+    /// File holding the admin token (keeps it out of the command line). Default: the
+    /// RESETGUARD_ADMIN_TOKEN environment variable.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM certificate of the CA that signed the admin listener's certificate (https URLs).
+    #[arg(long, env = "RESETGUARD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BreakerCommand {
+    /// State of every breaker cell of the instance (JSON).
+    Status {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Force a cell open: its decisions are held whatever the traffic, until the ttl runs out.
+    Open {
+        /// Breaker cell: `global` or an upstream source's name.
+        cell: String,
+        /// How long the override lasts, 1s to 7 days (e.g. 30m, 4h).
+        #[arg(long)]
+        ttl: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Force a cell closed: spikes are ignored (the rate caps still apply) until the ttl runs out.
+    Close {
+        /// Breaker cell: `global` or an upstream source's name.
+        cell: String,
+        /// How long the override lasts, 1s to 7 days (e.g. 15m).
+        #[arg(long)]
+        ttl: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// End a cell's override: a forced-open cell probes (half-open), a forced-closed one closes.
+    Clear {
+        /// Breaker cell: `global` or an upstream source's name.
+        cell: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+/// Calls the admin API: GET without a body, POST with `body`. Prints the JSON answer.
+fn breaker_command(cmd: BreakerCommand) -> anyhow::Result<ExitCode> {
+    use resetguard::core::rules;
+    let (endpoint, path, body) = match cmd {
+        BreakerCommand::Status { endpoint } => (endpoint, "/admin/breaker".to_string(), None),
+        BreakerCommand::Open { cell, ttl, who, endpoint } => {
+            let body = serde_json::json!({ "ttl": ttl, "actor": who.actor, "reason": who.reason });
+            (endpoint, format!("/admin/breaker/{}/open", path_segment(&cell)), Some((body, Some(ttl))))
+        }
+        BreakerCommand::Close { cell, ttl, who, endpoint } => {
+            let body = serde_json::json!({ "ttl": ttl, "actor": who.actor, "reason": who.reason });
+            (endpoint, format!("/admin/breaker/{}/close", path_segment(&cell)), Some((body, Some(ttl))))
+        }
+        BreakerCommand::Clear { cell, who, endpoint } => {
+            let body = serde_json::json!({ "actor": who.actor, "reason": who.reason });
+            (endpoint, format!("/admin/breaker/{}/clear", path_segment(&cell)), Some((body, None)))
+        }
+    };
+    // The same rules as the service, before anything is sent.
+    if let Some((body, ttl)) = &body {
+        let check = rules::check_actor_reason(
+            body["actor"].as_str().unwrap_or_default(),
+            body["reason"].as_str().unwrap_or_default(),
+        )
+        .and_then(|()| ttl.as_deref().map_or(Ok(()), |t| rules::parse_ttl(t).map(|_| ())));
+        if let Err(e) = check {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let token = match &endpoint.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the admin token from {}", f.display()))?
+            .trim_end()
+            .to_string(),
+        None => std::env::var("RESETGUARD_ADMIN_TOKEN").unwrap_or_default(),
+    };
+    if token.is_empty() {
+        eprintln!("error: no admin token: pass --token-file or set RESETGUARD_ADMIN_TOKEN");
+        return Ok(ExitCode::from(2));
+    }
+    let mut client = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = &endpoint.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build().context("building the HTTP client")?;
+    let url = format!("{}{path}", endpoint.url.trim_end_matches('/'));
+    let request = match &body {
+        None => client.get(&url),
+        Some((b, _)) => client.post(&url).json(b),
+    };
+    let response = match request.bearer_auth(token).send() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach the admin API at {url}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let status = response.status();
+    let text = response.text().unwrap_or_default();
+    let shown = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    match status.as_u16() {
+        200 => {
+            println!("{shown}");
+            Ok(ExitCode::SUCCESS)
+        }
+        400 => {
+            eprintln!("error: refused: {shown}");
+            Ok(ExitCode::from(2))
+        }
+        401 => {
+            eprintln!("error: unauthorized: the admin token is wrong or missing on the instance");
+            Ok(ExitCode::from(1))
+        }
+        code => {
+            eprintln!("error: HTTP {code} from {url}: {shown}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// A cell name as one URL path segment (cell names are source names: percent-encode the rest).
+fn path_segment(cell: &str) -> String {
+    cell.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints every problem of an invalid config, one per line (`file:line:column: path: reason`).
+fn print_config_error(e: &ConfigError, to_stdout: bool) {
+    for line in e.lines() {
+        if to_stdout {
+            println!("{line}");
+        } else {
+            eprintln!("error: {line}");
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -194,7 +392,13 @@ fn held_command(action: HeldAction) -> anyhow::Result<ExitCode> {
             }),
         ),
     };
-    let settings = Settings::load(&select.config)?;
+    let settings = match Settings::load(&select.config) {
+        Ok(s) => s,
+        Err(e) => {
+            print_config_error(&e, false);
+            return Ok(ExitCode::from(2));
+        }
+    };
     let sel = selector(&select)?;
     match run(&settings, &sel) {
         Ok(v) => {
@@ -262,7 +466,13 @@ async fn signals(token: CancellationToken) {
 fn real_main(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let settings = Settings::load(&config)?;
+            let settings = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    print_config_error(&e, false);
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let rt = runtime()?;
             rt.block_on(async {
                 let token = CancellationToken::new();
@@ -278,18 +488,36 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Replay { policy, input, out, now, seed, progress_every } => {
+        Command::Replay { policy, input, out, now, secret_file, progress_every } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
-            let policy = Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
+            let policy = match Policy::from_toml(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_config_error(&ConfigError::of_policy(&policy, &text, e.errors), false);
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let now_ms = match now {
                 Some(s) => parse_rfc3339_ms(&s).context("--now must be an RFC 3339 timestamp")?,
                 None => chrono::Utc::now().timestamp_millis(),
             };
-            let seed = match seed {
-                Some(s) => u64::from_str_radix(&s, 16).context("--seed must be hex")?,
-                None => DEFAULT_SEED,
+            let secret = match &secret_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading the secret from {}", f.display()))?
+                        .trim_end()
+                        .to_string(),
+                ),
+                None => std::env::var("RESETGUARD_SECRET").ok().filter(|s| !s.is_empty()),
             };
-            let args = resetguard::replay::ReplayArgs { input, out: out.clone(), now_ms, seed, progress_every };
+            let keys = match secret {
+                Some(s) => Keys::from_secret(s.as_bytes()),
+                None => {
+                    eprintln!("note: no --secret-file or RESETGUARD_SECRET: notice_ids use the demo's public secret and differ from the service's");
+                    Keys::demo()
+                }
+            };
+            let args = resetguard::replay::ReplayArgs { input, out: out.clone(), now_ms, keys, progress_every };
             let report = resetguard::replay::replay(Arc::new(policy), &args)?;
             print!("{}", report.summary());
             println!("wrote {}/{{notices,held,rejected}}.jsonl, report.json, timeline.svg", out.display());
@@ -303,22 +531,19 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|p| {
                         format!("policy {} is valid ({} signals, mode {})", p.version, p.signals.len(), p.mode.as_str())
                     })
-                    .map_err(|e| e.errors)
+                    .map_err(|e| ConfigError::of_policy(&file, &text, e.errors))
             } else {
                 Settings::load(&file)
                     .map(|s| format!("config is valid (policy {}, inputs {:?})", s.policy.version, s.topics.input))
-                    .map_err(|e| e.errors)
             };
             match result {
                 Ok(msg) => {
                     println!("{}: {msg}", file.display());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(errors) => {
-                    for e in errors {
-                        println!("{}: {}: {}", file.display(), e.path, e.reason);
-                    }
-                    Ok(ExitCode::from(1))
+                Err(e) => {
+                    print_config_error(&e, true);
+                    Ok(ExitCode::from(2))
                 }
             }
         }
@@ -328,6 +553,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Held { action } => held_command(action),
+        Command::Breaker { action } => breaker_command(action),
         Command::Generate { bootstrap, topic, rate, count } => {
             let rt = runtime()?;
             rt.block_on(resetguard::demo::generate(&bootstrap, &topic, rate, count))?;

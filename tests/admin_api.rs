@@ -258,3 +258,121 @@ fn with_the_token_the_console_endpoints_answer_without_touching_the_pipeline() {
     assert_eq!(stop(serde_json::json!({"actor": "ana", "reason": " "})).0, 400, "a stop needs a reason");
     assert!(s.commands.try_recv().is_err());
 }
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, in `dir` (openssl).
+fn tls_files(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=admin-test-ca",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "admin.key",
+        "-out",
+        "admin.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "admin.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "admin.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[test]
+fn the_admin_api_on_its_own_tls_listener_answers_https_only_and_the_cli_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_files(dir.path());
+    let tls =
+        resetguard::http::tls::server_config(&dir.path().join("admin.pem"), &dir.path().join("admin.key")).unwrap();
+    // A key that does not parse is a sentence naming the file.
+    std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+    let err =
+        resetguard::http::tls::server_config(&dir.path().join("admin.pem"), &dir.path().join("bad.key")).unwrap_err();
+    assert!(err.contains("bad.key"), "{err}");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let secret = Secret::new(TOKEN.to_string());
+    let state = AdminState::new(Some(&secret), tx, Arc::new(Status::default()), None);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, _h) = rt
+        .block_on(resetguard::http::serve_router(
+            "127.0.0.1:0".parse().unwrap(),
+            resetguard::http::admin::router(state),
+            Some(tls),
+            stop.clone(),
+        ))
+        .unwrap();
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let https = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = https.get(format!("https://{addr}/admin/breaker")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<serde_json::Value>().unwrap(), serde_json::json!([]));
+    let r =
+        https.get(format!("https://{addr}/admin/breaker")).bearer_auth("wrong-token-of-decent-length").send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Only the admin API is served there, and only over TLS.
+    assert_eq!(https.get(format!("https://{addr}/metrics")).send().unwrap().status().as_u16(), 401);
+    assert_eq!(https.get(format!("https://{addr}/metrics")).bearer_auth(TOKEN).send().unwrap().status().as_u16(), 404);
+    let plain = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    assert!(plain.get(format!("http://{addr}/admin/breaker")).bearer_auth(TOKEN).send().is_err(), "plain HTTP refused");
+
+    // The CLI: with the CA it gets the cells (none here); without it, the certificate is not trusted.
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let cli = |with_ca: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_resetguard"));
+        c.args(["breaker", "status", "--url", &format!("https://{addr}"), "--token-file"])
+            .arg(dir.path().join("token"));
+        if with_ca {
+            c.arg("--ca-file").arg(dir.path().join("ca.pem"));
+        }
+        c.env_remove("RESETGUARD_CA_FILE").output().unwrap()
+    };
+    let ok = cli(true);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "[]");
+    let untrusted = cli(false);
+    assert_eq!(untrusted.status.code(), Some(1), "{}", String::from_utf8_lossy(&untrusted.stderr));
+    stop.cancel();
+}

@@ -187,7 +187,11 @@ fn notices_and_held_records_produced_by_the_library_match_their_schemas() {
     let mut offset = 0;
 
     // 1. Two signal kinds from two sources decide in the short window.
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
     for (id, src, sig, risk, dt) in
         [("a1", "auth-service", "credential_stuffing", 1.0, 0), ("a2", "fraud-model", "impossible_travel", 0.8, 1_000)]
     {
@@ -202,7 +206,11 @@ fn notices_and_held_records_produced_by_the_library_match_their_schemas() {
     assert_eq!(n["explanation"]["evidence"], json!(["a1", "a2"]));
 
     // 2. Slow burn: one event every 2 h, alternating two kinds, decides in the slow window.
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
     let before = seen.notices.len();
     for i in 0..10 {
         let sig = if i % 2 == 0 { "impossible_travel" } else { "credential_stuffing" };
@@ -220,7 +228,11 @@ fn notices_and_held_records_produced_by_the_library_match_their_schemas() {
 
     // 3. Spike: 200 breached_password decisions from one source within 20 s on distinct
     //    accounts. The default spike floor lets 30 through, the rest is held.
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
     let (notices_before, held_before) = (seen.notices.len(), seen.held.len());
     for i in 0..200 {
         let input = event_bytes(
@@ -243,7 +255,7 @@ fn notices_and_held_records_produced_by_the_library_match_their_schemas() {
 
     // 4. Shadow mode: would-be notices go to the shadow topic with mode "shadow", same schema.
     let shadow = Policy::from_toml("version = \"v1\"\nmode = \"shadow\"\n").expect("shadow policy");
-    let mut e = Engine::new(Arc::new(shadow), 7, TimeMode::EventTime);
+    let mut e = Engine::new(Arc::new(shadow), resetguard::core::hash::Keys::demo(), TimeMode::EventTime);
     let input = event_bytes("sh1", "acct-shadow", T0, "auth-service", "breached_password", 1.0);
     let outcome = e.process(&input, 0, WALL).outcome;
     seen.take(&schemas, &outcome, &input, offset, &topics, Mode::Shadow);
@@ -275,7 +287,11 @@ fn notices_and_held_records_produced_by_the_library_match_their_schemas() {
 #[test]
 fn output_schemas_reject_broken_records() {
     let schemas = OutputSchemas::load();
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
     let mut notice = None;
     let mut held = None;
     for i in 0..40 {
@@ -341,7 +357,11 @@ fn output_schemas_reject_broken_records() {
 fn an_oversize_dlq_record_carries_the_first_bytes_and_says_it_was_truncated() {
     let dlq = validator("dlq-record.v1.schema.json");
     let topics = TopicsFile::default();
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
     let payload = vec![b'{'; 10_000];
     let outcome = e.process(&payload, 1, WALL).outcome;
     let origin = Origin { topic: INPUT_TOPIC, partition: 1, offset: 77, key: Some(b"k"), payload: &payload };
@@ -367,7 +387,11 @@ fn an_oversize_dlq_record_carries_the_first_bytes_and_says_it_was_truncated() {
 fn dlq_records_carry_the_original_bytes_and_schema_valid_headers() {
     let dlq = validator("dlq-record.v1.schema.json");
     let topics = TopicsFile::default();
-    let mut e = Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime);
+    let mut e = Engine::new(
+        Arc::new(Policy::default_with_version("v1")),
+        resetguard::core::hash::Keys::demo(),
+        TimeMode::EventTime,
+    );
 
     let ok_event = event_bytes("d1", "acct-d", T0 + 600_000, "auth", "failed_login", 0.2);
     let ok = String::from_utf8(ok_event.clone()).expect("utf8");

@@ -30,7 +30,7 @@ use resetguard::core::{Engine, Policy, Processed, TimeMode};
 const LATER: i64 = T0 + 400 * 86_400_000;
 
 fn engine(policy: Policy, seed: u64, mode: TimeMode) -> Engine {
-    Engine::new(Arc::new(policy), seed, mode)
+    Engine::new(Arc::new(policy), resetguard::core::hash::Keys::demo().with_id_seed(seed), mode)
 }
 
 fn default_policy() -> Policy {

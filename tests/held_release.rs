@@ -60,7 +60,7 @@ struct Held {
 /// decisions of each; stops at exactly `n` held.
 fn generate(n: usize, topics: &TopicsFile) -> Vec<Held> {
     let policy = Arc::new(Policy::default_with_version(POLICY_VERSION));
-    let mut engine = Engine::new(policy, resetguard::config::DEFAULT_SEED, TimeMode::Wall);
+    let mut engine = Engine::new(policy, resetguard::core::hash::Keys::demo(), TimeMode::Wall);
     let t0 = now_ms() - 10 * 60_000;
     let mut out = Vec::with_capacity(n);
     let mut i = 0usize;
@@ -120,6 +120,7 @@ impl Fixture {
         broker.create_topic(&audit, 2);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.toml"), format!("version = \"{POLICY_VERSION}\"\n")).unwrap();
+        std::fs::write(dir.path().join("deployment.secret"), "held-release-test-secret-5d1c8e7a90b3f246").unwrap();
         let cfg = format!(
             r#"
 policy = "policy.toml"
@@ -139,6 +140,8 @@ audit = "{audit}"
 [pipeline]
 group_id = "{group}"
 transactional_id = "{txn}"
+[secret]
+file = "deployment.secret"
 "#,
             bootstrap = broker.bootstrap,
             input = name("in"),

@@ -257,7 +257,7 @@ fn incident_scenario(mode: TimeMode) {
     g.takeovers(INCIDENT_END, END - 2 * MINUTE, "victim-after");
     let (feed, victims) = g.into_feed();
 
-    let mut e = Engine::new(Arc::new(policy), 0x5eed, mode);
+    let mut e = Engine::new(Arc::new(policy), resetguard::core::hash::Keys::demo(), mode);
     let outcomes = drive(&mut e, &feed);
 
     // One outcome per input.
@@ -456,7 +456,7 @@ fn replayed_topic_yields_only_duplicates_and_no_new_notices() {
         g.takeovers(START, START + 57 * MINUTE, "victim");
         let (feed, victims) = g.into_feed();
 
-        let mut e = Engine::new(Arc::new(scenario_policy()), 0x5eed, mode);
+        let mut e = Engine::new(Arc::new(scenario_policy()), resetguard::core::hash::Keys::demo(), mode);
         let first = drive(&mut e, &feed);
         let mut first_tally = Tally::default();
         for (o, _) in &first {

@@ -36,6 +36,7 @@ const ALERTS: &str = "deploy/prometheus/alerts.yml";
 
 /// The source that floods the pipeline; its breaker cell carries its name.
 const SPIKE_SOURCE: &str = "buggy-model";
+const ADMIN_TOKEN: &str = "operability-admin-token-6b1e94c2d7";
 const SPIKE_EVENTS: usize = 200;
 const ORDINARY: usize = 120;
 const TAKEOVERS: usize = 8;
@@ -49,6 +50,7 @@ const DUPLICATES: usize = 5;
 /// and a scrape taken once the metrics caught up with the committed outputs.
 struct Service {
     port: u16,
+    admin_port: u16,
     /// Every account id the traffic carried.
     accounts: BTreeSet<String>,
     inputs: usize,
@@ -167,6 +169,7 @@ fn start_service() -> Service {
     let broker = KafkaBroker::shared();
     let t = Topics::create(broker, "ops");
     let port = free_port();
+    let admin_port = free_port();
     let settings = {
         // The config is read once, here; nothing of it stays on disk.
         let dir = tempfile::tempdir().unwrap();
@@ -178,7 +181,13 @@ fn start_service() -> Service {
             "",
             &format!("127.0.0.1:{port}"),
         );
+        // The held-pending gauge is refreshed every second here (default: every minute), and the
+        // admin API has a listener of its own.
         let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
+        let text = format!(
+            "{text}\n[admin]\nheld_pending_refresh = \"1s\"\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"admin.token\"\n"
+        );
         toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap_or_else(|e| panic!("config: {e:?}"))
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -254,6 +263,7 @@ fn start_service() -> Service {
             && s.sum("resetguard_dlq_records_total", &[]) == dlq_in_topic as f64
             && s.sum("resetguard_outcomes_total", &[]) == inputs as f64
             && s.sum("resetguard_breaker_trips_total", &[("cell", SPIKE_SOURCE)]) >= 1.0
+            && s.sum("resetguard_held_pending", &[]) == held_in_topic as f64
             && s.has_samples("resetguard_consumer_lag_messages");
         if caught_up || Instant::now() >= deadline {
             break text;
@@ -265,6 +275,7 @@ fn start_service() -> Service {
     );
     Service {
         port,
+        admin_port,
         accounts,
         inputs,
         notices_in_topic,
@@ -574,6 +585,22 @@ fn healthz_is_ok_and_readyz_turns_ready_after_assignment() {
 }
 
 #[test]
+fn with_admin_listen_the_admin_api_is_served_apart_from_metrics() {
+    let s = service();
+    let http = http_client();
+    let (main, admin) = (format!("http://127.0.0.1:{}", s.port), format!("http://127.0.0.1:{}", s.admin_port));
+    let get = |url: String| http.get(url).bearer_auth(ADMIN_TOKEN).send().unwrap();
+    // The main listener serves metrics and health only.
+    assert_eq!(get(format!("{main}/admin/breaker")).status().as_u16(), 404);
+    assert_eq!(get(format!("{main}/metrics")).status().as_u16(), 200);
+    // The admin listener serves the admin API (with the token) and nothing else.
+    let cells: serde_json::Value = get(format!("{admin}/admin/breaker")).json().unwrap();
+    assert!(cells.as_array().unwrap().iter().any(|c| c["cell"] == SPIKE_SOURCE), "{cells}");
+    assert_eq!(http.get(format!("{admin}/admin/breaker")).send().unwrap().status().as_u16(), 401);
+    assert_eq!(get(format!("{admin}/metrics")).status().as_u16(), 404);
+}
+
+#[test]
 fn scrape_passes_promtool_lint() {
     let s = service();
     let mut child = Command::new(PROMTOOL)
@@ -657,6 +684,40 @@ fn metric_values_match_the_outputs() {
     assert!(m.sum("resetguard_transactions_total", &[("result", "commit")]) >= 1.0);
     assert_eq!(m.sum("resetguard_transactions_total", &[("result", "abort")]), 0.0);
     assert!(m.has_samples("resetguard_consumer_lag_messages"), "consumer lag is reported\n{}", show());
+    // Decisions per cell: a counter (notice + held) that agrees with the output topics.
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[]),
+        (s.notices_in_topic + s.held_in_topic) as f64,
+        "decisions_total vs notice and held records\n{}",
+        show()
+    );
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[("cell", SPIKE_SOURCE), ("outcome", "held")]),
+        s.held_in_topic as f64,
+        "held decisions of the spiking cell\n{}",
+        show()
+    );
+    assert_eq!(
+        m.sum("resetguard_decisions_total", &[("outcome", "notice")]),
+        s.notices_in_topic as f64,
+        "notice decisions\n{}",
+        show()
+    );
+    // Held notices pending (nothing was released or discarded): all held records, by the cell
+    // that held them.
+    assert_eq!(m.sum("resetguard_held_pending", &[]), s.held_in_topic as f64, "held_pending\n{}", show());
+    assert_eq!(
+        m.sum("resetguard_held_pending", &[("cell", SPIKE_SOURCE)]),
+        s.held_in_topic as f64,
+        "held_pending of the spiking cell\n{}",
+        show()
+    );
+    // Process metrics of the prometheus crate's `process` feature (CPU time counts whole seconds,
+    // so it may still read 0 here).
+    assert!(m.has_samples("process_cpu_seconds_total"), "process_cpu_seconds_total\n{}", show());
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_threads", "process_start_time_seconds"] {
+        assert!(m.sum(name, &[]) > 0.0, "{name} is exported and positive\n{}", show());
+    }
 }
 
 #[test]

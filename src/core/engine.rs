@@ -10,10 +10,9 @@ use super::accounts::{quantise_risk, AccountStore, Entry, WindowView};
 use super::breaker::{Breaker, Transition, Verdict};
 use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event};
-use super::hash::{id_hash, IdentityBuild};
+use super::hash::{id_hash, IdentityBuild, Keys};
 use super::outcome::{
-    notice_id, Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo,
-    WindowKind,
+    Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo, WindowKind,
 };
 use super::policy::Policy;
 
@@ -59,6 +58,7 @@ struct Decided {
 pub struct Engine {
     policy: Arc<Policy>,
     seed: u64,
+    keys: Keys,
     mode: TimeMode,
     accounts: AccountStore,
     dedupe: Dedupe,
@@ -73,8 +73,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `seed` keys the id hashes (keep it stable for a deployment: restored state depends on it).
-    pub fn new(policy: Arc<Policy>, seed: u64, mode: TimeMode) -> Self {
+    /// `keys` (from the deployment secret) key the id hashes and `notice_id`.
+    pub fn new(policy: Arc<Policy>, keys: Keys, mode: TimeMode) -> Self {
+        let seed = keys.id_seed();
         let mut allow = HashMap::with_hasher(IdentityBuild::default());
         for a in &policy.allow_list {
             allow.insert(id_hash(seed ^ ACCOUNT_SALT, &a.account_id), a.expires_at_ms);
@@ -90,6 +91,7 @@ impl Engine {
             live_started: false,
             policy,
             seed,
+            keys,
             mode,
         }
     }
@@ -322,7 +324,7 @@ impl Engine {
             })
             .collect();
         Decision {
-            notice_id: notice_id(&ev.account_id, view.start_s, &p.version),
+            notice_id: self.keys.notice_id(&ev.account_id, view.start_s, &p.version),
             account_id: ev.account_id.to_string(),
             decided_at: format_rfc3339_ms(now),
             mode: p.mode.as_str(),
@@ -402,7 +404,7 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        Engine::new(Arc::new(Policy::default_with_version("v1")), 7, TimeMode::EventTime)
+        Engine::new(Arc::new(Policy::default_with_version("v1")), Keys::demo(), TimeMode::EventTime)
     }
 
     fn run(e: &mut Engine, b: &[u8], p: u32) -> Outcome {
@@ -504,7 +506,7 @@ mod tests {
     #[test]
     fn shadow_mode_marks_would_be_notices() {
         let text = "version = \"v1\"\nmode = \"shadow\"\n";
-        let mut e = Engine::new(Arc::new(Policy::from_toml(text).unwrap()), 7, TimeMode::EventTime);
+        let mut e = Engine::new(Arc::new(Policy::from_toml(text).unwrap()), Keys::demo(), TimeMode::EventTime);
         let o = run(&mut e, &ev("a", "acct", T0, "s", "breached_password", 1.0), 0);
         assert_eq!(o.decision().unwrap().mode, "shadow");
     }

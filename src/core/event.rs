@@ -558,13 +558,26 @@ fn classify_json_error(e: &serde_json::Error, text: &str) -> Rejection {
             } else if msg.starts_with("invalid type") && text.trim_start().as_bytes().first() != Some(&b'{') {
                 Rejection::new(RejectReason::NotAnObject, "the message must be a JSON object")
             } else {
-                // "invalid type: string \"...\", expected f64": keep only what was expected.
-                let expected =
-                    msg.split(", expected ").nth(1).and_then(|s| s.split(" at line").next()).unwrap_or("another type");
-                Rejection::new(RejectReason::InvalidType, format!("wrong type at {at}, expected {expected}"))
+                // "invalid type: string \"...\", expected f64": the message quotes the input, and
+                // the input may itself contain ", expected ": name only an expectation from the
+                // closed set of the contract's types.
+                Rejection::new(
+                    RejectReason::InvalidType,
+                    format!("wrong type at {at}, expected {}", expected_type(&msg)),
+                )
             }
         }
     }
+}
+
+/// What a serde_json type error expected, from the closed set of types the contract's fields have
+/// (`another type` for anything else): the message also quotes the offending input, which must
+/// never reach a DLQ header or a log.
+fn expected_type(msg: &str) -> &'static str {
+    const KNOWN: [&str; 6] = ["a string", "a borrowed string", "f64", "u32", "a map", "any valid JSON value"];
+    let tail = msg.rsplit(", expected ").next().unwrap_or("");
+    let tail = tail.split(" at line ").next().unwrap_or("");
+    KNOWN.iter().copied().find(|k| *k == tail).unwrap_or("another type")
 }
 
 fn quoted_field(msg: &str) -> Option<String> {
@@ -1157,6 +1170,26 @@ mod tests {
     fn escaped_strings_are_accepted() {
         let s = ok_event().replace("\"acct-1\"", "\"acct\\u002d1\"");
         assert_eq!(decode(s.as_bytes(), &policy(), NOW).unwrap().account_id, "acct-1");
+    }
+
+    /// Regression: serde_json's type errors quote the input ("invalid type: string \"…\", expected
+    /// f64"); a value that itself contains `", expected "` used to reach the DLQ `detail` header.
+    #[test]
+    fn a_type_error_detail_never_quotes_the_input() {
+        let base = ok_event();
+        let cases = [
+            ("\"risk\":0.5", "\"risk\":\"SECRET-1, expected SECRET-2\"", "expected f64"),
+            ("\"risk\":0.5", "\"risk\":{\"x, expected SECRET-3\":1}", "expected f64"),
+            ("\"acct-1\"", "[\"SECRET-4, expected SECRET-5\"]", "expected a"),
+            ("\"acct-1\"", "12345678901", "expected a"),
+        ];
+        for (from, to, expect) in cases {
+            let bad = base.replace(from, to);
+            let r = decode(bad.as_bytes(), &policy(), NOW).unwrap_err();
+            assert_eq!(r.reason, RejectReason::InvalidType, "{bad}");
+            assert!(!r.detail.contains("SECRET") && !r.detail.contains("12345678901"), "{}", r.detail);
+            assert!(r.detail.contains(expect), "{}", r.detail);
+        }
     }
 
     #[test]

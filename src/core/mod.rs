@@ -7,6 +7,7 @@
 //! - [`breaker`]: rate caps, spike detection, cells and overrides
 //! - [`outcome`]: outcomes, decisions, `notice_id`
 //! - [`engine`]: composes the above, one outcome per event
+//! - [`rules`]: the one set of rules for operator input (actor, reason, ttl, release pace)
 
 pub mod accounts;
 pub mod breaker;
@@ -16,6 +17,7 @@ pub mod event;
 pub mod hash;
 pub mod outcome;
 pub mod policy;
+pub mod rules;
 
 pub use engine::{Engine, Processed, TimeMode};
 pub use outcome::{Outcome, OutcomeKind};

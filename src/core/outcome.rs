@@ -2,7 +2,6 @@
 //! with their explanation and deterministic `notice_id`. Pure data plus serialization.
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::breaker::HeldReason;
 use super::event::{RejectReason, Rejection};
@@ -196,34 +195,5 @@ impl Decision {
 
     pub fn held_json(&self, held: &HeldInfo) -> Vec<u8> {
         serde_json::to_vec(&HeldRecord { schema: HELD_SCHEMA, decision: self, held }).unwrap_or_default()
-    }
-}
-
-/// Deterministic id of a notice: the same account, incident window start and policy version give
-/// the same id on every replay and restart, so the mailer can dedupe on it.
-pub fn notice_id(account_id: &str, incident_start_s: u32, policy_version: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"resetguard.notice_id.v1\0");
-    h.update(account_id.as_bytes());
-    h.update(b"\0");
-    h.update(incident_start_s.to_be_bytes());
-    h.update(b"\0");
-    h.update(policy_version.as_bytes());
-    let digest = h.finalize();
-    format!("rn_{}", hex::encode(&digest[..16]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notice_id_is_deterministic_and_depends_on_each_part() {
-        let a = notice_id("acct", 100, "v1");
-        assert_eq!(a, notice_id("acct", 100, "v1"));
-        assert_eq!(a.len(), 3 + 32);
-        assert_ne!(a, notice_id("acct2", 100, "v1"));
-        assert_ne!(a, notice_id("acct", 101, "v1"));
-        assert_ne!(a, notice_id("acct", 100, "v2"));
     }
 }

@@ -44,6 +44,9 @@ async fn send_all(producer: &FutureProducer, topic: &str, batch: Vec<(String, Ve
 fn demo_settings(bootstrap: &str, listen: SocketAddr, dir: &std::path::Path) -> anyhow::Result<Settings> {
     // The built-in policy, with every default: the demo shows what a fresh install does.
     std::fs::write(dir.join("policy.toml"), "version = \"demo-1\"\n")?;
+    // A fresh random deployment secret per demo run: nothing to set up, nothing reused.
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    std::fs::write(dir.join("secret"), secret)?;
     let cfg: ConfigFile = toml::from_str(&format!(
         r#"
 policy = "policy.toml"
@@ -56,6 +59,8 @@ transactional_id = "resetguard-demo"
 commit_interval = "100ms"
 [http]
 listen = "{listen}"
+[secret]
+file = "secret"
 "#
     ))?;
     cfg.validate(dir).map_err(|e| anyhow::anyhow!("demo config invalid: {e:?}"))

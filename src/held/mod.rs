@@ -197,6 +197,18 @@ pub(crate) fn listing(settings: &Settings, selector: &Selector) -> Result<HeldLi
     })
 }
 
+/// Pending held notices per cell that held them (fleet-wide: read from the held and control
+/// topics, read_committed), for the `resetguard_held_pending` gauge. Writes and logs nothing.
+pub fn pending_by_cell(settings: &Settings) -> Result<std::collections::BTreeMap<String, usize>, HeldError> {
+    let ledger = read_ledger(settings)?;
+    let found = read_held(settings, &Selector::everything(), &ledger, false)?;
+    let mut by_cell = std::collections::BTreeMap::new();
+    for p in found.pending {
+        *by_cell.entry(p.view.held_cell).or_default() += 1;
+    }
+    Ok(by_cell)
+}
+
 /// Releases the pending held notices matching `selector` to the mailer, exactly once, at most
 /// `rate_per_minute` per minute (see [`Pacer`]), oldest first. Each transaction (at most
 /// [`RELEASE_BATCH`] notices or [`RELEASE_BATCH_AGE`]) holds the notices, their `held/<notice_id>`
@@ -213,9 +225,7 @@ pub fn release(
 ) -> Result<ReleaseReport, HeldError> {
     selector.check_for_action().map_err(HeldError::Invalid)?;
     check_actor_reason(actor, reason).map_err(HeldError::Invalid)?;
-    if rate_per_minute == 0 {
-        return Err(HeldError::Invalid("rate_per_minute must be at least 1".into()));
-    }
+    crate::core::rules::check_release_rate(rate_per_minute).map_err(HeldError::Invalid)?;
     let mut txn = Txn::init(settings)?;
     // Fenced first, then read: nothing committed under this id can change what is read next.
     let ledger = read_ledger(settings)?;

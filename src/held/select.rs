@@ -448,23 +448,8 @@ pub struct AuditRecord {
     pub already_sent: Vec<String>,
 }
 
-/// Checks who acts and why: both required, bounded, printable (the actor goes into a header).
-pub fn check_actor_reason(actor: &str, reason: &str) -> Result<(), String> {
-    let printable = |s: &str| !s.chars().any(char::is_control);
-    if actor.trim().is_empty() {
-        return Err("actor is required (who acts)".into());
-    }
-    if reason.trim().is_empty() {
-        return Err("reason is required (why, e.g. the incident ticket)".into());
-    }
-    if actor.chars().count() > 256 || !printable(actor) {
-        return Err("actor must be at most 256 printable characters".into());
-    }
-    if reason.chars().count() > 2048 || !printable(reason) {
-        return Err("reason must be at most 2048 printable characters".into());
-    }
-    Ok(())
-}
+/// Checks who acts and why: the shared rules of [`crate::core::rules`].
+pub use crate::core::rules::check_actor_reason;
 
 #[cfg(test)]
 mod tests {
@@ -476,7 +461,7 @@ mod tests {
     /// Real held records from the engine: one source floods until its cell trips.
     fn held_outcomes() -> Vec<Outcome> {
         let policy = Arc::new(Policy::default_with_version("sel-1"));
-        let mut e = Engine::new(policy, 1, TimeMode::Wall);
+        let mut e = Engine::new(policy, crate::core::hash::Keys::demo(), TimeMode::Wall);
         let t0 = 1_700_000_000_000_i64;
         let mut held = Vec::new();
         for i in 0..300 {

@@ -158,11 +158,13 @@ fn bad_request(msg: impl Into<String>) -> Response {
 }
 
 fn check_who(actor: &str, reason: &str) -> Result<(), Response> {
-    if actor.trim().is_empty() || actor.len() > 128 {
-        return Err(bad_request("actor must be 1 to 128 characters"));
-    }
-    if reason.trim().is_empty() || reason.len() > 1024 {
-        return Err(bad_request("reason must be 1 to 1024 characters"));
+    crate::core::rules::check_actor_reason(actor, reason).map_err(bad_request)
+}
+
+/// An account id as the input contract allows it: 1 to 256 characters, no control characters.
+fn check_account(account_id: &str) -> Result<(), Response> {
+    if account_id.is_empty() || account_id.chars().count() > 256 || account_id.chars().any(char::is_control) {
+        return Err(bad_request("account_id must be 1 to 256 characters without control characters"));
     }
     Ok(())
 }
@@ -191,11 +193,7 @@ async fn breaker_action(
     }
     let ttl = || -> Result<Duration, Response> {
         let text = body.ttl.as_deref().ok_or_else(|| bad_request("ttl is required, e.g. \"30m\""))?;
-        let d = humantime::parse_duration(text).map_err(|e| bad_request(format!("ttl: {e}")))?;
-        if d.is_zero() || d > Duration::from_secs(7 * 86_400) {
-            return Err(bad_request("ttl must be between 1s and 7 days"));
-        }
-        Ok(d)
+        crate::core::rules::parse_ttl(text).map_err(bad_request)
     };
     let action = match action.as_str() {
         "open" => match ttl() {
@@ -228,8 +226,8 @@ async fn allow_add(State(s): State<AdminState>, Json(body): Json<AllowBody>) -> 
     if let Err(r) = check_who(&body.actor, &body.reason) {
         return r;
     }
-    if body.account_id.is_empty() || body.account_id.chars().count() > 256 {
-        return bad_request("account_id must be 1 to 256 characters");
+    if let Err(r) = check_account(&body.account_id) {
+        return r;
     }
     let Some(expires_ms) = body.expires_at.as_deref().and_then(crate::core::event::parse_rfc3339_ms) else {
         return bad_request("expires_at must be an RFC 3339 timestamp");
@@ -246,6 +244,9 @@ async fn allow_add(State(s): State<AdminState>, Json(body): Json<AllowBody>) -> 
 
 async fn allow_remove(State(s): State<AdminState>, Json(body): Json<AllowBody>) -> Response {
     if let Err(r) = check_who(&body.actor, &body.reason) {
+        return r;
+    }
+    if let Err(r) = check_account(&body.account_id) {
         return r;
     }
     send(&s, |reply| AdminCommand::Allow {
@@ -350,7 +351,12 @@ async fn held_action(State(s): State<AdminState>, Path(action): Path<String>, Js
         Err(r) => return r,
     };
     let (actor, reason) = (body.actor, body.reason);
-    let rate = body.rate_per_minute.unwrap_or(settings.release_rate_per_minute).max(1);
+    let rate = match crate::core::rules::check_release_rate(
+        body.rate_per_minute.unwrap_or(settings.release_rate_per_minute),
+    ) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
     let job = match action.as_str() {
         "release" => {
             // Its own stop flag (POST /admin/held/stop), also set when the service shuts down.

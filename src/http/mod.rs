@@ -1,10 +1,12 @@
 //! HTTP surface: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (partitions
-//! assigned and state restored), the token-protected admin API (`admin`) and the incident
-//! console page that uses it (`console`). Does IO; reads
-//! shared status and forwards admin commands, decides nothing.
+//! assigned and state restored), the token-protected admin API (`admin`) with the incident
+//! console page that uses it (`console`), on one listener or the admin API and console on their
+//! own (optionally TLS, `tls`). Does IO; reads shared status and forwards admin commands, decides
+//! nothing.
 
 pub mod admin;
 pub mod console;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -39,14 +41,23 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     (StatusCode::OK, "ok\n".to_string())
 }
 
+/// Everything on one listener: metrics, health, the admin API and the console.
 pub fn router(registry: Registry, status: Arc<Status>, admin: admin::AdminState) -> Router {
+    public_router(registry, status).merge(admin_router(admin))
+}
+
+/// The admin API and the incident console (which calls it), behind the admin token.
+pub fn admin_router(admin: admin::AdminState) -> Router {
+    console::router().merge(admin::router(admin))
+}
+
+/// Metrics and health only (the admin API is served on its own listener).
+pub fn public_router(registry: Registry, status: Arc<Status>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, status })
-        .merge(console::router())
-        .merge(admin::router(admin))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -65,7 +76,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves until `shutdown` is cancelled. Returns the bound address through `bound`.
+/// Serves metrics, health and the admin API on `addr` until `shutdown` is cancelled. Returns the
+/// bound address.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
@@ -73,12 +85,27 @@ pub async fn serve(
     admin: admin::AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_router(addr, router(registry, status, admin), None, shutdown).await
+}
+
+/// Serves `app` on `addr` (HTTPS when `tls` is given) until `shutdown` is cancelled. Returns the
+/// bound address.
+pub async fn serve_router(
+    addr: SocketAddr,
+    app: Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(console::sample_until(status.clone(), admin.timeline(), shutdown.clone()));
-    let app = router(registry, status, admin);
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    });
+    let handle = match tls {
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        }),
+        Some(config) => tokio::spawn(async move {
+            let listener = tls::TlsListener::new(listener, config);
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        }),
+    };
     Ok((local, handle))
 }

@@ -248,6 +248,8 @@ fn wall_ms() -> i64 {
 struct Tally {
     outcomes: HashMap<(&'static str, &'static str), u64>,
     held: HashMap<(u8, &'static str), u64>,
+    /// Decisions (notice or held) by the breaker cell of their source.
+    decisions: HashMap<(u8, &'static str), u64>,
     consumed_by_cell: Vec<u64>,
     /// Inputs that did not decode far enough to have a source.
     consumed_invalid: u64,
@@ -262,6 +264,7 @@ impl Tally {
     fn clear(&mut self) {
         self.outcomes.clear();
         self.held.clear();
+        self.decisions.clear();
         self.consumed_by_cell.iter_mut().for_each(|n| *n = 0);
         self.consumed_invalid = 0;
         self.decision_latency_ms.clear();
@@ -282,6 +285,9 @@ impl Tally {
                 self.consumed_by_cell[c] += 1;
             }
             None => self.consumed_invalid += 1,
+        }
+        if let (Some(c), Outcome::Notice(_) | Outcome::Held(..)) = (cell, outcome) {
+            *self.decisions.entry((c, outcome.kind().as_str())).or_default() += 1;
         }
         match outcome {
             Outcome::Notice(d) => {
@@ -324,6 +330,9 @@ impl Tally {
         }
         for (&(cell, reason), &n) in &self.held {
             m.notices_held.with_label_values(&[engine.breaker().cell_name(cell), reason]).inc_by(n);
+        }
+        for (&(cell, kind), &n) in &self.decisions {
+            m.decisions.with_label_values(&[engine.breaker().cell_name(cell), kind]).inc_by(n);
         }
         if self.consumed_invalid > 0 {
             m.events_consumed.with_label_values(&["_invalid"]).inc_by(self.consumed_invalid);
@@ -461,7 +470,7 @@ impl Pipeline {
             metrics.input_offset_resets.with_label_values(&[topic]);
         }
         status.stall_timeout_ms.store(settings.stall_timeout.as_millis() as i64, Ordering::Relaxed);
-        let mut engine = Engine::new(policy.clone(), settings.hash_seed, TimeMode::Wall);
+        let mut engine = Engine::new(policy.clone(), settings.keys.clone(), TimeMode::Wall);
         let total_partitions = input_partitions(&consumer, &settings)?;
         // Overrides and allow-list changes of the fleet apply before the first decision.
         let control = ControlReader::new(&settings)?;

@@ -23,7 +23,8 @@ pub struct ReplayArgs {
     pub out: PathBuf,
     /// Wall clock for the future-timestamp check (real history is never in the future).
     pub now_ms: i64,
-    pub seed: u64,
+    /// The deployment's keys (the same secret as the service gives the same `notice_id`s).
+    pub keys: crate::core::hash::Keys,
     /// Print progress every this many lines (0: never).
     pub progress_every: u64,
 }
@@ -83,7 +84,7 @@ pub fn replay(policy: Arc<Policy>, args: &ReplayArgs) -> Result<Report, ReplayEr
         rejected: create(&args.out, "rejected.jsonl")?,
     };
     let mut input = open_input(&args.input)?;
-    let mut engine = Engine::new(policy.clone(), args.seed, TimeMode::EventTime);
+    let mut engine = Engine::new(policy.clone(), args.keys.clone(), TimeMode::EventTime);
     let mut report = Report::new(&policy);
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub notices_held: IntCounterVec,
     pub held_released: IntCounter,
     pub held_discarded: IntCounter,
+    pub held_pending: IntGaugeVec,
+    pub decisions: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     pub breaker_trips: IntCounterVec,
@@ -85,6 +87,20 @@ impl Metrics {
             )?,
             held_released: IntCounter::new("resetguard_held_released_total", "Held notices released by an operator.")?,
             held_discarded: IntCounter::new("resetguard_held_discarded_total", "Held notices discarded by an operator.")?,
+            held_pending: IntGaugeVec::new(
+                Opts::new(
+                    "resetguard_held_pending",
+                    "Held notices waiting for a release or discard, by the cell that held them, fleet-wide (read from the held and control topics every admin.held_pending_refresh; every instance reports the same figure).",
+                ),
+                &["cell"],
+            )?,
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "resetguard_decisions_total",
+                    "Reset decisions, by breaker cell of the source and by what became of them (notice: sent or would-send in shadow mode; held).",
+                ),
+                &["cell", "outcome"],
+            )?,
             dlq_records: IntCounterVec::new(
                 Opts::new("resetguard_dlq_records_total", "Records written to the dead-letter topic, by reason."),
                 &["reason"],
@@ -188,6 +204,12 @@ impl Metrics {
         registry.register(Box::new(m.notices_held.clone()))?;
         registry.register(Box::new(m.held_released.clone()))?;
         registry.register(Box::new(m.held_discarded.clone()))?;
+        registry.register(Box::new(m.held_pending.clone()))?;
+        registry.register(Box::new(m.decisions.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... of this
+        // process (Linux), in the caller's registry like everything else.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         registry.register(Box::new(m.dlq_records.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.breaker_trips.clone()))?;
@@ -229,6 +251,7 @@ impl Metrics {
             m.outcomes.with_label_values(&["no_action", why]);
         }
         m.outcomes.with_label_values(&["notice", ""]);
+
         Ok(m)
     }
 }

@@ -212,7 +212,7 @@ impl KafkaBroker {
         let libs = kafka_libs()?;
         let mut last_err = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_once(&libs, began, may_record_cds) {
+            match Self::start_once(&libs, began, may_record_cds, None) {
                 Ok(broker) => return Ok(broker),
                 Err(StartError { msg, port_clash }) => {
                     last_err = msg;
@@ -226,7 +226,41 @@ impl KafkaBroker {
         Err(last_err)
     }
 
-    fn start_once(libs: &Path, began: Instant, may_record_cds: bool) -> Result<KafkaBroker, StartError> {
+    /// A dedicated broker with, next to its PLAINTEXT listener (`bootstrap`, for the tests' own
+    /// clients), a SASL_SSL listener (SCRAM-SHA-512, user created at format time) and an SSL
+    /// listener that requires a client certificate (mTLS), with a test CA, broker and client
+    /// certificates generated here (openssl, PKCS12 stores for the broker).
+    pub fn start_secured() -> (KafkaBroker, SecureListeners) {
+        let began = Instant::now();
+        let libs = kafka_libs().unwrap_or_else(|e| panic!("{e}"));
+        let certs = tempfile::Builder::new().prefix("resetguard-kafka-tls-").tempdir().unwrap();
+        let mut last_err = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let (sasl_port, mtls_port) = free_port_pair().unwrap_or_else(|e| panic!("{e}"));
+            let secure = SecureListeners::generate(certs.path(), sasl_port, mtls_port);
+            match Self::start_once(&libs, began, false, Some(&secure)) {
+                Ok(broker) => {
+                    let mut secure = secure;
+                    secure.certs = Some(certs);
+                    return (broker, secure);
+                }
+                Err(StartError { msg, port_clash }) => {
+                    last_err = msg;
+                    if !port_clash || attempt == START_ATTEMPTS {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("failed to start the secured Kafka test broker: {last_err}");
+    }
+
+    fn start_once(
+        libs: &Path,
+        began: Instant,
+        may_record_cds: bool,
+        secure: Option<&SecureListeners>,
+    ) -> Result<KafkaBroker, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("resetguard-kafka-")
             .tempdir()
@@ -239,14 +273,40 @@ impl KafkaBroker {
         let data_dir = dir.path().join("data");
         let write =
             |p: &Path, s: &str| fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())));
-        write(&props_path, &server_properties(port, controller_port, &data_dir))?;
+        let mut props = server_properties(port, controller_port, &data_dir);
+        if let Some(sec) = secure {
+            props = sec.server_properties(&props, port, controller_port);
+        }
+        write(&props_path, &props)?;
         write(&log4j_path, LOG4J2_CONFIG)?;
 
         // 1. Lay out the formatted KRaft log dir (static single-voter quorum). Formatting is a
         //    JVM launch of its own; its output does not depend on ports or paths, so it runs
-        //    once per jar set and each broker gets a copy.
-        let template = formatted_template(libs).map_err(StartError::plain)?;
-        copy_dir(&template, &data_dir).map_err(|e| StartError::plain(format!("copying formatted log dir: {e}")))?;
+        //    once per jar set and each broker gets a copy. A secured broker is formatted for
+        //    itself: its SCRAM credentials are part of the formatted metadata.
+        match secure {
+            None => {
+                let template = formatted_template(libs).map_err(StartError::plain)?;
+                copy_dir(&template, &data_dir)
+                    .map_err(|e| StartError::plain(format!("copying formatted log dir: {e}")))?;
+            }
+            Some(sec) => {
+                let out = jvm_command(libs, &log4j_path, dir.path(), &[], "kafka.tools.StorageTool")
+                    .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
+                    .arg(&props_path)
+                    .args(["--add-scram", &sec.scram_credential()])
+                    .output()
+                    .map_err(|e| StartError::plain(format!("running java ({}): {e}", java_bin())))?;
+                if !out.status.success() {
+                    return Err(StartError::plain(format!(
+                        "kafka-storage format --add-scram failed ({}):\n{}{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
+                }
+            }
+        }
 
         // 2. Start the broker, output to broker.log.
         let log = fs::File::create(&log_path)
@@ -1102,6 +1162,196 @@ fn java_bin() -> String {
             Path::new(&home).join("bin/java").display().to_string()
         }
         _ => "java".to_string(),
+    }
+}
+
+/// The secured listeners of [`KafkaBroker::start_secured`] and the files a client needs.
+pub struct SecureListeners {
+    /// `127.0.0.1:<port>` of the SASL_SSL (SCRAM-SHA-512) listener.
+    pub sasl_ssl: String,
+    /// `127.0.0.1:<port>` of the SSL listener that requires a client certificate.
+    pub mtls: String,
+    pub scram_user: String,
+    pub scram_password: String,
+    /// PEM: the test CA, and the client's certificate and key (signed by the CA).
+    pub ca_pem: PathBuf,
+    pub client_cert_pem: PathBuf,
+    pub client_key_pem: PathBuf,
+    broker_p12: PathBuf,
+    trust_p12: PathBuf,
+    certs: Option<tempfile::TempDir>,
+}
+
+const STORE_PASSWORD: &str = "test-store-password";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl SecureListeners {
+    /// A test CA, a broker certificate for 127.0.0.1/localhost and a client certificate, in `dir`.
+    fn generate(dir: &Path, sasl_port: u16, mtls_port: u16) -> SecureListeners {
+        if !dir.join("ca.pem").exists() {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=resetguard-test-ca",
+                ],
+            );
+            fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+            for name in ["broker", "client"] {
+                openssl(
+                    dir,
+                    &[
+                        "req",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                        "-subj",
+                        &format!("/CN=resetguard-test-{name}"),
+                    ],
+                );
+                openssl(
+                    dir,
+                    &[
+                        "x509",
+                        "-req",
+                        "-in",
+                        &format!("{name}.csr"),
+                        "-CA",
+                        "ca.pem",
+                        "-CAkey",
+                        "ca.key",
+                        "-CAcreateserial",
+                        "-out",
+                        &format!("{name}.pem"),
+                        "-days",
+                        "2",
+                        "-extfile",
+                        "san.ext",
+                    ],
+                );
+            }
+            let pass = format!("pass:{STORE_PASSWORD}");
+            openssl(
+                dir,
+                &[
+                    "pkcs12",
+                    "-export",
+                    "-in",
+                    "broker.pem",
+                    "-inkey",
+                    "broker.key",
+                    "-certfile",
+                    "ca.pem",
+                    "-name",
+                    "broker",
+                    "-out",
+                    "broker.p12",
+                    "-passout",
+                    &pass,
+                ],
+            );
+            let out = Command::new("keytool")
+                .args([
+                    "-importcert",
+                    "-noprompt",
+                    "-storetype",
+                    "PKCS12",
+                    "-keystore",
+                    "trust.p12",
+                    "-storepass",
+                    STORE_PASSWORD,
+                    "-alias",
+                    "ca",
+                    "-file",
+                    "ca.pem",
+                ])
+                .current_dir(dir)
+                .output()
+                .expect("running keytool");
+            assert!(out.status.success(), "keytool: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        SecureListeners {
+            sasl_ssl: format!("127.0.0.1:{sasl_port}"),
+            mtls: format!("127.0.0.1:{mtls_port}"),
+            scram_user: "resetguard".into(),
+            scram_password: "scram-test-password-5e8a1f".into(),
+            ca_pem: dir.join("ca.pem"),
+            client_cert_pem: dir.join("client.pem"),
+            client_key_pem: dir.join("client.key"),
+            broker_p12: dir.join("broker.p12"),
+            trust_p12: dir.join("trust.p12"),
+            certs: None,
+        }
+    }
+
+    fn scram_credential(&self) -> String {
+        format!("SCRAM-SHA-512=[name={},password={}]", self.scram_user, self.scram_password)
+    }
+
+    /// `base` (the PLAINTEXT broker's properties) with the secured listeners added.
+    fn server_properties(&self, base: &str, port: u16, controller_port: u16) -> String {
+        let mut s: String = base
+            .lines()
+            .filter(|l| {
+                !l.starts_with("listeners=")
+                    && !l.starts_with("advertised.listeners=")
+                    && !l.starts_with("listener.security.protocol.map=")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let props = [
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_SSL://{},SSL://{}",
+                    self.sasl_ssl, self.mtls
+                ),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://127.0.0.1:{port},SASL_SSL://{},SSL://{}", self.sasl_ssl, self.mtls),
+            ),
+            (
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL".into(),
+            ),
+            ("sasl.enabled.mechanisms", "SCRAM-SHA-512".into()),
+            (
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+            ),
+            ("ssl.keystore.type", "PKCS12".into()),
+            ("ssl.keystore.location", self.broker_p12.display().to_string()),
+            ("ssl.keystore.password", STORE_PASSWORD.into()),
+            ("ssl.key.password", STORE_PASSWORD.into()),
+            ("ssl.truststore.type", "PKCS12".into()),
+            ("ssl.truststore.location", self.trust_p12.display().to_string()),
+            ("ssl.truststore.password", STORE_PASSWORD.into()),
+            ("listener.name.ssl.ssl.client.auth", "required".into()),
+        ];
+        for (k, v) in props {
+            let _ = writeln!(s, "{k}={v}");
+        }
+        s
     }
 }
 

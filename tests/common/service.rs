@@ -12,6 +12,16 @@ use resetguard::core::event::format_rfc3339_ms;
 
 pub const PARTITIONS: i32 = 3;
 
+/// The deployment secret of the test services (keys notice_id and the id hashes); every config
+/// written here reads it from the file `deployment.secret` beside it.
+pub const TEST_SECRET: &str = "e2e-test-deployment-secret-7f3a9c2b41d8e6f0";
+
+/// Writes the test secret beside a config and returns its `[secret]` section.
+pub fn secret_section(dir: &Path) -> &'static str {
+    std::fs::write(dir.join("deployment.secret"), TEST_SECRET).unwrap();
+    "[secret]\nfile = \"deployment.secret\"\n"
+}
+
 pub struct Topics {
     pub input: String,
     pub notices: String,
@@ -56,6 +66,7 @@ impl Topics {
     ) -> PathBuf {
         std::fs::write(dir.join("policy.toml"), format!("version = \"e2e-1\"\n{policy_extra}")).unwrap();
         let admin = if dir.join("admin.token").exists() { "[admin]\ntoken_file = \"admin.token\"\n" } else { "" };
+        let secret = secret_section(dir);
         let cfg = format!(
             r#"
 policy = "policy.toml"
@@ -82,7 +93,7 @@ drain_timeout = "20s"
 max_batch = {max_batch}
 [http]
 listen = "{listen}"
-{admin}"#,
+{admin}{secret}"#,
             bootstrap = broker.bootstrap,
             input = self.input,
             notices = self.notices,
