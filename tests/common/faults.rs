@@ -365,10 +365,16 @@ pub fn wait_committed_running(broker: &KafkaBroker, t: &Topics, service: &mut Se
 
 /// A producer thread sending `inputs` on a schedule (ms after the start, non-decreasing), with
 /// keyed partitions as [`Input::partition`]. Deliveries are awaited only at the end, and the
-/// producer's message timeout is 10 minutes, so the stream goes on through broker kills and
-/// freezes (librdkafka buffers and retries; idempotence keeps order and avoids duplicates).
+/// producer's message and request timeouts are long, so the stream goes on through broker kills
+/// and freezes (librdkafka buffers and retries; idempotence keeps order and avoids duplicates).
+/// An input whose delivery still failed (librdkafka times out a request that a frozen broker held
+/// too long, and cannot know whether it was written) is looked up in the topic at the end and
+/// sent again only if it is not there, so every input is in the topic exactly once.
 pub struct Stream {
-    handle: Option<JoinHandle<Vec<(i32, i64)>>>,
+    handle: Option<JoinHandle<(Vec<Input>, Vec<Result<(i32, i64), String>>)>>,
+    /// Client config of the broker (for the lookup and the resend at the end).
+    config: rdkafka::ClientConfig,
+    topic: String,
     /// Inputs handed to the producer so far.
     pub sent: Arc<AtomicUsize>,
     pub total: usize,
@@ -382,6 +388,8 @@ impl Stream {
             .producer_config()
             .set("linger.ms", "5")
             .set("message.timeout.ms", "600000")
+            .set("request.timeout.ms", "300000")
+            .set("socket.timeout.ms", "300000")
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
             .create()
@@ -391,6 +399,7 @@ impl Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let total = inputs.len();
         let topic = topic.to_string();
+        let topic2 = topic.clone();
         let (sent2, stop2) = (sent.clone(), stop.clone());
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
@@ -428,17 +437,85 @@ impl Stream {
                 pending.push(fut);
                 sent2.store(i + 1, Ordering::Relaxed);
             }
-            pending
+            let results = pending
                 .into_iter()
                 .enumerate()
                 .map(|(i, f)| match block_on(f) {
-                    Ok(Ok(d)) => (d.partition, d.offset),
-                    Ok(Err((e, _))) => panic!("delivering input {i}: {e}"),
-                    Err(_) => panic!("delivery report of input {i} dropped"),
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(format!("delivering input {i}: {e}")),
+                    Err(_) => Err(format!("delivery report of input {i} dropped")),
                 })
-                .collect()
+                .collect();
+            (inputs, results)
         });
-        Stream { handle: Some(handle), sent, total, stop }
+        Stream { handle: Some(handle), config: broker.base_config(), topic: topic2, sent, total, stop }
+    }
+
+    /// Coordinates of the inputs whose delivery failed: where they are in the topic, or where
+    /// they land when sent again (then the broker is back).
+    fn repair(&self, inputs: &[Input], results: Vec<Result<(i32, i64), String>>) -> Vec<(i32, i64)> {
+        let failed: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
+        if failed.is_empty() {
+            return results.into_iter().flatten().collect();
+        }
+        eprintln!(
+            "stream: {} deliveries failed ({}); looking them up in {}",
+            failed.len(),
+            results[failed[0]].as_ref().unwrap_err(),
+            self.topic
+        );
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let consumer: BaseConsumer = self
+            .config
+            .clone()
+            .set("group.id", unique_name("stream-repair"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in 0..PARTITIONS {
+            let (low, high) = consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(30)).unwrap();
+            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(low)).unwrap();
+            ends.insert(p, high);
+        }
+        consumer.assign(&tpl).unwrap();
+        let wanted: HashMap<&[u8], usize> = failed.iter().map(|&i| (&inputs[i].bytes[..], i)).collect();
+        let mut found: HashMap<usize, (i32, i64)> = HashMap::new();
+        let mut done: BTreeSet<i32> = ends.iter().filter(|(_, &h)| h == 0).map(|(&p, _)| p).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.len() < PARTITIONS as usize {
+            assert!(Instant::now() < deadline, "reading back {} timed out", self.topic);
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            if let Some(&i) = m.payload().and_then(|b| wanted.get(b)) {
+                found.insert(i, (m.partition(), m.offset()));
+            }
+            if m.offset() + 1 >= ends[&m.partition()] {
+                done.insert(m.partition());
+            }
+        }
+        let producer: FutureProducer =
+            self.config.clone().set("enable.idempotence", "true").set("message.timeout.ms", "300000").create().unwrap();
+        let mut coords = Vec::with_capacity(results.len());
+        for (i, r) in results.into_iter().enumerate() {
+            coords.push(match r {
+                Ok(c) => c,
+                Err(_) if found.contains_key(&i) => found[&i],
+                Err(e) => {
+                    let inp = &inputs[i];
+                    let rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                        .key(inp.key.as_bytes())
+                        .payload(&inp.bytes[..])
+                        .partition(inp.partition);
+                    match block_on(producer.send(rec, Duration::from_secs(60))) {
+                        Ok(d) => (d.partition, d.offset),
+                        Err((e2, _)) => panic!("{e}, and again: {e2}"),
+                    }
+                }
+            });
+        }
+        coords
     }
 
     /// Evenly paced: `inputs.len()` inputs over `duration`.
@@ -455,9 +532,9 @@ impl Stream {
 
     /// Waits for every delivery; returns the (partition, offset) of each input, in input order.
     pub fn finish(mut self) -> Vec<(i32, i64)> {
-        let coords = self.handle.take().unwrap().join().expect("the stream producer panicked");
-        assert_eq!(coords.len(), self.total, "stream stopped early");
-        coords
+        let (inputs, results) = self.handle.take().unwrap().join().expect("the stream producer panicked");
+        assert_eq!(results.len(), self.total, "stream stopped early");
+        self.repair(&inputs, results)
     }
 }
 
