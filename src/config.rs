@@ -266,11 +266,17 @@ pub struct PipelineFile {
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Transactional id of this instance: unique per instance and stable across its restarts, so
-    /// a restart fences its previous incarnation at once. It is also the consumer's
-    /// `group.instance.id` (static membership: a restarted instance takes its partitions back
-    /// without a rebalance). Default `resetguard-<hostname>`.
+    /// a restart fences its previous incarnation at once. With `static_membership` it is also the
+    /// consumer's `group.instance.id`. Default `resetguard-<hostname>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Static group membership (`group.instance.id` = the transactional id): an instance that
+    /// restarts within `session.timeout.ms` takes its partitions back without a rebalance of the
+    /// others; one that stops for good hands them over only when that timeout expires. Turn it
+    /// off where instance names change on every restart (nothing to gain, only the wait).
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub static_membership: bool,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
     /// (Kafka Streams' exactly-once default).
     #[serde(default = "default_commit_interval")]
@@ -305,6 +311,9 @@ fn default_drain_timeout() -> String {
 fn default_stall_timeout() -> String {
     "5m".into()
 }
+fn default_true() -> bool {
+    true
+}
 fn default_max_batch() -> usize {
     50_000
 }
@@ -314,6 +323,7 @@ impl Default for PipelineFile {
         PipelineFile {
             group_id: default_group(),
             transactional_id: None,
+            static_membership: true,
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
@@ -349,6 +359,8 @@ pub struct Settings {
     pub topics: TopicsFile,
     pub group_id: String,
     pub transactional_id: String,
+    /// `group.instance.id` = `transactional_id` (see `[pipeline] static_membership`).
+    pub static_membership: bool,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
@@ -737,6 +749,7 @@ impl ConfigFile {
                 topics: self.topics,
                 group_id: self.pipeline.group_id,
                 transactional_id,
+                static_membership: self.pipeline.static_membership,
                 commit_interval,
                 drain_timeout,
                 stall_timeout,

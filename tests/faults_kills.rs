@@ -346,6 +346,14 @@ fn an_instance_restarted_at_once_gets_its_partitions_back_without_a_rebalance_of
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg_a = write_config(broker, &t, dir_a.path(), &unique_name("static-a"), NO_TRIP, &[], None);
     let cfg_b = write_config(broker, &t, dir_b.path(), &unique_name("static-b"), NO_TRIP, &[], None);
+    // A restart must come back within the session timeout; 30 s leaves room for a slow machine
+    // (the other tests use 6 s).
+    for cfg in [&cfg_a, &cfg_b] {
+        let text = std::fs::read_to_string(cfg).unwrap();
+        assert!(text.contains("\"session.timeout.ms\" = \"6000\""), "unexpected config layout:\n{text}");
+        std::fs::write(cfg, text.replace("\"session.timeout.ms\" = \"6000\"", "\"session.timeout.ms\" = \"30000\""))
+            .unwrap();
+    }
     let (log_a, log_b) = (dir_a.path().join("a.log"), dir_b.path().join("b.log"));
     let inputs = crash_inputs(40_000);
     let (first, second) = inputs.split_at(20_000);

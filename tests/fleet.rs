@@ -190,15 +190,22 @@ fn stopping_killing_and_adding_instances_loses_and_duplicates_nothing() {
     let inputs = crash_inputs(100_000);
     let coords = produce(broker, &t.input, &inputs);
     let total = inputs.len() as i64;
+    // Every new instance here has a new name, so static membership would only make each stopped
+    // or killed instance hold its partitions until its session times out while the next churn
+    // action comes 1.5 s later (tests/faults_kills.rs covers static membership).
     let config = |name: &str| {
-        t.write_instance_config(
+        let path = t.write_instance_config(
             broker,
             dir.path(),
             &format!("{name}.toml"),
             &format!("{}-{name}", t.group),
             NO_TRIP,
             "127.0.0.1:0",
-        )
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\n[pipeline]\n"), "unexpected config layout:\n{text}");
+        std::fs::write(&path, text.replacen("\n[pipeline]\n", "\n[pipeline]\nstatic_membership = false\n", 1)).unwrap();
+        path
     };
     let mut running: Vec<(String, std::process::Child)> =
         ["a", "b", "c"].iter().map(|n| (n.to_string(), spawn_service(&config(n), &log))).collect();

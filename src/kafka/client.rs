@@ -19,15 +19,17 @@ fn base(props: &BTreeMap<String, String>) -> ClientConfig {
 pub fn consumer_config(s: &Settings) -> ClientConfig {
     let mut c = base(&s.kafka);
     c.set("group.id", &s.group_id)
-        // Static membership: the instance name (the transactional id, stable across restarts)
-        // lets a restarted instance take its partitions back without a rebalance of the others.
-        .set("group.instance.id", &s.transactional_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         // The end of a partition tells a restore that it is complete when the committed offset
         // sits behind records a read_committed consumer never sees (aborted, markers).
         .set("enable.partition.eof", "true");
+    if s.static_membership {
+        // The instance name (the transactional id, stable across restarts) lets a restarted
+        // instance take its partitions back without a rebalance of the others.
+        c.set("group.instance.id", &s.transactional_id);
+    }
     // Defaults an operator may override in [kafka].
     for (k, v) in [
         ("auto.offset.reset", "earliest"),
