@@ -9,7 +9,7 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::Settings;
 
-use super::client::admin_config;
+use super::client::{admin_config, output_topics};
 use super::pipeline::PipelineError;
 
 /// Ensures the topics exist. Returns the names of topics created.
@@ -18,14 +18,7 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
         admin_config(s).create().map_err(|e| PipelineError::Startup(format!("cannot create admin client: {e}")))?;
     let t = &s.topics;
     let mut wanted: Vec<&str> = t.input.iter().map(String::as_str).collect();
-    wanted.extend([
-        t.notices.as_str(),
-        t.held.as_str(),
-        t.dlq.as_str(),
-        t.shadow.as_str(),
-        t.control.as_str(),
-        t.audit.as_str(),
-    ]);
+    wanted.extend(output_topics(s));
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
