@@ -164,7 +164,7 @@ fn score_group(c: &mut Criterion) {
         for i in 0..warm {
             let inp = make(i, &mut rng);
             let t = t_at(i);
-            store.add(inp.key, Entry { t, ..inp.entry }, &inp.id, t);
+            store.add(inp.key, Entry { t, ..inp.entry }, &inp.id, t, 0);
         }
         assert_eq!(store.len(), ACCOUNTS);
         // Inputs of the measured calls, generated ahead: steps warm .. warm + 1M, then the same
@@ -176,7 +176,7 @@ fn score_group(c: &mut Criterion) {
                 let inp = &inputs[(step % ACCOUNTS as u64) as usize];
                 let t = t_at(step);
                 step += 1;
-                store.add(black_box(inp.key), Entry { t, ..inp.entry }, &inp.id, t)
+                store.add(black_box(inp.key), Entry { t, ..inp.entry }, &inp.id, t, 0)
             })
         });
         eprintln!(

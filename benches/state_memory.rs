@@ -132,6 +132,7 @@ fn run(events_per_account: usize) {
             Entry { t, risk_q: quantise_risk(risk), signal: 0, cell: 1 },
             &id,
             t,
+            0,
         );
     }
     let store_bytes = live() - before;

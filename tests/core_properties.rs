@@ -556,7 +556,7 @@ proptest! {
             let sig = sig % signals.len();
             let t = base_s + (at * (window_s - 1) / 999) as u32;
             let entry = Entry { t, risk_q: quantise_risk(risk as f32), signal: sig as u8, cell: 1 };
-            let scores = store.add(key, entry, &format!("a{k}"), base_s);
+            let scores = store.add(key, entry, &format!("a{k}"), base_s, 0);
             sent.push((sig, risk));
             let (want, _) = expected_score(&signals, &sent);
             prop_assert!(close(f64::from(scores.short), want), "score {} want {} after {:?}", scores.short, want, sent);

@@ -39,14 +39,15 @@ pub fn quantise_risk(risk: f32) -> u16 {
 
 /// Slow-burn window as a sliding-window counter: the sum of the current bucket plus the previous
 /// bucket's sum weighted by how much of it still overlaps the window.
-#[derive(Debug, Clone, Copy, Default)]
-struct Slow {
-    cur: f32,
-    prev: f32,
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Slow {
+    pub cur: f32,
+    pub prev: f32,
     /// Bucket index (`t / length`) of `cur`.
-    bucket: u32,
-    kinds_cur: u32,
-    kinds_prev: u32,
+    pub bucket: u32,
+    /// Bit sets of the signal kinds seen in each bucket.
+    pub kinds_cur: u32,
+    pub kinds_prev: u32,
 }
 
 #[derive(Debug)]
@@ -59,6 +60,19 @@ struct Slot {
     slow: Slow,
     /// Processing time of the last update, seconds.
     touched_s: u32,
+    /// Input partition of the account's last event: where its changelog record lives.
+    partition: u16,
+}
+
+/// One account's window state, borrowed from the store (for the changelog and state dumps).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccountView<'a> {
+    pub partition: u16,
+    pub ring: &'a [Entry],
+    /// Evidence ids of the newest entries, oldest first, joined by '\n'.
+    pub ids: Option<&'a str>,
+    pub slow: Slow,
+    pub touched_s: u32,
 }
 
 const FREE: u64 = 0;
@@ -148,8 +162,8 @@ impl AccountStore {
         self.index.is_empty()
     }
 
-    /// Adds one signal to the account's windows and returns its scores.
-    pub fn add(&mut self, key: u64, entry: Entry, event_id: &str, now_s: u32) -> Scores {
+    /// Adds one signal, from input `partition`, to the account's windows and returns its scores.
+    pub fn add(&mut self, key: u64, entry: Entry, event_id: &str, now_s: u32, partition: u16) -> Scores {
         let key = if key == FREE { 1 } else { key };
         let idx = match self.find(key) {
             Some(i) => i,
@@ -161,6 +175,7 @@ impl AccountStore {
         let contrib = self.contribution(entry);
         let slot = &mut self.slots[idx];
         slot.touched_s = now_s;
+        slot.partition = partition;
 
         // Short window: evict what fell out (relative to the newest event time), then push.
         let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0).max(entry.t);
@@ -268,8 +283,70 @@ impl AccountStore {
         })
     }
 
+    /// The account's state as it is stored.
+    pub fn get(&self, key: u64) -> Option<AccountView<'_>> {
+        let key = if key == FREE { 1 } else { key };
+        let s = &self.slots[self.find(key)?];
+        Some(AccountView {
+            partition: s.partition,
+            ring: &s.ring,
+            ids: s.ids.as_deref(),
+            slow: s.slow,
+            touched_s: s.touched_s,
+        })
+    }
+
+    /// Sets an account's state (restore from the changelog), replacing what was there. The ring
+    /// is cut to the newest `max_events_per_account` entries and the ids to one per entry.
+    pub fn put(&mut self, key: u64, v: AccountView<'_>) {
+        let key = if key == FREE { 1 } else { key };
+        let idx = match self.find(key) {
+            Some(i) => i,
+            None => self.allocate(key),
+        };
+        let ring = &v.ring[v.ring.len().saturating_sub(self.max_events)..];
+        let ids = v.ids.filter(|i| !i.is_empty()).map(|i| {
+            let n = i.split('\n').count();
+            let skip = n.saturating_sub(ring.len().min(MAX_EVIDENCE));
+            i.splitn(skip + 1, '\n').last().map_or_else(|| Box::from(""), Box::from)
+        });
+        let slot = &mut self.slots[idx];
+        slot.ring = SmallVec::from_slice(ring);
+        slot.ids = if ring.is_empty() { None } else { ids };
+        slot.slow = v.slow;
+        slot.touched_s = v.touched_s;
+        slot.partition = v.partition;
+    }
+
+    /// Forgets an account. Returns whether it was tracked.
+    pub fn remove(&mut self, key: u64) -> bool {
+        let key = if key == FREE { 1 } else { key };
+        let Some(i) = self.find(key) else { return false };
+        self.free_slot(i);
+        true
+    }
+
+    /// Keys of the accounts whose last event came from `partition`.
+    pub fn keys_of(&self, partition: u16) -> Vec<u64> {
+        self.slots.iter().filter(|s| s.key != FREE && s.partition == partition).map(|s| s.key).collect()
+    }
+
+    /// Every tracked account's key.
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots.iter().filter(|s| s.key != FREE).map(|s| s.key)
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        let key = self.slots[i].key;
+        if let Ok(e) = self.index.find_entry(key, |&j| j as usize == i) {
+            e.remove();
+        }
+        self.slots[i] = Slot::empty(FREE);
+        self.free.push(i as u32);
+    }
+
     fn allocate(&mut self, key: u64) -> usize {
-        let slot = Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
+        let slot = Slot::empty(key);
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = slot;
@@ -287,8 +364,15 @@ impl AccountStore {
 
     /// Frees up to `budget` slots' worth of expired accounts, resuming where the last sweep ended.
     /// An account expires when both windows are empty relative to `watermark_s`, or when it was
-    /// untouched for `idle_ttl` of processing time. Returns how many accounts were freed.
-    pub fn sweep(&mut self, watermark_s: u32, now_s: u32, budget: usize) -> usize {
+    /// untouched for `idle_ttl` of processing time. Returns how many accounts were freed; with
+    /// `freed`, also which (key and partition).
+    pub fn sweep(
+        &mut self,
+        watermark_s: u32,
+        now_s: u32,
+        budget: usize,
+        mut freed_keys: Option<&mut Vec<(u64, u16)>>,
+    ) -> usize {
         let mut freed = 0;
         let n = self.slots.len();
         if n == 0 {
@@ -309,13 +393,10 @@ impl AccountStore {
             let slow_empty = (slot.slow.bucket.saturating_add(2)).saturating_mul(self.slow_len_s) <= watermark_s;
             let idle = now_s.saturating_sub(slot.touched_s) > self.idle_ttl_s;
             if (short_empty && slow_empty) || idle {
-                let key = slot.key;
-                if let Ok(e) = self.index.find_entry(key, |&j| j as usize == i) {
-                    e.remove();
+                if let Some(out) = freed_keys.as_deref_mut() {
+                    out.push((slot.key, slot.partition));
                 }
-                self.slots[i] =
-                    Slot { key: FREE, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0 };
-                self.free.push(i as u32);
+                self.free_slot(i);
                 freed += 1;
             }
         }
@@ -342,6 +423,12 @@ impl AccountStore {
 
     pub fn slot_size() -> usize {
         std::mem::size_of::<Slot>()
+    }
+}
+
+impl Slot {
+    fn empty(key: u64) -> Slot {
+        Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0, partition: 0 }
     }
 }
 
@@ -422,10 +509,11 @@ mod tests {
                 Entry { t: 1000 + i, risk_q: quantise_risk(1.0), signal: fl, cell: 0 },
                 &format!("e{i}"),
                 0,
+                0,
             ));
         }
         assert!((last.unwrap().short - 0.5).abs() < 1e-4, "failed_login capped at 0.5");
-        let sc = s.add(42, Entry { t: 1011, risk_q: quantise_risk(0.5), signal: cs, cell: 1 }, "cs", 0);
+        let sc = s.add(42, Entry { t: 1011, risk_q: quantise_risk(0.5), signal: cs, cell: 1 }, "cs", 0, 0);
         assert!((sc.short - 0.8).abs() < 1e-3, "{sc:?}");
         let v = s.view(42).unwrap();
         assert_eq!(v.contributions.len(), 2);
@@ -441,8 +529,8 @@ mod tests {
         let p = Policy::default_with_version("t");
         let mut s = store();
         let cs = sig(&p, "credential_stuffing");
-        s.add(7, Entry { t: 1000, risk_q: quantise_risk(1.0), signal: cs, cell: 0 }, "old", 0);
-        let sc = s.add(7, Entry { t: 1000 + 901, risk_q: quantise_risk(0.5), signal: cs, cell: 0 }, "new", 0);
+        s.add(7, Entry { t: 1000, risk_q: quantise_risk(1.0), signal: cs, cell: 0 }, "old", 0, 0);
+        let sc = s.add(7, Entry { t: 1000 + 901, risk_q: quantise_risk(0.5), signal: cs, cell: 0 }, "new", 0, 0);
         assert!((sc.short - 0.3).abs() < 1e-3, "old entry left the 15 min window: {sc:?}");
         assert_eq!(s.view(7).unwrap().evidence, vec!["new".to_string()]);
         assert!(sc.slow > 0.8, "slow window still has both: {sc:?}");
@@ -454,7 +542,7 @@ mod tests {
         let mut s = store();
         let nd = sig(&p, "new_device");
         for i in 0..40u32 {
-            s.add(9, Entry { t: 5000 + i, risk_q: 1000, signal: nd, cell: 0 }, &format!("id{i}"), 0);
+            s.add(9, Entry { t: 5000 + i, risk_q: 1000, signal: nd, cell: 0 }, &format!("id{i}"), 0, 0);
         }
         let v = s.view(9).unwrap();
         assert_eq!(v.contributions[0].count as usize, p.max_events_per_account);
@@ -468,15 +556,15 @@ mod tests {
         let mut s = store();
         let nd = sig(&p, "new_device");
         let day = 86_400u32;
-        s.add(1, Entry { t: 10 * day, risk_q: 1000, signal: nd, cell: 0 }, "a", 100);
-        s.add(2, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "b", 100);
-        assert_eq!(s.sweep(10 * day + 100, 100, 10), 0, "nothing expired yet");
-        assert_eq!(s.sweep(13 * day, 100, 10), 1, "account 1 is past both windows");
+        s.add(1, Entry { t: 10 * day, risk_q: 1000, signal: nd, cell: 0 }, "a", 100, 0);
+        s.add(2, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "b", 100, 0);
+        assert_eq!(s.sweep(10 * day + 100, 100, 10, None), 0, "nothing expired yet");
+        assert_eq!(s.sweep(13 * day, 100, 10, None), 1, "account 1 is past both windows");
         assert_eq!(s.len(), 1);
-        assert_eq!(s.sweep(13 * day, 100 + 25 * 3600 + 1, 10), 1, "account 2 idled out on processing time");
+        assert_eq!(s.sweep(13 * day, 100 + 25 * 3600 + 1, 10, None), 1, "account 2 idled out on processing time");
         assert!(s.is_empty());
         // Freed slots are reused.
-        s.add(3, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "c", 0);
+        s.add(3, Entry { t: 13 * day, risk_q: 1000, signal: nd, cell: 0 }, "c", 0, 0);
         assert_eq!(s.slots.len(), 2);
     }
 }

@@ -33,6 +33,19 @@ pub struct Processed {
     pub event_ms: Option<i64>,
 }
 
+mod persist;
+
+/// An account's cooldown: no new decision before `until_s` (event time, seconds). The decision
+/// that started it (when, which cell) is kept for the changelog, from which a restore replays
+/// the breaker's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cooldown {
+    until_s: u32,
+    partition: u16,
+    cell: u8,
+    at_ms: i64,
+}
+
 /// Salt separating account-id hashes from event-id hashes under the same seed.
 const ACCOUNT_SALT: u64 = 0x6163_636f_756e_7421;
 /// Slots the sweep examines per tick: bounded work per tick, a full pass over 1 M accounts in
@@ -64,8 +77,11 @@ pub struct Engine {
     dedupe: Dedupe,
     /// Highest event time seen per input partition (`i64::MIN`: none yet).
     max_event_ms: Vec<i64>,
-    ledger: HashMap<u64, u32, IdentityBuild>,
+    /// Cooldowns per account: until when (event time), and the decision that started it.
+    ledger: HashMap<u64, Cooldown, IdentityBuild>,
     allow: HashMap<u64, i64, IdentityBuild>,
+    /// What changed since the last [`Engine::drain_changes`] (`None`: not tracked).
+    changes: Option<persist::Changes>,
     breaker: Breaker,
     event_clock_ms: i64,
     /// Whether `process` was called: from then on `restore` no longer replays into the breaker.
@@ -87,6 +103,7 @@ impl Engine {
             max_event_ms: Vec::new(),
             ledger: HashMap::with_hasher(IdentityBuild::default()),
             allow,
+            changes: None,
             event_clock_ms: i64::MIN,
             live_started: false,
             policy,
@@ -114,7 +131,7 @@ impl Engine {
 
     /// Estimated bytes of state (accounts, dedupe, ledger). Walks the store: not per event.
     pub fn state_bytes(&self) -> usize {
-        self.accounts.heap_bytes() + self.dedupe.heap_bytes() + self.ledger.capacity() * 13
+        self.accounts.heap_bytes() + self.dedupe.heap_bytes() + self.ledger.capacity() * 25
     }
 
     /// The clock the engine runs on, given the wall clock.
@@ -209,6 +226,9 @@ impl Engine {
         self.dedupe = Dedupe::new(self.policy.dedupe_horizon.as_millis() as i64, self.policy.dedupe_max_entries);
         self.ledger.clear();
         self.max_event_ms.clear();
+        if let Some(c) = &mut self.changes {
+            c.clear();
+        }
     }
 
     /// Everything up to the decision: dedupe, watermark, windows, allow-list and cooldown (the
@@ -252,7 +272,11 @@ impl Engine {
         let t_s = ev.occurred_at_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let entry = Entry { t: t_s, risk_q: quantise_risk(ev.risk), signal: ev.signal, cell };
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
-        let scores = self.accounts.add(key, entry, &ev.event_id, now_s);
+        let p16 = p as u16;
+        let scores = self.accounts.add(key, entry, &ev.event_id, now_s, p16);
+        if let Some(c) = &mut self.changes {
+            c.touch(key, p16);
+        }
 
         let p = &self.policy;
         let short_hit = scores.short >= p.threshold;
@@ -264,10 +288,11 @@ impl Engine {
         if self.allow.get(&key).is_some_and(|&until| ev.occurred_at_ms < until) {
             return Judged::Done(Outcome::NoAction(NoActionReason::AllowListed));
         }
-        if self.ledger.get(&key).is_some_and(|&until| t_s < until) {
+        if self.ledger.get(&key).is_some_and(|c| t_s < c.until_s) {
             return Judged::Done(Outcome::NoAction(NoActionReason::Cooldown));
         }
-        self.ledger.insert(key, t_s.saturating_add(p.cooldown.as_secs() as u32));
+        let until_s = t_s.saturating_add(p.cooldown.as_secs() as u32);
+        self.ledger.insert(key, Cooldown { until_s, partition: p16, cell, at_ms: now });
         let (kind, score, threshold) = if short_hit {
             (WindowKind::Short, scores.short, p.threshold)
         } else {
@@ -362,12 +387,26 @@ impl Engine {
         let Some(wm) = self.min_watermark() else { return 0 };
         let wm_s = wm.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
-        let freed = self.accounts.sweep(wm_s, now_s, SWEEP_BUDGET);
+        let mut freed_keys = self.changes.as_mut().map(|c| std::mem::take(&mut c.freed));
+        let freed = self.accounts.sweep(wm_s, now_s, SWEEP_BUDGET, freed_keys.as_mut());
         if self.ledger.len() > 1024 && now_s % 60 == 0 {
             // Keep cooldowns one extra cooldown past the watermark: fresh partitions are judged
             // late only that far behind (see `decide`).
             let keep_after = wm_s.saturating_sub(self.policy.cooldown.as_secs() as u32);
-            self.ledger.retain(|_, until| *until > keep_after);
+            self.ledger.retain(|&key, c| {
+                let keep = c.until_s > keep_after;
+                if let (false, Some(out)) = (keep, freed_keys.as_mut()) {
+                    out.push((key, c.partition));
+                }
+                keep
+            });
+        }
+        if let (Some(c), Some(mut keys)) = (&mut self.changes, freed_keys) {
+            for &(key, partition) in &keys {
+                c.touch(key, partition);
+            }
+            keys.clear();
+            c.freed = keys;
         }
         freed
     }

@@ -7,10 +7,12 @@
 //! - [`breaker`]: rate caps, spike detection, cells and overrides
 //! - [`outcome`]: outcomes, decisions, `notice_id`
 //! - [`engine`]: composes the above, one outcome per event
+//! - [`changelog`]: the binary record of one account's state on the changelog topic
 //! - [`rules`]: the one set of rules for operator input (actor, reason, ttl, release pace)
 
 pub mod accounts;
 pub mod breaker;
+pub mod changelog;
 pub mod dedupe;
 pub mod engine;
 pub mod event;

@@ -1,0 +1,296 @@
+//! The engine's state as changelog records ([`crate::core::changelog`]): what changed since the
+//! last transaction, loading records back on restore, the breaker history they carry, and a
+//! canonical dump for comparing states. Pure.
+
+use smallvec::SmallVec;
+
+use super::*;
+use crate::core::accounts::{AccountView, Slow};
+use crate::core::changelog::{self, AccountRecord, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord};
+
+/// Accounts and partitions changed since the last drain.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// Account key → the partition its record goes to.
+    accounts: HashMap<u64, u16, IdentityBuild>,
+    /// Partitions whose watermark moved.
+    partitions: Vec<bool>,
+    /// Scratch for the sweep (kept to reuse its allocation).
+    pub(super) freed: Vec<(u64, u16)>,
+    buf: Vec<u8>,
+}
+
+impl Changes {
+    pub(super) fn touch(&mut self, key: u64, partition: u16) {
+        self.accounts.insert(key, partition);
+        self.touch_partition(partition);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.accounts.clear();
+        self.partitions.iter_mut().for_each(|p| *p = false);
+    }
+}
+
+/// One changelog record: partition, key, value (`None`: a tombstone).
+pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
+
+impl Engine {
+    /// Starts tracking what changes, for [`Engine::drain_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+    }
+
+    /// Accounts changed since the last drain.
+    pub fn pending_changes(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.accounts.len())
+    }
+
+    /// Emits one record per account changed since the last call (its whole state, or a
+    /// tombstone when it is gone) and one watermark record per partition that moved, then
+    /// forgets them. Returns how many records were emitted.
+    pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
+        let Some(mut c) = self.changes.take() else { return 0 };
+        let mut n = 0;
+        for (&key, &partition) in &c.accounts {
+            c.buf.clear();
+            let partition = self.accounts.get(key).map_or(partition, |a| a.partition);
+            let k = changelog::account_key(key);
+            if self.encode_account(key, &mut c.buf) {
+                emit(u32::from(partition), &k, Some(&c.buf));
+            } else {
+                emit(u32::from(partition), &k, None);
+            }
+            n += 1;
+        }
+        for (p, changed) in c.partitions.iter().enumerate() {
+            if let (true, Some(&m)) = (*changed, self.max_event_ms.get(p)) {
+                if m != i64::MIN {
+                    emit(p as u32, changelog::WATERMARK_KEY, Some(&changelog::encode_watermark(m)));
+                    n += 1;
+                }
+            }
+        }
+        c.clear();
+        self.changes = Some(c);
+        n
+    }
+
+    /// Marks every account and the watermark of `partition` as changed: the next drain writes
+    /// the partition's whole state (after it was rebuilt from the input topic).
+    pub fn mark_changed(&mut self, partition: u32) {
+        let Some(mut c) = self.changes.take() else { return };
+        let p = partition as u16;
+        for key in self.accounts.keys_of(p) {
+            c.touch(key, p);
+        }
+        for (&key, cd) in &self.ledger {
+            if cd.partition == p {
+                c.touch(key, p);
+            }
+        }
+        if (partition as usize) < self.max_event_ms.len() {
+            c.touch_partition(p);
+        }
+        self.changes = Some(c);
+    }
+
+    /// Drops the state of a partition this instance no longer owns (accounts whose last event
+    /// came from it, their cooldowns, its watermark). Dedupe memory is shared and stays.
+    pub fn forget_partition_state(&mut self, partition: u32) {
+        let p = partition as u16;
+        for key in self.accounts.keys_of(p) {
+            self.accounts.remove(key);
+        }
+        self.ledger.retain(|_, c| c.partition != p);
+        self.forget_partition(partition);
+        if let Some(c) = &mut self.changes {
+            c.accounts.retain(|_, q| *q != p);
+            if let Some(x) = c.partitions.get_mut(partition as usize) {
+                *x = false;
+            }
+        }
+    }
+
+    /// Applies one changelog record of `partition` (restore). Records are applied in log order;
+    /// a later record of the same key replaces an earlier one, a tombstone removes it.
+    pub fn load_state(
+        &mut self,
+        partition: u32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        wall_ms: i64,
+    ) -> Result<(), DecodeError> {
+        let p = partition.min(u32::from(u16::MAX)) as u16;
+        match changelog::parse_key(key) {
+            Key::Other => Ok(()),
+            Key::Watermark => {
+                let Some(v) = value else { return Ok(()) };
+                let m = changelog::decode_watermark(v)?;
+                let i = p as usize;
+                if i >= self.max_event_ms.len() {
+                    self.max_event_ms.resize(i + 1, i64::MIN);
+                }
+                self.max_event_ms[i] = m;
+                Ok(())
+            }
+            Key::Account(k) => {
+                let Some(v) = value else {
+                    self.accounts.remove(k);
+                    self.ledger.remove(&k);
+                    return Ok(());
+                };
+                let rec = changelog::decode(v)?;
+                self.apply_record(k, p, &rec, wall_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_record(&mut self, key: u64, p: u16, rec: &AccountRecord<'_>, wall_ms: i64) {
+        match &rec.window {
+            Some(w) => {
+                let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
+                for e in &w.entries {
+                    // A signal the running policy no longer has counts no more.
+                    let Some(signal) = rec.name_of(e.signal).and_then(|n| self.policy.signal_index(n)) else {
+                        continue;
+                    };
+                    let cell = self.breaker.cell_for(rec.name_of(e.cell).unwrap_or_default());
+                    ring.push(Entry { t: e.t, risk_q: e.risk_q, signal, cell });
+                }
+                let kinds = |names: &[u8]| {
+                    names
+                        .iter()
+                        .filter_map(|&i| rec.name_of(i).and_then(|n| self.policy.signal_index(n)))
+                        .fold(0u32, |bits, s| bits | 1 << (u32::from(s) % 32))
+                };
+                let slow = Slow {
+                    cur: w.slow_cur,
+                    prev: w.slow_prev,
+                    bucket: w.slow_bucket,
+                    kinds_cur: kinds(&w.kinds_cur),
+                    kinds_prev: kinds(&w.kinds_prev),
+                };
+                self.accounts.put(
+                    key,
+                    AccountView { partition: p, ring: &ring, ids: Some(w.ids), slow, touched_s: w.touched_s },
+                );
+                // The newest events' ids come back into the dedupe memory: a re-sent one is
+                // still a duplicate after the restore.
+                let now = match self.now(wall_ms) {
+                    i64::MIN => wall_ms,
+                    n => n,
+                };
+                for id in w.ids.split('\n').filter(|i| !i.is_empty()) {
+                    self.dedupe.seen_or_insert(id_hash(self.seed, id), now);
+                }
+            }
+            None => {
+                self.accounts.remove(key);
+            }
+        }
+        match rec.cooldown {
+            Some(c) => {
+                let cell = self.breaker.cell_for(rec.name_of(c.cell).unwrap_or_default());
+                self.ledger.insert(key, Cooldown { until_s: c.until_s, partition: p, cell, at_ms: c.decided_at_ms });
+            }
+            None => {
+                self.ledger.remove(&key);
+            }
+        }
+    }
+
+    /// After loading the changelog of `partitions` into a restarted engine (before its first live
+    /// event): replays the decisions their cooldowns record into the breaker, oldest first, at
+    /// the time they were made, so the breaker comes back with the budget spent, the baselines
+    /// learned and the cells open that were. Returns how many were replayed. An engine already
+    /// live keeps its breaker (it holds that history already).
+    pub fn replay_decisions(&mut self, partitions: &[u32]) -> usize {
+        if self.live_started {
+            return 0;
+        }
+        let mut decisions: Vec<(i64, u8)> = self
+            .ledger
+            .values()
+            .filter(|c| partitions.contains(&u32::from(c.partition)))
+            .map(|c| (c.at_ms, c.cell))
+            .collect();
+        decisions.sort_unstable();
+        for &(at, cell) in &decisions {
+            let _ = self.breaker.check(cell, at);
+        }
+        self.breaker.drain_transitions();
+        decisions.len()
+    }
+
+    /// The whole state as changelog records, sorted by partition and key: two engines with equal
+    /// dumps decide alike. For tests and `resetguard` diagnostics, not per event.
+    pub fn state_dump(&self) -> Vec<StateRecord> {
+        let mut keys: Vec<u64> = self.accounts.keys().chain(self.ledger.keys().copied()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut out: Vec<StateRecord> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut buf = Vec::new();
+            self.encode_account(key, &mut buf);
+            let p = self.accounts.get(key).map(|a| a.partition).or_else(|| self.ledger.get(&key).map(|c| c.partition));
+            out.push((u32::from(p.unwrap_or(0)), changelog::account_key(key).to_vec(), Some(buf)));
+        }
+        for (p, &m) in self.max_event_ms.iter().enumerate() {
+            if m != i64::MIN {
+                out.push((p as u32, changelog::WATERMARK_KEY.to_vec(), Some(changelog::encode_watermark(m).to_vec())));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Writes the account's record into `out`; false if the engine holds nothing for it.
+    fn encode_account(&self, key: u64, out: &mut Vec<u8>) -> bool {
+        let account = self.accounts.get(key);
+        let cooldown = self.ledger.get(&key);
+        if account.is_none() && cooldown.is_none() {
+            return false;
+        }
+        let signal = |i: u8| self.policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
+        let mut r = AccountRecord::default();
+        if let Some(a) = account {
+            let mut entries = SmallVec::new();
+            for e in a.ring {
+                let (s, c) = (r.name(signal(e.signal)), r.name(self.breaker.cell_name(e.cell)));
+                entries.push(RecEntry { t: e.t, risk_q: e.risk_q, signal: s, cell: c });
+            }
+            let mut kinds = |bits: u32| {
+                (0..32u8).filter(|b| bits & (1 << b) != 0).map(|b| r.name(signal(b))).collect::<SmallVec<[u8; 8]>>()
+            };
+            let (kinds_cur, kinds_prev) = (kinds(a.slow.kinds_cur), kinds(a.slow.kinds_prev));
+            r.window = Some(WindowRecord {
+                touched_s: a.touched_s,
+                slow_cur: a.slow.cur,
+                slow_prev: a.slow.prev,
+                slow_bucket: a.slow.bucket,
+                kinds_cur,
+                kinds_prev,
+                entries,
+                ids: a.ids.unwrap_or(""),
+            });
+        }
+        if let Some(c) = cooldown {
+            let cell = r.name(self.breaker.cell_name(c.cell));
+            r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
+        }
+        changelog::encode(&r, out);
+        true
+    }
+}
+
+impl Changes {
+    fn touch_partition(&mut self, p: u16) {
+        let i = p as usize;
+        if i >= self.partitions.len() {
+            self.partitions.resize(i + 1, false);
+        }
+        self.partitions[i] = true;
+    }
+}
