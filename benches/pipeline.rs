@@ -169,6 +169,7 @@ dlq = "{dlq}"
 shadow = "{shadow}"
 control = "{shadow}-control"
 audit = "{shadow}-audit"
+changelog = "{shadow}-changelog"
 create = true
 partitions = {partitions}
 [pipeline]

@@ -203,6 +203,10 @@ pub struct TopicsFile {
     /// Audit trail of every manual action (who, why, when, scope). Default `resetguard-audit`.
     #[serde(default = "default_audit")]
     pub audit: String,
+    /// Compacted changelog of per-account state (see `docs/changelog.md`): one partition per
+    /// input partition (of all input topics, in order). Default `resetguard-changelog`.
+    #[serde(default = "default_changelog")]
+    pub changelog: String,
     /// Create missing topics at startup. Default false: a missing input topic is a startup error.
     #[serde(default)]
     pub create: bool,
@@ -235,6 +239,9 @@ fn default_control() -> String {
 fn default_audit() -> String {
     "resetguard-audit".into()
 }
+fn default_changelog() -> String {
+    "resetguard-changelog".into()
+}
 fn default_partitions() -> i32 {
     6
 }
@@ -252,6 +259,7 @@ impl Default for TopicsFile {
             shadow: default_shadow(),
             control: default_control(),
             audit: default_audit(),
+            changelog: default_changelog(),
             create: false,
             partitions: default_partitions(),
             replication: default_replication(),
@@ -277,6 +285,12 @@ pub struct PipelineFile {
     /// Default `true`.
     #[serde(default = "default_true")]
     pub static_membership: bool,
+    /// Keep per-account state in the compacted changelog topic (`topics.changelog`), written in
+    /// the same transaction as the outputs: a restore reads it (in proportion to live accounts)
+    /// instead of re-reading the input topic's lookback. `false`: restore from the input topic.
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
     /// (Kafka Streams' exactly-once default).
     #[serde(default = "default_commit_interval")]
@@ -324,6 +338,7 @@ impl Default for PipelineFile {
             group_id: default_group(),
             transactional_id: None,
             static_membership: true,
+            changelog: true,
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
@@ -361,6 +376,8 @@ pub struct Settings {
     pub transactional_id: String,
     /// `group.instance.id` = `transactional_id` (see `[pipeline] static_membership`).
     pub static_membership: bool,
+    /// Per-account state in the changelog topic (see `[pipeline] changelog`).
+    pub changelog: bool,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
@@ -750,6 +767,7 @@ impl ConfigFile {
                 group_id: self.pipeline.group_id,
                 transactional_id,
                 static_membership: self.pipeline.static_membership,
+                changelog: self.pipeline.changelog,
                 commit_interval,
                 drain_timeout,
                 stall_timeout,

@@ -158,7 +158,7 @@ fn with_the_token_a_breaker_override_reaches_the_pipeline_and_oversize_bodies_ar
             assert_eq!((actor.as_str(), reason.as_str()), ("alice-sre", "incident 42"));
             reply.send(Ok(serde_json::json!({"to": "forced_open"}))).unwrap();
         }
-        AdminCommand::Allow { .. } => panic!("unexpected allow-list command"),
+        AdminCommand::Allow { .. } | AdminCommand::State { .. } => panic!("unexpected command"),
     }
     let (status, body, big, no_reason) = caller.join().unwrap();
     assert_eq!(status, 200);

@@ -118,6 +118,8 @@ impl Fixture {
         broker.create_topic(&shadow, 1);
         broker.create_topic_with_config(&control, 1, &[("cleanup.policy", "compact")]);
         broker.create_topic(&audit, 2);
+        let changelog = name("changelog");
+        broker.create_topic_with_config(&changelog, 6, &[("cleanup.policy", "compact")]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.toml"), format!("version = \"{POLICY_VERSION}\"\n")).unwrap();
         std::fs::write(dir.path().join("deployment.secret"), "held-release-test-secret-5d1c8e7a90b3f246").unwrap();
@@ -137,6 +139,7 @@ dlq = "{dlq}"
 shadow = "{shadow}"
 control = "{control}"
 audit = "{audit}"
+changelog = "{changelog}"
 [pipeline]
 group_id = "{group}"
 transactional_id = "{txn}"

@@ -34,6 +34,7 @@ pub struct Processed {
 }
 
 mod persist;
+pub use persist::{StateRecord, StateSummary};
 
 /// An account's cooldown: no new decision before `until_s` (event time, seconds). The decision
 /// that started it (when, which cell) is kept for the changelog, from which a restore replays

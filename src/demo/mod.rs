@@ -78,6 +78,7 @@ pub async fn run(flood: usize, listen: SocketAddr) -> anyhow::Result<()> {
         ("password-reset-notices-shadow", 3),
         ("resetguard-control", 1),
         ("resetguard-audit", 1),
+        ("resetguard-changelog", 6),
     ] {
         cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating {topic}"))?;
     }

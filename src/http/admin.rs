@@ -113,6 +113,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/audit", get(audit_trail))
         .route("/admin/notices/recent", get(recent_notices))
         .route("/admin/timeline", get(timeline))
+        .route("/admin/state", get(state_summary))
         // Unknown admin paths get the same 401 as everything else without the token.
         .route("/admin/{*rest}", axum::routing::any(|| async { StatusCode::NOT_FOUND }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -181,6 +182,12 @@ async fn send(s: &AdminState, make: impl FnOnce(crate::kafka::pipeline::Reply) -
         _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "no answer from the pipeline" })))
             .into_response(),
     }
+}
+
+/// Counts and a digest of this instance's state as of its last commit: equal digests before a
+/// crash and after the restore mean the state came back whole.
+async fn state_summary(State(s): State<AdminState>) -> Response {
+    send(&s, |reply| AdminCommand::State { reply }).await
 }
 
 async fn breaker_action(

@@ -20,8 +20,24 @@ use super::txn::{TxnError, TxnWriter, NO_TAG};
 
 /// A manual action from the admin API, with the channel its answer goes back on.
 pub enum AdminCommand {
-    Breaker { cell: String, action: BreakerAction, actor: String, reason: String, reply: Reply },
-    Allow { account_id: String, expires_ms: Option<i64>, actor: String, reason: String, reply: Reply },
+    Breaker {
+        cell: String,
+        action: BreakerAction,
+        actor: String,
+        reason: String,
+        reply: Reply,
+    },
+    Allow {
+        account_id: String,
+        expires_ms: Option<i64>,
+        actor: String,
+        reason: String,
+        reply: Reply,
+    },
+    /// A summary of this instance's state as of its last commit (read-only, nothing recorded).
+    State {
+        reply: Reply,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +53,9 @@ impl AdminCommand {
     /// The caller stopped waiting (its request timed out): the action must not be applied late.
     pub fn abandoned(&self) -> bool {
         match self {
-            AdminCommand::Breaker { reply, .. } | AdminCommand::Allow { reply, .. } => reply.is_closed(),
+            AdminCommand::Breaker { reply, .. } | AdminCommand::Allow { reply, .. } | AdminCommand::State { reply } => {
+                reply.is_closed()
+            }
         }
     }
 }
@@ -57,6 +75,10 @@ pub fn execute(
     }
     let instance = settings.transactional_id.clone();
     let (control, audit, apply, reply) = match cmd {
+        AdminCommand::State { reply } => {
+            let _ = reply.send(Ok(serde_json::to_value(engine.state_summary()).unwrap_or_default()));
+            return Ok(());
+        }
         AdminCommand::Breaker { cell, action, actor, reason, reply } => {
             if let Err(e) = engine.breaker().check_cell_name(&cell, action == BreakerAction::Clear) {
                 let _ = reply.send(Err(e));

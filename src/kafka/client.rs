@@ -83,6 +83,9 @@ pub fn output_topics(s: &Settings) -> Vec<&str> {
         t.control.as_str(),
         t.audit.as_str(),
     ];
+    if s.changelog {
+        topics.push(t.changelog.as_str());
+    }
     topics.sort_unstable();
     topics.dedup();
     topics

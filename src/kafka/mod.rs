@@ -2,6 +2,7 @@
 //! the exactly-once consume → decide → produce loop. Makes no decisions (the core does).
 
 pub mod admin;
+pub mod changelog;
 pub mod client;
 pub mod control;
 pub mod control_reader;

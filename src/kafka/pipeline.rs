@@ -7,10 +7,16 @@
 //! → [`TxnWriter::send`] (tagged with the input's coordinates) → [`Pipeline::commit`] (outputs and
 //! offsets in one transaction; the outcome tallies reach the metrics only then).
 //!
-//! State is rebuilt from the input topic itself ([`super::restore`]): on every assignment and
-//! after every abort, each partition is re-read from `now - lookback` up to its committed offset
-//! in restore mode (state and breaker history, no outputs). Live decisions start only when every
-//! assigned partition has finished restoring. Every abort, whatever caused it, goes through
+//! State lives in the compacted changelog topic ([`super::changelog`]): every transaction also
+//! carries one record per account its inputs changed, so state, outputs and offsets commit
+//! together. On every assignment and after every abort, each partition's state is read back
+//! from the changelog (in proportion to its live accounts), and the breaker's history is
+//! replayed from the decisions recorded there. A partition without a changelog yet (the first
+//! start of this version, or `pipeline.changelog = false`) is rebuilt from the input topic
+//! instead ([`super::restore`]): re-read from `now - lookback` up to its committed offset in
+//! restore mode (state and breaker history, no outputs), after which, with the changelog on, its
+//! whole state is written to the changelog once. Live decisions start only when every assigned
+//! partition has finished restoring. Every abort, whatever caused it, goes through
 //! [`Pipeline::recover`]: abort, reset state, rewind to the committed offsets, restore.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +41,7 @@ use crate::telemetry::Metrics;
 
 use super::admin;
 pub use super::admin::{AdminCommand, BreakerAction, Reply};
+use super::changelog::{send_changes, ChangelogReader, PartitionIndex};
 use super::client::{consumer_config, output_topics, producer_config};
 use super::control::{trip_key, TripRecord};
 use super::control_reader::ControlReader;
@@ -106,6 +113,9 @@ struct Shared {
     leaving: AtomicBool,
     /// Consumer lag per partition from librdkafka's statistics (no blocking watermark calls).
     lag: Mutex<HashMap<Tp, i64>>,
+    /// The engine holds state changes not yet sent to the changelog: committing the open
+    /// transaction now (on revoke) would commit offsets without the state they built.
+    unflushed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,7 +217,11 @@ impl ConsumerContext for Ctx {
                 // the middle of an abort itself (it holds the writer): then nothing is open.
                 let event = match s.writer.try_lock() {
                     Ok(mut w) if w.is_open() => {
-                        let ended = if consumer.assignment_lost() {
+                        let unflushed = s.unflushed.load(Ordering::SeqCst);
+                        if unflushed {
+                            info!("State changes of the open transaction are not in the changelog yet; aborting it on revoke (the next owner redoes its inputs).");
+                        }
+                        let ended = if consumer.assignment_lost() || unflushed {
                             w.abort(&mut || {}).map(|()| false)
                         } else {
                             match s.commit(&mut w, consumer) {
@@ -376,6 +390,9 @@ struct Pipeline {
     consumer: Arc<BaseConsumer<Ctx>>,
     engine: Engine,
     control: ControlReader,
+    /// Reads state back from the changelog (`None`: `pipeline.changelog = false`).
+    changelog: Option<ChangelogReader>,
+    partitions: PartitionIndex,
     total_partitions: usize,
     lookback_ms: i64,
     plan_budget: Duration,
@@ -452,6 +469,7 @@ impl Pipeline {
             events: Mutex::new(Vec::new()),
             leaving: AtomicBool::new(false),
             lag: Mutex::new(HashMap::new()),
+            unflushed: AtomicBool::new(false),
         });
         let consumer: BaseConsumer<Ctx> = consumer_config(&settings)
             .create_with_context(Ctx { shared: shared.clone() })
@@ -471,7 +489,22 @@ impl Pipeline {
         }
         status.stall_timeout_ms.store(settings.stall_timeout.as_millis() as i64, Ordering::Relaxed);
         let mut engine = Engine::new(policy.clone(), settings.keys.clone(), TimeMode::Wall);
-        let total_partitions = input_partitions(&consumer, &settings)?;
+        let partitions = PartitionIndex::new(&input_partitions(&consumer, &settings)?);
+        let total_partitions = partitions.total();
+        let changelog = if settings.changelog {
+            let reader = ChangelogReader::new(&settings)?;
+            let have = reader.partitions()?;
+            if have < total_partitions {
+                return Err(PipelineError::Startup(format!(
+                    "topics.changelog: {} has {have} partitions, needs at least {total_partitions} (one per input partition); recreate it or set pipeline.changelog = false",
+                    settings.topics.changelog
+                )));
+            }
+            engine.track_changes();
+            Some(reader)
+        } else {
+            None
+        };
         // Overrides and allow-list changes of the fleet apply before the first decision.
         let control = ControlReader::new(&settings)?;
         let (applied, last_policy) = control.read_to_end(&mut engine, wall_ms());
@@ -484,6 +517,8 @@ impl Pipeline {
             consumer: Arc::new(consumer),
             engine,
             control,
+            changelog,
+            partitions,
             total_partitions,
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
@@ -628,7 +663,7 @@ impl Pipeline {
             self.phase = Phase::Idle;
             return Ok(());
         }
-        let plans = restore::plan(
+        let mut plans = restore::plan(
             &*self.consumer,
             &self.shared.inputs,
             &self.owned,
@@ -636,6 +671,7 @@ impl Pipeline {
             wall_ms(),
             self.plan_budget,
         )?;
+        self.restore_from_changelog(&mut plans)?;
         let mut tpl = TopicPartitionList::new();
         let mut until = HashMap::new();
         for p in &plans {
@@ -659,6 +695,78 @@ impl Pipeline {
         }
         self.consumer.assign(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign for restore: {e}")))?;
         self.phase = Phase::Restoring(until);
+        Ok(())
+    }
+
+    /// Reads the owned partitions' state from the changelog (after the plan: the committed
+    /// offsets are stable then, so the transaction that committed them, changelog records
+    /// included, is complete) and replays the breaker history it records. A partition with state
+    /// there needs no input re-read; one without (no changelog yet) keeps its input plan and is
+    /// written to the changelog in full once rebuilt.
+    fn restore_from_changelog(&mut self, plans: &mut [PartitionPlan]) -> Result<(), PipelineError> {
+        let Some(reader) = &self.changelog else {
+            for p in plans.iter() {
+                let g = self.partitions.global(p.topic, p.partition).to_string();
+                self.metrics.partition_restores.with_label_values(&[&g, "input"]).inc();
+            }
+            return Ok(());
+        };
+        let started = Instant::now();
+        let global: Vec<u32> = plans.iter().map(|p| self.partitions.global(p.topic, p.partition)).collect();
+        let (engine, status) = (&mut self.engine, &self.status);
+        let now = wall_ms();
+        let read = reader.read(&global, self.plan_budget, &mut || status.beat(), &mut |p, key, value| {
+            match engine.load_state(p, key, value, now) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(changelog_partition = p, error = %e, "A changelog record does not decode; skipping it (its account starts empty).");
+                    false
+                }
+            }
+        })?;
+        let mut loaded = Vec::new();
+        let mut records = 0;
+        for (plan, &g) in plans.iter_mut().zip(&global) {
+            let r = read.get(&g).copied().unwrap_or_default();
+            records += r.records;
+            if r.invalid > 0 {
+                self.metrics.restore_records.with_label_values(&["changelog_invalid"]).inc_by(r.invalid);
+            }
+            let label = g.to_string();
+            if r.records > 0 {
+                loaded.push(g);
+                // The changelog holds everything up to the committed offset.
+                plan.start = plan.until;
+                self.metrics.partition_restores.with_label_values(&[&label, "changelog"]).inc();
+            } else if plan.start < plan.until {
+                info!(topic = %self.shared.inputs[plan.topic], partition = plan.partition,
+                    "No changelog for this partition yet: rebuilding its state from the input topic once, then writing it to the changelog.");
+                self.metrics.partition_restores.with_label_values(&[&label, "input"]).inc();
+            }
+        }
+        self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
+        let replayed = self.engine.replay_decisions(&loaded);
+        info!(
+            partitions = loaded.len(),
+            records,
+            decisions_replayed = replayed,
+            tracked_accounts = self.engine.tracked_accounts(),
+            seconds = started.elapsed().as_secs_f64(),
+            "State read from the changelog."
+        );
+        Ok(())
+    }
+
+    /// Sends the engine's state changes into the open transaction (before it commits).
+    fn flush_changelog(&mut self) -> Result<(), TxnError> {
+        if self.changelog.is_none() || self.engine.pending_changes() == 0 {
+            self.shared.unflushed.store(false, Ordering::SeqCst);
+            return Ok(());
+        }
+        let owned: Vec<u32> = self.owned.iter().map(|&(t, p)| self.partitions.global(t, p)).collect();
+        let mut w = lock(&self.shared.writer);
+        send_changes(&mut self.engine, &mut w, &self.settings.topics.changelog, &owned, &self.metrics)?;
+        self.shared.unflushed.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -687,7 +795,8 @@ impl Pipeline {
                 if offset < end {
                     let now = wall_ms();
                     let at = m.timestamp().to_millis().unwrap_or(now);
-                    self.engine.restore(m.payload().unwrap_or(&[]), partition as u32, now, at);
+                    let g = self.partitions.global(topic, partition);
+                    self.engine.restore(m.payload().unwrap_or(&[]), g, now, at);
                 }
                 if offset + 1 >= end {
                     self.restored(topic, partition)?;
@@ -738,7 +847,10 @@ impl Pipeline {
             return self.on_txn_error(e);
         }
         let now = wall_ms();
-        let processed = self.engine.process(payload, partition as u32, now);
+        let processed = self.engine.process(payload, self.partitions.global(topic, partition), now);
+        if self.changelog.is_some() {
+            self.shared.unflushed.store(true, Ordering::Relaxed);
+        }
         let outcome = &processed.outcome;
         self.tally.add(outcome, processed.cell, now, &self.engine);
         let origin = Origin { topic: m.topic(), partition, offset, key: m.key(), payload };
@@ -938,6 +1050,9 @@ impl Pipeline {
     /// Commits the open transaction; an error goes through `on_txn_error`.
     fn commit(&mut self) -> Result<(), PipelineError> {
         let started = Instant::now();
+        if let Err(e) = self.flush_changelog() {
+            return self.on_txn_error(e);
+        }
         let result = {
             let mut w = lock(&self.shared.writer);
             if !w.is_open() {
@@ -985,6 +1100,10 @@ impl Pipeline {
         }
         self.control.read_new(&mut self.engine, now);
         self.engine.tick(now);
+        if self.engine.pending_changes() > 0 {
+            // Expired accounts' tombstones wait for the next commit like any other change.
+            self.shared.unflushed.store(true, Ordering::SeqCst);
+        }
         let m = &self.metrics;
         let mut trips = Vec::new();
         for t in self.engine.drain_transitions() {
@@ -1086,9 +1205,9 @@ impl Pipeline {
     }
 }
 
-/// Partitions of the input topics, for this instance's share of the fleet's caps.
-fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<usize, PipelineError> {
-    let mut total = 0;
+/// Partitions of each input topic, in `topics.input` order.
+fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<Vec<usize>, PipelineError> {
+    let mut counts = Vec::new();
     for t in &s.topics.input {
         let md = consumer
             .fetch_metadata(Some(t), Duration::from_secs(10))
@@ -1097,7 +1216,7 @@ fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<usize,
         if n == 0 {
             return Err(PipelineError::Startup(format!("input topic {t} does not exist")));
         }
-        total += n;
+        counts.push(n);
     }
-    Ok(total)
+    Ok(counts)
 }

@@ -35,12 +35,30 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
             missing.join(", ")
         )));
     }
+    // The changelog has one partition per input partition, of all input topics in order.
+    let input_partitions: i32 = t
+        .input
+        .iter()
+        .map(|i| {
+            metadata
+                .topics()
+                .iter()
+                .find(|m| m.name() == i && m.error().is_none())
+                .map_or(t.partitions, |m| m.partitions().len() as i32)
+        })
+        .sum();
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|name| {
             if *name == t.control {
                 // The latest override per cell and action per held notice is what counts.
                 NewTopic::new(name, 1, TopicReplication::Fixed(t.replication)).set("cleanup.policy", "compact")
+            } else if *name == t.changelog {
+                // The latest state per account is what counts; expired accounts are tombstoned.
+                NewTopic::new(name, input_partitions, TopicReplication::Fixed(t.replication))
+                    .set("cleanup.policy", "compact")
+                    .set("min.compaction.lag.ms", "0")
+                    .set("segment.ms", "3600000")
             } else {
                 NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))
             }

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub dlq_truncated: IntCounter,
     pub rebalances: IntCounter,
     pub restores: IntCounter,
+    pub partition_restores: IntCounterVec,
+    pub restore_records: IntCounterVec,
+    pub changelog_records: IntCounterVec,
+    pub changelog_bytes: IntCounter,
     pub producer_renewals: IntCounter,
 }
 
@@ -191,7 +195,29 @@ impl Metrics {
             )?,
             restores: IntCounter::new(
                 "resetguard_restores_total",
-                "State restores from the input topic (after an assignment or an aborted transaction).",
+                "State restores (after an assignment or an aborted transaction).",
+            )?,
+            partition_restores: IntCounterVec::new(
+                Opts::new(
+                    "resetguard_partition_restores_total",
+                    "Restores of one input partition's state, by where it came from (changelog, or input: re-reading the input topic, once, when no changelog exists yet).",
+                ),
+                &["partition", "source"],
+            )?,
+            restore_records: IntCounterVec::new(
+                Opts::new("resetguard_restore_records_total", "Records read to restore state, by source (changelog or input)."),
+                &["source"],
+            )?,
+            changelog_records: IntCounterVec::new(
+                Opts::new(
+                    "resetguard_changelog_records_total",
+                    "State records written to the changelog, by kind (account, tombstone, watermark); committed with the outputs.",
+                ),
+                &["kind"],
+            )?,
+            changelog_bytes: IntCounter::new(
+                "resetguard_changelog_bytes_total",
+                "Bytes of key and value written to the changelog (before compression).",
             )?,
         };
         registry.register(Box::new(m.events_consumed.clone()))?;
@@ -228,6 +254,10 @@ impl Metrics {
         registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.build_info.clone()))?;
         registry.register(Box::new(m.input_gap_records.clone()))?;
+        registry.register(Box::new(m.partition_restores.clone()))?;
+        registry.register(Box::new(m.restore_records.clone()))?;
+        registry.register(Box::new(m.changelog_records.clone()))?;
+        registry.register(Box::new(m.changelog_bytes.clone()))?;
         registry.register(Box::new(m.input_offset_resets.clone()))?;
         registry.register(Box::new(m.dlq_truncated.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;

@@ -239,12 +239,18 @@ impl Service {
         }
     }
 
-    /// POST (or DELETE) an admin request with the bearer token; returns status and body.
+    /// GET, POST or DELETE an admin request with the bearer token; returns status and body.
     pub fn admin(&mut self, method: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
         let base = self.base_url(Duration::from_secs(60));
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
         let url = format!("{base}{path}");
         let req = match method {
+            "GET" => {
+                return match client.get(url).header("Authorization", format!("Bearer {ADMIN_TOKEN}")).send() {
+                    Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+                    Err(e) => (0, format!("request failed: {e}")),
+                }
+            }
             "POST" => client.post(url),
             "DELETE" => client.delete(url),
             other => panic!("method {other}"),
@@ -338,6 +344,16 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// Sum of the samples of metric `name` whose labels contain `label` (e.g. `source="input"`).
+pub fn metric_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{') && rest.split('}').next().is_some_and(|labels| labels.contains(label)))
+        .filter_map(|rest| rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// Sum of the committed offsets of the service's group on the input topic.

@@ -84,6 +84,7 @@ dlq = "{dlq}"
 shadow = "{shadow}"
 control = "{shadow}-control"
 audit = "{shadow}-audit"
+changelog = "{shadow}-changelog"
 create = true
 [pipeline]
 group_id = "{group}"

@@ -32,6 +32,18 @@ impl Changes {
     }
 }
 
+/// Counts and digest of the engine's state ([`Engine::state_summary`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StateSummary {
+    pub accounts: usize,
+    pub cooldowns: usize,
+    /// Records of the canonical dump (accounts with a window or a cooldown, and watermarks).
+    pub records: usize,
+    /// Partitions (global numbers) the state belongs to.
+    pub partitions: Vec<u32>,
+    pub digest: String,
+}
+
 /// One changelog record: partition, key, value (`None`: a tombstone).
 pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
@@ -244,6 +256,33 @@ impl Engine {
         }
         out.sort();
         out
+    }
+
+    /// A summary of [`Engine::state_dump`]: counts and a SHA-256 digest of the canonical dump
+    /// (equal digests: equal state). For comparing an instance's state before and after a
+    /// restore (`GET /admin/state`).
+    pub fn state_summary(&self) -> StateSummary {
+        use sha2::{Digest, Sha256};
+        let dump = self.state_dump();
+        let mut h = Sha256::new();
+        let mut partitions = std::collections::BTreeSet::new();
+        for (p, k, v) in &dump {
+            partitions.insert(*p);
+            h.update(p.to_le_bytes());
+            h.update((k.len() as u32).to_le_bytes());
+            h.update(k);
+            let v = v.as_deref().unwrap_or_default();
+            h.update((v.len() as u32).to_le_bytes());
+            h.update(v);
+        }
+        let digest = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        StateSummary {
+            accounts: self.accounts.len(),
+            cooldowns: self.ledger.len(),
+            records: dump.len(),
+            partitions: partitions.into_iter().collect(),
+            digest,
+        }
     }
 
     /// Writes the account's record into `out`; false if the engine holds nothing for it.

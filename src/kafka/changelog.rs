@@ -1,0 +1,233 @@
+//! The changelog topic's IO. Writing: the pipeline drains the engine's changed accounts into the
+//! open transaction just before it commits ([`send_changes`]), so state, outputs and offsets
+//! commit or abort together. Reading: a restore reads the changelog partitions of the assigned
+//! input partitions to their end ([`ChangelogReader::read`]). The record format is the core's
+//! ([`crate::core::changelog`]).
+//!
+//! Changelog partition `i` holds the state of global input partition `i`: the partitions of
+//! `topics.input`, numbered in order across the topics ([`PartitionIndex`]).
+
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use crate::config::Settings;
+use crate::core::changelog::WATERMARK_KEY;
+use crate::core::Engine;
+use crate::telemetry::Metrics;
+
+use super::pipeline::PipelineError;
+use super::txn::{TxnError, TxnWriter, NO_TAG};
+
+/// Global numbering of the input partitions: partition `p` of `topics.input[t]` is
+/// `base[t] + p`. The engine's watermarks and the changelog's partitions use it.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionIndex {
+    base: Vec<u32>,
+    total: u32,
+}
+
+impl PartitionIndex {
+    /// From the partition count of each input topic, in `topics.input` order.
+    pub fn new(counts: &[usize]) -> Self {
+        let mut base = Vec::with_capacity(counts.len());
+        let mut total = 0u32;
+        for &n in counts {
+            base.push(total);
+            total += n as u32;
+        }
+        PartitionIndex { base, total }
+    }
+
+    pub fn global(&self, topic: usize, partition: i32) -> u32 {
+        self.base.get(topic).copied().unwrap_or(0) + partition.max(0) as u32
+    }
+
+    pub fn total(&self) -> usize {
+        self.total as usize
+    }
+}
+
+/// Sends every change the engine tracked since the last call into the open transaction, as
+/// records of `topic` in the changelog partition of the input partition they belong to. Changes
+/// of partitions not in `owned` (global numbers) are dropped: another instance owns that state.
+pub fn send_changes(
+    engine: &mut Engine,
+    writer: &mut TxnWriter,
+    topic: &str,
+    owned: &[u32],
+    metrics: &Metrics,
+) -> Result<usize, TxnError> {
+    let mut failed: Option<TxnError> = None;
+    let (mut accounts, mut tombstones, mut watermarks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let sent = engine.drain_changes(|p, key, value| {
+        if failed.is_some() || !owned.contains(&p) {
+            return;
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, NO_TAG).key(key).partition(p as i32);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        match value {
+            None => tombstones += 1,
+            Some(_) if key == WATERMARK_KEY => watermarks += 1,
+            Some(_) => accounts += 1,
+        }
+        bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        if let Err(e) = writer.send(record) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    metrics.changelog_records.with_label_values(&["account"]).inc_by(accounts);
+    metrics.changelog_records.with_label_values(&["tombstone"]).inc_by(tombstones);
+    metrics.changelog_records.with_label_values(&["watermark"]).inc_by(watermarks);
+    metrics.changelog_bytes.inc_by(bytes);
+    Ok(sent)
+}
+
+/// Reads changelog partitions from their beginning (no consumer group: nothing is committed).
+pub struct ChangelogReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+/// What a restore read from one changelog partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionRead {
+    /// State records (accounts, tombstones, watermark) applied.
+    pub records: u64,
+    /// Records that did not decode (skipped; the accounts they held start empty).
+    pub invalid: u64,
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ChangelogReader {
+    pub fn new(s: &Settings) -> Result<ChangelogReader, PipelineError> {
+        let mut cfg = rdkafka::ClientConfig::new();
+        for (k, v) in &s.kafka {
+            cfg.set(k, v);
+        }
+        cfg.set("group.id", format!("{}-changelog-reader", s.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer =
+            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
+        Ok(ChangelogReader { consumer, topic: s.topics.changelog.clone() })
+    }
+
+    /// Partitions of the changelog topic.
+    pub fn partitions(&self) -> Result<usize, PipelineError> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), CALL_TIMEOUT)
+            .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", self.topic)))?;
+        Ok(md.topics().iter().find(|t| t.name() == self.topic).map_or(0, |t| t.partitions().len()))
+    }
+
+    /// Reads `partitions` to their end (the last stable offset: records of transactions still
+    /// open are not state yet), handing each record to `apply` (partition, key, value or `None`
+    /// for a tombstone; `apply` returns false if the record did not decode). `beat` is called
+    /// while waiting. Fails when Kafka does not answer within `budget`.
+    pub fn read(
+        &self,
+        partitions: &[u32],
+        budget: Duration,
+        beat: &mut dyn FnMut(),
+        apply: &mut dyn FnMut(u32, &[u8], Option<&[u8]>) -> bool,
+    ) -> Result<HashMap<u32, PartitionRead>, PipelineError> {
+        let deadline = Instant::now() + budget;
+        let fail = |what: String| PipelineError::Fatal(format!("cannot read the changelog {}: {what}", self.topic));
+        let mut out: HashMap<u32, PartitionRead> = partitions.iter().map(|&p| (p, PartitionRead::default())).collect();
+        // Partition → end offset when the read started; empty partitions are done at once.
+        let mut pending: HashMap<u32, i64> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            let (low, high) = loop {
+                match self.consumer.fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT) {
+                    Ok(w) => break w,
+                    Err(e) if Instant::now() < deadline => {
+                        warn!(partition = p, error = %e, "Reading the changelog's end offsets failed; retrying.");
+                        beat();
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(fail(format!("end offsets of partition {p}: {e}"))),
+                }
+            };
+            if high > low {
+                pending.insert(p, high);
+                let _ = tpl.add_partition_offset(&self.topic, p as i32, Offset::Beginning);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        self.consumer.assign(&tpl).map_err(|e| fail(format!("assign: {e}")))?;
+        let mut last_position_check = Instant::now();
+        while !pending.is_empty() {
+            if Instant::now() > deadline {
+                let _ = self.consumer.unassign();
+                return Err(fail(format!("{} partitions not read to their end within {budget:?}", pending.len())));
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let p = m.partition() as u32;
+                    if let Some(key) = m.key() {
+                        let r = out.entry(p).or_default();
+                        r.records += 1;
+                        if !apply(p, key, m.payload()) {
+                            r.invalid += 1;
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    pending.remove(&(p as u32));
+                }
+                Some(Err(e)) => warn!(error = %e, "Changelog read error."),
+                None => beat(),
+            }
+            if last_position_check.elapsed() > Duration::from_millis(200) {
+                // A partition ending in transaction markers may never deliver its last offset.
+                last_position_check = Instant::now();
+                beat();
+                if let Ok(pos) = self.consumer.position() {
+                    for e in pos.elements() {
+                        if let (Offset::Offset(o), Some(&end)) = (e.offset(), pending.get(&(e.partition() as u32))) {
+                            if o >= end {
+                                pending.remove(&(e.partition() as u32));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self.consumer.unassign();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_numbered_across_the_input_topics_in_order() {
+        let ix = PartitionIndex::new(&[6, 3]);
+        assert_eq!(ix.global(0, 0), 0);
+        assert_eq!(ix.global(0, 5), 5);
+        assert_eq!(ix.global(1, 0), 6);
+        assert_eq!(ix.global(1, 2), 8);
+        assert_eq!(ix.total(), 9);
+    }
+}
