@@ -25,6 +25,12 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         // The end of a partition tells a restore that it is complete when the committed offset
         // sits behind records a read_committed consumer never sees (aborted, markers).
         .set("enable.partition.eof", "true");
+    if !s.kafka.contains_key("partition.assignment.strategy") {
+        // With state in the changelog, a rebalance moves only the partitions that change owner
+        // (the others keep their state and keep deciding); without it, every restore re-reads
+        // the input, and the eager protocol restores everything at once.
+        c.set("partition.assignment.strategy", if s.changelog { "cooperative-sticky" } else { "range" });
+    }
     if s.static_membership {
         // The instance name (the transactional id, stable across restarts) lets a restarted
         // instance take its partitions back without a rebalance of the others.
@@ -37,7 +43,6 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         ("fetch.queue.backoff.ms", "10"),
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
-        ("partition.assignment.strategy", "range"),
         // Consumer lag comes from these statistics, not from blocking watermark requests.
         ("statistics.interval.ms", "2000"),
     ] {
@@ -46,6 +51,11 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         }
     }
     c
+}
+
+/// Whether the consumer uses the cooperative (incremental) rebalance protocol.
+pub fn cooperative(s: &Settings) -> bool {
+    consumer_config(s).get("partition.assignment.strategy").is_some_and(|v| v.contains("cooperative"))
 }
 
 /// Transactional, idempotent producer of all outputs.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
 use hashbrown::HashMap;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseRecord;
@@ -93,7 +93,18 @@ type Tp = (usize, i32);
 
 /// What the rebalance callback saw, for the loop to act on after the poll.
 enum RebalanceEvent {
+    /// Eager protocol: the whole new assignment (nothing is fetched until the loop assigns it).
     Assigned(Vec<Tp>),
+    /// Cooperative protocol: partitions added to the assignment. The loop restores them and
+    /// assigns them (`incremental_assign`); the others keep deciding.
+    AssignedSome(Vec<Tp>),
+    /// Cooperative protocol: partitions taken away. The loop commits the open transaction (state
+    /// changes included), drops their state and unassigns them (`incremental_unassign`), which
+    /// completes the revocation; if the assignment was `lost`, it aborts instead.
+    RevokedSome {
+        parts: Vec<Tp>,
+        lost: bool,
+    },
     /// Everything was revoked; `committed`: the open transaction was committed first (else it
     /// was aborted and its outcomes will be redone by the next owner).
     Revoked {
@@ -194,6 +205,9 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
+        if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+            return self.rebalance_incrementally(consumer, err, tpl);
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts: Vec<Tp> = tpl
@@ -250,6 +264,53 @@ impl ConsumerContext for Ctx {
             other => error!(code = ?other, "Rebalance error."),
         }
     }
+}
+
+impl Ctx {
+    /// Cooperative protocol: only the partitions that move are named. The loop does the work
+    /// after the poll (librdkafka waits for its `incremental_(un)assign` call to go on), except
+    /// while leaving, when the open transaction is already committed.
+    fn rebalance_incrementally(&self, consumer: &BaseConsumer<Ctx>, err: RDKafkaRespErr, tpl: &TopicPartitionList) {
+        let s = &self.shared;
+        let parts: Vec<Tp> =
+            tpl.elements().iter().filter_map(|e| s.topic_index(e.topic()).map(|t| (t, e.partition()))).collect();
+        let leaving = s.leaving.load(Ordering::SeqCst);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                info!(partitions = parts.len(), "Partitions added to the assignment.");
+                if leaving {
+                    let _ = consumer.incremental_assign(tpl);
+                } else {
+                    lock(&s.events).push(RebalanceEvent::AssignedSome(parts));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(partitions = parts.len(), "Partitions taken from the assignment.");
+                if leaving {
+                    if let Err(e) = unassign_some(consumer, tpl) {
+                        warn!(error = %e, "Removing partitions from the assignment failed.");
+                    }
+                    lock(&s.events).push(RebalanceEvent::Revoked { committed: true });
+                } else {
+                    lock(&s.events).push(RebalanceEvent::RevokedSome { parts, lost: consumer.assignment_lost() });
+                }
+            }
+            other => error!(code = ?other, "Rebalance error."),
+        }
+    }
+}
+
+/// `incremental_unassign` of the partitions of `tpl` that are assigned (the others may not be:
+/// a restore fetches only some). Called even when none is: that call completes the revocation.
+fn unassign_some<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) -> Result<(), KafkaError> {
+    let current = consumer.assignment()?;
+    let mut some = TopicPartitionList::new();
+    for e in tpl.elements() {
+        if current.find_partition(e.topic(), e.partition()).is_some() {
+            some.add_partition(e.topic(), e.partition());
+        }
+    }
+    consumer.incremental_unassign(&some)
 }
 
 fn wall_ms() -> i64 {
@@ -393,6 +454,8 @@ struct Pipeline {
     /// Reads state back from the changelog (`None`: `pipeline.changelog = false`).
     changelog: Option<ChangelogReader>,
     partitions: PartitionIndex,
+    /// The consumer uses the cooperative rebalance protocol (`cooperative-sticky`).
+    cooperative: bool,
     total_partitions: usize,
     lookback_ms: i64,
     plan_budget: Duration,
@@ -509,6 +572,7 @@ impl Pipeline {
         let control = ControlReader::new(&settings)?;
         let (applied, last_policy) = control.read_to_end(&mut engine, wall_ms());
         info!(records = applied, "Control topic applied.");
+        let cooperative = super::client::cooperative(&settings);
         let mut p = Pipeline {
             settings,
             metrics,
@@ -519,6 +583,7 @@ impl Pipeline {
             control,
             changelog,
             partitions,
+            cooperative,
             total_partitions,
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
@@ -583,7 +648,8 @@ impl Pipeline {
             // fetched again from the committed offsets.
             let rebalanced = self.on_rebalance_events()?;
             match polled {
-                Some(Ok(m)) if !rebalanced => self.on_message(&m)?,
+                // With the cooperative protocol, partitions that stayed keep their position.
+                Some(Ok(m)) if !rebalanced || self.kept(&m) => self.on_message(&m)?,
                 Some(Ok(_)) => {}
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     return Err(PipelineError::Fatal(format!("the consumer failed: {code}")));
@@ -634,6 +700,14 @@ impl Pipeline {
                     self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
                     self.restore_all()?;
                 }
+                RebalanceEvent::AssignedSome(parts) => {
+                    self.metrics.rebalances.inc();
+                    self.add_partitions(parts)?;
+                }
+                RebalanceEvent::RevokedSome { parts, lost } => {
+                    self.metrics.rebalances.inc();
+                    self.remove_partitions(&parts, lost)?;
+                }
                 RebalanceEvent::Fatal(e) => {
                     // Ending the transaction on revoke failed fatally; the partitions are gone.
                     self.renew_producer(e)?;
@@ -643,6 +717,112 @@ impl Pipeline {
             }
         }
         Ok(any)
+    }
+
+    /// A message polled in the same call as a rebalance is kept only if the cooperative protocol
+    /// left its partition (and its position) alone.
+    fn kept(&self, m: &BorrowedMessage<'_>) -> bool {
+        self.cooperative
+            && matches!(self.phase, Phase::Live)
+            && self.shared.topic_index(m.topic()).is_some_and(|t| self.owned.contains(&(t, m.partition())))
+    }
+
+    /// Cooperative protocol, partitions added: restored from the changelog while the others keep
+    /// their state (no engine reset, the breaker keeps its history), then fetched from their
+    /// committed offsets. Without a changelog for one of them, or while a restore is under way,
+    /// everything owned is restored again instead.
+    fn add_partitions(&mut self, parts: Vec<Tp>) -> Result<(), PipelineError> {
+        let parts: Vec<Tp> = parts.into_iter().filter(|p| !self.owned.contains(p)).collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        if !matches!(self.phase, Phase::Live) {
+            self.owned.extend(parts);
+            self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
+            return self.restore_all();
+        }
+        // Reading the new partitions' state can take seconds: not with a transaction open.
+        self.commit()?;
+        if !matches!(self.phase, Phase::Live) {
+            // The commit failed and a restore of everything owned started: include the new ones.
+            self.owned.extend(parts);
+            self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
+            return self.restore_all();
+        }
+        let mut plans =
+            restore::plan(&*self.consumer, &self.shared.inputs, &parts, self.lookback_ms, wall_ms(), self.plan_budget)?;
+        self.record_plan_metrics(&plans);
+        self.metrics.restores.inc();
+        self.restore_from_changelog(&mut plans)?;
+        self.owned.extend(parts.iter().copied());
+        self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
+        if plans.iter().any(|p| p.start < p.until) {
+            // No changelog for it yet: rebuild everything owned from the input once.
+            return self.restore_all();
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &plans {
+            let _ = tpl.add_partition_offset(&self.shared.inputs[p.topic], p.partition, Offset::Offset(p.until));
+        }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| PipelineError::Fatal(format!("cannot add partitions to the assignment: {e}")))?;
+        self.plans.extend(plans);
+        self.reshare();
+        info!(added = parts.len(), owned = self.owned.len(), "Partitions added; the others kept deciding.");
+        Ok(())
+    }
+
+    /// Cooperative protocol, partitions taken away: commit what was done for them (or abort if
+    /// the assignment was lost), forget their state, unassign them.
+    fn remove_partitions(&mut self, parts: &[Tp], lost: bool) -> Result<(), PipelineError> {
+        let ended = if lost || !matches!(self.phase, Phase::Live) {
+            Err(TxnError::Abort {
+                what: if lost { "the assignment was lost" } else { "partitions revoked during a restore" },
+                source: KafkaError::Subscription("revoked".into()),
+            })
+        } else {
+            self.try_commit()
+        };
+        self.owned.retain(|p| !parts.contains(p));
+        self.plans.retain(|p| !parts.contains(&(p.topic, p.partition)));
+        for &(t, p) in parts {
+            self.engine.forget_partition_state(self.partitions.global(t, p));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(t, p) in parts {
+            tpl.add_partition(&self.shared.inputs[t], p);
+        }
+        if let Err(e) = unassign_some(&self.consumer, &tpl) {
+            warn!(error = %e, "Removing partitions from the assignment failed.");
+        }
+        self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
+        info!(removed = parts.len(), owned = self.owned.len(), committed = ended.is_ok(), "Partitions removed.");
+        match ended {
+            Ok(()) => {
+                self.reshare();
+                if self.owned.is_empty() {
+                    self.unassigned();
+                }
+                Ok(())
+            }
+            // What the open transaction did for the partitions that stay is redone.
+            Err(e) if lost || !matches!(self.phase, Phase::Live) => {
+                if matches!(self.phase, Phase::Live) {
+                    self.recover(&e)
+                } else {
+                    self.restore_all()
+                }
+            }
+            Err(e) => self.on_txn_error(e),
+        }
+    }
+
+    /// This instance's share of the fleet's caps changed with its partitions: the caps follow
+    /// (the limiters start empty, so no budget is minted by moving partitions around).
+    fn reshare(&mut self) {
+        let share = self.owned.len() as f64 / self.total_partitions.max(1) as f64;
+        self.engine.breaker_mut().set_share(share);
     }
 
     /// The partitions were revoked: nothing is owned until the next assignment.
@@ -672,16 +852,11 @@ impl Pipeline {
             self.plan_budget,
         )?;
         self.restore_from_changelog(&mut plans)?;
+        self.record_plan_metrics(&plans);
         let mut tpl = TopicPartitionList::new();
         let mut until = HashMap::new();
         for p in &plans {
             let topic = &self.shared.inputs[p.topic];
-            if p.gap > 0 {
-                self.metrics.input_gap_records.with_label_values(&[topic]).inc_by(p.gap as u64);
-            }
-            if p.reset {
-                self.metrics.input_offset_resets.with_label_values(&[topic]).inc();
-            }
             if p.start < p.until {
                 let _ = tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.start));
                 until.insert((p.topic, p.partition), p.until);
@@ -693,7 +868,7 @@ impl Pipeline {
         if until.is_empty() {
             return self.go_live();
         }
-        self.consumer.assign(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign for restore: {e}")))?;
+        self.set_fetch(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign for restore: {e}")))?;
         self.phase = Phase::Restoring(until);
         Ok(())
     }
@@ -770,13 +945,38 @@ impl Pipeline {
         Ok(())
     }
 
+    fn record_plan_metrics(&self, plans: &[PartitionPlan]) {
+        for p in plans {
+            let topic = &self.shared.inputs[p.topic];
+            if p.gap > 0 {
+                self.metrics.input_gap_records.with_label_values(&[topic]).inc_by(p.gap as u64);
+            }
+            if p.reset {
+                self.metrics.input_offset_resets.with_label_values(&[topic]).inc();
+            }
+        }
+    }
+
+    /// Fetches exactly `tpl` (partitions at offsets). Under the cooperative protocol the
+    /// assignment may only change incrementally: what is assigned is taken away, then `tpl` added.
+    fn set_fetch(&self, tpl: &TopicPartitionList) -> Result<(), KafkaError> {
+        if !self.cooperative {
+            return self.consumer.assign(tpl);
+        }
+        let current = self.consumer.assignment()?;
+        if current.count() > 0 {
+            self.consumer.incremental_unassign(&current)?;
+        }
+        self.consumer.incremental_assign(tpl)
+    }
+
     /// Every owned partition is restored: fetch each from its first live offset.
     fn go_live(&mut self) -> Result<(), PipelineError> {
         let mut tpl = TopicPartitionList::new();
         for p in &self.plans {
             let _ = tpl.add_partition_offset(&self.shared.inputs[p.topic], p.partition, Offset::Offset(p.until));
         }
-        self.consumer.assign(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign partitions: {e}")))?;
+        self.set_fetch(&tpl).map_err(|e| PipelineError::Fatal(format!("cannot assign partitions: {e}")))?;
         // Partitions paused when their restore ended fetch again.
         let _ = self.consumer.resume(&tpl);
         self.engine.finish_restore(wall_ms());
@@ -1049,25 +1249,26 @@ impl Pipeline {
 
     /// Commits the open transaction; an error goes through `on_txn_error`.
     fn commit(&mut self) -> Result<(), PipelineError> {
-        let started = Instant::now();
-        if let Err(e) = self.flush_changelog() {
-            return self.on_txn_error(e);
+        match self.try_commit() {
+            Ok(()) => Ok(()),
+            Err(e) => self.on_txn_error(e),
         }
-        let result = {
+    }
+
+    /// Sends the pending state changes and commits the open transaction (nothing if none is open).
+    fn try_commit(&mut self) -> Result<(), TxnError> {
+        let started = Instant::now();
+        self.flush_changelog()?;
+        {
             let mut w = lock(&self.shared.writer);
             if !w.is_open() {
                 return Ok(());
             }
-            self.shared.commit(&mut w, &self.consumer)
-        };
-        match result {
-            Ok(()) => {
-                self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
-                self.after_commit();
-                Ok(())
-            }
-            Err(e) => self.on_txn_error(e),
+            self.shared.commit(&mut w, &self.consumer)?;
         }
+        self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.after_commit();
+        Ok(())
     }
 
     fn set_ready(&self, ready: bool) {
