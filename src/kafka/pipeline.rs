@@ -456,6 +456,8 @@ struct Pipeline {
     partitions: PartitionIndex,
     /// The consumer uses the cooperative rebalance protocol (`cooperative-sticky`).
     cooperative: bool,
+    /// Why the next restore happens (`assignment` or `abort`), for the restore metrics.
+    restore_cause: &'static str,
     total_partitions: usize,
     lookback_ms: i64,
     plan_budget: Duration,
@@ -584,6 +586,7 @@ impl Pipeline {
             changelog,
             partitions,
             cooperative,
+            restore_cause: "assignment",
             total_partitions,
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
@@ -734,7 +737,11 @@ impl Pipeline {
     fn add_partitions(&mut self, parts: Vec<Tp>) -> Result<(), PipelineError> {
         let parts: Vec<Tp> = parts.into_iter().filter(|p| !self.owned.contains(p)).collect();
         if parts.is_empty() {
-            return Ok(());
+            // librdkafka waits for this call, also for nothing, before the rebalance goes on.
+            return self
+                .consumer
+                .incremental_assign(&TopicPartitionList::new())
+                .map_err(|e| PipelineError::Fatal(format!("cannot complete the assignment: {e}")));
         }
         if !matches!(self.phase, Phase::Live) {
             self.owned.extend(parts);
@@ -879,10 +886,11 @@ impl Pipeline {
     /// there needs no input re-read; one without (no changelog yet) keeps its input plan and is
     /// written to the changelog in full once rebuilt.
     fn restore_from_changelog(&mut self, plans: &mut [PartitionPlan]) -> Result<(), PipelineError> {
+        let cause = std::mem::replace(&mut self.restore_cause, "assignment");
         let Some(reader) = &self.changelog else {
             for p in plans.iter() {
                 let g = self.partitions.global(p.topic, p.partition).to_string();
-                self.metrics.partition_restores.with_label_values(&[&g, "input"]).inc();
+                self.metrics.partition_restores.with_label_values(&[&g, "input", cause]).inc();
             }
             return Ok(());
         };
@@ -912,11 +920,11 @@ impl Pipeline {
                 loaded.push(g);
                 // The changelog holds everything up to the committed offset.
                 plan.start = plan.until;
-                self.metrics.partition_restores.with_label_values(&[&label, "changelog"]).inc();
+                self.metrics.partition_restores.with_label_values(&[&label, "changelog", cause]).inc();
             } else if plan.start < plan.until {
                 info!(topic = %self.shared.inputs[plan.topic], partition = plan.partition,
                     "No changelog for this partition yet: rebuilding its state from the input topic once, then writing it to the changelog.");
-                self.metrics.partition_restores.with_label_values(&[&label, "input"]).inc();
+                self.metrics.partition_restores.with_label_values(&[&label, "input", cause]).inc();
             }
         }
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
@@ -1162,6 +1170,7 @@ impl Pipeline {
     /// counted, take in any rebalance seen meanwhile, and restore the owned partitions from
     /// their committed offsets.
     fn rewind(&mut self) -> Result<(), PipelineError> {
+        self.restore_cause = "abort";
         lock(&self.shared.offsets).clear();
         self.after_abort();
         self.on_rebalance_events()?;

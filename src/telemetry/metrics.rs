@@ -200,9 +200,9 @@ impl Metrics {
             partition_restores: IntCounterVec::new(
                 Opts::new(
                     "resetguard_partition_restores_total",
-                    "Restores of one input partition's state, by where it came from (changelog, or input: re-reading the input topic, once, when no changelog exists yet).",
+                    "Restores of one input partition's state, by where it came from (changelog, or input: re-reading the input topic, once, when no changelog exists yet) and why (assignment: the partition came to this instance; abort: an aborted transaction rolled the state back).",
                 ),
-                &["partition", "source"],
+                &["partition", "source", "cause"],
             )?,
             restore_records: IntCounterVec::new(
                 Opts::new("resetguard_restore_records_total", "Records read to restore state, by source (changelog or input)."),

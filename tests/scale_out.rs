@@ -1,0 +1,146 @@
+//! Scaling a fleet out and back in while events flow, on Apache Kafka, with `resetguard run`
+//! child processes, the changelog and the cooperative protocol (the defaults): 2 → 3 → 2
+//! instances. Only the partitions that change owner are restored; a partition that stays with its
+//! instance shows no restore (its `resetguard_partition_restores_total` series does not move);
+//! no notice is sent twice and every input has exactly its expected outcome.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::faults::*;
+use common::kafka::{unique_name, KafkaBroker};
+use common::service::*;
+
+const EVENTS: usize = 90_000;
+const PER_SECOND: u64 = 3_000;
+
+/// Input partitions an instance owns, from its consumer-lag series (one per owned partition).
+fn owned(svc: &mut Service) -> BTreeSet<String> {
+    let Some((200, text)) = svc.get("/metrics") else { return BTreeSet::new() };
+    text.lines()
+        .filter(|l| l.starts_with("resetguard_consumer_lag_messages{"))
+        .filter_map(|l| l.split("partition=\"").nth(1)?.split('"').next().map(str::to_string))
+        .collect()
+}
+
+/// Restores per partition of an instance because the partition came to it (any source). A
+/// commit that races a rebalance's generation change is refused and aborted; that restore of
+/// everything owned (`cause="abort"`) is counted apart.
+fn restores(svc: &mut Service) -> BTreeMap<String, f64> {
+    let Some((200, text)) = svc.get("/metrics") else { panic!("no metrics") };
+    let mut m = BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("resetguard_partition_restores_total{") && l.contains("cause=\"assignment\""))
+    {
+        let p = l.split("partition=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string();
+        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *m.entry(p).or_default() += v;
+    }
+    m
+}
+
+/// Waits until `fleet` owns every input partition, disjointly, each instance some.
+fn wait_spread(fleet: &mut [&mut Service]) -> Vec<BTreeSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sets: Vec<BTreeSet<String>> = fleet.iter_mut().map(|s| owned(s)).collect();
+        let all: BTreeSet<&String> = sets.iter().flatten().collect();
+        let sum: usize = sets.iter().map(BTreeSet::len).sum();
+        if sets.iter().all(|s| !s.is_empty()) && sum == PARTITIONS as usize && all.len() == sum {
+            return sets;
+        }
+        for s in fleet.iter_mut() {
+            s.assert_running("while the group formed");
+        }
+        assert!(Instant::now() < deadline, "the fleet never spread the partitions: {sets:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until every instance is ready (their logs in the panic message otherwise).
+fn ready(fleet: &mut [&mut Service]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !fleet.iter_mut().all(|s| matches!(s.get("/readyz"), Some((200, _)))) {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = fleet.iter().map(|s| log_tail(&s.log, 40)).collect();
+            panic!("not every instance turned ready; logs:\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_no_restore(what: &str, svc: &mut Service, stayed: &BTreeSet<String>, before: &BTreeMap<String, f64>) {
+    let now = restores(svc);
+    for p in stayed {
+        let why: Vec<String> = svc
+            .own_log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("Partitions"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            now.get(p),
+            before.get(p),
+            "{what}: partition {p} stayed but was restored (before {before:?}, now {now:?}); log:\n{}",
+            why.join("\n")
+        );
+    }
+}
+
+#[test]
+fn scaling_out_and_back_in_restores_only_the_partitions_that_move() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "scale");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfg: Vec<_> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| write_config(broker, &t, d.path(), &unique_name(&format!("scale-{i}")), NO_TRIP, &[], None))
+        .collect();
+    let log = |i: usize| dirs[i].path().join("service.log");
+    let inputs = crash_inputs(EVENTS);
+    let schedule: Vec<u64> = (0..inputs.len() as u64).map(|i| i * 1000 / PER_SECOND).collect();
+
+    let mut a = Service::spawn(&cfg[0], &log(0));
+    let mut b = Service::spawn(&cfg[1], &log(1));
+    ready(&mut [&mut a, &mut b]);
+    let two = wait_spread(&mut [&mut a, &mut b]);
+    let stream = Stream::start(broker, &t.input, inputs.clone(), schedule);
+    wait_committed_running(broker, &t, &mut a, EVENTS as i64 / 5, Duration::from_secs(120));
+
+    // Out: a third instance takes some partitions; those that stay restore nothing.
+    let (ra, rb) = (restores(&mut a), restores(&mut b));
+    let mut c = Service::spawn(&cfg[2], &log(2));
+    ready(&mut [&mut c, &mut a, &mut b]);
+    let three = wait_spread(&mut [&mut a, &mut b, &mut c]);
+    let stayed_a: BTreeSet<String> = two[0].intersection(&three[0]).cloned().collect();
+    let stayed_b: BTreeSet<String> = two[1].intersection(&three[1]).cloned().collect();
+    assert!(!stayed_a.is_empty() || !stayed_b.is_empty(), "some partitions stay put: {two:?} → {three:?}");
+    assert_no_restore("scale-out, instance a", &mut a, &stayed_a, &ra);
+    assert_no_restore("scale-out, instance b", &mut b, &stayed_b, &rb);
+    let moved = restores(&mut c).values().sum::<f64>();
+    assert!(moved >= three[2].len() as f64, "the new instance restored what it took: {:?}", restores(&mut c));
+    wait_committed_running(broker, &t, &mut a, EVENTS as i64 * 3 / 5, Duration::from_secs(120));
+
+    // In: the third instance stops; its partitions go back; the others' stay put.
+    let (ra, rb) = (restores(&mut a), restores(&mut b));
+    c.terminate_ok();
+    let back = wait_spread(&mut [&mut a, &mut b]);
+    let kept_a: BTreeSet<String> = three[0].intersection(&back[0]).cloned().collect();
+    let kept_b: BTreeSet<String> = three[1].intersection(&back[1]).cloned().collect();
+    assert_no_restore("scale-in, instance a", &mut a, &kept_a, &ra);
+    assert_no_restore("scale-in, instance b", &mut b, &kept_b, &rb);
+
+    let coords = stream.finish();
+    wait_committed_running(broker, &t, &mut a, EVENTS as i64, Duration::from_secs(180));
+    a.terminate_ok();
+    b.terminate_ok();
+    eprintln!("partitions: {two:?} → {three:?} → {back:?}");
+    let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
+    let expected: BTreeSet<String> =
+        inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    assert_eq!(notices, expected, "the same notices as one uninterrupted instance");
+}
