@@ -15,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::core::changelog::WATERMARK_KEY;
@@ -96,7 +96,10 @@ pub fn send_changes(
 
 /// Reads changelog partitions from their beginning (no consumer group: nothing is committed).
 pub struct ChangelogReader {
+    /// read_committed: its end offset of a partition is the last stable offset.
     consumer: BaseConsumer,
+    /// read_uncommitted, only asked for end offsets: the high watermark.
+    uncommitted: BaseConsumer,
     topic: String,
 }
 
@@ -124,7 +127,10 @@ impl ChangelogReader {
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer =
             cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
-        Ok(ChangelogReader { consumer, topic: s.topics.changelog.clone() })
+        cfg.set("isolation.level", "read_uncommitted");
+        let uncommitted: BaseConsumer =
+            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
+        Ok(ChangelogReader { consumer, uncommitted, topic: s.topics.changelog.clone() })
     }
 
     /// Partitions of the changelog topic.
@@ -136,10 +142,16 @@ impl ChangelogReader {
         Ok(md.topics().iter().find(|t| t.name() == self.topic).map_or(0, |t| t.partitions().len()))
     }
 
-    /// Reads `partitions` to their end (the last stable offset: records of transactions still
-    /// open are not state yet), handing each record to `apply` (partition, key, value or `None`
-    /// for a tombstone; `apply` returns false if the record did not decode). `beat` is called
-    /// while waiting. Fails when Kafka does not answer within `budget`.
+    /// Reads `partitions` to their end, handing each record to `apply` (partition, key, value or
+    /// `None` for a tombstone; `apply` returns false if the record did not decode). `beat` is
+    /// called while waiting. Fails when Kafka does not answer within `budget`.
+    ///
+    /// A read_committed reader sees nothing past a transaction still open, not even records
+    /// committed after it. The owner of a partition is the only live writer of its changelog
+    /// partition, so an open transaction there belongs to an instance that stopped (it ends
+    /// within `transaction.timeout.ms`) or to a fence (aborted at once): the read waits until
+    /// the last stable offset reaches the high watermark, or it could miss the state a later
+    /// owner committed behind that transaction.
     pub fn read(
         &self,
         partitions: &[u32],
@@ -154,16 +166,33 @@ impl ChangelogReader {
         let mut pending: HashMap<u32, i64> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
+            let mut waited = false;
             let (low, high) = loop {
-                match self.consumer.fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT) {
-                    Ok(w) => break w,
+                let ends = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT)
+                    .and_then(|c| Ok((c, self.uncommitted.fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT)?.1)));
+                match ends {
+                    Ok(((low, stable), end)) if stable >= end => break (low, stable),
+                    Ok(((_, stable), end)) if Instant::now() < deadline => {
+                        if !waited {
+                            info!(changelog_partition = p, last_stable = stable, end,
+                                "An open transaction (of a stopped instance, or a fence) holds the changelog partition; waiting for it to end.");
+                            waited = true;
+                        }
+                    }
+                    Ok(((_, stable), end)) => {
+                        return Err(fail(format!(
+                            "partition {p} kept an open transaction for {budget:?} (last stable offset {stable}, end {end})"
+                        )))
+                    }
                     Err(e) if Instant::now() < deadline => {
                         warn!(partition = p, error = %e, "Reading the changelog's end offsets failed; retrying.");
-                        beat();
-                        std::thread::sleep(Duration::from_millis(250));
                     }
                     Err(e) => return Err(fail(format!("end offsets of partition {p}: {e}"))),
                 }
+                beat();
+                std::thread::sleep(Duration::from_millis(100));
             };
             if high > low {
                 pending.insert(p, high);
