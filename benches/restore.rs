@@ -1,8 +1,16 @@
-//! Restore time: how long a restarted instance takes to rebuild the state of N tracked accounts
-//! (default 1,000,000, one event each) from the input topic before it turns ready, next to how
-//! long processing the same input took live, on Apache Kafka on loopback.
+//! Restore time against input volume: how long a restarted instance takes to turn ready with the
+//! state of N live accounts, when each account's state was built by E events, restoring from the
+//! changelog (the default) and, in the same run, from the input topic (`pipeline.changelog =
+//! false`, the way before the changelog), on Apache Kafka on loopback.
 //!
-//! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS` to change N).
+//! For each volume (fresh topics): produce N × E events (E passes over the accounts, every
+//! event time within the last minutes so every account stays live), process them live once,
+//! wait for the log cleaner to compact the changelog, then restart twice: changelog on, then
+//! changelog off. Prints time-to-ready (process start to every partition restored, group join
+//! included) and the records each restore read.
+//!
+//! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS`, default 1,000,000; `RESTORE_EVENTS`,
+//! events per account per volume, default `1,5`; `RESTORE_COMPACTION_WAIT_S`, default 60).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, unused_imports)]
@@ -18,13 +26,23 @@ use resetguard::config::ConfigFile;
 use resetguard::kafka::Status;
 use tokio_util::sync::CancellationToken;
 
-fn gauge(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
+/// Sum of the samples of `name` whose labels contain `label` ("" for all).
+fn metric(registry: &prometheus::Registry, name: &str, label: &str) -> f64 {
+    let Some(f) = registry.gather().into_iter().find(|f| f.name() == name) else { return 0.0 };
+    f.get_metric()
         .iter()
-        .find(|f| f.name() == name)
-        .and_then(|f| f.get_metric().first().map(|m| m.get_gauge().get_value()))
-        .unwrap_or(f64::NAN)
+        .filter(|m| {
+            m.get_label().iter().any(|l| format!("{}=\"{}\"", l.name(), l.value()) == label) || label.is_empty()
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+struct Run {
+    ready_s: f64,
+    done_s: f64,
+    tracked: f64,
+    changelog_records: f64,
 }
 
 fn main() {
@@ -33,60 +51,99 @@ fn main() {
     }
     // `cargo test --all-targets` runs bench binaries without `--bench`: a small smoke run then.
     let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("RESTORE_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full {
-        1_000_000
-    } else {
-        20_000
-    });
-    let broker = KafkaBroker::start();
-    let t = Topics::create(&broker, "restore");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = t.write_config(&broker, dir.path(), &unique_name("restore-txn"), "");
-    let t0 = now_ms() - 60_000;
-    let inputs: Vec<Input> = (0..n)
-        .map(|i| {
-            let (a, id) = (format!("acct-{i:08}"), format!("9b1deb4d-3b7d-4bad-9bdd-{i:012}"));
-            input(
-                &a,
-                ev(&id, &a, t0 + (i % 50_000) as i64, "auth-service", "new_device", 0.2),
-                Expect::NoAction,
-                Some(&id),
-            )
-        })
+    let env = |k: &str| std::env::var(k).ok();
+    let n: usize =
+        env("RESTORE_ACCOUNTS").and_then(|v| v.parse().ok()).unwrap_or(if full { 1_000_000 } else { 20_000 });
+    let volumes: Vec<usize> = env("RESTORE_EVENTS")
+        .unwrap_or_else(|| if full { "1,5".into() } else { "1,3".into() })
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let began = Instant::now();
-    produce(&broker, &t.input, &inputs);
-    eprintln!("produced {n} events in {:.1} s", began.elapsed().as_secs_f64());
-
+    let compaction_wait =
+        Duration::from_secs(env("RESTORE_COMPACTION_WAIT_S").and_then(|v| v.parse().ok()).unwrap_or(if full {
+            60
+        } else {
+            5
+        }));
+    let broker = KafkaBroker::start();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let run = |label: &str| -> (f64, f64, f64) {
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap();
-        let registry = prometheus::Registry::new();
-        let status = Arc::new(Status::default());
-        let token = CancellationToken::new();
-        let started = Instant::now();
-        let handle = rt.spawn(resetguard::app::run(settings, registry.clone(), status.clone(), token.clone()));
-        // Ready = partitions assigned and restore finished.
-        while !status.ready.load(Ordering::SeqCst) {
-            assert!(started.elapsed() < Duration::from_secs(900), "{label}: never ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let ready = started.elapsed().as_secs_f64();
-        wait_committed(&broker, &t, n as i64, Duration::from_secs(900));
-        let done = started.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_millis(300));
-        let tracked = gauge(&registry, "resetguard_tracked_accounts");
-        token.cancel();
-        rt.block_on(handle).unwrap().unwrap();
-        (ready, done, tracked)
-    };
-    let (ready1, done1, tracked1) = run("first run");
-    println!("first run: ready after {ready1:.2} s (nothing to restore), all {n} events processed live after {done1:.2} s, tracked accounts {tracked1}");
-    let (ready2, _, tracked2) = run("restart");
-    assert_eq!(tracked2 as usize, n, "every account's state is back after the restart");
-    println!(
-        "restart: state of {tracked2} accounts restored from the input topic and ready after {ready2:.2} s ({:.0} events/s restore incl. group join)",
-        n as f64 / ready2
-    );
+    let mut table = Vec::new();
+    for &e in &volumes {
+        let t = Topics::create(&broker, &format!("restore{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = t.write_config(&broker, dir.path(), &unique_name("restore-txn"), "");
+        let events = n * e;
+        let t0 = now_ms() - 600_000;
+        let inputs: Vec<Input> = (0..events)
+            .map(|i| {
+                let a = format!("acct-{:08}", i % n);
+                let id = format!("9b1deb4d-3b7d-4bad-9bdd-{i:012}");
+                // Pass k over the accounts is k × 100 s later in event time: in order, never late.
+                let at = t0 + (i / n) as i64 * 100_000 + (i % n) as i64 / 20;
+                input(&a, ev(&id, &a, at, "auth-service", "new_device", 0.2), Expect::NoAction, Some(&id))
+            })
+            .collect();
+        let began = Instant::now();
+        produce(&broker, &t.input, &inputs);
+        drop(inputs);
+        eprintln!("volume {e}: produced {events} events in {:.1} s", began.elapsed().as_secs_f64());
+        let run = |label: &str, changelog: bool, wait_all: bool| -> Run {
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let mut settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap();
+            settings.changelog = changelog;
+            let registry = prometheus::Registry::new();
+            let status = Arc::new(Status::default());
+            let token = CancellationToken::new();
+            let started = Instant::now();
+            let handle = rt.spawn(resetguard::app::run(settings, registry.clone(), status.clone(), token.clone()));
+            while !status.ready.load(Ordering::SeqCst) {
+                assert!(started.elapsed() < Duration::from_secs(1800), "{label}: never ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let ready_s = started.elapsed().as_secs_f64();
+            if wait_all {
+                wait_committed(&broker, &t, events as i64, Duration::from_secs(1800));
+            }
+            let done_s = started.elapsed().as_secs_f64();
+            // Let the first commit after the restore (and the gauges) come round.
+            std::thread::sleep(Duration::from_millis(500));
+            let r = Run {
+                ready_s,
+                done_s,
+                tracked: metric(&registry, "resetguard_tracked_accounts", ""),
+                changelog_records: metric(&registry, "resetguard_restore_records_total", "source=\"changelog\""),
+            };
+            token.cancel();
+            rt.block_on(handle).unwrap().unwrap();
+            r
+        };
+        let live = run("live", true, true);
+        eprintln!(
+            "volume {e}: processed live in {:.1} s ({:.0} events/s); waiting {compaction_wait:?} for the log cleaner",
+            live.done_s,
+            events as f64 / live.done_s
+        );
+        std::thread::sleep(compaction_wait);
+        let from_changelog = run("changelog restore", true, false);
+        assert_eq!(from_changelog.tracked as usize, n, "every account's state is back from the changelog");
+        let from_input = run("input restore", false, false);
+        assert_eq!(from_input.tracked as usize, n, "every account's state is back from the input");
+        eprintln!(
+            "volume {e}: ready after {:.2} s from the changelog ({} records read), {:.2} s from the input ({} events re-read)",
+            from_changelog.ready_s, from_changelog.changelog_records, from_input.ready_s, events
+        );
+        table.push((e, events, from_changelog, from_input));
+    }
+    println!("\n== restore bench (N = {n} live accounts)");
+    println!("| events per account | input events | changelog: ready (s) | changelog records read | input re-read: ready (s) | ratio input / changelog |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (e, events, c, i) in &table {
+        println!(
+            "| {e} | {events} | {:.2} | {:.0} | {:.2} | {:.1}× |",
+            c.ready_s,
+            c.changelog_records,
+            i.ready_s,
+            i.ready_s / c.ready_s
+        );
+    }
 }
