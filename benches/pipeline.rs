@@ -458,10 +458,11 @@ struct Rg {
     stopped: Stopped,
 }
 
-fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, run: usize) -> Rg {
-    let out = Outputs::create(broker, &format!("tp{run}"), opts.partitions);
+fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, run: usize, changelog: bool) -> Rg {
+    let out = Outputs::create(broker, &format!("tp{run}{}", if changelog { "" } else { "nc" }), opts.partitions);
     let group = unique_name("bench-rg");
-    let s = settings(broker, dir, input, &out, &group, opts);
+    let mut s = settings(broker, dir, input, &out, &group, opts);
+    s.changelog = changelog;
     // Reads the group's committed offsets (require-stable) without joining the group.
     let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
     kafka::warm_up(monitor.client());
@@ -727,19 +728,33 @@ fn main() {
     let bare_settings = settings(&broker, dir.path(), &input, &probe_out, "unused", &opts);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
+    // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
+    let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
     let mut last_rg = None;
     if opts.warmup {
         // The broker JVM is fresh (C1-only JIT): one unmeasured round of each warms it up.
         let t = Instant::now();
         let _ = bare_run(&bare_settings, &input, n as u64);
-        let _ = rg_run(&broker, dir.path(), &input, &opts, n as u64, usize::MAX);
+        let _ = rg_run(&broker, dir.path(), &input, &opts, n as u64, usize::MAX, true);
         eprintln!("warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
         eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
         bare_rates.push(b.rate);
-        let r = rg_run(&broker, dir.path(), &input, &opts, n as u64, run);
+        let r = rg_run(&broker, dir.path(), &input, &opts, n as u64, run, true);
+        let off = rg_run(&broker, dir.path(), &input, &opts, n as u64, run, false);
+        eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
+        off_rates.push(off.rate);
+        let bytes: f64 = r
+            .stopped
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "resetguard_changelog_bytes_total")
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()).collect::<Vec<_>>())
+            .sum();
+        changelog_bytes.push(bytes / n as f64);
         let st = &r.stopped;
         let commit_h = histogram(&st.registry, "resetguard_transaction_commit_seconds");
         let (cc, cs) = commit_h.as_ref().map_or((0, 0.0), |h| (h.0, h.1));
@@ -777,6 +792,14 @@ fn main() {
     let _ = writeln!(report, "bare consumer:   median {bm:>9.0} msgs/s   (runs: {})", list(&bare_rates));
     let _ = writeln!(report, "resetguard EOS:  median {rm:>9.0} events/s (runs: {})", list(&rg_rates));
     let _ = writeln!(report, "  steady (first..last commit): median {sm:.0} events/s (runs: {})", list(&steady_rates));
+    let om = median(&off_rates);
+    let _ = writeln!(
+        report,
+        "changelog cost: with / without {:.2} (without: median {om:.0} events/s, runs: {}); changelog bytes per input event (key + value, before compression): {:.1}",
+        rm / om,
+        list(&off_rates),
+        median(&changelog_bytes)
+    );
     let _ = writeln!(
         report,
         "ratio resetguard / bare: {:.2} (per round: {})",
