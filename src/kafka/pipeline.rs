@@ -458,6 +458,9 @@ struct Pipeline {
     cooperative: bool,
     /// Why the next restore happens (`assignment` or `abort`), for the restore metrics.
     restore_cause: &'static str,
+    /// Counts re-positionings of the whole assignment (`set_fetch`): a message fetched before
+    /// one is stale.
+    fetch_epoch: u64,
     total_partitions: usize,
     lookback_ms: i64,
     plan_budget: Duration,
@@ -587,6 +590,7 @@ impl Pipeline {
             partitions,
             cooperative,
             restore_cause: "assignment",
+            fetch_epoch: 0,
             total_partitions,
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
@@ -649,10 +653,12 @@ impl Pipeline {
             let polled = consumer.poll(wait);
             // A message polled together with a rebalance belongs to the old assignment: it is
             // fetched again from the committed offsets.
+            let epoch = self.fetch_epoch;
             let rebalanced = self.on_rebalance_events()?;
             match polled {
-                // With the cooperative protocol, partitions that stayed keep their position.
-                Some(Ok(m)) if !rebalanced || self.kept(&m) => self.on_message(&m)?,
+                // With the cooperative protocol, partitions that stayed keep their position
+                // (unless the whole assignment was re-positioned meanwhile).
+                Some(Ok(m)) if !rebalanced || (self.fetch_epoch == epoch && self.kept(&m)) => self.on_message(&m)?,
                 Some(Ok(_)) => {}
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     return Err(PipelineError::Fatal(format!("the consumer failed: {code}")));
@@ -967,7 +973,8 @@ impl Pipeline {
 
     /// Fetches exactly `tpl` (partitions at offsets). Under the cooperative protocol the
     /// assignment may only change incrementally: what is assigned is taken away, then `tpl` added.
-    fn set_fetch(&self, tpl: &TopicPartitionList) -> Result<(), KafkaError> {
+    fn set_fetch(&mut self, tpl: &TopicPartitionList) -> Result<(), KafkaError> {
+        self.fetch_epoch += 1;
         if !self.cooperative {
             return self.consumer.assign(tpl);
         }
