@@ -125,6 +125,17 @@ impl ChangelogReader {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest");
+        for (k, v) in [
+            // librdkafka's default (1 s) stalls a reader faster than its fetcher each time the
+            // queue refills: a restore would wait more than it reads.
+            ("fetch.queue.backoff.ms", "10"),
+            ("fetch.max.bytes", "104857600"),
+            ("max.partition.fetch.bytes", "16777216"),
+        ] {
+            if !s.kafka.contains_key(k) {
+                cfg.set(k, v);
+            }
+        }
         let consumer: BaseConsumer =
             cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
         cfg.set("isolation.level", "read_uncommitted");
