@@ -1,5 +1,5 @@
 //! Scaling a fleet out and back in while events flow, on Apache Kafka, with `resetguard run`
-//! child processes, the changelog and the cooperative protocol (the defaults): 2 → 3 → 2
+//! child processes, the changelog (the default) and the cooperative protocol (opt-in): 2 → 3 → 2
 //! instances. Only the partitions that change owner are restored; a partition that stays with its
 //! instance shows no restore (its `resetguard_partition_restores_total` series does not move);
 //! no notice is sent twice and every input has exactly its expected outcome.
@@ -98,7 +98,18 @@ fn scaling_out_and_back_in_restores_only_the_partitions_that_move() {
     let cfg: Vec<_> = dirs
         .iter()
         .enumerate()
-        .map(|(i, d)| write_config(broker, &t, d.path(), &unique_name(&format!("scale-{i}")), NO_TRIP, &[], None))
+        .map(|(i, d)| {
+            let txn = unique_name(&format!("scale-{i}"));
+            write_config(
+                broker,
+                &t,
+                d.path(),
+                &txn,
+                NO_TRIP,
+                &[("partition.assignment.strategy", "cooperative-sticky")],
+                None,
+            )
+        })
         .collect();
     let log = |i: usize| dirs[i].path().join("service.log");
     let inputs = crash_inputs(EVENTS);

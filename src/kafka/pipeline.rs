@@ -286,13 +286,20 @@ impl Ctx {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = parts.len(), "Partitions taken from the assignment.");
-                if leaving {
+                let lost = consumer.assignment_lost();
+                if leaving || lost {
+                    // Leaving: the open transaction is committed already. Lost: its offsets would
+                    // be refused; the loop aborts it. Either way the member may rejoin at once
+                    // (the loop may be inside a wait that polls, e.g. fencing a new producer,
+                    // which needs a valid group membership).
                     if let Err(e) = unassign_some(consumer, tpl) {
                         warn!(error = %e, "Removing partitions from the assignment failed.");
                     }
+                }
+                if leaving {
                     lock(&s.events).push(RebalanceEvent::Revoked { committed: true });
                 } else {
-                    lock(&s.events).push(RebalanceEvent::RevokedSome { parts, lost: consumer.assignment_lost() });
+                    lock(&s.events).push(RebalanceEvent::RevokedSome { parts, lost });
                 }
             }
             other => error!(code = ?other, "Rebalance error."),
@@ -806,8 +813,11 @@ impl Pipeline {
         for &(t, p) in parts {
             tpl.add_partition(&self.shared.inputs[t], p);
         }
-        if let Err(e) = unassign_some(&self.consumer, &tpl) {
-            warn!(error = %e, "Removing partitions from the assignment failed.");
+        if !lost {
+            // A lost assignment was given up in the callback already.
+            if let Err(e) = unassign_some(&self.consumer, &tpl) {
+                warn!(error = %e, "Removing partitions from the assignment failed.");
+            }
         }
         self.status.assigned_partitions.store(self.owned.len(), Ordering::SeqCst);
         info!(removed = parts.len(), owned = self.owned.len(), committed = ended.is_ok(), "Partitions removed.");
