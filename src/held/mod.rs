@@ -38,14 +38,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::core::event::format_rfc3339_ms;
 use crate::core::outcome::NOTICE_SCHEMA;
-use crate::kafka::client::{output_topics, producer_config};
+use crate::kafka::client::{output_topics, producer_config, reader_config};
 use crate::kafka::txn::{TxnError, TxnWriter, NO_TAG};
 
 pub use pace::Pacer;
@@ -431,19 +431,7 @@ fn kafka_err(what: &str, e: impl std::fmt::Display) -> HeldError {
 
 /// A consumer that reads topics by assignment (never joins its group, never commits).
 fn reader(settings: &Settings) -> Result<BaseConsumer, HeldError> {
-    let mut c = ClientConfig::new();
-    for (k, v) in &settings.kafka {
-        c.set(k, v);
-    }
-    c.set("group.id", format!("{}-held-reader", settings.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    if !settings.kafka.contains_key("fetch.queue.backoff.ms") {
-        c.set("fetch.queue.backoff.ms", "10");
-    }
+    let c = reader_config(settings, "held");
     c.create().map_err(|e| kafka_err("cannot create a Kafka consumer", e))
 }
 

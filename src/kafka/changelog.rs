@@ -22,6 +22,7 @@ use crate::core::changelog::WATERMARK_KEY;
 use crate::core::Engine;
 use crate::telemetry::Metrics;
 
+use super::client::reader_config;
 use super::pipeline::PipelineError;
 use super::txn::{TxnError, TxnWriter, NO_TAG};
 
@@ -116,22 +117,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ChangelogReader {
     pub fn new(s: &Settings) -> Result<ChangelogReader, PipelineError> {
-        let mut cfg = rdkafka::ClientConfig::new();
-        for (k, v) in &s.kafka {
-            cfg.set(k, v);
-        }
-        cfg.set("group.id", format!("{}-changelog-reader", s.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
-        for (k, v) in [
-            // librdkafka's default (1 s) stalls a reader faster than its fetcher each time the
-            // queue refills: a restore would wait more than it reads.
-            ("fetch.queue.backoff.ms", "10"),
-            ("fetch.max.bytes", "104857600"),
-            ("max.partition.fetch.bytes", "16777216"),
-        ] {
+        let mut cfg = reader_config(s, "changelog");
+        for (k, v) in [("fetch.max.bytes", "104857600"), ("max.partition.fetch.bytes", "16777216")] {
             if !s.kafka.contains_key(k) {
                 cfg.set(k, v);
             }

@@ -53,6 +53,25 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
     c
 }
 
+/// A consumer that reads topics by assignment from their beginning (never joins its group,
+/// never commits): `read_committed`, the end of a partition reported, and the same fetch
+/// back-off as the input consumer. `role` names its group id (`<group>-<role>-reader`).
+pub fn reader_config(s: &Settings, role: &str) -> ClientConfig {
+    let mut c = base(&s.kafka);
+    c.set("group.id", format!("{}-{role}-reader", s.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    if !s.kafka.contains_key("fetch.queue.backoff.ms") {
+        // librdkafka's default (1 s) stalls a reader faster than its fetcher each time the
+        // queue refills.
+        c.set("fetch.queue.backoff.ms", "10");
+    }
+    c
+}
+
 /// Whether the consumer uses the cooperative (incremental) rebalance protocol.
 pub fn cooperative(s: &Settings) -> bool {
     consumer_config(s).get("partition.assignment.strategy").is_some_and(|v| v.contains("cooperative"))

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::core::Engine;
 
+use super::client::reader_config;
 use super::control::{parse, Control};
 use super::pipeline::PipelineError;
 use super::txn::FENCE_MARK;
@@ -29,14 +30,8 @@ pub struct ControlReader {
 impl ControlReader {
     /// A reader of the whole control topic, positioned at its beginning.
     pub fn new(s: &Settings) -> Result<ControlReader, PipelineError> {
-        let mut cfg = rdkafka::ClientConfig::new();
-        for (k, v) in &s.kafka {
-            cfg.set(k, v);
-        }
-        cfg.set("group.id", format!("{}-control-reader", s.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false");
+        let mut cfg = reader_config(s, "control");
+        cfg.set("enable.partition.eof", "false");
         let c: BaseConsumer =
             cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
         let md = c

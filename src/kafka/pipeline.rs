@@ -468,7 +468,6 @@ struct Pipeline {
     /// Counts re-positionings of the whole assignment (`set_fetch`): a message fetched before
     /// one is stale.
     fetch_epoch: u64,
-    total_partitions: usize,
     lookback_ms: i64,
     plan_budget: Duration,
     /// Largest DLQ payload that fits the DLQ topic and the producer.
@@ -598,7 +597,6 @@ impl Pipeline {
             cooperative,
             restore_cause: "assignment",
             fetch_epoch: 0,
-            total_partitions,
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
             // (transaction.timeout.ms, then the coordinator's abort sweep): wait that out twice.
@@ -844,8 +842,13 @@ impl Pipeline {
     /// This instance's share of the fleet's caps changed with its partitions: the caps follow
     /// (the limiters start empty, so no budget is minted by moving partitions around).
     fn reshare(&mut self) {
-        let share = self.owned.len() as f64 / self.total_partitions.max(1) as f64;
+        let share = self.share();
         self.engine.breaker_mut().set_share(share);
+    }
+
+    /// Owned / all input partitions: this instance's share of the fleet's caps.
+    fn share(&self) -> f64 {
+        self.owned.len() as f64 / self.partitions.total().max(1) as f64
     }
 
     /// The partitions were revoked: nothing is owned until the next assignment.
@@ -860,7 +863,7 @@ impl Pipeline {
     /// Plans and starts the restore of every owned partition, from a clean engine.
     fn restore_all(&mut self) -> Result<(), PipelineError> {
         self.set_ready(false);
-        let share = self.owned.len() as f64 / self.total_partitions.max(1) as f64;
+        let share = self.share();
         self.engine.begin_restore(share);
         if self.owned.is_empty() {
             self.phase = Phase::Idle;
@@ -1400,7 +1403,7 @@ impl Pipeline {
             }
         }
         for (t, topic) in self.shared.inputs.iter().enumerate() {
-            for p in 0..self.total_partitions as i32 {
+            for p in 0..self.partitions.total() as i32 {
                 if !self.owned.contains(&(t, p)) {
                     let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &p.to_string()]);
                 }

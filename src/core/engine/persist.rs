@@ -88,25 +88,6 @@ impl Engine {
         n
     }
 
-    /// Marks every account and the watermark of `partition` as changed: the next drain writes
-    /// the partition's whole state (after it was rebuilt from the input topic).
-    pub fn mark_changed(&mut self, partition: u32) {
-        let Some(mut c) = self.changes.take() else { return };
-        let p = partition as u16;
-        for key in self.accounts.keys_of(p) {
-            c.touch(key, p);
-        }
-        for (&key, cd) in &self.ledger {
-            if cd.partition == p {
-                c.touch(key, p);
-            }
-        }
-        if (partition as usize) < self.max_event_ms.len() {
-            c.touch_partition(p);
-        }
-        self.changes = Some(c);
-    }
-
     /// Drops the state of a partition this instance no longer owns (accounts whose last event
     /// came from it, their cooldowns, its watermark). Dedupe memory is shared and stays.
     pub fn forget_partition_state(&mut self, partition: u32) {
