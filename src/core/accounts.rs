@@ -4,12 +4,13 @@
 //!
 //! Memory is the design constraint (≤ 160 bytes per tracked account at 1 million accounts): an
 //! index of `u32` slot numbers (hashed by the account key, which lives in the slot) plus a dense
-//! `Vec<Slot>`; signals are 8-byte entries stored inline for up to two events; evidence ids of one
-//! account share a single allocation.
+//! `Vec<Slot>`; signals are 8-byte entries stored inline for up to three events; evidence ids of
+//! one account share a single allocation, packed (a UUID in 17 bytes, see [`super::evidence`]).
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+use super::evidence;
 use super::policy::{Policy, MAX_SIGNALS};
 
 /// Most evidence `event_id`s kept per account (and reported per decision).
@@ -53,10 +54,9 @@ pub struct Slow {
 #[derive(Debug)]
 struct Slot {
     key: u64,
-    ring: SmallVec<[Entry; 2]>,
-    /// Newest `min(ring.len(), MAX_EVIDENCE)` event ids, oldest first, joined by '\n' (ids cannot
-    /// contain control characters, the contract rejects them).
-    ids: Option<Box<str>>,
+    ring: SmallVec<[Entry; INLINE_ENTRIES]>,
+    /// Newest `min(ring.len(), MAX_EVIDENCE)` event ids, oldest first, packed ([`evidence`]).
+    ids: Option<Box<[u8]>>,
     slow: Slow,
     /// Processing time of the last update, seconds.
     touched_s: u32,
@@ -69,13 +69,17 @@ struct Slot {
 pub struct AccountView<'a> {
     pub partition: u16,
     pub ring: &'a [Entry],
-    /// Evidence ids of the newest entries, oldest first, joined by '\n'.
-    pub ids: Option<&'a str>,
+    /// Evidence ids of the newest entries, oldest first, packed ([`evidence`]).
+    pub ids: Option<&'a [u8]>,
     pub slow: Slow,
     pub touched_s: u32,
 }
 
 const FREE: u64 = 0;
+
+/// Signals kept in the slot itself; more spill to the heap. Three covers the typical takeover
+/// (a few signals within the window) without a second allocation.
+const INLINE_ENTRIES: usize = 3;
 
 /// What the short and slow windows say after adding one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +127,7 @@ pub struct AccountStore {
     weights: [f32; MAX_SIGNALS],
     caps: [f32; MAX_SIGNALS],
     /// Reused buffer for rebuilding an account's evidence ids (no allocation per event).
-    scratch: String,
+    scratch: Vec<u8>,
 }
 
 impl AccountStore {
@@ -145,7 +149,7 @@ impl AccountStore {
             idle_ttl_s: policy.idle_ttl.as_secs() as u32,
             weights,
             caps,
-            scratch: String::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -279,7 +283,7 @@ impl AccountStore {
             start_s: slot.ring.iter().map(|e| e.t).min().unwrap_or(0),
             end_s: slot.ring.iter().map(|e| e.t).max().unwrap_or(0),
             contributions,
-            evidence: slot.ids.as_deref().map(|s| s.split('\n').map(str::to_string).collect()).unwrap_or_default(),
+            evidence: slot.ids.as_deref().map(evidence::to_strings).unwrap_or_default(),
         })
     }
 
@@ -305,11 +309,7 @@ impl AccountStore {
             None => self.allocate(key),
         };
         let ring = &v.ring[v.ring.len().saturating_sub(self.max_events)..];
-        let ids = v.ids.filter(|i| !i.is_empty()).map(|i| {
-            let n = i.split('\n').count();
-            let skip = n.saturating_sub(ring.len().min(MAX_EVIDENCE));
-            i.splitn(skip + 1, '\n').last().map_or_else(|| Box::from(""), Box::from)
-        });
+        let ids = v.ids.filter(|i| !i.is_empty()).map(|i| Box::from(evidence::newest(i, ring.len().min(MAX_EVIDENCE))));
         let slot = &mut self.slots[idx];
         slot.ring = SmallVec::from_slice(ring);
         slot.ids = if ring.is_empty() { None } else { ids };
@@ -432,11 +432,11 @@ impl Slot {
     }
 }
 
-/// Keeps the evidence ids aligned with the ring: writes into `out` the ids of surviving entries (at
-/// most `MAX_EVIDENCE - 1` of them) plus the new one.
+/// Keeps the evidence ids aligned with the ring: writes into `out` the packed ids of surviving
+/// entries (at most `MAX_EVIDENCE - 1` of them) plus the new one.
 fn rebuild_ids(
-    out: &mut String,
-    old: Option<&str>,
+    out: &mut Vec<u8>,
+    old: Option<&[u8]>,
     old_len: usize,
     kept_flags: &[bool],
     drop_oldest: bool,
@@ -444,10 +444,10 @@ fn rebuild_ids(
 ) {
     out.clear();
     if let Some(old) = old {
-        let ids: SmallVec<[&str; MAX_EVIDENCE]> = old.split('\n').collect();
+        let ids: SmallVec<[&[u8]; MAX_EVIDENCE]> = evidence::items(old).collect();
         // ids[k] belongs to ring position old_len - ids.len() + k.
         let first_pos = old_len.saturating_sub(ids.len());
-        let mut survivors: SmallVec<[&str; MAX_EVIDENCE]> = SmallVec::new();
+        let mut survivors: SmallVec<[&[u8]; MAX_EVIDENCE]> = SmallVec::new();
         for (k, id) in ids.iter().enumerate() {
             let pos = first_pos + k;
             if kept_flags.is_empty() || kept_flags.get(pos).copied().unwrap_or(true) {
@@ -461,24 +461,20 @@ fn rebuild_ids(
         }
         let skip = survivors.len().saturating_sub(MAX_EVIDENCE - 1);
         for id in &survivors[skip..] {
-            out.push_str(id);
-            out.push('\n');
+            out.extend_from_slice(id);
         }
     }
-    out.push_str(new_id);
+    evidence::push(out, new_id);
 }
 
-/// The account's new evidence ids as a boxed string, reusing the old allocation when the length
-/// is unchanged (the steady state with fixed-length ids such as UUIDs: one id in, one out), so
-/// such an update allocates nothing; otherwise one exact-size allocation.
-fn store_ids(old: Option<Box<str>>, new: &str) -> Box<str> {
+/// The account's new evidence ids, reusing the old allocation when the length is unchanged (the
+/// steady state with fixed-length ids such as UUIDs: one id in, one out), so such an update
+/// allocates nothing; otherwise one exact-size allocation.
+fn store_ids(old: Option<Box<[u8]>>, new: &[u8]) -> Box<[u8]> {
     match old {
-        Some(b) if b.len() == new.len() => {
-            // `into_string` and `into_boxed_str` keep the buffer: its capacity equals its length.
-            let mut s = b.into_string();
-            s.clear();
-            s.push_str(new);
-            s.into_boxed_str()
+        Some(mut b) if b.len() == new.len() => {
+            b.copy_from_slice(new);
+            b
         }
         _ => Box::from(new),
     }

@@ -193,7 +193,7 @@ pub struct Breaker {
     max_step_ms: i64,
     /// This instance's share of the fleet's caps (its share of the input partitions), 0..=1.
     share: f64,
-    /// Whether `set_share` ran before (later changes start the limiters empty, see there).
+    /// Whether `set_share` ran before (later changes carry the limiters' budget, see there).
     share_set: bool,
     /// Stale decisions (old events) in the current minute, and that minute.
     stale_minute: i64,
@@ -206,6 +206,17 @@ pub struct Breaker {
     carried_overrides: Vec<(String, bool, i64)>,
     /// Trips of other instances of the fleet (cell, when), kept so a restore can apply them again.
     fleet_trips: Vec<(String, i64)>,
+}
+
+/// The budget a re-scaled limiter starts with.
+#[derive(Clone, Copy, Debug)]
+enum Refill {
+    /// A full (scaled) burst.
+    Full,
+    /// Nothing: the budget refills at the new rate.
+    Empty,
+    /// What the old limiter had left times this factor (≤ 1), at most the new burst.
+    Carry(f64),
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -271,7 +282,7 @@ impl Breaker {
         });
         let i = self.cells.len() - 1;
         if self.share < 1.0 {
-            self.rescale(i, false);
+            self.rescale(i, Refill::Full);
         }
         self.names.insert(name.to_string(), idx);
         idx
@@ -301,15 +312,23 @@ impl Breaker {
     /// Sets this instance's share of the fleet-wide caps (assigned / total input partitions), so
     /// the caps hold for the fleet: rates and bursts are scaled down (bursts rounded down, so the
     /// shares of all instances never add up to more than the whole). Only an instance that owns
-    /// every partition at its first assignment starts with a full burst; every other change
-    /// starts the limiters empty, so joining a fleet or rebalancing never mints extra bursts.
+    /// every partition at its first assignment starts with a full burst; one that joins a fleet
+    /// starts empty. A later change carries the budget left: scaled down with a smaller share,
+    /// kept (not scaled up) with a larger one. So a rebalance neither mints budget (the fleet's
+    /// instances together never hold more than before) nor throws the saved budget away.
     pub fn set_share(&mut self, share: f64) {
         let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
-        let drain = self.share_set || share < 1.0;
+        let refill = if self.share_set {
+            Refill::Carry((share / self.share.max(f64::MIN_POSITIVE)).min(1.0))
+        } else if share < 1.0 {
+            Refill::Empty
+        } else {
+            Refill::Full
+        };
         self.share = share;
         self.share_set = true;
         for i in 0..self.cells.len() {
-            self.rescale(i, drain);
+            self.rescale(i, refill);
         }
     }
 
@@ -338,7 +357,7 @@ impl Breaker {
         b.ramp = self.ramp;
         b.ramp_tenths = self.ramp_tenths;
         for i in 0..b.cells.len() {
-            b.rescale(i, false);
+            b.rescale(i, Refill::Full);
         }
         b.carried_overrides = self
             .cells
@@ -422,7 +441,9 @@ impl Breaker {
         true
     }
 
-    fn rescale(&mut self, i: usize, drain: bool) {
+    /// Sets cell `i`'s limiter to the caps in force now (policy × share × ramp); `refill` says
+    /// what budget the new limiter starts with.
+    fn rescale(&mut self, i: usize, refill: Refill) {
         let (rate, burst) = if i == GLOBAL as usize {
             (self.policy.global_rate_per_minute, self.policy.global_burst)
         } else {
@@ -437,16 +458,24 @@ impl Breaker {
         let share = self.share;
         let c = &mut self.cells[i];
         c.floor = ((f64::from(floor) * share).floor() as u32).max(1);
+        // What is left in the old limiter, probed by taking one (the old limiter is dropped).
+        let left = match c.limiter.check() {
+            Ok(state) if !c.no_budget => state.remaining_burst_capacity() + 1,
+            _ => 0,
+        };
         c.no_budget = scaled_rate <= 0.0 || scaled_burst == 0;
         let period = Duration::from_secs_f64(60.0 / scaled_rate.max(1e-6)).min(Duration::from_secs(365 * 86_400));
         let q = Quota::with_period(period).unwrap_or_else(|| quota(rate, burst)).allow_burst(nz(scaled_burst));
         c.limiter =
             RateLimiter::direct_with_clock(q, self.clock.clone()).with_middleware::<StateInformationMiddleware>();
-        if drain {
-            for _ in 0..scaled_burst {
-                if c.limiter.check().is_err() {
-                    break;
-                }
+        let keep = match refill {
+            Refill::Full => scaled_burst,
+            Refill::Empty => 0,
+            Refill::Carry(ratio) => ((f64::from(left) * ratio).floor() as u32).min(scaled_burst),
+        };
+        for _ in keep..scaled_burst {
+            if c.limiter.check().is_err() {
+                break;
             }
         }
     }
@@ -488,9 +517,10 @@ impl Breaker {
                 if now >= end { 10 } else { (1 + ((now - start).max(0) * 9 / (end - start).max(1)) as u32).min(10) };
             if tenths != self.ramp_tenths {
                 self.ramp_tenths = tenths;
-                // Each step starts empty: a ramp never mints a burst.
+                // Each step keeps what was left of the last one's budget: a ramp never mints a
+                // burst, and a step up does not throw away what the last step had saved.
                 for i in 0..self.cells.len() {
-                    self.rescale(i, true);
+                    self.rescale(i, Refill::Carry(1.0));
                 }
             }
             if tenths == 10 {
@@ -511,7 +541,7 @@ impl Breaker {
         self.ramp = Some((now, now + len));
         self.ramp_tenths = 1;
         for i in 0..self.cells.len() {
-            self.rescale(i, true);
+            self.rescale(i, Refill::Empty);
         }
     }
 
@@ -1114,12 +1144,34 @@ mod tests {
         assert_eq!(sent, 0, "no fresh burst when joining");
         let sent = (0..200).filter(|i| b.check(c, T0 + 20 * 60_000 + i) == Verdict::Send).count();
         assert_eq!(sent, 30, "after a long quiet time: a third of the burst");
-        // A rebalance changes the share: the new limiters start empty.
+        // A rebalance changes the share: the budget left (none) is carried, no fresh burst.
         b.set_share(2.0 / 3.0);
         let sent = (0..200).filter(|i| b.check(c, T0 + 300 + i) == Verdict::Send).count();
         assert_eq!(sent, 0, "no fresh burst after a rebalance");
         b.set_share(0.0);
         assert!(matches!(b.check(c, T0 + 120_000), Verdict::Hold { .. }), "no partitions, no budget");
+    }
+
+    #[test]
+    fn a_share_change_carries_the_budget_left_scaled_down_never_up() {
+        let mut p = policy();
+        p.global_burst = 100;
+        p.cell_burst = 100;
+        p.global_rate_per_minute = 1;
+        p.cell_rate_per_minute = 1;
+        p.spike_floor = 100_000;
+        p.global_spike_floor = 100_000;
+        let sends = |b: &mut Breaker, c: u8, at: i64| (0..300).filter(|i| b.check(c, at + i) == Verdict::Send).count();
+        let mut b = Breaker::new(p.clone());
+        let c = b.cell_for("s");
+        b.set_share(1.0);
+        assert_eq!((0..40).filter(|i| b.check(c, T0 + i) == Verdict::Send).count(), 40);
+        // 60 left; half the partitions go elsewhere: half of what is left stays here (30).
+        b.set_share(0.5);
+        // Growing back keeps what is left, it does not refill to the larger burst.
+        assert_eq!((0..10).filter(|i| b.check(c, T0 + 100 + i) == Verdict::Send).count(), 10);
+        b.set_share(1.0);
+        assert_eq!(sends(&mut b, c, T0 + 200), 20, "30 − 10 carried over, no fresh burst");
     }
 
     #[test]

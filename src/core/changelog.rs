@@ -9,24 +9,35 @@
 //! key   b'a' ++ account hash (u64, big-endian)     account record, or a tombstone (no value)
 //!       b'w'                                      the partition's watermark record
 //!
-//! account record, version 1
-//!   u8  version = 1
+//! account record, version 2 (version 1 is still read)
+//!   u8  version = 2
 //!   u8  flags: 1 = window state follows, 2 = cooldown follows
 //!   u8  n, then n × (u8 len, len bytes UTF-8)       names the record refers to by index
 //!   window:   u32 touched_s, f32 slow_cur, f32 slow_prev, u32 slow_bucket,
 //!             u8 n, n × u8 name   (signal kinds of the current slow bucket)
 //!             u8 n, n × u8 name   (signal kinds of the previous slow bucket)
 //!             u8 n, n × (u32 t_s, u16 risk_q, u8 signal name, u8 cell name)
-//!             u16 len, len bytes   (newest evidence ids, oldest first, joined by '\n')
+//!             u16 len, len bytes   (newest evidence ids, oldest first, packed as in
+//!                                   `core::evidence`: a UUID in 17 bytes; version 1: the
+//!                                   ids as text joined by '\n')
 //!   cooldown: u32 until_s (event time), i64 decided_at_ms (engine clock), u8 cell name
 //!
 //! watermark record, version 1
 //!   u8 version = 1, i64 newest event time of the partition (ms)
 //! ```
 
+use std::borrow::Cow;
+
 use smallvec::SmallVec;
 
-pub const VERSION: u8 = 1;
+use super::evidence;
+
+/// Version of the account records written.
+pub const VERSION: u8 = 2;
+/// The first version: evidence ids as text.
+const VERSION_1: u8 = 1;
+/// Version of the watermark records.
+const WATERMARK_VERSION: u8 = 1;
 const HAS_WINDOW: u8 = 1;
 const HAS_COOLDOWN: u8 = 2;
 pub const WATERMARK_KEY: &[u8] = b"w";
@@ -73,7 +84,8 @@ pub struct WindowRecord<'a> {
     pub kinds_cur: SmallVec<[u8; 8]>,
     pub kinds_prev: SmallVec<[u8; 8]>,
     pub entries: SmallVec<[RecEntry; 4]>,
-    pub ids: &'a str,
+    /// Evidence ids, packed ([`evidence`]).
+    pub ids: Cow<'a, [u8]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +129,8 @@ pub enum DecodeError {
     Utf8,
     #[error("changelog record refers to name {0}, past its name table")]
     Name(u8),
+    #[error("changelog record's evidence ids are not well-formed")]
+    Evidence,
 }
 
 /// Appends the record to `out`.
@@ -146,7 +160,8 @@ pub fn encode(r: &AccountRecord<'_>, out: &mut Vec<u8>) {
             out.push(e.signal);
             out.push(e.cell);
         }
-        let ids = &w.ids.as_bytes()[..w.ids.len().min(u16::MAX as usize)];
+        // At most 10 ids of at most 515 bytes each: far below the u16 length.
+        let ids = &w.ids[..w.ids.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(ids.len() as u16).to_le_bytes());
         out.extend_from_slice(ids);
     }
@@ -184,7 +199,7 @@ impl<'a> Reader<'a> {
 pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
     let mut r = Reader { b: bytes, at: 0 };
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(DecodeError::Version(version));
     }
     let flags = r.u8()?;
@@ -216,7 +231,15 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
             entries.push(RecEntry { t, risk_q, signal, cell });
         }
         let n = u16::from_le_bytes(r.arr()?) as usize;
-        let ids = r.str(n)?;
+        let ids = if version == VERSION_1 {
+            Cow::Owned(evidence::from_joined(r.str(n)?))
+        } else {
+            let packed = r.take(n)?;
+            if evidence::items(packed).map(<[u8]>::len).sum::<usize>() != n {
+                return Err(DecodeError::Evidence);
+            }
+            Cow::Borrowed(packed)
+        };
         rec.window =
             Some(WindowRecord { touched_s, slow_cur, slow_prev, slow_bucket, kinds_cur, kinds_prev, entries, ids });
     }
@@ -231,15 +254,17 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
 
 pub fn encode_watermark(newest_event_ms: i64) -> [u8; 9] {
     let mut v = [0u8; 9];
-    v[0] = VERSION;
+    v[0] = WATERMARK_VERSION;
     v[1..].copy_from_slice(&newest_event_ms.to_le_bytes());
     v
 }
 
 pub fn decode_watermark(v: &[u8]) -> Result<i64, DecodeError> {
     match v {
-        [VERSION, rest @ ..] if rest.len() == 8 => Ok(i64::from_le_bytes(rest.try_into().unwrap_or_default())),
-        [VERSION, ..] => Err(DecodeError::Truncated(v.len())),
+        [WATERMARK_VERSION, rest @ ..] if rest.len() == 8 => {
+            Ok(i64::from_le_bytes(rest.try_into().unwrap_or_default()))
+        }
+        [WATERMARK_VERSION, ..] => Err(DecodeError::Truncated(v.len())),
         [other, ..] => Err(DecodeError::Version(*other)),
         [] => Err(DecodeError::Truncated(0)),
     }
@@ -265,7 +290,7 @@ mod tests {
                 RecEntry { t: 1_699_999_000, risk_q: 65535, signal: s, cell: c },
                 RecEntry { t: 1_699_999_100, risk_q: 12, signal: d, cell: c },
             ]),
-            ids: "e-1\ne-2",
+            ids: Cow::Owned(evidence::from_joined("e-1\ne-2")),
         });
         r.cooldown = Some(CooldownRecord { until_s: 1_700_086_400, decided_at_ms: 1_700_000_000_123, cell: c });
         r
@@ -278,7 +303,25 @@ mod tests {
         encode(&r, &mut buf);
         assert_eq!(decode(&buf).unwrap(), r);
         // One window entry costs 8 bytes; names are written once per record.
-        assert_eq!(buf.len(), 3 + (1 + 19) + (1 + 12) + (1 + 10) + 16 + 3 + 2 + 1 + 16 + 2 + 7 + 13);
+        assert_eq!(buf.len(), 3 + (1 + 19) + (1 + 12) + (1 + 10) + 16 + 3 + 2 + 1 + 16 + 2 + 8 + 13);
+    }
+
+    #[test]
+    fn a_version_1_record_with_text_ids_is_still_read() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        // The same record as version 1 wrote it: the ids field as text joined by '\n'.
+        let ids_at = buf.len() - 13 - 8;
+        let mut v1 = buf[..ids_at - 2].to_vec();
+        v1[0] = 1;
+        v1.extend_from_slice(&7u16.to_le_bytes());
+        v1.extend_from_slice(b"e-1\ne-2");
+        v1.extend_from_slice(&buf[buf.len() - 13..]);
+        assert_eq!(decode(&v1).unwrap(), sample());
+        // A packed field whose items do not fill it is refused.
+        let mut bad = buf.clone();
+        bad[ids_at] = 9;
+        assert_eq!(decode(&bad), Err(DecodeError::Evidence));
     }
 
     #[test]
@@ -303,8 +346,8 @@ mod tests {
     fn unknown_versions_and_dangling_names_are_refused() {
         let mut buf = Vec::new();
         encode(&sample(), &mut buf);
-        buf[0] = 2;
-        assert_eq!(decode(&buf), Err(DecodeError::Version(2)));
+        buf[0] = 3;
+        assert_eq!(decode(&buf), Err(DecodeError::Version(3)));
         let mut r = sample();
         r.cooldown.as_mut().unwrap().cell = 9;
         let mut buf = Vec::new();

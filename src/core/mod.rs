@@ -16,6 +16,7 @@ pub mod changelog;
 pub mod dedupe;
 pub mod engine;
 pub mod event;
+pub mod evidence;
 pub mod hash;
 pub mod outcome;
 pub mod policy;

@@ -482,6 +482,20 @@ struct Pipeline {
     batch: usize,
     /// When the producer was replaced after a fatal error (see `renew_producer`).
     renewals: Vec<Instant>,
+    /// When the consumer was replaced after a fatal error (see `renew_consumer`).
+    consumer_renewals: Vec<Instant>,
+}
+
+/// Whether another replacement is allowed: fewer than [`MAX_RENEWALS`] in the last
+/// [`RENEWAL_WINDOW`] (records this one when it is).
+fn may_renew(renewals: &mut Vec<Instant>) -> bool {
+    let now = Instant::now();
+    renewals.retain(|t| now.duration_since(*t) < RENEWAL_WINDOW);
+    if renewals.len() >= MAX_RENEWALS {
+        return false;
+    }
+    renewals.push(now);
+    true
 }
 
 /// Most producer replacements within [`RENEWAL_WINDOW`] before a fatal error stops the process.
@@ -610,6 +624,7 @@ impl Pipeline {
             degraded: Degraded::new(),
             batch: 0,
             renewals: Vec::new(),
+            consumer_renewals: Vec::new(),
         };
         let version = p.settings.policy.version.clone();
         if last_policy.as_deref() != Some(version.as_str()) {
@@ -653,6 +668,11 @@ impl Pipeline {
         let mut deadline = Instant::now() + commit_interval;
         let mut next_tick = Instant::now();
         while !shutdown.load(Ordering::SeqCst) {
+            if Instant::now() >= next_tick {
+                if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                    self.renew_consumer(&format!("{code:?}: {reason}"))?;
+                }
+            }
             let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
             let consumer = self.consumer.clone();
             let polled = consumer.poll(wait);
@@ -665,9 +685,8 @@ impl Pipeline {
                 // (unless the whole assignment was re-positioned meanwhile).
                 Some(Ok(m)) if !rebalanced || (self.fetch_epoch == epoch && self.kept(&m)) => self.on_message(&m)?,
                 Some(Ok(_)) => {}
-                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                    return Err(PipelineError::Fatal(format!("the consumer failed: {code}")));
-                }
+                // Handled at the top of the next turn, with no message of the old consumer held.
+                Some(Err(KafkaError::MessageConsumptionFatal(_))) => next_tick = Instant::now(),
                 Some(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p)?,
                 Some(Err(e)) => warn!(error = %e, "Consumer error."),
                 None => {}
@@ -1208,14 +1227,59 @@ impl Pipeline {
     /// fence it right back: after [`MAX_RENEWALS`] renewals within [`RENEWAL_WINDOW`] the error
     /// stands and the process exits.
     fn renew_producer(&mut self, e: TxnError) -> Result<(), PipelineError> {
-        let now = Instant::now();
-        self.renewals.retain(|t| now.duration_since(*t) < RENEWAL_WINDOW);
-        if self.renewals.len() >= MAX_RENEWALS {
+        if !may_renew(&mut self.renewals) {
             error!(error = %e, renewals = self.renewals.len(), "Fatal producer error again; another instance may use the same transactional.id. Exiting.");
             return Err(e.into());
         }
         warn!(error = %e, "Fatal producer error; replacing the producer and restoring from the committed offsets.");
-        self.renewals.push(now);
+        self.new_producer()
+    }
+
+    /// The consumer hit a fatal error. librdkafka raises one when the group fences this static
+    /// member (FENCED_INSTANCE_ID): after a broker outage longer than the session timeout it
+    /// rejoins under the same `group.instance.id`, and the broker, handling the requests queued
+    /// during the outage, can fence the old membership with the new one. The consumer is dead
+    /// for good then, and nothing would be decided again: like a fatal producer, a new consumer
+    /// with the same configuration takes over. Its assignment is restored like any other (from
+    /// the changelog and the committed offsets); the open transaction is aborted, and a new
+    /// producer fences its stragglers. Another process really running with the same instance
+    /// name would fence it right back: after [`MAX_RENEWALS`] within [`RENEWAL_WINDOW`] the
+    /// error stands and the process exits.
+    fn renew_consumer(&mut self, why: &str) -> Result<(), PipelineError> {
+        if !may_renew(&mut self.consumer_renewals) {
+            error!(
+                error = why,
+                renewals = self.consumer_renewals.len(),
+                "Fatal consumer error again; another instance may use the same group.instance.id. Exiting."
+            );
+            return Err(PipelineError::Fatal(format!("the consumer failed: {why}")));
+        }
+        warn!(error = why, "Fatal consumer error; replacing the consumer and restoring its assignment.");
+        let aborted = lock(&self.shared.writer).abort(&mut || self.status.beat());
+        if let Err(e) = aborted {
+            self.renew_producer(e)?;
+        }
+        // Everything owned is lost with the old consumer; the new one is assigned afresh.
+        for &(t, p) in &self.owned {
+            self.engine.forget_partition_state(self.partitions.global(t, p));
+        }
+        self.after_abort();
+        self.unassigned();
+        let consumer: BaseConsumer<Ctx> = consumer_config(&self.settings)
+            .create_with_context(Ctx { shared: self.shared.clone() })
+            .map_err(|e| PipelineError::Fatal(format!("cannot create a new Kafka consumer: {e}")))?;
+        let inputs: Vec<&str> = self.settings.topics.input.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&inputs)
+            .map_err(|e| PipelineError::Fatal(format!("cannot subscribe the new consumer to {inputs:?}: {e}")))?;
+        // The old consumer (closed without leaving the group: it is fenced already) goes first,
+        // and what its callbacks reported goes with it.
+        drop(std::mem::replace(&mut self.consumer, Arc::new(consumer)));
+        lock(&self.shared.events).clear();
+        lock(&self.shared.offsets).clear();
+        self.shared.unflushed.store(false, Ordering::SeqCst);
+        self.fetch_epoch += 1;
+        self.metrics.consumer_renewals.inc();
         self.new_producer()
     }
 

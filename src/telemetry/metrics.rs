@@ -50,6 +50,7 @@ pub struct Metrics {
     pub changelog_records: IntCounterVec,
     pub changelog_bytes: IntCounter,
     pub producer_renewals: IntCounter,
+    pub consumer_renewals: IntCounter,
 }
 
 /// Latency buckets for event-time to decision/notice, from 5 ms to 10 min: events can legitimately
@@ -193,6 +194,10 @@ impl Metrics {
                 "resetguard_producer_renewals_total",
                 "Transactional producers replaced: after every aborted transaction (a new producer epoch fences records of the aborted one still in flight) and after a fatal error (a transaction expired by the coordinator).",
             )?,
+            consumer_renewals: IntCounter::new(
+                "resetguard_consumer_renewals_total",
+                "Kafka consumers replaced after a fatal error (the group fenced this static member, e.g. after a broker outage longer than the session timeout); the assignment is restored.",
+            )?,
             restores: IntCounter::new(
                 "resetguard_restores_total",
                 "State restores (after an assignment or an aborted transaction).",
@@ -263,6 +268,7 @@ impl Metrics {
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.restores.clone()))?;
         registry.register(Box::new(m.producer_renewals.clone()))?;
+        registry.register(Box::new(m.consumer_renewals.clone()))?;
         // Closed label sets start at 0, so dashboards and alerts see every series from the first
         // scrape (a rate over a missing series is no data, not zero).
         for result in ["commit", "abort"] {

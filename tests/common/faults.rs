@@ -370,6 +370,9 @@ pub fn wait_committed_running(broker: &KafkaBroker, t: &Topics, service: &mut Se
             return;
         }
         service.assert_running(&format!("with {done} of {total} input offsets committed"));
+        if Instant::now() >= deadline {
+            keep_log(&service.log);
+        }
         assert!(
             Instant::now() < deadline,
             "only {done} of {total} input offsets committed within {timeout:?}; log tail:\n{}",

@@ -2,11 +2,14 @@
 //! last transaction, loading records back on restore, the breaker history they carry, and a
 //! canonical dump for comparing states. Pure.
 
+use std::borrow::Cow;
+
 use smallvec::SmallVec;
 
 use super::*;
 use crate::core::accounts::{AccountView, Slow};
 use crate::core::changelog::{self, AccountRecord, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord};
+use crate::core::evidence;
 
 /// Accounts and partitions changed since the last drain.
 #[derive(Default)]
@@ -167,7 +170,7 @@ impl Engine {
                 };
                 self.accounts.put(
                     key,
-                    AccountView { partition: p, ring: &ring, ids: Some(w.ids), slow, touched_s: w.touched_s },
+                    AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s },
                 );
                 // The newest events' ids come back into the dedupe memory: a re-sent one is
                 // still a duplicate after the restore.
@@ -175,8 +178,10 @@ impl Engine {
                     i64::MIN => wall_ms,
                     n => n,
                 };
-                for id in w.ids.split('\n').filter(|i| !i.is_empty()) {
-                    self.dedupe.seen_or_insert(id_hash(self.seed, id), now);
+                let mut id = String::new();
+                for item in evidence::items(&w.ids) {
+                    evidence::write_item(item, &mut id);
+                    self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
                 }
             }
             None => {
@@ -293,7 +298,7 @@ impl Engine {
                 kinds_cur,
                 kinds_prev,
                 entries,
-                ids: a.ids.unwrap_or(""),
+                ids: Cow::Borrowed(a.ids.unwrap_or_default()),
             });
         }
         if let Some(c) = cooldown {
