@@ -456,3 +456,53 @@ fn admin_actions_under_producer_back_pressure_lose_nothing() {
     assert_eq!(audit.len(), 1 + allows.len(), "one audit record per action: {actions:?}");
     assert_eq!(actions, BTreeSet::from(["allow_list_add".to_string(), "breaker_open".to_string()]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// f. the group fences the instance's static membership (FENCED_INSTANCE_ID, fatal in librdkafka)
+// ---------------------------------------------------------------------------------------------
+
+/// What a broker outage longer than the session timeout can do (see the frozen-broker test): the
+/// group fences the service's consumer with a membership under its own `group.instance.id`, an
+/// error librdkafka makes fatal for that consumer. Here another consumer joins under the same
+/// instance name, on purpose. The service must replace its consumer (which fences the intruder
+/// in turn), restore the assignment, and decide everything once.
+#[test]
+fn a_consumer_fenced_under_its_instance_name_is_replaced_and_loses_nothing() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "fenced");
+    let dir = tempfile::tempdir().unwrap();
+    let txn_id = unique_name("fenced-txn");
+    let cfg = write_config(broker, &t, dir.path(), &txn_id, NO_TRIP, &[], None);
+    let log = dir.path().join("service.log");
+    let inputs = crash_inputs(20_000);
+    let (first, second) = inputs.split_at(10_000);
+
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(Duration::from_secs(60));
+    let mut coords = produce(broker, &t.input, first);
+    wait_committed_running(broker, &t, &mut svc, first.len() as i64, Duration::from_secs(60));
+    assert_eq!(svc.metric("resetguard_consumer_renewals_total"), Some(0.0));
+
+    // The intruder: same group, same instance name. Joining fences the service's member.
+    let intruder: BaseConsumer = broker.consumer_config(&t.group).set("group.instance.id", &txn_id).create().unwrap();
+    intruder.subscribe(&[t.input.as_str()]).unwrap();
+    // The service takes its membership back (fencing the intruder in turn: its polls fail).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while svc.metric("resetguard_consumer_renewals_total").unwrap_or(0.0) < 1.0 {
+        svc.assert_running("after its consumer was fenced");
+        assert!(Instant::now() < deadline, "the fenced consumer was not replaced; log tail:\n{}", log_tail(&log, 40));
+        let _ = intruder.poll(Duration::from_millis(100));
+    }
+    drop(intruder);
+
+    coords.extend(produce(broker, &t.input, second));
+    wait_committed_running(broker, &t, &mut svc, inputs.len() as i64, Duration::from_secs(120));
+    assert_eq!(svc.metric("resetguard_consumer_renewals_total"), Some(1.0), "one replacement, no ping-pong");
+    svc.assert_running("after the second batch");
+    svc.terminate_ok();
+
+    let (notices, _) = check_outputs(broker, &t, &inputs, &coords);
+    assert_eq!(notices, expected_notices(&inputs), "the notice set equals the expected set");
+}

@@ -667,8 +667,11 @@ impl Pipeline {
         let commit_interval = self.settings.commit_interval;
         let mut deadline = Instant::now() + commit_interval;
         let mut next_tick = Instant::now();
+        // Checked with each tick, at the top of the next turn: no message of the old consumer is
+        // held then.
+        let mut fatal_check_due = false;
         while !shutdown.load(Ordering::SeqCst) {
-            if Instant::now() >= next_tick {
+            if std::mem::take(&mut fatal_check_due) {
                 if let Some((code, reason)) = self.consumer.client().fatal_error() {
                     self.renew_consumer(&format!("{code:?}: {reason}"))?;
                 }
@@ -685,8 +688,7 @@ impl Pipeline {
                 // (unless the whole assignment was re-positioned meanwhile).
                 Some(Ok(m)) if !rebalanced || (self.fetch_epoch == epoch && self.kept(&m)) => self.on_message(&m)?,
                 Some(Ok(_)) => {}
-                // Handled at the top of the next turn, with no message of the old consumer held.
-                Some(Err(KafkaError::MessageConsumptionFatal(_))) => next_tick = Instant::now(),
+                Some(Err(KafkaError::MessageConsumptionFatal(_))) => fatal_check_due = true,
                 Some(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p)?,
                 Some(Err(e)) => warn!(error = %e, "Consumer error."),
                 None => {}
@@ -707,6 +709,7 @@ impl Pipeline {
             if now >= next_tick {
                 next_tick = now + Duration::from_millis(100);
                 self.status.beat();
+                fatal_check_due = true;
                 self.tick()?;
             }
         }
