@@ -2,9 +2,27 @@
 //! the test harness, `tests/common/kafka.rs`). See BENCHMARKS.md, "End-to-end (Kafka)".
 //!
 //! ```sh
-//! cargo bench --bench pipeline                         # N = 500,000, 3 alternating runs, 30 s latency
+//! cargo bench --bench pipeline                         # both workloads, 3 alternating runs, 30 s latency
 //! PIPELINE_BENCH_EVENTS=100000 PIPELINE_BENCH_RUNS=1 cargo bench --bench pipeline
+//! PIPELINE_BENCH_WORKLOAD=realistic PIPELINE_BENCH_PERF=/tmp/rg.perf cargo bench --bench pipeline
 //! ```
+//!
+//! Two throughput workloads (`PIPELINE_BENCH_WORKLOAD=generator|realistic|both`, default both):
+//! the *generator* workload (N = `PIPELINE_BENCH_EVENTS`, default 500,000; described in 1.) and
+//! the *realistic* one (issue 10; N = `PIPELINE_BENCH_REALISTIC_EVENTS`, default 1,000,000;
+//! `benches/common::realistic`): production on a bad day. Its event times spread over the hour
+//! before production (a consumer catching up, every event behind the wall clock; 5 % of them out
+//! of order within the allowed lateness), N / 5 accounts, 0.5 % malformed messages (cut-off JSON,
+//! missing fields, values out of range or of the wrong type, unknown signals, bad timestamps, not
+//! UTF-8), 0.5 % exact re-sends of a recent message (duplicates), ten takeover bursts of N / 5,000
+//! pairs within 20 s each, and an incident: one source (`bulk-risk-scan`) flags N / 25 distinct
+//! accounts (40,000 at 1 M) with a deciding signal within 5 minutes of event time. Its policy
+//! (`realistic_policy`) lets the incident's cell trip after a quarter of it, so the breaker holds
+//! the rest (~30,000 held records at 1 M). Each round checks that every input had exactly one
+//! outcome and that the outcomes match what was generated (rejected = malformed, duplicate =
+//! re-sent, held only in the incident's cell), so a broken workload fails loudly.
+//! `PIPELINE_BENCH_PERF=<file>` records the first measured resetguard round of the realistic
+//! workload with `perf record -g --call-graph dwarf` (`PERF` names the perf binary).
 //!
 //! 1. **Input.** One input topic (`PIPELINE_BENCH_PARTITIONS`, default 6 partitions), pre-produced
 //!    with N realistic ~250-byte login-risk events (`benches/common`: six sources, seven signals,
@@ -43,7 +61,7 @@
 //! to the bare consumer), e.g. `debug=eos` with `RUST_LOG=librdkafka=debug`.
 //!
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
-//! (20,000 events, one round, 5 s of latency), so the bench cannot rot.
+//! (20,000 events of each workload, one round, 5 s of latency), so the bench cannot rot.
 
 #![allow(clippy::unwrap_used)]
 
@@ -75,8 +93,25 @@ use kafka::{unique_name, KafkaBroker};
 /// Breaker limits no run of this bench reaches: every decision is a notice.
 const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 100000\ncell_rate_per_minute = 1000000\ncell_burst = 100000\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
 
+/// Which input a throughput run reads (`PIPELINE_BENCH_WORKLOAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// The bench's own generator: an even stream, no breaker trip (every figure before issue 10).
+    Generator,
+    /// Production on a bad day (`benches/common::realistic`).
+    Realistic,
+}
+
 struct Opts {
+    /// `PIPELINE_BENCH_WORKLOAD`: `generator`, `realistic` or `both` (the default).
+    workloads: Vec<Workload>,
+    /// Events of the generator workload.
     events: usize,
+    /// Events of the realistic workload (`PIPELINE_BENCH_REALISTIC_EVENTS`).
+    realistic_events: usize,
+    /// `PIPELINE_BENCH_PERF=<file>`: `perf record` the first measured resetguard round of the
+    /// realistic workload into `<file>`.
+    perf: Option<String>,
     runs: usize,
     /// One unmeasured round first.
     warmup: bool,
@@ -98,8 +133,17 @@ fn env_or<T: FromStr>(name: &str, default: T) -> T {
 
 impl Opts {
     fn from_env(smoke: bool) -> Opts {
+        let workloads = match std::env::var("PIPELINE_BENCH_WORKLOAD").as_deref() {
+            Err(_) | Ok("both") => vec![Workload::Generator, Workload::Realistic],
+            Ok("generator") => vec![Workload::Generator],
+            Ok("realistic") => vec![Workload::Realistic],
+            Ok(other) => panic!("PIPELINE_BENCH_WORKLOAD={other}: expected generator, realistic or both"),
+        };
         Opts {
+            workloads,
             events: env_or("PIPELINE_BENCH_EVENTS", if smoke { 20_000 } else { 500_000 }),
+            realistic_events: env_or("PIPELINE_BENCH_REALISTIC_EVENTS", if smoke { 20_000 } else { 1_000_000 }),
+            perf: std::env::var("PIPELINE_BENCH_PERF").ok().filter(|v| !v.is_empty()),
             runs: env_or("PIPELINE_BENCH_RUNS", if smoke { 1 } else { 3 }),
             warmup: env_or("PIPELINE_BENCH_WARMUP", !smoke),
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
@@ -151,8 +195,17 @@ impl Outputs {
 }
 
 /// Writes policy.toml and resetguard.toml into `dir` and loads them.
-fn settings(broker: &KafkaBroker, dir: &Path, input: &str, out: &Outputs, group: &str, opts: &Opts) -> Settings {
-    std::fs::write(dir.join("policy.toml"), format!("version = \"bench-1\"\n{NO_TRIP}")).unwrap();
+/// `policy` is the policy file's body after its `version` line (e.g. [`NO_TRIP`]).
+fn settings(
+    broker: &KafkaBroker,
+    dir: &Path,
+    input: &str,
+    out: &Outputs,
+    group: &str,
+    opts: &Opts,
+    policy: &str,
+) -> Settings {
+    std::fs::write(dir.join("policy.toml"), format!("version = \"bench-1\"\n{policy}")).unwrap();
     std::fs::write(dir.join("deployment.secret"), "bench-deployment-secret-9e4b2f7c16a03d85").unwrap();
     let extra: String = opts.kafka_extra.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect();
     let cfg = format!(
@@ -458,10 +511,20 @@ struct Rg {
     stopped: Stopped,
 }
 
-fn rg_run(broker: &KafkaBroker, dir: &Path, input: &str, opts: &Opts, n: u64, run: usize, changelog: bool) -> Rg {
+#[allow(clippy::too_many_arguments)]
+fn rg_run(
+    broker: &KafkaBroker,
+    dir: &Path,
+    input: &str,
+    opts: &Opts,
+    n: u64,
+    run: usize,
+    changelog: bool,
+    policy: &str,
+) -> Rg {
     let out = Outputs::create(broker, &format!("tp{run}{}", if changelog { "" } else { "nc" }), opts.partitions);
     let group = unique_name("bench-rg");
-    let mut s = settings(broker, dir, input, &out, &group, opts);
+    let mut s = settings(broker, dir, input, &out, &group, opts, policy);
     s.changelog = changelog;
     // Reads the group's committed offsets (require-stable) without joining the group.
     let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
@@ -542,7 +605,7 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     broker.create_topic(&input, opts.partitions);
     let out = Outputs::create(broker, "lat", opts.partitions);
     let group = unique_name("bench-lat");
-    let s = settings(broker, dir, &input, &out, &group, opts);
+    let s = settings(broker, dir, &input, &out, &group, opts, NO_TRIP);
     let mut svc = Service::start(s);
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !(svc.status.ready.load(Ordering::SeqCst) && svc.status.assigned_partitions.load(Ordering::SeqCst) > 0) {
@@ -693,39 +756,74 @@ fn pct(sorted: &[i64], q: f64) -> i64 {
 
 // ---------------------------------------------------------------------------------------------
 
-fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let opts = Opts::from_env(smoke);
-    let n = opts.events;
-    eprintln!(
-        "pipeline bench{}: N = {n}, {} round(s), {} partitions, commit_interval {}",
-        if smoke { " (smoke run: not started with --bench)" } else { "" },
-        opts.runs,
-        opts.partitions,
-        opts.commit_interval
-    );
-    let broker = KafkaBroker::start();
-    let dir = tempfile::tempdir().unwrap();
+/// The sum of the counter (or counter vector) `name` over its series whose labels include every
+/// `(label, value)` of `filter`.
+fn counter_sum(registry: &prometheus::Registry, name: &str, filter: &[(&str, &str)]) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| filter.iter().all(|(l, v)| m.get_label().iter().any(|p| p.name() == *l && p.value() == *v)))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
 
+/// Every series of the counter vector `name`: (labels joined with `/`, value), largest first.
+fn counter_series(registry: &prometheus::Registry, name: &str) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| {
+            let labels = m.get_label().iter().map(|p| p.value().to_string()).collect::<Vec<_>>().join("/");
+            (labels, m.get_counter().get_value() as u64)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// Starts `perf record` on this process when `PIPELINE_BENCH_PERF` names an output file.
+fn perf_start(opts: &Opts) -> Option<std::process::Child> {
+    let out = opts.perf.as_ref()?;
+    let child = std::process::Command::new(std::env::var("PERF").unwrap_or_else(|_| "/usr/bin/perf".into()))
+        .args(["record", "-g", "--call-graph", "dwarf,16384", "-F", "499", "-o", out, "-p"])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("PIPELINE_BENCH_PERF: cannot start perf: {e}"));
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!("perf recording into {out} (pid {})", child.id());
+    Some(child)
+}
+
+fn perf_stop(child: Option<std::process::Child>) {
+    if let Some(mut c) = child {
+        let _ = std::process::Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+        let _ = c.wait();
+    }
+}
+
+/// The bench's own generator (`benches/common::event`), the workload of every earlier figure:
+/// bare, then resetguard with and without the changelog, per round. Returns its report lines.
+fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
+    let n = opts.events;
     let input = unique_name("tp-in");
     broker.create_topic(&input, opts.partitions);
     let t = Instant::now();
-    let (bytes, pairs, bad) = preproduce(&broker, &input, n);
+    let (bytes, pairs, bad) = preproduce(broker, &input, n);
     eprintln!(
-        "produced {n} events ({:.0} bytes mean, {pairs} takeover pairs, {bad} invalid) in {:.1?}",
+        "generator: produced {n} events ({:.0} bytes mean, {pairs} takeover pairs, {bad} invalid) in {:.1?}",
         bytes as f64 / n as f64,
         t.elapsed()
     );
 
     // Bare consumer settings: resetguard's own consumer configuration for this input.
     let probe_out = Outputs { notices: "-".into(), held: "-".into(), dlq: "-".into(), shadow: "-".into() };
-    let bare_settings = settings(&broker, dir.path(), &input, &probe_out, "unused", &opts);
+    let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, NO_TRIP);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
@@ -735,26 +833,19 @@ fn main() {
         // The broker JVM is fresh (C1-only JIT): one unmeasured round of each warms it up.
         let t = Instant::now();
         let _ = bare_run(&bare_settings, &input, n as u64);
-        let _ = rg_run(&broker, dir.path(), &input, &opts, n as u64, usize::MAX, true);
+        let _ = rg_run(broker, dir, &input, opts, n as u64, usize::MAX, true, NO_TRIP);
         eprintln!("warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
         eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
         bare_rates.push(b.rate);
-        let r = rg_run(&broker, dir.path(), &input, &opts, n as u64, run, true);
-        let off = rg_run(&broker, dir.path(), &input, &opts, n as u64, run, false);
+        let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
+        let off = rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP);
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
         off_rates.push(off.rate);
-        let bytes: f64 = r
-            .stopped
-            .registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "resetguard_changelog_bytes_total")
-            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()).collect::<Vec<_>>())
-            .sum();
-        changelog_bytes.push(bytes / n as f64);
+        let bytes = counter_sum(&r.stopped.registry, "resetguard_changelog_bytes_total", &[]);
+        changelog_bytes.push(bytes as f64 / n as f64);
         let st = &r.stopped;
         let commit_h = histogram(&st.registry, "resetguard_transaction_commit_seconds");
         let (cc, cs) = commit_h.as_ref().map_or((0, 0.0), |h| (h.0, h.1));
@@ -779,13 +870,10 @@ fn main() {
     }
     let (bm, rm, sm) = (median(&bare_rates), median(&rg_rates), median(&steady_rates));
 
-    let lat = latency_run(&broker, dir.path(), &opts);
-    let s = &lat.samples;
-
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "\n== pipeline bench results (N = {n}, {} round(s), {} partitions, commit_interval {})",
+        "\n== generator workload (N = {n}, {} round(s), {} partitions, commit_interval {})",
         opts.runs, opts.partitions, opts.commit_interval
     );
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
@@ -814,9 +902,283 @@ fn main() {
             st.no_action, st.notices, st.held, st.dlq
         );
     }
+    report
+}
+
+/// The policy of the realistic workload. Rate caps no run reaches; only spikes trip. The spike
+/// floor of a source cell is a quarter of the incident (10,000 decisions per minute at 1 M
+/// events), so the incident's cell trips and holds the other three quarters, while the takeover
+/// bursts and the organic decisions of the six ordinary sources stay under it. Decisions are
+/// counted per minute of *wall* time (`TimeMode::Wall`): in a catch-up, an hour of decisions
+/// arrives within seconds, so the default floors (30 and 120 per minute) would trip every cell at
+/// once. `stale_after = 2h`: the consumer catching up an hour is not a replay (with the default
+/// 15 minutes, more than 10 decisions on events older than that trip the global cell as
+/// `replay_suspected`, and every later decision is held).
+fn realistic_policy(spec: &common::RealSpec) -> String {
+    format!(
+        "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 1000000\ncell_rate_per_minute = 1000000\ncell_burst = 1000000\nspike_floor = {}\nglobal_spike_floor = 10000000\nstale_after = \"2h\"\n",
+        (spec.incident_accounts / 4).max(20)
+    )
+}
+
+/// Pre-produces the realistic workload into `topic`.
+fn preproduce_realistic(broker: &KafkaBroker, topic: &str, spec: &common::RealSpec) -> common::RealCounts {
+    let p: BaseProducer<CountingContext> = broker
+        .producer_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(CountingContext::default())
+        .unwrap();
+    let mut i = 0usize;
+    let counts = common::realistic(spec, |k, v, _| {
+        send(&p, topic, k, v);
+        i += 1;
+        if i % 1000 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    });
+    p.flush(Duration::from_secs(300)).expect("flushing the pre-produced events");
+    let failed = p.context().failed.load(Ordering::SeqCst);
+    assert_eq!(failed, 0, "{failed} events not delivered");
+    counts
+}
+
+/// Outcome counts of one resetguard round, from its status and metrics.
+struct RealOutcomes {
+    consumed: u64,
+    no_action: u64,
+    notices: u64,
+    held: u64,
+    dlq: u64,
+    rejected: u64,
+    duplicate: u64,
+    late: u64,
+    held_incident: u64,
+    held_elsewhere: u64,
+    decisions: Vec<(String, u64)>,
+    held_by: Vec<(String, u64)>,
+    rejected_by: Vec<(String, u64)>,
+    no_action_by: Vec<(String, u64)>,
+    trips: Vec<(String, u64)>,
+}
+
+impl RealOutcomes {
+    fn of(st: &Stopped) -> RealOutcomes {
+        let r = &st.registry;
+        let held_incident = counter_sum(r, "resetguard_notices_held_total", &[("cell", common::INCIDENT_SOURCE)]);
+        let held_all = counter_sum(r, "resetguard_notices_held_total", &[]);
+        RealOutcomes {
+            consumed: st.consumed,
+            no_action: st.no_action,
+            notices: st.notices,
+            held: st.held,
+            dlq: st.dlq,
+            rejected: counter_sum(r, "resetguard_events_rejected_total", &[]),
+            duplicate: counter_sum(r, "resetguard_events_duplicate_total", &[]),
+            late: counter_sum(r, "resetguard_events_late_total", &[]),
+            held_incident,
+            held_elsewhere: held_all - held_incident,
+            decisions: counter_series(r, "resetguard_decisions_total"),
+            held_by: counter_series(r, "resetguard_notices_held_total"),
+            rejected_by: counter_series(r, "resetguard_events_rejected_total"),
+            no_action_by: counter_series(r, "resetguard_outcomes_total")
+                .into_iter()
+                .filter(|(l, _)| l.starts_with("no_action"))
+                .collect(),
+            trips: counter_series(r, "resetguard_breaker_trips_total"),
+        }
+    }
+
+    /// Every input has exactly one outcome, and the outcomes match what was generated.
+    fn check(&self, c: &common::RealCounts, spec: &common::RealSpec) {
+        let n = c.events as u64;
+        assert_eq!(self.consumed, n, "resetguard consumed {} of {n}", self.consumed);
+        assert_eq!(
+            self.consumed,
+            self.no_action + self.notices + self.held + self.dlq,
+            "consumed != no_action + notices + held + dlq"
+        );
+        assert_eq!(self.dlq, self.rejected + self.duplicate + self.late, "dlq != rejected + duplicate + late");
+        assert_eq!(self.rejected, c.malformed as u64, "every malformed message, and only those, is rejected");
+        assert_eq!(self.duplicate, c.duplicates as u64, "every re-sent message, and only those, is a duplicate");
+        assert_eq!(self.late, 0, "the workload has no event behind the allowed lateness");
+        // The incident trips its cell after a quarter of it (the spike floor); the cell stays
+        // open (10 min) for the rest. Incident accounts already in cooldown are no decision.
+        assert!(
+            self.held_incident >= c.incident as u64 / 2,
+            "the incident cell held only {} of {} incident decisions (workload or policy broken)",
+            self.held_incident,
+            c.incident
+        );
+        assert_eq!(self.held_elsewhere, 0, "only the incident cell may trip: {:?}", self.held_by);
+        assert!(
+            self.notices >= c.takeover_pairs as u64 / 2 + (spec.incident_accounts / 4) as u64 / 2,
+            "too few notices ({}) for {} takeover pairs and the incident's first quarter",
+            self.notices,
+            c.takeover_pairs
+        );
+    }
+
+    fn line(&self) -> String {
+        let f = |v: &[(String, u64)]| v.iter().map(|(l, n)| format!("{l} {n}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "consumed {} = no_action {} + notices {} + held {} + dlq {} (rejected {} + duplicate {} + late {})\n          no_action: {}\n          decisions by cell/kind: {}\n          held by cell/reason: {}\n          rejected by reason: {}\n          breaker trips (cause/cell): {}",
+            self.consumed,
+            self.no_action,
+            self.notices,
+            self.held,
+            self.dlq,
+            self.rejected,
+            self.duplicate,
+            self.late,
+            f(&self.no_action_by),
+            f(&self.decisions),
+            f(&self.held_by),
+            f(&self.rejected_by),
+            f(&self.trips)
+        )
+    }
+}
+
+/// Production on a bad day (issue 10, `benches/common::realistic`): an hour of event time behind
+/// the wall clock, malformed and duplicate inputs, takeover bursts and an incident that trips the
+/// breaker. Bare, then resetguard (changelog on, the default), per round. Returns its report lines.
+fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: bool) -> String {
+    let spec = common::RealSpec::new(opts.realistic_events, wall_ms());
+    let n = spec.events;
+    let input = unique_name("real-in");
+    broker.create_topic(&input, opts.partitions);
+    let t = Instant::now();
+    let counts = preproduce_realistic(broker, &input, &spec);
+    eprintln!(
+        "realistic: produced {n} events ({:.0} bytes mean, {} accounts, {} plain ({} out of order), {} malformed, {} duplicates, {} takeover pairs in {} bursts, {} incident events over {} min) in {:.1?}",
+        counts.bytes as f64 / n as f64,
+        spec.accounts,
+        counts.plain,
+        counts.out_of_order,
+        counts.malformed,
+        counts.duplicates,
+        counts.takeover_pairs,
+        spec.bursts,
+        counts.incident,
+        spec.incident_minutes,
+        t.elapsed()
+    );
+    let policy = realistic_policy(&spec);
+    let probe_out = Outputs { notices: "-".into(), held: "-".into(), dlq: "-".into(), shadow: "-".into() };
+    let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, &policy);
+    if warmup {
+        let t = Instant::now();
+        let _ = bare_run(&bare_settings, &input, n as u64);
+        let _ = rg_run(broker, dir, &input, opts, n as u64, usize::MAX, true, &policy);
+        eprintln!("realistic: warm-up round (not counted) in {:.1?}", t.elapsed());
+    }
+    let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for run in 0..opts.runs {
+        let b = bare_run(&bare_settings, &input, n as u64);
+        eprintln!("realistic round {}: bare consumer {:>9.0} msgs/s", run + 1, b.rate);
+        bare_rates.push(b.rate);
+        let perf = if run == 0 { perf_start(opts) } else { None };
+        let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
+        perf_stop(perf);
+        let o = RealOutcomes::of(&r.stopped);
+        let commit_h = histogram(&r.stopped.registry, "resetguard_transaction_commit_seconds");
+        let (cc, cs) = commit_h.as_ref().map_or((0, 0.0), |h| (h.0, h.1));
+        eprintln!(
+            "realistic round {}: resetguard {:>9.0} events/s (steady {:.0}/s; {} transactions, commit mean {:.1} ms), ratio {:.2}\n          {}",
+            run + 1,
+            r.rate,
+            r.steady,
+            r.stopped.commits,
+            if cc > 0 { cs / cc as f64 * 1000.0 } else { f64::NAN },
+            r.rate / b.rate,
+            o.line()
+        );
+        o.check(&counts, &spec);
+        rg_rates.push(r.rate);
+        steady_rates.push(r.steady);
+        last = Some(o);
+    }
+    let (bm, rm, sm) = (median(&bare_rates), median(&rg_rates), median(&steady_rates));
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let mut report = String::new();
     let _ = writeln!(
         report,
-        "latency event->notice visible (read_committed), {} ev/s with {} notices/s for {} s: n = {} of {} triggers, p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} unmatched notices, {} transactions)",
+        "\n== realistic workload (N = {n}, {} accounts, event time {} .. {} UTC, {} round(s), {} partitions, commit_interval {})",
+        spec.accounts,
+        format_rfc3339_ms(spec.start_ms()),
+        format_rfc3339_ms(spec.end_ms),
+        opts.runs,
+        opts.partitions,
+        opts.commit_interval
+    );
+    let _ = writeln!(
+        report,
+        "input: {:.0} bytes mean; {} malformed, {} duplicates, {} takeover pairs, {} incident events ({}), spike floor {}",
+        counts.bytes as f64 / n as f64,
+        counts.malformed,
+        counts.duplicates,
+        counts.takeover_pairs,
+        counts.incident,
+        common::INCIDENT_SOURCE,
+        (spec.incident_accounts / 4).max(20)
+    );
+    let _ = writeln!(report, "bare consumer:   median {bm:>9.0} msgs/s   (runs: {})", list(&bare_rates));
+    let _ = writeln!(report, "resetguard EOS:  median {rm:>9.0} events/s (runs: {})", list(&rg_rates));
+    let _ = writeln!(report, "  steady (first..last commit): median {sm:.0} events/s (runs: {})", list(&steady_rates));
+    let _ = writeln!(
+        report,
+        "ratio resetguard / bare: {:.2} (per round: {})",
+        rm / bm,
+        bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
+    );
+    if let Some(o) = &last {
+        let _ = writeln!(report, "outcomes (last round): {}", o.line());
+    }
+    report
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let opts = Opts::from_env(smoke);
+    eprintln!(
+        "pipeline bench{}: workloads {:?} (generator N = {}, realistic N = {}), {} round(s), {} partitions, commit_interval {}",
+        if smoke { " (smoke run: not started with --bench)" } else { "" },
+        opts.workloads,
+        opts.events,
+        opts.realistic_events,
+        opts.runs,
+        opts.partitions,
+        opts.commit_interval
+    );
+    let broker = KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut report = String::new();
+    if opts.workloads.contains(&Workload::Generator) {
+        report.push_str(&generator_workload(&broker, dir.path(), &opts));
+    }
+    if opts.workloads.contains(&Workload::Realistic) {
+        // The generator's warm-up round warmed the broker already.
+        let warmup = opts.warmup && !opts.workloads.contains(&Workload::Generator);
+        report.push_str(&realistic_workload(&broker, dir.path(), &opts, warmup));
+    }
+
+    let lat = latency_run(&broker, dir.path(), &opts);
+    let s = &lat.samples;
+    let _ = writeln!(
+        report,
+        "\n== latency event->notice visible (read_committed), {} ev/s with {} notices/s for {} s: n = {} of {} triggers, p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} unmatched notices, {} transactions)",
         opts.latency_rate,
         opts.latency_rate / (opts.latency_rate / opts.notices_per_sec.max(1)).max(3),
         opts.latency_secs,

@@ -216,3 +216,255 @@ pub fn stream(n: usize, accounts: usize, t0_ms: i64, step_us: i64, seed: u64) ->
 pub fn mean_len(events: &[Vec<u8>]) -> f64 {
     events.iter().map(Vec::len).sum::<usize>() as f64 / events.len() as f64
 }
+
+// ---------------------------------------------------------------------------------------------
+// The realistic workload: production on a bad day (issue 10)
+// ---------------------------------------------------------------------------------------------
+
+/// The breaker cell (source) of the incident: a detector that flags a flood of accounts.
+pub const INCIDENT_SOURCE: &str = "bulk-risk-scan";
+/// The source of the takeover pairs in the bursts.
+pub const TAKEOVER_SOURCE: &str = "device-intel";
+
+/// What a message of the realistic workload is (its intended outcome class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RealKind {
+    /// An ordinary event of the account population (a share of them out of order, within the
+    /// allowed lateness).
+    Plain,
+    /// Invalid: bad JSON, a missing field, a value out of range... (a DLQ record, `rejected`).
+    Malformed,
+    /// The exact bytes of an earlier valid message, re-sent (a DLQ record, `duplicate`).
+    Duplicate,
+    /// Half of a takeover pair in a burst (credential stuffing, then impossible travel: a decision).
+    Takeover,
+    /// The incident: one source flags an account with a deciding signal.
+    Incident,
+}
+
+/// The shape of the realistic workload; everything else follows from `events` and `seed`.
+#[derive(Debug, Clone)]
+pub struct RealSpec {
+    pub events: usize,
+    /// Distinct accounts of the population (default `events / 5`, 200 k at 1 M events).
+    pub accounts: usize,
+    /// Event time of the last event; the first is one hour earlier (a consumer catching up).
+    pub end_ms: i64,
+    pub seed: u64,
+    /// Shares of malformed and duplicate messages (0.5 % each by default).
+    pub malformed: f64,
+    pub duplicates: f64,
+    /// Accounts the incident flags (default 4 % of the events: 40 k at 1 M), within
+    /// `incident_minutes` of event time starting 35 minutes into the hour.
+    pub incident_accounts: usize,
+    pub incident_minutes: i64,
+    /// Takeover bursts (one every 6 minutes of event time, each over 20 s) and pairs per burst
+    /// (default `events / 5000`: 200 at 1 M).
+    pub bursts: usize,
+    pub pairs_per_burst: usize,
+}
+
+impl RealSpec {
+    pub fn new(events: usize, end_ms: i64) -> RealSpec {
+        RealSpec {
+            events,
+            accounts: (events / 5).max(1000),
+            end_ms,
+            seed: 0xbad_da7,
+            malformed: 0.005,
+            duplicates: 0.005,
+            incident_accounts: events / 25,
+            incident_minutes: 5,
+            bursts: 10,
+            pairs_per_burst: (events / 5000).max(2),
+        }
+    }
+
+    pub fn start_ms(&self) -> i64 {
+        self.end_ms - 3_600_000
+    }
+}
+
+/// What was generated, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct RealCounts {
+    pub events: usize,
+    pub bytes: usize,
+    pub plain: usize,
+    pub out_of_order: usize,
+    pub malformed: usize,
+    pub duplicates: usize,
+    pub takeover_pairs: usize,
+    pub incident: usize,
+}
+
+/// Malformed message number `k` (cycling through eight kinds of breakage), for `account` at `t_ms`.
+fn malformed(rng: &mut Rng, k: usize, account: u32, t_ms: i64) -> Vec<u8> {
+    let ok = event(rng, account, t_ms);
+    let ts = format_rfc3339_ms(t_ms);
+    let mut acct = String::new();
+    account_id(account, &mut acct);
+    match k % 8 {
+        // Cut off mid-message (a producer crash, a bad proxy).
+        0 => ok[..ok.len() / 2 + rng.below(ok.len() as u64 / 3) as usize].to_vec(),
+        // A required field missing.
+        1 => format!(r#"{{"event_id":"m-{k}","occurred_at":"{ts}","source":"auth-service","signal":"failed_login","risk":0.2}}"#)
+            .into_bytes(),
+        2 => format!(r#"{{"event_id":"m-{k}","account_id":"{acct}","occurred_at":"{ts}","source":"risk-model-v3","signal":"new_device"}}"#)
+            .into_bytes(),
+        // Values out of range or of the wrong type.
+        3 => format!(r#"{{"event_id":"m-{k}","account_id":"{acct}","occurred_at":"{ts}","source":"risk-model-v3","signal":"mfa_failure","risk":1.7}}"#)
+            .into_bytes(),
+        4 => format!(r#"{{"event_id":"m-{k}","account_id":"{acct}","occurred_at":"{ts}","source":"edge-waf","signal":"failed_login","risk":"0.4"}}"#)
+            .into_bytes(),
+        // A signal the policy does not know, a time that is not one.
+        5 => format!(r#"{{"event_id":"m-{k}","account_id":"{acct}","occurred_at":"{ts}","source":"edge-waf","signal":"bot_score","risk":0.3}}"#)
+            .into_bytes(),
+        6 => format!(r#"{{"event_id":"m-{k}","account_id":"{acct}","occurred_at":"{}","source":"auth-service","signal":"failed_login","risk":0.1}}"#, &ts[..10])
+            .into_bytes(),
+        // Not UTF-8 (a binary payload on the wrong topic).
+        _ => {
+            let mut b = vec![0xff, 0xfe];
+            b.extend_from_slice(&ok[2..40]);
+            b
+        }
+    }
+}
+
+fn takeover_event(k: usize, account: u32, t_ms: i64, second: bool) -> Vec<u8> {
+    let mut acct = String::new();
+    account_id(account, &mut acct);
+    let (signal, risk) = if second { ("impossible_travel", 0.9) } else { ("credential_stuffing", 0.95) };
+    format!(
+        r#"{{"event_id":"ato-{k}-{}","account_id":"{acct}","occurred_at":"{}","source":"{TAKEOVER_SOURCE}","signal":"{signal}","risk":{risk},"ip":"203.0.113.{}","country":"BR"}}"#,
+        u8::from(second),
+        format_rfc3339_ms(t_ms),
+        1 + k % 250
+    )
+    .into_bytes()
+}
+
+fn incident_event(rng: &mut Rng, account: u32, t_ms: i64) -> Vec<u8> {
+    let mut s = String::with_capacity(200);
+    s.push_str("{\"event_id\":\"");
+    uuid_v4(rng, &mut s);
+    s.push_str("\",\"account_id\":\"");
+    account_id(account, &mut s);
+    let _ = write!(
+        s,
+        "\",\"occurred_at\":\"{}\",\"source\":\"{INCIDENT_SOURCE}\",\"signal\":\"breached_password\",\"risk\":1.0,\"schema_version\":1}}",
+        format_rfc3339_ms(t_ms)
+    );
+    s.into_bytes()
+}
+
+/// Generates the realistic workload, message by message in produce order, into
+/// `sink(key, payload, kind)`. Deterministic for a given spec.
+///
+/// Event time advances evenly over the hour `[end_ms - 1 h, end_ms]`. Into the ordinary traffic
+/// (permutation passes over the population, as [`stream_iter`]; 5 % of events stamped up to 90 s
+/// early, inside the 2-minute allowed lateness) it mixes: malformed messages; exact re-sends of
+/// one of the last 1,024 valid messages (same key, so the same partition, always after the
+/// original); `bursts` takeover bursts, each of `pairs_per_burst` pairs within 20 s of event time,
+/// the trigger 20 to 200 messages after the first half; and the incident, `incident_accounts`
+/// distinct accounts flagged with `breached_password` 1.0 (a decision each) by
+/// [`INCIDENT_SOURCE`], spread evenly over `incident_minutes`.
+pub fn realistic(spec: &RealSpec, mut sink: impl FnMut(&[u8], &[u8], RealKind)) -> RealCounts {
+    let n = spec.events;
+    let accounts = spec.accounts;
+    let start = spec.start_ms();
+    let mut rng = Rng(spec.seed);
+    let mut c = RealCounts { events: n, ..RealCounts::default() };
+    let t_of = |i: usize| start + (i as i64 * 3_600_000) / n.max(1) as i64;
+    let slot_of = |t: i64| (((t - start) * n as i64) / 3_600_000).clamp(0, n as i64) as usize;
+    // The incident: slots [inc_a, inc_b), `incident_accounts` of them flagged, evenly spaced.
+    let (inc_a, inc_b) = (slot_of(start + 35 * 60_000), slot_of(start + (35 + spec.incident_minutes) * 60_000));
+    let inc_slots = (inc_b - inc_a).max(1);
+    let incident_total = spec.incident_accounts.min(inc_slots);
+    let incident_accts = permutation(accounts, spec.seed ^ 0x1c1d);
+    // Takeover bursts: burst b starts at minute 3 + 6 b, lasts 20 s.
+    let burst_len = slot_of(start + 20_000).max(1);
+    let bursts: Vec<usize> = (0..spec.bursts).map(|b| slot_of(start + (3 + 6 * b as i64) * 60_000)).collect();
+    let mut pending: std::collections::VecDeque<(usize, u32, usize)> = std::collections::VecDeque::new();
+    let mut recent: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(1024);
+    let mut recent_next = 0usize;
+    let mut perm: Vec<u32> = Vec::new();
+    let mut plain_i = 0usize;
+    let mut key = String::new();
+    let mut pairs = 0usize;
+    let mut incident_done = 0usize;
+    for i in 0..n {
+        let t = t_of(i);
+        let mut remember = true;
+        let (k, v, kind): (Vec<u8>, Vec<u8>, RealKind) =
+            if (inc_a..inc_b).contains(&i) && ((i - inc_a + 1) * incident_total / inc_slots) > incident_done {
+                let a = incident_accts[incident_done % accounts];
+                incident_done += 1;
+                key.clear();
+                account_id(a, &mut key);
+                (key.clone().into_bytes(), incident_event(&mut rng, a, t), RealKind::Incident)
+            } else if pending.front().is_some_and(|&(due, _, _)| due <= i) {
+                let (_, a, k) = pending.pop_front().unwrap_or_default();
+                key.clear();
+                account_id(a, &mut key);
+                (key.clone().into_bytes(), takeover_event(k, a, t, true), RealKind::Takeover)
+            } else if bursts.iter().any(|&b| (b..b + burst_len).contains(&i)) && {
+                // This burst's share of its slots, evenly spread.
+                let b = bursts.iter().copied().filter(|&b| b <= i).max().unwrap_or(0);
+                let done_here = (i - b) * spec.pairs_per_burst / burst_len;
+                let due_here = (i - b + 1) * spec.pairs_per_burst / burst_len;
+                due_here > done_here
+            } {
+                let a = rng.below(accounts as u64) as u32;
+                let k = pairs;
+                pairs += 1;
+                pending.push_back((i + 20 + rng.below(180) as usize, a, k));
+                key.clear();
+                account_id(a, &mut key);
+                (key.clone().into_bytes(), takeover_event(k, a, t, false), RealKind::Takeover)
+            } else if rng.chance(spec.malformed) {
+                remember = false;
+                let a = rng.below(accounts as u64) as u32;
+                key.clear();
+                account_id(a, &mut key);
+                c.malformed += 1;
+                (key.clone().into_bytes(), malformed(&mut rng, c.malformed, a, t), RealKind::Malformed)
+            } else if !recent.is_empty() && rng.chance(spec.duplicates) {
+                remember = false;
+                c.duplicates += 1;
+                let (k, v) = recent[rng.below(recent.len() as u64) as usize].clone();
+                (k, v, RealKind::Duplicate)
+            } else {
+                if plain_i % accounts == 0 {
+                    perm = permutation(accounts, spec.seed ^ mix(plain_i as u64 / accounts as u64 + 1));
+                }
+                let a = perm[plain_i % accounts];
+                plain_i += 1;
+                let et = if rng.chance(0.05) {
+                    c.out_of_order += 1;
+                    t - 1 - rng.below(90_000) as i64
+                } else {
+                    t
+                };
+                key.clear();
+                account_id(a, &mut key);
+                c.plain += 1;
+                (key.clone().into_bytes(), event(&mut rng, a, et), RealKind::Plain)
+            };
+        if kind == RealKind::Incident {
+            c.incident += 1;
+        }
+        c.bytes += v.len();
+        sink(&k, &v, kind);
+        if remember {
+            if recent.len() < 1024 {
+                recent.push((k, v));
+            } else {
+                recent[recent_next] = (k, v);
+                recent_next = (recent_next + 1) % 1024;
+            }
+        }
+    }
+    c.takeover_pairs = pairs - pending.len();
+    c
+}
