@@ -90,6 +90,10 @@ use tokio_util::sync::CancellationToken;
 
 use kafka::{unique_name, KafkaBroker};
 
+/// The service binary's allocator (src/main.rs), so resetguard runs here as it runs deployed.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Breaker limits no run of this bench reaches: every decision is a notice.
 const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 100000\ncell_rate_per_minute = 1000000\ncell_burst = 100000\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
 

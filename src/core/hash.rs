@@ -20,7 +20,8 @@ pub const DEMO_SECRET: &str = "resetguard-demo-secret-public-never-use-in-produc
 #[derive(Clone)]
 pub struct Keys {
     id_seed: u64,
-    notice_key: [u8; 32],
+    /// HMAC keyed with the notice key once: each id clones it (keying costs two SHA-256 blocks).
+    notice_mac: HmacSha256,
 }
 
 impl std::fmt::Debug for Keys {
@@ -42,7 +43,10 @@ impl Keys {
         let seed = derive(secret, b"resetguard.id_seed.v1");
         let mut first = [0u8; 8];
         first.copy_from_slice(&seed[..8]);
-        Keys { id_seed: u64::from_be_bytes(first), notice_key: derive(secret, b"resetguard.notice_key.v2") }
+        let notice_key = derive(secret, b"resetguard.notice_key.v2");
+        let notice_mac =
+            HmacSha256::new_from_slice(&notice_key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        Keys { id_seed: u64::from_be_bytes(first), notice_mac }
     }
 
     /// The demo's keys (from [`DEMO_SECRET`]).
@@ -66,8 +70,7 @@ impl Keys {
     /// replay and restart (the mailer dedupes on it); without the deployment secret an id cannot
     /// be computed, so it cannot be used to test guesses of account ids.
     pub fn notice_id(&self, account_id: &str, incident_start_s: u32, policy_version: &str) -> String {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.notice_key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let mut mac = self.notice_mac.clone();
         mac.update(b"resetguard.notice_id.v2\0");
         mac.update(account_id.as_bytes());
         mac.update(b"\0");

@@ -88,6 +88,9 @@ pub fn producer_config(s: &Settings) -> ClientConfig {
         // Must stay below transaction.timeout.ms.
         ("message.timeout.ms", "25000"),
         ("compression.type", "lz4"),
+        // The writer acts on failed deliveries only (txn.rs); a success report per record was
+        // served on the pipeline thread for nothing (~1 µs per produced record, measured).
+        ("delivery.report.only.error", "true"),
     ] {
         if !s.kafka.contains_key(k) {
             c.set(k, v);

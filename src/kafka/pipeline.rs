@@ -1216,10 +1216,10 @@ impl Pipeline {
         lock(&self.shared.offsets).clear();
         self.after_abort();
         self.on_rebalance_events()?;
-        if !self.owned.is_empty() {
-            self.restore_all()?;
-        }
-        Ok(())
+        // Also with nothing owned (a lost assignment): what the aborted transaction did must not
+        // outlive it. Its dedupe memory, kept by a partition's removal, would make the re-read
+        // inputs duplicates once the partitions come back.
+        self.restore_all()
     }
 
     /// The producer hit a fatal error. A transaction the coordinator expired while the broker

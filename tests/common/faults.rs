@@ -79,6 +79,11 @@ pub fn write_config(
         let rest = rest.split_once('\n').map_or("", |(_, r)| r);
         std::fs::write(&path, format!("{head}\nmax_batch = {n}\n{rest}")).unwrap();
     }
+    // RG_TEST_KAFKA="k=v;k=v" adds client properties to every fault test's service, e.g. to run
+    // them with partition.assignment.strategy=cooperative-sticky.
+    let from_env = std::env::var("RG_TEST_KAFKA").unwrap_or_default();
+    let from_env: Vec<(&str, &str)> = from_env.split(';').filter_map(|kv| kv.split_once('=')).collect();
+    let kafka_extra: Vec<(&str, &str)> = kafka_extra.iter().copied().chain(from_env).collect();
     if !kafka_extra.is_empty() {
         let text = std::fs::read_to_string(&path).unwrap();
         let extra: String = kafka_extra.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
