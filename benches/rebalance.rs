@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench rebalance                               # 12 partitions, 3 → 4 instances, cooperative-sticky
-//! REBALANCE_BENCH_STRATEGY=range cargo bench --bench rebalance   # the same with the eager default
+//! REBALANCE_BENCH_STRATEGY=range cargo bench --bench rebalance   # the same with the eager protocol
 //! ```
 //!
 //! 1. **Fleet.** One input topic of `REBALANCE_BENCH_PARTITIONS` (default 12) partitions, the
@@ -13,8 +13,8 @@
 //!    child process of the built `resetguard` binary with its own transactional id (static
 //!    membership: `group.instance.id` = the transactional id, the default), commit interval
 //!    100 ms, the changelog on (the default) and `partition.assignment.strategy` =
-//!    `REBALANCE_BENCH_STRATEGY` (default `cooperative-sticky`; `range` is resetguard's eager
-//!    default). The breaker never trips (every decision is a notice).
+//!    `REBALANCE_BENCH_STRATEGY` (default `cooperative-sticky`, resetguard's default with the
+//!    changelog; `range` is the eager protocol). The breaker never trips (every decision is a notice).
 //! 2. **Load.** `REBALANCE_BENCH_RATE` events/s (default 1,500) on a fixed schedule, every event
 //!    sent to an explicit partition (its account's), `occurred_at` = produce time.
 //!    `REBALANCE_BENCH_NOTICES_PER_SEC` (default 100) of them trigger a notice: the second event of

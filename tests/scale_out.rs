@@ -1,5 +1,5 @@
 //! Scaling a fleet out and back in while events flow, on Apache Kafka, with `resetguard run`
-//! child processes, the changelog (the default) and the cooperative protocol (opt-in): 2 → 3 → 2
+//! child processes, the changelog (the default) and the cooperative protocol (the default with it): 2 → 3 → 2
 //! instances. Only the partitions that change owner are restored; a partition that stays with its
 //! instance shows no restore (its `resetguard_partition_restores_total` series does not move);
 //! no notice is sent twice and every input has exactly its expected outcome.

@@ -26,10 +26,10 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
         // sits behind records a read_committed consumer never sees (aborted, markers).
         .set("enable.partition.eof", "true");
     if !s.kafka.contains_key("partition.assignment.strategy") {
-        // Eager by default. `cooperative-sticky` (with the changelog) moves only the partitions
-        // that change owner while the others keep deciding; it is opt-in until it has passed the
-        // broker kill and freeze tests (docs/changelog.md, "Rebalancing").
-        c.set("partition.assignment.strategy", "range");
+        // Incremental: a rebalance moves only the partitions that change owner, the others keep
+        // their state and keep deciding (docs/changelog.md, "Rebalancing"). Without the
+        // changelog, eager `range` (every partition restored from the input anyway).
+        c.set("partition.assignment.strategy", if s.changelog { "cooperative-sticky" } else { "range" });
     }
     if s.static_membership {
         // The instance name (the transactional id, stable across restarts) lets a restarted
