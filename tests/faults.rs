@@ -485,8 +485,14 @@ fn a_consumer_fenced_under_its_instance_name_is_replaced_and_loses_nothing() {
     wait_committed_running(broker, &t, &mut svc, first.len() as i64, Duration::from_secs(60));
     assert_eq!(svc.metric("resetguard_consumer_renewals_total"), Some(0.0));
 
-    // The intruder: same group, same instance name. Joining fences the service's member.
-    let intruder: BaseConsumer = broker.consumer_config(&t.group).set("group.instance.id", &txn_id).create().unwrap();
+    // The intruder: same group, same instance name, the service's (default) rebalance protocol.
+    // Joining fences the service's member.
+    let intruder: BaseConsumer = broker
+        .consumer_config(&t.group)
+        .set("group.instance.id", &txn_id)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .unwrap();
     intruder.subscribe(&[t.input.as_str()]).unwrap();
     // The service takes its membership back (fencing the intruder in turn: its polls fail).
     let deadline = Instant::now() + Duration::from_secs(60);
