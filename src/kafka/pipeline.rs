@@ -862,7 +862,7 @@ impl Pipeline {
     }
 
     /// This instance's share of the fleet's caps changed with its partitions: the caps follow
-    /// (the limiters start empty, so no budget is minted by moving partitions around).
+    /// (carrying the budget left, never more: no budget is minted by moving partitions around).
     fn reshare(&mut self) {
         let share = self.share();
         self.engine.breaker_mut().set_share(share);
@@ -1259,15 +1259,6 @@ impl Pipeline {
         }
         warn!(error = why, "Fatal consumer error; replacing the consumer and restoring its assignment.");
         let aborted = lock(&self.shared.writer).abort(&mut || self.status.beat());
-        if let Err(e) = aborted {
-            self.renew_producer(e)?;
-        }
-        // Everything owned is lost with the old consumer; the new one is assigned afresh.
-        for &(t, p) in &self.owned {
-            self.engine.forget_partition_state(self.partitions.global(t, p));
-        }
-        self.after_abort();
-        self.unassigned();
         let consumer: BaseConsumer<Ctx> = consumer_config(&self.settings)
             .create_with_context(Ctx { shared: self.shared.clone() })
             .map_err(|e| PipelineError::Fatal(format!("cannot create a new Kafka consumer: {e}")))?;
@@ -1283,7 +1274,17 @@ impl Pipeline {
         self.shared.unflushed.store(false, Ordering::SeqCst);
         self.fetch_epoch += 1;
         self.metrics.consumer_renewals.inc();
-        self.new_producer()
+        // Everything owned is lost with the old consumer: nothing is owned until the new one is
+        // assigned, and the engine starts over (nothing of the aborted transaction stays).
+        self.after_abort();
+        self.unassigned();
+        self.restore_cause = "abort";
+        match aborted {
+            Err(e) => self.renew_producer(e)?,
+            // A new producer epoch fences records of the aborted transaction still in flight.
+            Ok(()) => self.new_producer()?,
+        }
+        self.restore_all()
     }
 
     /// Replaces the transactional producer: `init_transactions` under the same id aborts
