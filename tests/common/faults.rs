@@ -86,6 +86,12 @@ pub fn write_config(
     let kafka_extra: Vec<(&str, &str)> = kafka_extra.iter().copied().chain(from_env).collect();
     if !kafka_extra.is_empty() {
         let text = std::fs::read_to_string(&path).unwrap();
+        // A property given here replaces the one the config has.
+        let text: String = text
+            .lines()
+            .filter(|l| !kafka_extra.iter().any(|(k, _)| l.starts_with(&format!("\"{k}\" = "))))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let extra: String = kafka_extra.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
         assert!(text.contains("\n[kafka]\n"), "unexpected config layout:\n{text}");
         std::fs::write(&path, text.replacen("\n[kafka]\n", &format!("\n[kafka]\n{extra}"), 1)).unwrap();
