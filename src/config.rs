@@ -291,6 +291,11 @@ pub struct PipelineFile {
     /// Default `true`.
     #[serde(default = "default_true")]
     pub changelog: bool,
+    /// Version of the changelog's account records written: `2` (packed evidence ids, the
+    /// default) or `1` (ids as text), for a rolling upgrade from a version that reads only `1`
+    /// (docs/changelog.md, "Upgrading"). Both are always read.
+    #[serde(default = "default_changelog_record_version")]
+    pub changelog_record_version: u8,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
     /// (Kafka Streams' exactly-once default).
     #[serde(default = "default_commit_interval")]
@@ -328,6 +333,10 @@ fn default_stall_timeout() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_changelog_record_version() -> u8 {
+    crate::core::changelog::VERSION
+}
+
 fn default_max_batch() -> usize {
     50_000
 }
@@ -339,6 +348,7 @@ impl Default for PipelineFile {
             transactional_id: None,
             static_membership: true,
             changelog: true,
+            changelog_record_version: default_changelog_record_version(),
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
@@ -378,6 +388,8 @@ pub struct Settings {
     pub static_membership: bool,
     /// Per-account state in the changelog topic (see `[pipeline] changelog`).
     pub changelog: bool,
+    /// Version of the account records written (see `[pipeline] changelog_record_version`).
+    pub changelog_record_version: u8,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
@@ -651,6 +663,16 @@ impl ConfigFile {
         let drain_timeout = dur("pipeline.drain_timeout", &self.pipeline.drain_timeout, &mut errors);
         let stall_timeout = dur("pipeline.stall_timeout", &self.pipeline.stall_timeout, &mut errors);
         let held_pending_refresh = dur("admin.held_pending_refresh", &self.admin.held_pending_refresh, &mut errors);
+        if !crate::core::changelog::WRITABLE_VERSIONS.contains(&self.pipeline.changelog_record_version) {
+            errors.push(field(
+                "pipeline.changelog_record_version",
+                format!(
+                    "must be one of {:?} (got {})",
+                    crate::core::changelog::WRITABLE_VERSIONS,
+                    self.pipeline.changelog_record_version
+                ),
+            ));
+        }
         if self.pipeline.max_batch == 0 {
             errors.push(field("pipeline.max_batch", "must be at least 1"));
         }
@@ -768,6 +790,7 @@ impl ConfigFile {
                 transactional_id,
                 static_membership: self.pipeline.static_membership,
                 changelog: self.pipeline.changelog,
+                changelog_record_version: self.pipeline.changelog_record_version,
                 commit_interval,
                 drain_timeout,
                 stall_timeout,
@@ -794,13 +817,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
         let cfg: ConfigFile = toml::from_str(
-            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
+            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
         )
         .unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"kafka.\"bootstrap.servers\""), "{paths:?}");
         assert!(paths.contains(&"pipeline.commit_interval"), "{paths:?}");
+        assert!(paths.contains(&"pipeline.changelog_record_version"), "{paths:?}");
         assert!(paths.contains(&"kafka.\"isolation.level\""), "{paths:?}");
     }
 

@@ -8,6 +8,7 @@
 //!   every commit point.
 //! - `tombstones_follow_expiry_and_the_log_stays_bounded`: accounts and cooldowns that expire
 //!   are written as tombstones, so the compacted log holds only live accounts.
+//! - `version_1_records_restore_the_same_state`: what a rolling upgrade writes.
 //! - `a_restored_breaker_has_spent_the_budget_its_decisions_spent`
 
 mod common;
@@ -230,6 +231,44 @@ fn tombstones_follow_expiry_and_the_log_stays_bounded() {
     assert_eq!(accounts(&log), 1, "every expired account has a tombstone");
     let tombstones = log.iter().filter(|(_, _, v)| v.is_none()).count();
     assert_eq!(tombstones, 3000);
+}
+
+/// A rolling upgrade writes version 1 records (`pipeline.changelog_record_version = 1`): they
+/// restore the same state as version 2 ones, and their evidence ids are text.
+#[test]
+fn version_1_records_restore_the_same_state() {
+    let policy = Policy::default_with_version("changelog-v1");
+    let (mut v1, mut v2) = (engine(&policy), engine(&policy));
+    v1.track_changes_as(1);
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    for i in 0..500 {
+        // UUID-shaped ids (packed in version 2) and others, three events on some accounts.
+        let id = if i % 2 == 0 { format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7) } else { format!("ev-{i}") };
+        let signal = ["credential_stuffing", "new_device", "failed_login"][i % 3];
+        let ev = event(&id, &format!("acct-{}", i % 200), T0 + i as i64, "s", signal, 0.9);
+        assert_eq!(
+            v1.process(&ev, (i % 3) as u32, T0 + 5_000).outcome,
+            v2.process(&ev, (i % 3) as u32, T0 + 5_000).outcome
+        );
+    }
+    drain(&mut v1, &mut log1);
+    drain(&mut v2, &mut log2);
+    let version = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
+        log.iter()
+            .filter(|(_, k, _)| matches!(parse_key(k), Key::Account(_)))
+            .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
+            .collect::<HashSet<u8>>()
+    };
+    assert_eq!(version(&log1), HashSet::from([1]));
+    assert_eq!(version(&log2), HashSet::from([2]));
+    let bytes = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
+        log.iter().map(|(_, _, v)| v.as_ref().map_or(0, Vec::len)).sum::<usize>()
+    };
+    assert!(bytes(&log2) < bytes(&log1), "packed ids are smaller: {} vs {}", bytes(&log2), bytes(&log1));
+    let wall = T0 + 6_000;
+    let (r1, r2) = (restore(&policy, &log1, true, wall), restore(&policy, &log2, true, wall));
+    assert_eq!(r1.state_dump(), v2.state_dump());
+    assert_eq!(r2.state_dump(), v2.state_dump());
 }
 
 /// The breaker's history comes back from the cooldowns in the changelog: a restored instance

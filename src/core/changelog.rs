@@ -36,6 +36,8 @@ use super::evidence;
 pub const VERSION: u8 = 2;
 /// The first version: evidence ids as text.
 const VERSION_1: u8 = 1;
+/// Versions [`encode`] can write (every one is read).
+pub const WRITABLE_VERSIONS: [u8; 2] = [VERSION_1, VERSION];
 /// Version of the watermark records.
 const WATERMARK_VERSION: u8 = 1;
 const HAS_WINDOW: u8 = 1;
@@ -133,10 +135,17 @@ pub enum DecodeError {
     Evidence,
 }
 
-/// Appends the record to `out`.
+/// Appends the record to `out`, as the current version.
 pub fn encode(r: &AccountRecord<'_>, out: &mut Vec<u8>) {
+    encode_as(r, VERSION, out);
+}
+
+/// Appends the record to `out` as `version` (one of [`WRITABLE_VERSIONS`]; version 1 writes the
+/// evidence ids as text joined by '\n', for readers that know only version 1).
+pub fn encode_as(r: &AccountRecord<'_>, version: u8, out: &mut Vec<u8>) {
+    let version = if version == VERSION_1 { VERSION_1 } else { VERSION };
     let flags = if r.window.is_some() { HAS_WINDOW } else { 0 } | if r.cooldown.is_some() { HAS_COOLDOWN } else { 0 };
-    out.push(VERSION);
+    out.push(version);
     out.push(flags);
     out.push(r.names.len().min(255) as u8);
     for n in r.names.iter().take(255) {
@@ -161,7 +170,14 @@ pub fn encode(r: &AccountRecord<'_>, out: &mut Vec<u8>) {
             out.push(e.cell);
         }
         // At most 10 ids of at most 515 bytes each: far below the u16 length.
-        let ids = &w.ids[..w.ids.len().min(u16::MAX as usize)];
+        let text;
+        let ids: &[u8] = if version == VERSION_1 {
+            text = evidence::to_strings(&w.ids).join("\n");
+            text.as_bytes()
+        } else {
+            &w.ids
+        };
+        let ids = &ids[..ids.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(ids.len() as u16).to_le_bytes());
         out.extend_from_slice(ids);
     }
@@ -318,6 +334,10 @@ mod tests {
         v1.extend_from_slice(b"e-1\ne-2");
         v1.extend_from_slice(&buf[buf.len() - 13..]);
         assert_eq!(decode(&v1).unwrap(), sample());
+        // And written as version 1 when asked (a rolling upgrade): the same bytes.
+        let mut written = Vec::new();
+        encode_as(&sample(), 1, &mut written);
+        assert_eq!(written, v1);
         // A packed field whose items do not fill it is refused.
         let mut bad = buf.clone();
         bad[ids_at] = 9;

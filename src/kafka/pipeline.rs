@@ -588,7 +588,7 @@ impl Pipeline {
                     settings.topics.changelog
                 )));
             }
-            engine.track_changes();
+            engine.track_changes_as(settings.changelog_record_version);
             Some(reader)
         } else {
             None

@@ -21,6 +21,8 @@ pub(super) struct Changes {
     /// Scratch for the sweep (kept to reuse its allocation).
     pub(super) freed: Vec<(u64, u16)>,
     buf: Vec<u8>,
+    /// Account record version written ([`changelog::WRITABLE_VERSIONS`]; 0: the current one).
+    version: u8,
 }
 
 impl Changes {
@@ -51,9 +53,16 @@ pub struct StateSummary {
 pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
 impl Engine {
-    /// Starts tracking what changes, for [`Engine::drain_changes`].
+    /// Starts tracking what changes, for [`Engine::drain_changes`], which writes account records
+    /// of the current version.
     pub fn track_changes(&mut self) {
-        self.changes.get_or_insert_with(Changes::default);
+        self.track_changes_as(changelog::VERSION);
+    }
+
+    /// [`Engine::track_changes`], writing account records of `version` (a rolling upgrade from
+    /// a version that reads only version 1; see [`changelog::encode_as`]).
+    pub fn track_changes_as(&mut self, version: u8) {
+        self.changes.get_or_insert_with(Changes::default).version = version;
     }
 
     /// Accounts changed since the last drain.
@@ -71,7 +80,7 @@ impl Engine {
             c.buf.clear();
             let partition = self.accounts.get(key).map_or(partition, |a| a.partition);
             let k = changelog::account_key(key);
-            if self.encode_account(key, &mut c.buf) {
+            if self.encode_account(key, c.version, &mut c.buf) {
                 emit(u32::from(partition), &k, Some(&c.buf));
             } else {
                 emit(u32::from(partition), &k, None);
@@ -231,7 +240,7 @@ impl Engine {
         let mut out: Vec<StateRecord> = Vec::with_capacity(keys.len());
         for key in keys {
             let mut buf = Vec::new();
-            self.encode_account(key, &mut buf);
+            self.encode_account(key, changelog::VERSION, &mut buf);
             let p = self.accounts.get(key).map(|a| a.partition).or_else(|| self.ledger.get(&key).map(|c| c.partition));
             out.push((u32::from(p.unwrap_or(0)), changelog::account_key(key).to_vec(), Some(buf)));
         }
@@ -272,7 +281,7 @@ impl Engine {
     }
 
     /// Writes the account's record into `out`; false if the engine holds nothing for it.
-    fn encode_account(&self, key: u64, out: &mut Vec<u8>) -> bool {
+    fn encode_account(&self, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
         let account = self.accounts.get(key);
         let cooldown = self.ledger.get(&key);
         if account.is_none() && cooldown.is_none() {
@@ -305,7 +314,7 @@ impl Engine {
             let cell = r.name(self.breaker.cell_name(c.cell));
             r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
         }
-        changelog::encode(&r, out);
+        changelog::encode_as(&r, version, out);
         true
     }
 }
