@@ -79,7 +79,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -361,28 +360,6 @@ impl ProducerContext for CountingContext {
     }
 }
 
-fn send(p: &BaseProducer<CountingContext>, topic: &str, key: &[u8], payload: &[u8]) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                rec = r;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => panic!("send: {e}"),
-        }
-    }
-}
-
-fn takeover(id: &str, account: &str, t_ms: i64, signal: &str, risk: f64) -> Vec<u8> {
-    format!(
-        r#"{{"event_id":"{id}","account_id":"{account}","occurred_at":"{}","source":"device-intel","signal":"{signal}","risk":{risk},"ip":"203.0.113.7","country":"BR"}}"#,
-        format_rfc3339_ms(t_ms)
-    )
-    .into_bytes()
-}
-
 /// Invalid inputs cycled through (each becomes a DLQ record).
 fn invalid(k: usize, t_ms: i64) -> Vec<u8> {
     match k % 4 {
@@ -401,9 +378,14 @@ fn invalid(k: usize, t_ms: i64) -> Vec<u8> {
     }
 }
 
-/// Pre-produces `n` events into `topic`; returns (bytes, takeover pairs, invalid).
-fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usize) {
-    let p: BaseProducer<CountingContext> = broker
+fn send(p: &BaseProducer<CountingContext>, topic: &str, key: &[u8], payload: &[u8]) {
+    common::send_waiting(p, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+/// A producer for pre-filling a topic fast: large lz4 batches, a deep queue (like a busy
+/// upstream producer).
+fn bulk_producer(broker: &KafkaBroker) -> BaseProducer<CountingContext> {
+    broker
         .producer_config()
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
@@ -411,7 +393,12 @@ fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usi
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .create_with_context(CountingContext::default())
-        .unwrap();
+        .unwrap()
+}
+
+/// Pre-produces `n` events into `topic`; returns (bytes, takeover pairs, invalid).
+fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usize) {
+    let p = bulk_producer(broker);
     let accounts = (n / 5).max(1000);
     let step_us = (60_000_000 / n as i64).max(1);
     let t0 = wall_ms() - 65_000;
@@ -428,11 +415,11 @@ fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usi
             let a = format!("ato-{i}");
             pending_trigger = Some((a.clone(), t));
             pairs += 1;
-            let v = takeover(&format!("ato-e{i}a"), &a, t, "credential_stuffing", 0.95);
+            let v = common::takeover(&format!("ato-e{i}a"), &a, t, "credential_stuffing", 0.95);
             (a.into_bytes(), v)
         } else if i % 1000 == 600 && pending_trigger.is_some() {
             let (a, _) = pending_trigger.take().unwrap();
-            let v = takeover(&format!("ato-e{i}b"), &a, t, "impossible_travel", 0.9);
+            let v = common::takeover(&format!("ato-e{i}b"), &a, t, "impossible_travel", 0.9);
             (a.into_bytes(), v)
         } else if i % 2000 == 1234 {
             bad += 1;
@@ -676,15 +663,23 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
         let pair = k / every;
         let acct = format!("lat-ato-{pair}");
         match k % every {
-            0 => {
-                send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "credential_stuffing", 0.95))
-            }
+            0 => send(
+                &p,
+                &input,
+                acct.as_bytes(),
+                &common::takeover(&format!("lat-{k}"), &acct, t, "credential_stuffing", 0.95),
+            ),
             1 => {
                 if k >= warmup_slots {
                     sent.lock().unwrap().insert(acct.clone(), t);
                     triggers += 1;
                 }
-                send(&p, &input, acct.as_bytes(), &takeover(&format!("lat-{k}"), &acct, t, "impossible_travel", 0.9));
+                send(
+                    &p,
+                    &input,
+                    acct.as_bytes(),
+                    &common::takeover(&format!("lat-{k}"), &acct, t, "impossible_travel", 0.9),
+                );
             }
             _ => {
                 let a = rng.below(50_000) as u32;
@@ -927,15 +922,7 @@ fn realistic_policy(spec: &common::RealSpec) -> String {
 
 /// Pre-produces the realistic workload into `topic`.
 fn preproduce_realistic(broker: &KafkaBroker, topic: &str, spec: &common::RealSpec) -> common::RealCounts {
-    let p: BaseProducer<CountingContext> = broker
-        .producer_config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .create_with_context(CountingContext::default())
-        .unwrap();
+    let p = bulk_producer(broker);
     let mut i = 0usize;
     let counts = common::realistic(spec, |k, v, _| {
         send(&p, topic, k, v);

@@ -60,13 +60,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use resetguard::core::event::format_rfc3339_ms;
 
-use tc::faults::{write_config, Service};
+use tc::faults::{strip_ansi, write_config, Service};
 use tc::kafka::{unique_name, KafkaBroker};
 use tc::service::{Topics, NO_TRIP};
 
@@ -156,23 +154,6 @@ fn wait_spread(fleet: &mut [Service], partitions: i32) -> BTreeMap<i32, usize> {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// (time in ms, line) of the log lines of an instance, timestamps parsed.
 fn log_lines(svc: &Service) -> Vec<(i64, String)> {
     strip_ansi(&svc.own_log())
@@ -195,25 +176,7 @@ fn partition_field(line: &str) -> Option<i32> {
 // ---------------------------------------------------------------------------------------------
 
 fn send(p: &BaseProducer, topic: &str, partition: i32, key: &[u8], payload: &[u8]) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(payload).partition(partition);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                rec = r;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => panic!("send: {e}"),
-        }
-    }
-}
-
-fn takeover(id: &str, account: &str, t_ms: i64, signal: &str, risk: f64) -> Vec<u8> {
-    format!(
-        r#"{{"event_id":"{id}","account_id":"{account}","occurred_at":"{}","source":"device-intel","signal":"{signal}","risk":{risk},"ip":"203.0.113.7","country":"BR"}}"#,
-        format_rfc3339_ms(t_ms)
-    )
-    .into_bytes()
+    common::send_waiting(p, BaseRecord::to(topic).key(key).payload(payload).partition(partition));
 }
 
 /// A notice-triggering event as sent.
@@ -247,7 +210,7 @@ fn load(broker: &KafkaBroker, topic: &str, opts: &Opts, start: Instant, secs: u6
                 topic,
                 part,
                 acct.as_bytes(),
-                &takeover(&format!("rb-{k}"), &acct, t, "credential_stuffing", 0.95),
+                &common::takeover(&format!("rb-{k}"), &acct, t, "credential_stuffing", 0.95),
             ),
             1 => {
                 triggers.insert(acct.clone(), Trigger { partition: part, sent_ms: t });
@@ -256,7 +219,7 @@ fn load(broker: &KafkaBroker, topic: &str, opts: &Opts, start: Instant, secs: u6
                     topic,
                     part,
                     acct.as_bytes(),
-                    &takeover(&format!("rb-{k}"), &acct, t, "impossible_travel", 0.9),
+                    &common::takeover(&format!("rb-{k}"), &acct, t, "impossible_travel", 0.9),
                 );
             }
             _ => {

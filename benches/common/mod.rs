@@ -10,6 +10,10 @@
 
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use resetguard::core::event::format_rfc3339_ms;
 
 /// 2026-11-26T08:00:00Z.
@@ -467,4 +471,29 @@ pub fn realistic(spec: &RealSpec, mut sink: impl FnMut(&[u8], &[u8], RealKind)) 
     }
     c.takeover_pairs = pairs - pending.len();
     c
+}
+
+/// Sends `rec`, serving delivery reports while the producer's queue is full; any other error
+/// ends the bench.
+pub fn send_waiting<C: ProducerContext<DeliveryOpaque = ()>>(p: &BaseProducer<C>, mut rec: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => panic!("send: {e}"),
+        }
+    }
+}
+
+/// One event of a takeover pair (source `device-intel`): `credential_stuffing` 0.95 then
+/// `impossible_travel` 0.9 for the same account decides.
+pub fn takeover(id: &str, account: &str, t_ms: i64, signal: &str, risk: f64) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{id}","account_id":"{account}","occurred_at":"{}","source":"device-intel","signal":"{signal}","risk":{risk},"ip":"203.0.113.7","country":"BR"}}"#,
+        format_rfc3339_ms(t_ms)
+    )
+    .into_bytes()
 }

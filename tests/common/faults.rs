@@ -138,7 +138,7 @@ pub fn log_tail(log: &Path, n: usize) -> String {
 }
 
 /// Strips ANSI escape sequences (tracing colours its output by default).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
