@@ -1124,16 +1124,22 @@ mod tests {
         assert_eq!(b.state_of("m"), Some(CellState::ForcedClosed));
     }
 
+    /// Global and cell caps of `burst` at `rate_per_minute`, spike floors out of reach: only
+    /// the rate limiters act.
+    fn caps_only(burst: u32, rate_per_minute: u32) -> BreakerPolicy {
+        let mut p = policy();
+        p.global_burst = burst;
+        p.cell_burst = burst;
+        p.global_rate_per_minute = rate_per_minute;
+        p.cell_rate_per_minute = rate_per_minute;
+        p.spike_floor = 1_000_000;
+        p.global_spike_floor = 1_000_000;
+        p
+    }
+
     #[test]
     fn a_third_of_the_partitions_gets_a_third_of_the_caps_and_rebalances_mint_no_bursts() {
-        let mut p = policy();
-        p.global_burst = 90;
-        p.cell_burst = 90;
-        p.global_rate_per_minute = 60;
-        p.cell_rate_per_minute = 60;
-        p.spike_floor = 100_000;
-        p.global_spike_floor = 100_000;
-        let mut b = Breaker::new(p);
+        let mut b = Breaker::new(caps_only(90, 60));
         let c = b.cell_for("s");
         b.set_share(1.0);
         let sent = (0..200).filter(|i| b.check(c, T0 + i) == Verdict::Send).count();
@@ -1154,15 +1160,9 @@ mod tests {
 
     #[test]
     fn a_share_change_carries_the_budget_left_scaled_down_never_up() {
-        let mut p = policy();
-        p.global_burst = 100;
-        p.cell_burst = 100;
-        p.global_rate_per_minute = 1;
-        p.cell_rate_per_minute = 1;
-        p.spike_floor = 100_000;
-        p.global_spike_floor = 100_000;
+        let p = caps_only(100, 1);
         let sends = |b: &mut Breaker, c: u8, at: i64| (0..300).filter(|i| b.check(c, at + i) == Verdict::Send).count();
-        let mut b = Breaker::new(p.clone());
+        let mut b = Breaker::new(p);
         let c = b.cell_for("s");
         b.set_share(1.0);
         assert_eq!((0..40).filter(|i| b.check(c, T0 + i) == Verdict::Send).count(), 40);
@@ -1228,13 +1228,7 @@ mod tests {
 
     #[test]
     fn after_a_policy_change_the_caps_ramp_up_in_tenths() {
-        let mut p = policy();
-        p.global_burst = 100;
-        p.cell_burst = 100;
-        p.global_rate_per_minute = 100;
-        p.cell_rate_per_minute = 100;
-        p.spike_floor = 1_000_000;
-        p.global_spike_floor = 1_000_000;
+        let mut p = caps_only(100, 100);
         p.policy_change_ramp = Duration::from_secs(1800);
         let mut b = Breaker::new(p);
         let c = b.cell_for("s");

@@ -135,14 +135,9 @@ pub enum DecodeError {
     Evidence,
 }
 
-/// Appends the record to `out`, as the current version.
-pub fn encode(r: &AccountRecord<'_>, out: &mut Vec<u8>) {
-    encode_as(r, VERSION, out);
-}
-
 /// Appends the record to `out` as `version` (one of [`WRITABLE_VERSIONS`]; version 1 writes the
 /// evidence ids as text joined by '\n', for readers that know only version 1).
-pub fn encode_as(r: &AccountRecord<'_>, version: u8, out: &mut Vec<u8>) {
+pub fn encode(r: &AccountRecord<'_>, version: u8, out: &mut Vec<u8>) {
     let version = if version == VERSION_1 { VERSION_1 } else { VERSION };
     let flags = if r.window.is_some() { HAS_WINDOW } else { 0 } | if r.cooldown.is_some() { HAS_COOLDOWN } else { 0 };
     out.push(version);
@@ -316,7 +311,7 @@ mod tests {
     fn an_account_record_round_trips() {
         let mut buf = Vec::new();
         let r = sample();
-        encode(&r, &mut buf);
+        encode(&r, VERSION, &mut buf);
         assert_eq!(decode(&buf).unwrap(), r);
         // One window entry costs 8 bytes; names are written once per record.
         assert_eq!(buf.len(), 3 + (1 + 19) + (1 + 12) + (1 + 10) + 16 + 3 + 2 + 1 + 16 + 2 + 8 + 13);
@@ -325,7 +320,7 @@ mod tests {
     #[test]
     fn a_version_1_record_with_text_ids_is_still_read() {
         let mut buf = Vec::new();
-        encode(&sample(), &mut buf);
+        encode(&sample(), VERSION, &mut buf);
         // The same record as version 1 wrote it: the ids field as text joined by '\n'.
         let ids_at = buf.len() - 13 - 8;
         let mut v1 = buf[..ids_at - 2].to_vec();
@@ -336,7 +331,7 @@ mod tests {
         assert_eq!(decode(&v1).unwrap(), sample());
         // And written as version 1 when asked (a rolling upgrade): the same bytes.
         let mut written = Vec::new();
-        encode_as(&sample(), 1, &mut written);
+        encode(&sample(), 1, &mut written);
         assert_eq!(written, v1);
         // A packed field whose items do not fill it is refused.
         let mut bad = buf.clone();
@@ -349,14 +344,14 @@ mod tests {
         let mut buf = Vec::new();
         let mut r = sample();
         r.window = None;
-        encode(&r, &mut buf);
+        encode(&r, VERSION, &mut buf);
         assert_eq!(decode(&buf).unwrap(), r);
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let mut buf = Vec::new();
-        encode(&sample(), &mut buf);
+        encode(&sample(), VERSION, &mut buf);
         for n in 0..buf.len() {
             assert!(decode(&buf[..n]).is_err(), "prefix of {n} bytes decoded");
         }
@@ -365,13 +360,13 @@ mod tests {
     #[test]
     fn unknown_versions_and_dangling_names_are_refused() {
         let mut buf = Vec::new();
-        encode(&sample(), &mut buf);
+        encode(&sample(), VERSION, &mut buf);
         buf[0] = 3;
         assert_eq!(decode(&buf), Err(DecodeError::Version(3)));
         let mut r = sample();
         r.cooldown.as_mut().unwrap().cell = 9;
         let mut buf = Vec::new();
-        encode(&r, &mut buf);
+        encode(&r, VERSION, &mut buf);
         assert_eq!(decode(&buf), Err(DecodeError::Name(9)));
     }
 

@@ -1270,21 +1270,18 @@ impl Pipeline {
         // and what its callbacks reported goes with it.
         drop(std::mem::replace(&mut self.consumer, Arc::new(consumer)));
         lock(&self.shared.events).clear();
-        lock(&self.shared.offsets).clear();
         self.shared.unflushed.store(false, Ordering::SeqCst);
         self.fetch_epoch += 1;
         self.metrics.consumer_renewals.inc();
         // Everything owned is lost with the old consumer: nothing is owned until the new one is
-        // assigned, and the engine starts over (nothing of the aborted transaction stays).
-        self.after_abort();
+        // assigned, and the rewind starts the engine over like after any abort.
         self.unassigned();
-        self.restore_cause = "abort";
         match aborted {
             Err(e) => self.renew_producer(e)?,
             // A new producer epoch fences records of the aborted transaction still in flight.
             Ok(()) => self.new_producer()?,
         }
-        self.restore_all()
+        self.rewind()
     }
 
     /// Replaces the transactional producer: `init_transactions` under the same id aborts

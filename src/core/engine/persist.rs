@@ -60,7 +60,7 @@ impl Engine {
     }
 
     /// [`Engine::track_changes`], writing account records of `version` (a rolling upgrade from
-    /// a version that reads only version 1; see [`changelog::encode_as`]).
+    /// a version that reads only version 1; see [`changelog::encode`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
     }
@@ -314,7 +314,7 @@ impl Engine {
             let cell = r.name(self.breaker.cell_name(c.cell));
             r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
         }
-        changelog::encode_as(&r, version, out);
+        changelog::encode(&r, version, out);
         true
     }
 }
