@@ -29,6 +29,8 @@ struct Instance {
     token: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), resetguard::kafka::PipelineError>>,
     base: String,
+    /// Why the instance stopped, if it did on its own.
+    stopped: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn start_instance(
@@ -39,6 +41,7 @@ fn start_instance(
     name: &str,
     policy: &str,
 ) -> Instance {
+    common::trace();
     let port = free_port();
     let path = t.write_instance_config(
         broker,
@@ -52,8 +55,18 @@ fn start_instance(
     let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir).unwrap();
     let status = Arc::new(Status::default());
     let token = CancellationToken::new();
-    let handle = rt.spawn(resetguard::app::run(settings, prometheus::Registry::new(), status.clone(), token.clone()));
-    Instance { status, token, handle, base: format!("http://127.0.0.1:{port}") }
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let run = resetguard::app::run(settings, prometheus::Registry::new(), status.clone(), token.clone());
+    let why = stopped.clone();
+    let handle = rt.spawn(async move {
+        let result = run.await;
+        *why.lock().unwrap() = Some(match &result {
+            Ok(()) => "stopped without an error".to_string(),
+            Err(e) => e.to_string(),
+        });
+        result
+    });
+    Instance { status, token, handle, base: format!("http://127.0.0.1:{port}"), stopped }
 }
 
 /// Waits until the instances together own all input partitions, each at least one.
@@ -67,6 +80,11 @@ fn wait_assigned(instances: &[&Instance], total: usize) {
             && instances.iter().all(|i| i.status.ready.load(Ordering::SeqCst))
         {
             return;
+        }
+        for (n, i) in instances.iter().enumerate() {
+            if let Some(why) = i.stopped.lock().unwrap().as_ref() {
+                panic!("instance {n} stopped before the fleet was assigned: {why}");
+            }
         }
         assert!(Instant::now() < deadline, "partitions not spread over the fleet: {counts:?}");
         std::thread::sleep(Duration::from_millis(100));

@@ -133,11 +133,8 @@ impl ChangelogReader {
 
     /// Partitions of the changelog topic.
     pub fn partitions(&self) -> Result<usize, PipelineError> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), CALL_TIMEOUT)
-            .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", self.topic)))?;
-        Ok(md.topics().iter().find(|t| t.name() == self.topic).map_or(0, |t| t.partitions().len()))
+        super::topics::partition_count(self.consumer.client(), &self.topic, super::topics::SHOW_WAIT)
+            .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", self.topic)))
     }
 
     /// Reads `partitions` to their end, handing each record to `apply` (partition, key, value or

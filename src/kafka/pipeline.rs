@@ -1504,10 +1504,8 @@ impl Pipeline {
 fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<Vec<usize>, PipelineError> {
     let mut counts = Vec::new();
     for t in &s.topics.input {
-        let md = consumer
-            .fetch_metadata(Some(t), Duration::from_secs(10))
+        let n = super::topics::partition_count(consumer.client(), t, super::topics::SHOW_WAIT)
             .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {t}: {e}")))?;
-        let n = md.topics().iter().find(|x| x.name() == t).map_or(0, |x| x.partitions().len());
         if n == 0 {
             return Err(PipelineError::Startup(format!("input topic {t} does not exist")));
         }

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Settings;
 
@@ -72,11 +74,45 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
     for r in results {
         match r {
             Ok(name) => created.push(name),
+            // Another instance of the fleet, starting at the same time, created it.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => return Err(PipelineError::Startup(format!("cannot create topic {name}: {code}"))),
         }
     }
+    // Later lookups (partition counts, fencing, assignment) need the new topics in the metadata.
+    for name in &missing {
+        match partition_count(admin.inner(), name, SHOW_WAIT) {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                return Err(PipelineError::Startup(format!(
+                    "topic {name} was created but is not in the metadata after {}s",
+                    SHOW_WAIT.as_secs()
+                )))
+            }
+            Err(e) => return Err(PipelineError::Startup(format!("cannot read metadata of {name}: {e}"))),
+        }
+    }
     Ok(created)
+}
+
+/// How long a topic just created may take to show in the metadata with its partitions.
+pub const SHOW_WAIT: Duration = Duration::from_secs(30);
+
+/// The number of partitions of `topic` in the metadata (a partition without a leader counts); asked
+/// again for up to `wait` while the topic is missing, has an error or shows no partitions: a topic just created (by this instance
+/// or by another one of the fleet starting at the same time) reaches every broker's metadata a
+/// moment later. 0 if it never shows.
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, wait: Duration) -> Result<usize, KafkaError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let n =
+            md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
+        if n > 0 || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// librdkafka's default `message.max.bytes`.
