@@ -59,6 +59,8 @@
 //!
 //! `PIPELINE_BENCH_KAFKA="k=v;k=v"` adds librdkafka properties to resetguard's `[kafka]` (and so
 //! to the bare consumer), e.g. `debug=eos` with `RUST_LOG=librdkafka=debug`.
+//! `PIPELINE_BENCH_PIPELINE="k = v;k = v"` adds `[pipeline]` settings, e.g.
+//! `changelog_flush_accounts = 0` for the commit-time-only changelog send.
 //!
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
 //! (20,000 events of each workload, one round, 5 s of latency), so the bench cannot rot.
@@ -122,6 +124,9 @@ struct Opts {
     commit_interval: String,
     /// Extra `[kafka]` properties for resetguard (and the bare consumer), `k=v;k=v`.
     kafka_extra: Vec<(String, String)>,
+    /// Extra `[pipeline]` settings for resetguard, TOML lines joined by `;`
+    /// (`PIPELINE_BENCH_PIPELINE="changelog_flush_accounts = 0"`).
+    pipeline_extra: String,
     latency_secs: u64,
     latency_rate: u64,
     notices_per_sec: u64,
@@ -151,6 +156,7 @@ impl Opts {
             warmup: env_or("PIPELINE_BENCH_WARMUP", !smoke),
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
             commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
+            pipeline_extra: std::env::var("PIPELINE_BENCH_PIPELINE").unwrap_or_default().replace(';', "\n"),
             kafka_extra: std::env::var("PIPELINE_BENCH_KAFKA")
                 .unwrap_or_default()
                 .split(';')
@@ -233,6 +239,7 @@ group_id = "{group}"
 transactional_id = "{txn}"
 commit_interval = "{commit_interval}"
 drain_timeout = "30s"
+{pipeline_extra}
 [http]
 listen = "127.0.0.1:0"
 [secret]
@@ -245,6 +252,7 @@ file = "deployment.secret"
         shadow = out.shadow,
         txn = unique_name("bench-txn"),
         commit_interval = opts.commit_interval,
+        pipeline_extra = opts.pipeline_extra,
         partitions = opts.partitions,
     );
     let path = dir.join("resetguard.toml");

@@ -296,6 +296,13 @@ pub struct PipelineFile {
     /// (docs/changelog.md, "Upgrading"). Both are always read.
     #[serde(default = "default_changelog_record_version")]
     pub changelog_record_version: u8,
+    /// Send the changelog records of a transaction early, once this many accounts have changed
+    /// since the last send, instead of all at its commit: a long transaction (a catch-up fills
+    /// `max_batch`) then ships its state while it is still deciding, and its commit waits only for
+    /// the last part. An account changed again after an early send is written again (coalescing
+    /// is per send, not per transaction). `0`: only at the commit. Default 2048.
+    #[serde(default = "default_changelog_flush_accounts")]
+    pub changelog_flush_accounts: usize,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
     /// (Kafka Streams' exactly-once default).
     #[serde(default = "default_commit_interval")]
@@ -337,6 +344,10 @@ fn default_changelog_record_version() -> u8 {
     crate::core::changelog::VERSION
 }
 
+fn default_changelog_flush_accounts() -> usize {
+    2048
+}
+
 fn default_max_batch() -> usize {
     50_000
 }
@@ -349,6 +360,7 @@ impl Default for PipelineFile {
             static_membership: true,
             changelog: true,
             changelog_record_version: default_changelog_record_version(),
+            changelog_flush_accounts: default_changelog_flush_accounts(),
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
@@ -390,6 +402,8 @@ pub struct Settings {
     pub changelog: bool,
     /// Version of the account records written (see `[pipeline] changelog_record_version`).
     pub changelog_record_version: u8,
+    /// Changed accounts that trigger an early changelog send (see `[pipeline] changelog_flush_accounts`).
+    pub changelog_flush_accounts: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
@@ -791,6 +805,7 @@ impl ConfigFile {
                 static_membership: self.pipeline.static_membership,
                 changelog: self.pipeline.changelog,
                 changelog_record_version: self.pipeline.changelog_record_version,
+                changelog_flush_accounts: self.pipeline.changelog_flush_accounts,
                 commit_interval,
                 drain_timeout,
                 stall_timeout,

@@ -1137,6 +1137,13 @@ impl Pipeline {
         if self.batch % 1024 == 0 {
             lock(&self.shared.writer).poll();
         }
+        let flush_at = self.settings.changelog_flush_accounts;
+        if flush_at > 0 && self.engine.pending_changes() >= flush_at {
+            // Shipped while the transaction goes on deciding: its commit waits only for the rest.
+            if let Err(e) = self.flush_changelog() {
+                return self.on_txn_error(e);
+            }
+        }
         Ok(())
     }
 
