@@ -45,8 +45,13 @@
 //!      event consumed, from `Status::consumed` - the moment the group's committed offsets
 //!      (OffsetFetch, require-stable) sum to N). Also printed: the steady-state rate from the
 //!      first committed transaction to the last.
+//!    - *bare EOS copy*: the least any exactly-once pipeline that writes one record per input
+//!      costs on this broker (resetguard writes about one changelog record per input): a consumer
+//!      and a transactional producer with resetguard's client configurations copy each input
+//!      unchanged to the same partition of a fresh topic, committing offsets with the copies every
+//!      `commit_interval`; no decoding, no state. Rate = N / (first message .. last commit).
 //!
-//!    Ratio = median resetguard rate / median bare rate.
+//!    Ratio = median resetguard rate / median bare rate; also against the bare EOS copy.
 //! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
 //!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
 //!    (default 30 s), `PIPELINE_BENCH_NOTICES_PER_SEC` (default 20) of them triggering a notice
@@ -501,6 +506,78 @@ fn bare_run(settings: &Settings, input: &str, n: u64) -> Bare {
     Bare { rate: n as f64 / span.as_secs_f64(), wall: end - began }
 }
 
+/// The least an exactly-once pipeline that writes one record per input costs on this broker (as
+/// resetguard does with its changelog): a consumer and a transactional producer with resetguard's
+/// own client configurations copy every input, unchanged, to the same partition of a fresh
+/// topic, committing the offsets with the copies every `commit_interval`, and nothing else (no
+/// decoding, no state). Rate = N / (first message .. last commit).
+fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, partitions: i32) -> Bare {
+    let out = unique_name("tp-copy");
+    broker.create_topic(&out, partitions);
+    let mut ccfg = resetguard::kafka::client::consumer_config(settings);
+    ccfg.set("group.id", unique_name("bench-copier"));
+    ccfg.remove("group.instance.id");
+    let c: BaseConsumer = ccfg.create().unwrap();
+    let mut pcfg = resetguard::kafka::client::producer_config(settings);
+    pcfg.set("transactional.id", unique_name("bench-copier-txn"));
+    let p: BaseProducer = pcfg.create().unwrap();
+    p.init_transactions(Duration::from_secs(30)).unwrap();
+    let began = Instant::now();
+    c.subscribe(&[input]).unwrap();
+    let interval = settings.commit_interval;
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let (mut count, mut open, mut first) = (0u64, false, None);
+    let mut next_commit = Instant::now() + interval;
+    let deadline = began + Duration::from_secs(900);
+    let commit = |offsets: &mut HashMap<i32, i64>| {
+        let mut tpl = TopicPartitionList::new();
+        for (&part, &o) in offsets.iter() {
+            tpl.add_partition_offset(input, part, Offset::Offset(o)).unwrap();
+        }
+        let cgm = c.group_metadata().unwrap();
+        p.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30)).unwrap();
+        while p.in_flight_count() > 0 {
+            p.poll(Duration::from_millis(1));
+        }
+        p.commit_transaction(Duration::from_secs(30)).unwrap();
+        offsets.clear();
+    };
+    loop {
+        let wait = next_commit.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        if let Some(r) = c.poll(wait) {
+            let m = r.unwrap();
+            if first.is_none() {
+                first = Some(Instant::now());
+            }
+            if !open {
+                p.begin_transaction().unwrap();
+                open = true;
+            }
+            let mut rec = BaseRecord::<[u8], [u8]>::to(&out).partition(m.partition());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            if let Some(v) = m.payload() {
+                rec = rec.payload(v);
+            }
+            common::send_waiting(&p, rec);
+            offsets.insert(m.partition(), m.offset() + 1);
+            count += 1;
+        }
+        if open && (Instant::now() >= next_commit || count >= n) {
+            commit(&mut offsets);
+            open = false;
+            next_commit = Instant::now() + interval;
+            if count >= n {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "copier: only {count} of {n} in time");
+    }
+    let end = Instant::now();
+    Bare { rate: n as f64 / (end - first.unwrap()).as_secs_f64(), wall: end - began }
+}
+
 struct Rg {
     /// N / (first consumed .. all committed).
     rate: f64,
@@ -567,6 +644,18 @@ fn rg_run(
     let (t1, c1) = first_commit.unwrap();
     let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
     Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, stopped }
+}
+
+/// The bare exactly-once copy's rates and resetguard's ratio to them, as report lines.
+fn copy_lines(copy_rates: &[f64], rg_rates: &[f64]) -> String {
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "bare EOS copy (one record per input, offsets in the same transaction): median {:.0} msgs/s (runs: {})\nratio resetguard / bare EOS copy: {:.2} (per round: {})\n",
+        median(copy_rates),
+        list(copy_rates),
+        median(rg_rates) / median(copy_rates),
+        copy_rates.iter().zip(rg_rates).map(|(c, r)| format!("{:.2}", r / c)).collect::<Vec<_>>().join(", ")
+    )
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -833,6 +922,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, NO_TRIP);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut copy_rates = Vec::new();
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
     let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
     let mut last_rg = None;
@@ -847,6 +937,9 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         let b = bare_run(&bare_settings, &input, n as u64);
         eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
         bare_rates.push(b.rate);
+        let copy = copier_run(broker, &bare_settings, &input, n as u64, opts.partitions);
+        eprintln!("round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
+        copy_rates.push(copy.rate);
         let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
         let off = rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP);
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
@@ -901,6 +994,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         rm / bm,
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
+    report.push_str(&copy_lines(&copy_rates, &rg_rates));
     if let Some(r) = &last_rg {
         let st = &r.stopped;
         let _ = writeln!(
@@ -1076,11 +1170,15 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         eprintln!("realistic: warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut copy_rates = Vec::new();
     let mut last = None;
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
         eprintln!("realistic round {}: bare consumer {:>9.0} msgs/s", run + 1, b.rate);
         bare_rates.push(b.rate);
+        let copy = copier_run(broker, &bare_settings, &input, n as u64, opts.partitions);
+        eprintln!("realistic round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
+        copy_rates.push(copy.rate);
         let perf = if run == 0 { perf_start(opts) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
         perf_stop(perf);
@@ -1135,6 +1233,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         rm / bm,
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
+    report.push_str(&copy_lines(&copy_rates, &rg_rates));
     if let Some(o) = &last {
         let _ = writeln!(report, "outcomes (last round): {}", o.line());
     }
