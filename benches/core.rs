@@ -9,6 +9,12 @@
 //! - `breaker`: `Breaker::check` on a closed cell (no spike) and on an open cell.
 //! - `engine`: `Engine::process`, the whole core per event, over pre-serialized events touching
 //!   1,000,000 distinct accounts (and, for comparison, 10,000: a cache-resident state).
+//! - `decision`: what a decision costs beyond an event. Over 10,000 fresh accounts each gets a
+//!   takeover pair; `plain_event` times the pair's first event (no decision), `deciding_event`
+//!   the second (the score crosses the threshold and the decision is built), `notice_record` and
+//!   `held_record` the output record of that decision (`kafka::records::record_for`: JSON
+//!   payload, key and headers), and `notice_json` next to the same bytes written through serde's
+//!   `flatten` (`notice_json_flatten_baseline`, how it was written before).
 
 mod common;
 
@@ -24,9 +30,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use common::{mean_len, mix, permutation, stream, Rng, T0_MS};
 use resetguard::core::accounts::{quantise_risk, AccountStore, Entry};
+use resetguard::core::breaker::HeldReason;
 use resetguard::core::breaker::{Breaker, Verdict};
 use resetguard::core::event::{decode, parse_rfc3339_ms};
+use resetguard::core::outcome::{HeldInfo, Outcome, NOTICE_SCHEMA};
 use resetguard::core::{Engine, OutcomeKind, Policy, TimeMode};
+use resetguard::kafka::records::{record_for, Origin};
 
 /// Whether a group is selected by the command line's filter (criterion applies the filter to
 /// benchmark ids itself, but the groups' setup, which builds 1 M-account states, would still run):
@@ -48,7 +57,7 @@ fn wanted(group: &str) -> bool {
     let g = f.split('/').next().unwrap_or_default();
     let names = |n: &str| !g.is_empty() && (n.starts_with(g) || g.starts_with(n));
     // A filter that names no group (a regex, a bench name alone) keeps every group's setup.
-    names(group) || !["decode", "rfc3339", "score", "breaker", "engine"].into_iter().any(names)
+    names(group) || !["decode", "rfc3339", "score", "breaker", "engine", "decision"].into_iter().any(names)
 }
 
 const DECODE_EVENTS: usize = 10_000;
@@ -353,5 +362,131 @@ fn engine_bench(
     });
 }
 
-criterion_group!(benches, decode_group, score_group, breaker_group, engine_group);
+const DECISION_ACCOUNTS: usize = 10_000;
+
+/// Takeover pairs over `DECISION_ACCOUNTS` fresh accounts (`round` makes them fresh again): the
+/// first event of a pair alone stays under the threshold, the second decides.
+fn takeover_pairs(round: usize) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+    (0..DECISION_ACCOUNTS)
+        .map(|i| {
+            let n = round * DECISION_ACCOUNTS + i;
+            let t = T0_MS + n as i64 * 10;
+            let account = format!("acct-{n:08}");
+            (
+                common::takeover(
+                    &format!("{n:08}-aaaa-4bbb-8ccc-dddddddddd01"),
+                    &account,
+                    t,
+                    "credential_stuffing",
+                    0.95,
+                ),
+                common::takeover(
+                    &format!("{n:08}-aaaa-4bbb-8ccc-dddddddddd02"),
+                    &account,
+                    t + 5,
+                    "impossible_travel",
+                    0.9,
+                ),
+                t + 5 + WALL_LAG_MS,
+            )
+        })
+        .collect()
+}
+
+fn decision_group(c: &mut Criterion) {
+    if !wanted("decision") {
+        return;
+    }
+    let policy = Arc::new(engine_policy());
+    let fresh = || Engine::new(policy.clone(), resetguard::core::hash::Keys::demo(), TimeMode::Wall);
+    // Rounds of fresh accounts, made once (not timed); the engine is renewed after the last.
+    let rounds: Vec<_> = (0..8).map(takeover_pairs).collect();
+    let decision = {
+        let mut e = fresh();
+        let mut notices = 0;
+        let mut last = None;
+        for (a, b, wall) in &rounds[0] {
+            assert_eq!(e.process(a, 0, *wall).outcome.kind(), OutcomeKind::NoAction);
+            let out = e.process(b, 0, *wall).outcome;
+            notices += usize::from(out.kind() == OutcomeKind::Notice);
+            last = Some(out);
+        }
+        assert_eq!(notices, DECISION_ACCOUNTS, "every pair's second event decides");
+        last.and_then(|o| o.decision().cloned()).expect("a decision")
+    };
+    let mut g = c.benchmark_group("decision");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    // `timed_second`: which event of each pair is timed (the other is processed untimed, so the
+    // state is the same in both).
+    for (name, timed_second) in [("plain_event", false), ("deciding_event", true)] {
+        let mut engine = fresh();
+        let (mut round, mut cursor) = (0usize, 0usize);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    if cursor == DECISION_ACCOUNTS {
+                        round = (round + 1) % rounds.len();
+                        cursor = 0;
+                        if round == 0 {
+                            engine = fresh();
+                        }
+                    }
+                    let (a, b, wall) = &rounds[round][cursor];
+                    cursor += 1;
+                    if timed_second {
+                        black_box(engine.process(a, 0, *wall));
+                        let start = Instant::now();
+                        black_box(engine.process(black_box(b), 0, *wall));
+                        spent += start.elapsed();
+                    } else {
+                        let start = Instant::now();
+                        black_box(engine.process(black_box(a), 0, *wall));
+                        spent += start.elapsed();
+                        black_box(engine.process(b, 0, *wall));
+                    }
+                }
+                spent
+            })
+        });
+    }
+    let topics = resetguard::config::TopicsFile::default();
+    let origin = Origin { topic: "login-risk-events", partition: 0, offset: 0, key: None, payload: b"" };
+    let notice = Outcome::Notice(Box::new(decision.clone()));
+    let held = Outcome::Held(
+        Box::new(decision),
+        HeldInfo {
+            reason: HeldReason::BreakerOpen,
+            cell: "device-intel".into(),
+            held_at: "2026-11-26T10:00:00.000Z".into(),
+        },
+    );
+    for (name, outcome) in [("notice_record", &notice), ("held_record", &held)] {
+        g.bench_function(name, |b| {
+            b.iter(|| record_for(black_box(outcome), &origin, &topics, resetguard::core::policy::Mode::Live, 1 << 20))
+        });
+    }
+    // The notice payload alone, and the same bytes through serde's `flatten` (how it was written
+    // before): a baseline measured in the same run.
+    let d = notice.decision().expect("a decision");
+    let flattened = serde_json::to_vec(&FlattenNotice { schema: NOTICE_SCHEMA, decision: d }).unwrap();
+    assert_eq!(flattened, d.notice_json(), "the baseline writes the same bytes");
+    g.bench_function("notice_json", |b| b.iter(|| black_box(d).notice_json()));
+    g.bench_function("notice_json_flatten_baseline", |b| {
+        b.iter(|| serde_json::to_vec(&FlattenNotice { schema: NOTICE_SCHEMA, decision: black_box(d) }).unwrap())
+    });
+    g.finish();
+}
+
+/// A notice serialized through serde's `flatten` (the way before; see `decision_group`).
+#[derive(serde::Serialize)]
+struct FlattenNotice<'a> {
+    schema: &'static str,
+    #[serde(flatten)]
+    decision: &'a resetguard::core::outcome::Decision,
+}
+
+criterion_group!(benches, decode_group, score_group, breaker_group, engine_group, decision_group);
+
 criterion_main!(benches);

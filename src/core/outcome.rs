@@ -1,7 +1,8 @@
 //! Outcomes of the core: exactly one per input event, and the decision records (notice / held)
 //! with their explanation and deterministic `notice_id`. Pure data plus serialization.
 
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 
 use super::breaker::HeldReason;
 use super::event::{RejectReason, Rejection};
@@ -153,7 +154,7 @@ pub struct Trigger {
 }
 
 /// A decision that an account must reset its password: the payload of a notice or held record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub notice_id: String,
     pub account_id: String,
@@ -164,36 +165,142 @@ pub struct Decision {
     pub cell: String,
     pub trigger: Trigger,
     pub explanation: Explanation,
-    #[serde(skip)]
+    /// Not serialized: the trigger's event time for latency metrics.
     pub event_ms: i64,
 }
 
-/// The notice record for the mailer (`password-reset-notices`), schema `resetguard.notice.v1`.
-#[derive(Debug, Serialize)]
+/// Members a decision serializes (`event_ms` is not one).
+const DECISION_MEMBERS: usize = 7;
+
+impl Decision {
+    /// The decision's members, in their order, into a struct being serialized: the one place that
+    /// lists them, for the decision alone and for the records that carry it inline.
+    fn serialize_members<S: SerializeStruct>(&self, st: &mut S) -> Result<(), S::Error> {
+        st.serialize_field("notice_id", &self.notice_id)?;
+        st.serialize_field("account_id", &self.account_id)?;
+        st.serialize_field("decided_at", &self.decided_at)?;
+        st.serialize_field("mode", self.mode)?;
+        st.serialize_field("cell", &self.cell)?;
+        st.serialize_field("trigger", &self.trigger)?;
+        st.serialize_field("explanation", &self.explanation)
+    }
+}
+
+impl Serialize for Decision {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Decision", DECISION_MEMBERS)?;
+        self.serialize_members(&mut st)?;
+        st.end()
+    }
+}
+
+/// The notice record for the mailer (`password-reset-notices`), schema `resetguard.notice.v1`:
+/// `schema`, then the decision's members inline.
+#[derive(Debug)]
 pub struct NoticeRecord<'a> {
     pub schema: &'static str,
-    #[serde(flatten)]
     pub decision: &'a Decision,
 }
 
-/// The held record (`password-reset-held`), schema `resetguard.held.v1`.
-#[derive(Debug, Serialize)]
+/// The held record (`password-reset-held`), schema `resetguard.held.v1`: `schema`, the decision's
+/// members inline, then `held`.
+#[derive(Debug)]
 pub struct HeldRecord<'a> {
     pub schema: &'static str,
-    #[serde(flatten)]
     pub decision: &'a Decision,
     pub held: &'a HeldInfo,
+}
+
+// Written as plain structs rather than with `#[serde(flatten)]`, which serializes through a map
+// and buffers the flattened members (benches/core.rs, `decision`): the same bytes, in the same order.
+impl Serialize for NoticeRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("NoticeRecord", 1 + DECISION_MEMBERS)?;
+        st.serialize_field("schema", self.schema)?;
+        self.decision.serialize_members(&mut st)?;
+        st.end()
+    }
+}
+
+impl Serialize for HeldRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("HeldRecord", 2 + DECISION_MEMBERS)?;
+        st.serialize_field("schema", self.schema)?;
+        self.decision.serialize_members(&mut st)?;
+        st.serialize_field("held", self.held)?;
+        st.end()
+    }
 }
 
 pub const NOTICE_SCHEMA: &str = "resetguard.notice.v1";
 pub const HELD_SCHEMA: &str = "resetguard.held.v1";
 
+/// Room for a typical notice or held record (~1 KB), so serializing does not regrow the buffer.
+const RECORD_CAPACITY: usize = 1536;
+
 impl Decision {
     pub fn notice_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&NoticeRecord { schema: NOTICE_SCHEMA, decision: self }).unwrap_or_default()
+        let mut out = Vec::with_capacity(RECORD_CAPACITY);
+        let _ = serde_json::to_writer(&mut out, &NoticeRecord { schema: NOTICE_SCHEMA, decision: self });
+        out
     }
 
     pub fn held_json(&self, held: &HeldInfo) -> Vec<u8> {
-        serde_json::to_vec(&HeldRecord { schema: HELD_SCHEMA, decision: self, held }).unwrap_or_default()
+        let mut out = Vec::with_capacity(RECORD_CAPACITY);
+        let _ = serde_json::to_writer(&mut out, &HeldRecord { schema: HELD_SCHEMA, decision: self, held });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::breaker::HeldReason;
+
+    fn decision() -> Decision {
+        Decision {
+            notice_id: "n-1".into(),
+            account_id: "acct \"1\"".into(),
+            decided_at: "2026-11-26T10:00:00.000Z".into(),
+            mode: "live",
+            cell: "device-intel".into(),
+            trigger: Trigger {
+                event_id: "e-2".into(),
+                source: "device-intel".into(),
+                occurred_at: "2026-11-26T09:59:59.000Z".into(),
+            },
+            explanation: Explanation {
+                score: 1.5,
+                threshold: 1.0,
+                window: WindowInfo { kind: WindowKind::Short, length_seconds: 900, start: "s".into(), end: "e".into() },
+                contributions: vec![SignalContribution {
+                    signal: "impossible_travel".into(),
+                    count: 1,
+                    sum: 0.9,
+                    counted: 0.9,
+                    sources: vec!["device-intel".into()],
+                }],
+                evidence: vec!["e-1".into(), "e-2".into()],
+                policy_version: "v1".into(),
+            },
+            event_ms: 42,
+        }
+    }
+
+    #[test]
+    fn records_carry_the_decision_members_inline_in_order() {
+        let d = decision();
+        let alone = serde_json::to_string(&d).unwrap();
+        assert!(!alone.contains("event_ms"), "{alone}");
+        let inner = &alone[1..alone.len() - 1];
+        let notice = String::from_utf8(d.notice_json()).unwrap();
+        assert_eq!(notice, format!("{{\"schema\":\"{NOTICE_SCHEMA}\",{inner}}}"));
+        let info = HeldInfo { reason: HeldReason::Spike, cell: "device-intel".into(), held_at: "h".into() };
+        let held = String::from_utf8(d.held_json(&info)).unwrap();
+        let info_json = serde_json::to_string(&info).unwrap();
+        assert_eq!(held, format!("{{\"schema\":\"{HELD_SCHEMA}\",{inner},\"held\":{info_json}}}"));
+        let v: serde_json::Value = serde_json::from_str(&notice).unwrap();
+        assert_eq!(v["account_id"], "acct \"1\"");
+        assert_eq!(v["explanation"]["contributions"][0]["sources"][0], "device-intel");
     }
 }

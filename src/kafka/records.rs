@@ -46,14 +46,14 @@ pub fn record_for<'a>(
         Outcome::NoAction(_) => None,
         Outcome::Notice(d) => {
             let topic = if mode == Mode::Shadow { topics.shadow.as_str() } else { topics.notices.as_str() };
-            let mut headers = h(OwnedHeaders::new(), "notice_id", &d.notice_id);
+            let mut headers = h(OwnedHeaders::new_with_capacity(4), "notice_id", &d.notice_id);
             headers = h(headers, "schema", crate::core::outcome::NOTICE_SCHEMA);
             headers = h(headers, "policy_version", &d.explanation.policy_version);
             headers = h(headers, "mode", d.mode);
             Some(OutRecord { topic, key: d.account_id.as_bytes().to_vec(), payload: d.notice_json().into(), headers })
         }
         Outcome::Held(d, info) => {
-            let mut headers = h(OwnedHeaders::new(), "notice_id", &d.notice_id);
+            let mut headers = h(OwnedHeaders::new_with_capacity(4), "notice_id", &d.notice_id);
             headers = h(headers, "schema", crate::core::outcome::HELD_SCHEMA);
             headers = h(headers, "held_reason", info.reason.as_str());
             headers = h(headers, "cell", &info.cell);
@@ -73,7 +73,7 @@ pub fn record_for<'a>(
                 ),
                 _ => ("event_id_seen".to_string(), "event_id was seen within the dedupe horizon".to_string()),
             };
-            let mut headers = h(OwnedHeaders::new(), "outcome", outcome.kind().as_str());
+            let mut headers = h(OwnedHeaders::new_with_capacity(8), "outcome", outcome.kind().as_str());
             headers = h(headers, "reason", &reason);
             headers = h(headers, "detail", &detail);
             headers = h(headers, "source_topic", origin.topic);
