@@ -3,8 +3,8 @@
 //! changelog (the default) and, in the same run, from the input topic (`pipeline.changelog =
 //! false`, the way before the changelog), on Apache Kafka on loopback.
 //!
-//! For each volume (fresh topics): produce N × E events (E passes over the accounts, every
-//! event time within the last minutes so every account stays live), process them live once,
+//! For each volume (fresh topics): produce N × E events (E passes over the accounts, 100 s of
+//! event time apart, the last ending 5 minutes before now, so every account stays live), process them live once,
 //! wait for the log cleaner to compact the changelog, then restart twice: changelog on, then
 //! changelog off. Prints time-to-ready (process start to every partition restored, group join
 //! included) and the records each restore read.
@@ -73,19 +73,22 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = t.write_config(&broker, dir.path(), &unique_name("restore-txn"), "");
         let events = n * e;
-        let t0 = now_ms() - 600_000;
-        let inputs: Vec<Input> = (0..events)
-            .map(|i| {
-                let a = format!("acct-{:08}", i % n);
-                let id = format!("9b1deb4d-3b7d-4bad-9bdd-{i:012}");
-                // Pass k over the accounts is k × 100 s later in event time: in order, never late.
-                let at = t0 + (i / n) as i64 * 100_000 + (i % n) as i64 / 20;
-                input(&a, ev(&id, &a, at, "auth-service", "new_device", 0.2), Expect::NoAction, Some(&id))
-            })
-            .collect();
+        // The last pass ends 5 minutes before now (never in the future, whatever E is).
+        let t0 = now_ms() - e as i64 * 100_000 - 300_000;
         let began = Instant::now();
-        produce(&broker, &t.input, &inputs);
-        drop(inputs);
+        // One pass over the accounts at a time (20 M inputs at once would not fit in memory).
+        for pass in 0..e {
+            let inputs: Vec<Input> = (pass * n..(pass + 1) * n)
+                .map(|i| {
+                    let a = format!("acct-{:08}", i % n);
+                    let id = format!("9b1deb4d-3b7d-4bad-9bdd-{i:012}");
+                    // Pass k over the accounts is k × 100 s later in event time: in order, never late.
+                    let at = t0 + (i / n) as i64 * 100_000 + (i % n) as i64 / 20;
+                    input(&a, ev(&id, &a, at, "auth-service", "new_device", 0.2), Expect::NoAction, Some(&id))
+                })
+                .collect();
+            produce(&broker, &t.input, &inputs);
+        }
         eprintln!("volume {e}: produced {events} events in {:.1} s", began.elapsed().as_secs_f64());
         let run = |label: &str, changelog: bool, wait_all: bool| -> Run {
             let text = std::fs::read_to_string(&cfg).unwrap();

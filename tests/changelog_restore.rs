@@ -47,14 +47,14 @@ fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], compact: bo
     let mut e = engine(policy);
     if compact {
         for ((p, k), v) in compacted(log) {
-            e.load_state(p, &k, Some(&v), wall).unwrap();
+            e.load_state(p, &k, Some(&v)).unwrap();
         }
     } else {
         for (p, k, v) in log {
-            e.load_state(*p, k, v.as_deref(), wall).unwrap();
+            e.load_state(*p, k, v.as_deref()).unwrap();
         }
     }
-    e.replay_decisions(&[0, 1, 2]);
+    e.after_load(&[0, 1, 2], wall);
     e
 }
 

@@ -331,6 +331,14 @@ impl AccountStore {
         self.slots.iter().filter(|s| s.key != FREE && s.partition == partition).map(|s| s.key).collect()
     }
 
+    /// The packed evidence ids of every account whose last event came from one of `partitions`.
+    pub fn ids_in<'a>(&'a self, partitions: &'a [u16]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.slots
+            .iter()
+            .filter(|s| s.key != FREE && partitions.contains(&s.partition))
+            .filter_map(|s| s.ids.as_deref())
+    }
+
     /// Every tracked account's key.
     pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots.iter().filter(|s| s.key != FREE).map(|s| s.key)

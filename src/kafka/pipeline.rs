@@ -940,7 +940,7 @@ impl Pipeline {
         let (engine, status) = (&mut self.engine, &self.status);
         let now = wall_ms();
         let read = reader.read(&global, self.plan_budget, &mut || status.beat(), &mut |p, key, value| {
-            match engine.load_state(p, key, value, now) {
+            match engine.load_state(p, key, value) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(changelog_partition = p, error = %e, "A changelog record does not decode; skipping it (its account starts empty).");
@@ -969,7 +969,7 @@ impl Pipeline {
             }
         }
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
-        let replayed = self.engine.replay_decisions(&loaded);
+        let replayed = self.engine.after_load(&loaded, now);
         info!(
             partitions = loaded.len(),
             records,

@@ -57,10 +57,15 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
                 NewTopic::new(name, 1, TopicReplication::Fixed(t.replication)).set("cleanup.policy", "compact")
             } else if *name == t.changelog {
                 // The latest state per account is what counts; expired accounts are tombstoned.
+                // A restore reads what the cleaner has not compacted yet: the active segment
+                // (never cleaned) and the dirty part of the rest. Small segments rolled often and
+                // a low dirty ratio keep that tail short (docs/changelog.md, "How it is read").
                 NewTopic::new(name, input_partitions, TopicReplication::Fixed(t.replication))
                     .set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "0")
-                    .set("segment.ms", "3600000")
+                    .set("segment.ms", "600000")
+                    .set("segment.bytes", "67108864")
+                    .set("min.cleanable.dirty.ratio", "0.1")
             } else {
                 NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))
             }

@@ -68,6 +68,7 @@ const NODE_ID: u32 = 1;
 const START_ATTEMPTS: usize = 3;
 const LOG_TAIL_LINES: usize = 80;
 
+/// Tuned to start fast (C1 only, serial GC); `RG_BROKER_JVM_FLAGS` adds flags after these.
 const JVM_FLAGS: &[&str] = &[
     "-Xms64m",
     "-Xmx512m",
@@ -1057,8 +1058,13 @@ fn java_identity() -> u64 {
 /// `java <flags> <extra_flags> -cp '<libs>/*' <main>` run in `workdir`, stdin closed.
 fn jvm_command(libs: &Path, log4j_config: &Path, workdir: &Path, extra_flags: &[String], main: &str) -> Command {
     let mut cmd = Command::new(java_bin());
-    cmd.args(JVM_FLAGS)
-        .args(extra_flags)
+    cmd.args(JVM_FLAGS);
+    if let Ok(flags) = std::env::var("RG_BROKER_JVM_FLAGS") {
+        // Later flags win: e.g. "-Xmx2g -XX:TieredStopAtLevel=4 -XX:-UseSerialGC -XX:+UseG1GC" runs the broker
+        // with the full JIT and the default collector for a benchmark (the defaults start fast).
+        cmd.args(flags.split_whitespace());
+    }
+    cmd.args(extra_flags)
         .arg(format!("-Dlog4j2.configurationFile={}", log4j_config.display()))
         .arg(format!("-Dkafka.logs.dir={}", workdir.join("logs").display()))
         .arg("-cp")

@@ -119,13 +119,7 @@ impl Engine {
 
     /// Applies one changelog record of `partition` (restore). Records are applied in log order;
     /// a later record of the same key replaces an earlier one, a tombstone removes it.
-    pub fn load_state(
-        &mut self,
-        partition: u32,
-        key: &[u8],
-        value: Option<&[u8]>,
-        wall_ms: i64,
-    ) -> Result<(), DecodeError> {
+    pub fn load_state(&mut self, partition: u32, key: &[u8], value: Option<&[u8]>) -> Result<(), DecodeError> {
         let p = partition.min(u32::from(u16::MAX)) as u16;
         match changelog::parse_key(key) {
             Key::Other => Ok(()),
@@ -146,13 +140,13 @@ impl Engine {
                     return Ok(());
                 };
                 let rec = changelog::decode(v)?;
-                self.apply_record(k, p, &rec, wall_ms);
+                self.apply_record(k, p, &rec);
                 Ok(())
             }
         }
     }
 
-    fn apply_record(&mut self, key: u64, p: u16, rec: &AccountRecord<'_>, wall_ms: i64) {
+    fn apply_record(&mut self, key: u64, p: u16, rec: &AccountRecord<'_>) {
         match &rec.window {
             Some(w) => {
                 let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
@@ -181,17 +175,8 @@ impl Engine {
                     key,
                     AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s },
                 );
-                // The newest events' ids come back into the dedupe memory: a re-sent one is
-                // still a duplicate after the restore.
-                let now = match self.now(wall_ms) {
-                    i64::MIN => wall_ms,
-                    n => n,
-                };
-                let mut id = String::new();
-                for item in evidence::items(&w.ids) {
-                    evidence::write_item(item, &mut id);
-                    self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
-                }
+                // Its evidence ids reach the dedupe memory once the whole log is read
+                // (`after_load`): an uncompacted log holds several records per account.
             }
             None => {
                 self.accounts.remove(key);
@@ -208,12 +193,32 @@ impl Engine {
         }
     }
 
-    /// After loading the changelog of `partitions` into a restarted engine (before its first live
-    /// event): replays the decisions their cooldowns record into the breaker, oldest first, at
-    /// the time they were made, so the breaker comes back with the budget spent, the baselines
-    /// learned and the cells open that were. Returns how many were replayed. An engine already
-    /// live keeps its breaker (it holds that history already).
-    pub fn replay_decisions(&mut self, partitions: &[u32]) -> usize {
+    /// After loading the changelog of `partitions` (before their first live event): the newest
+    /// evidence ids of their accounts come back into the dedupe memory (a re-sent event is still
+    /// a duplicate after the restore), once per account however many of its records the log
+    /// held; then the decisions their cooldowns record are replayed into the breaker (see
+    /// [`Engine::replay_decisions`]). Returns how many decisions were replayed.
+    pub fn after_load(&mut self, partitions: &[u32], wall_ms: i64) -> usize {
+        let now = match self.now(wall_ms) {
+            i64::MIN => wall_ms,
+            n => n,
+        };
+        let ps: Vec<u16> = partitions.iter().map(|&p| p.min(u32::from(u16::MAX)) as u16).collect();
+        let mut id = String::new();
+        for ids in self.accounts.ids_in(&ps) {
+            for item in evidence::items(ids) {
+                evidence::write_item(item, &mut id);
+                self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
+            }
+        }
+        self.replay_decisions(partitions)
+    }
+
+    /// Replays the decisions the cooldowns of `partitions` record into the breaker of a restarted
+    /// engine, oldest first, at the time they were made, so the breaker comes back with the
+    /// budget spent, the baselines learned and the cells open that were. Returns how many were
+    /// replayed. An engine already live keeps its breaker (it holds that history already).
+    fn replay_decisions(&mut self, partitions: &[u32]) -> usize {
         if self.live_started {
             return 0;
         }
