@@ -64,7 +64,7 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
                     .set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "0")
                     .set("segment.ms", "600000")
-                    .set("segment.bytes", "67108864")
+                    .set("segment.bytes", "16777216")
                     .set("min.cleanable.dirty.ratio", "0.1")
             } else {
                 NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication))

@@ -1443,7 +1443,9 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("background.threads", "2".into()),
         ("num.recovery.threads.per.data.dir", "1".into()),
         ("log.cleaner.threads", "1".into()),
-        ("log.cleaner.dedupe.buffer.size", (4 * 1024 * 1024).to_string()),
+        // Room for the keys of a 16 MiB changelog segment of compressed records (a pass of the
+        // cleaner must hold one whole segment's keys; Kafka's default is 128 MiB).
+        ("log.cleaner.dedupe.buffer.size", (32 * 1024 * 1024).to_string()),
     ]
     .into_iter()
     .collect();
