@@ -86,6 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -544,25 +545,30 @@ fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, pa
     };
     loop {
         let wait = next_commit.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-        if let Some(r) = c.poll(wait) {
-            let m = r.unwrap();
-            if first.is_none() {
-                first = Some(Instant::now());
+        match c.poll(wait) {
+            None => {}
+            // The end of a partition (`enable.partition.eof`, resetguard's consumer setting).
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => eprintln!("bare EOS copy: {e}"),
+            Some(Ok(m)) => {
+                if first.is_none() {
+                    first = Some(Instant::now());
+                }
+                if !open {
+                    p.begin_transaction().unwrap();
+                    open = true;
+                }
+                let mut rec = BaseRecord::<[u8], [u8]>::to(&out).partition(m.partition());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                common::send_waiting(&p, rec);
+                offsets.insert(m.partition(), m.offset() + 1);
+                count += 1;
             }
-            if !open {
-                p.begin_transaction().unwrap();
-                open = true;
-            }
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&out).partition(m.partition());
-            if let Some(k) = m.key() {
-                rec = rec.key(k);
-            }
-            if let Some(v) = m.payload() {
-                rec = rec.payload(v);
-            }
-            common::send_waiting(&p, rec);
-            offsets.insert(m.partition(), m.offset() + 1);
-            count += 1;
         }
         if open && (Instant::now() >= next_commit || count >= n) {
             commit(&mut offsets);

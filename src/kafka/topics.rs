@@ -1,9 +1,7 @@
 //! Topic setup at startup: create missing topics when the config says so, otherwise fail with a
 //! clear error naming the missing topics. Does IO (admin requests).
 
-use std::time::Duration;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
@@ -103,10 +101,11 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
 /// How long a topic just created may take to show in the metadata with its partitions.
 pub const SHOW_WAIT: Duration = Duration::from_secs(30);
 
-/// The number of partitions of `topic` in the metadata (a partition without a leader counts); asked
-/// again for up to `wait` while the topic is missing, has an error or shows no partitions: a topic just created (by this instance
-/// or by another one of the fleet starting at the same time) reaches every broker's metadata a
-/// moment later. 0 if it never shows.
+/// The number of partitions of `topic` in the metadata (a partition without a leader counts),
+/// asked again for up to `wait` while the topic is missing, has an error or shows no partitions:
+/// a topic just created (by this instance or by another one of the fleet starting at the same
+/// time) reaches every broker's metadata a moment later. 0 if it never shows. Blocks (startup
+/// only).
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, wait: Duration) -> Result<usize, KafkaError> {
     let deadline = Instant::now() + wait;
     loop {

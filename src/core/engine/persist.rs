@@ -197,7 +197,7 @@ impl Engine {
     /// evidence ids of their accounts come back into the dedupe memory (a re-sent event is still
     /// a duplicate after the restore), once per account however many of its records the log
     /// held; then the decisions their cooldowns record are replayed into the breaker (see
-    /// [`Engine::replay_decisions`]). Returns how many decisions were replayed.
+    /// `replay_decisions`). Returns how many decisions were replayed.
     pub fn after_load(&mut self, partitions: &[u32], wall_ms: i64) -> usize {
         let now = match self.now(wall_ms) {
             i64::MIN => wall_ms,
