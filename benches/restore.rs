@@ -4,9 +4,9 @@
 //! false`, the way before the changelog), on Apache Kafka on loopback.
 //!
 //! For each volume (fresh topics): produce N × E events (E passes over the accounts, 100 s of
-//! event time apart, the last ending 5 minutes before now, so every account stays live), process them live once,
-//! wait for the log cleaner to compact the changelog, then restart twice: changelog on, then
-//! changelog off. Prints time-to-ready (process start to every partition restored, group join
+//! event time apart, the last ending 5 minutes before now, so every account stays live),
+//! process them live once, wait for the log cleaner to compact the changelog, then restart
+//! twice: changelog on, then changelog off. Prints time-to-ready (process start to every partition restored, group join
 //! included) and the records each restore read.
 //!
 //! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS`, default 1,000,000; `RESTORE_EVENTS`,
