@@ -133,7 +133,8 @@ impl ChangelogReader {
 
     /// Partitions of the changelog topic.
     pub fn partitions(&self) -> Result<usize, PipelineError> {
-        super::topics::partition_count(self.consumer.client(), &self.topic, super::topics::SHOW_WAIT)
+        super::topics::partition_ids(self.consumer.client(), &self.topic, super::topics::SHOW_WAIT)
+            .map(|ids| ids.len())
             .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", self.topic)))
     }
 

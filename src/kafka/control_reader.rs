@@ -34,14 +34,12 @@ impl ControlReader {
         cfg.set("enable.partition.eof", "false");
         let c: BaseConsumer =
             cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
-        let md = c
-            .fetch_metadata(Some(&s.topics.control), Duration::from_secs(10))
+        // Waits for a control topic another instance has just created, like every startup lookup.
+        let ids = super::topics::partition_ids(c.client(), &s.topics.control, super::topics::SHOW_WAIT)
             .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", s.topics.control)))?;
         let mut tpl = TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                let _ = tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning);
-            }
+        for p in ids {
+            let _ = tpl.add_partition_offset(&s.topics.control, p, Offset::Beginning);
         }
         c.assign(&tpl).map_err(|e| PipelineError::Startup(format!("cannot assign the control topic: {e}")))?;
         Ok(ControlReader { consumer: c, instance: s.transactional_id.clone() })

@@ -1511,7 +1511,8 @@ impl Pipeline {
 fn input_partitions(consumer: &BaseConsumer<Ctx>, s: &Settings) -> Result<Vec<usize>, PipelineError> {
     let mut counts = Vec::new();
     for t in &s.topics.input {
-        let n = super::topics::partition_count(consumer.client(), t, super::topics::SHOW_WAIT)
+        let n = super::topics::partition_ids(consumer.client(), t, super::topics::SHOW_WAIT)
+            .map(|ids| ids.len())
             .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {t}: {e}")))?;
         if n == 0 {
             return Err(PipelineError::Startup(format!("input topic {t} does not exist")));

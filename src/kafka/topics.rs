@@ -84,8 +84,8 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
     }
     // Later lookups (partition counts, fencing, assignment) need the new topics in the metadata.
     for name in &missing {
-        match partition_count(admin.inner(), name, SHOW_WAIT) {
-            Ok(n) if n > 0 => {}
+        match partition_ids(admin.inner(), name, SHOW_WAIT) {
+            Ok(ids) if !ids.is_empty() => {}
             Ok(_) => {
                 return Err(PipelineError::Startup(format!(
                     "topic {name} was created but is not in the metadata after {}s",
@@ -101,19 +101,26 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
 /// How long a topic just created may take to show in the metadata with its partitions.
 pub const SHOW_WAIT: Duration = Duration::from_secs(30);
 
-/// The number of partitions of `topic` in the metadata (a partition without a leader counts),
-/// asked again for up to `wait` while the topic is missing, has an error or shows no partitions:
-/// a topic just created (by this instance or by another one of the fleet starting at the same
-/// time) reaches every broker's metadata a moment later. 0 if it never shows. Blocks (startup
-/// only).
-pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, wait: Duration) -> Result<usize, KafkaError> {
+/// The partition ids of `topic` in the metadata (a partition without a leader counts), asked
+/// again for up to `wait` while the topic is missing, has an error or shows no partitions: a
+/// topic just created (by this instance or by another one of the fleet starting at the same
+/// time) reaches every broker's metadata a moment later. Empty if it never shows. Blocks
+/// (startup only).
+pub fn partition_ids<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    wait: Duration,
+) -> Result<Vec<i32>, KafkaError> {
     let deadline = Instant::now() + wait;
     loop {
         let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let n =
-            md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
-        if n > 0 || Instant::now() >= deadline {
-            return Ok(n);
+        let ids: Vec<i32> = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or_else(Vec::new, |t| t.partitions().iter().map(|p| p.id()).collect());
+        if !ids.is_empty() || Instant::now() >= deadline {
+            return Ok(ids);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
