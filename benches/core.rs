@@ -13,8 +13,7 @@
 //!   takeover pair; `plain_event` times the pair's first event (no decision), `deciding_event`
 //!   the second (the score crosses the threshold and the decision is built), `notice_record` and
 //!   `held_record` the output record of that decision (`kafka::records::record_for`: JSON
-//!   payload, key and headers), and `notice_json` next to the same bytes written through serde's
-//!   `flatten` (`notice_json_flatten_baseline`, how it was written before).
+//!   payload, key and headers), and `notice_json` (the payload alone).
 
 mod common;
 
@@ -33,7 +32,7 @@ use resetguard::core::accounts::{quantise_risk, AccountStore, Entry};
 use resetguard::core::breaker::HeldReason;
 use resetguard::core::breaker::{Breaker, Verdict};
 use resetguard::core::event::{decode, parse_rfc3339_ms};
-use resetguard::core::outcome::{HeldInfo, Outcome, NOTICE_SCHEMA};
+use resetguard::core::outcome::{HeldInfo, Outcome};
 use resetguard::core::{Engine, OutcomeKind, Policy, TimeMode};
 use resetguard::kafka::records::{record_for, Origin};
 
@@ -467,24 +466,10 @@ fn decision_group(c: &mut Criterion) {
             b.iter(|| record_for(black_box(outcome), &origin, &topics, resetguard::core::policy::Mode::Live, 1 << 20))
         });
     }
-    // The notice payload alone, and the same bytes through serde's `flatten` (how it was written
-    // before): a baseline measured in the same run.
+    // The notice payload alone.
     let d = notice.decision().expect("a decision");
-    let flattened = serde_json::to_vec(&FlattenNotice { schema: NOTICE_SCHEMA, decision: d }).unwrap();
-    assert_eq!(flattened, d.notice_json(), "the baseline writes the same bytes");
     g.bench_function("notice_json", |b| b.iter(|| black_box(d).notice_json()));
-    g.bench_function("notice_json_flatten_baseline", |b| {
-        b.iter(|| serde_json::to_vec(&FlattenNotice { schema: NOTICE_SCHEMA, decision: black_box(d) }).unwrap())
-    });
     g.finish();
-}
-
-/// A notice serialized through serde's `flatten` (the way before; see `decision_group`).
-#[derive(serde::Serialize)]
-struct FlattenNotice<'a> {
-    schema: &'static str,
-    #[serde(flatten)]
-    decision: &'a resetguard::core::outcome::Decision,
 }
 
 criterion_group!(benches, decode_group, score_group, breaker_group, engine_group, decision_group);

@@ -1,8 +1,7 @@
 //! Outcomes of the core: exactly one per input event, and the decision records (notice / held)
 //! with their explanation and deterministic `notice_id`. Pure data plus serialization.
 
-use serde::ser::SerializeStruct;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use super::breaker::HeldReason;
 use super::event::{RejectReason, Rejection};
@@ -154,7 +153,7 @@ pub struct Trigger {
 }
 
 /// A decision that an account must reset its password: the payload of a notice or held record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub notice_id: String,
     pub account_id: String,
@@ -165,90 +164,37 @@ pub struct Decision {
     pub cell: String,
     pub trigger: Trigger,
     pub explanation: Explanation,
-    /// Not serialized: the trigger's event time for latency metrics.
+    #[serde(skip)]
     pub event_ms: i64,
 }
 
-/// Members a decision serializes (`event_ms` is not one).
-const DECISION_MEMBERS: usize = 7;
-
-impl Decision {
-    /// The decision's members, in their order, into a struct being serialized: the one place that
-    /// lists them, for the decision alone and for the records that carry it inline.
-    fn serialize_members<S: SerializeStruct>(&self, st: &mut S) -> Result<(), S::Error> {
-        st.serialize_field("notice_id", &self.notice_id)?;
-        st.serialize_field("account_id", &self.account_id)?;
-        st.serialize_field("decided_at", &self.decided_at)?;
-        st.serialize_field("mode", self.mode)?;
-        st.serialize_field("cell", &self.cell)?;
-        st.serialize_field("trigger", &self.trigger)?;
-        st.serialize_field("explanation", &self.explanation)
-    }
-}
-
-impl Serialize for Decision {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Decision", DECISION_MEMBERS)?;
-        self.serialize_members(&mut st)?;
-        st.end()
-    }
-}
-
-/// The notice record for the mailer (`password-reset-notices`), schema `resetguard.notice.v1`:
-/// `schema`, then the decision's members inline.
-#[derive(Debug)]
+/// The notice record for the mailer (`password-reset-notices`), schema `resetguard.notice.v1`.
+#[derive(Debug, Serialize)]
 pub struct NoticeRecord<'a> {
     pub schema: &'static str,
+    #[serde(flatten)]
     pub decision: &'a Decision,
 }
 
-/// The held record (`password-reset-held`), schema `resetguard.held.v1`: `schema`, the decision's
-/// members inline, then `held`.
-#[derive(Debug)]
+/// The held record (`password-reset-held`), schema `resetguard.held.v1`.
+#[derive(Debug, Serialize)]
 pub struct HeldRecord<'a> {
     pub schema: &'static str,
+    #[serde(flatten)]
     pub decision: &'a Decision,
     pub held: &'a HeldInfo,
-}
-
-// Written as plain structs rather than with `#[serde(flatten)]`, which serializes through a map
-// and buffers the flattened members (benches/core.rs, `decision`): the same bytes, in the same order.
-impl Serialize for NoticeRecord<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("NoticeRecord", 1 + DECISION_MEMBERS)?;
-        st.serialize_field("schema", self.schema)?;
-        self.decision.serialize_members(&mut st)?;
-        st.end()
-    }
-}
-
-impl Serialize for HeldRecord<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("HeldRecord", 2 + DECISION_MEMBERS)?;
-        st.serialize_field("schema", self.schema)?;
-        self.decision.serialize_members(&mut st)?;
-        st.serialize_field("held", self.held)?;
-        st.end()
-    }
 }
 
 pub const NOTICE_SCHEMA: &str = "resetguard.notice.v1";
 pub const HELD_SCHEMA: &str = "resetguard.held.v1";
 
-/// Room for a typical notice or held record (~1 KB), so serializing does not regrow the buffer.
-const RECORD_CAPACITY: usize = 1536;
-
 impl Decision {
     pub fn notice_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_CAPACITY);
-        let _ = serde_json::to_writer(&mut out, &NoticeRecord { schema: NOTICE_SCHEMA, decision: self });
-        out
+        serde_json::to_vec(&NoticeRecord { schema: NOTICE_SCHEMA, decision: self }).unwrap_or_default()
     }
 
     pub fn held_json(&self, held: &HeldInfo) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_CAPACITY);
-        let _ = serde_json::to_writer(&mut out, &HeldRecord { schema: HELD_SCHEMA, decision: self, held });
-        out
+        serde_json::to_vec(&HeldRecord { schema: HELD_SCHEMA, decision: self, held }).unwrap_or_default()
     }
 }
 
