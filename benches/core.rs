@@ -14,6 +14,10 @@
 //!   the second (the score crosses the threshold and the decision is built), `notice_record` and
 //!   `held_record` the output record of that decision (`kafka::records::record_for`: JSON
 //!   payload, key and headers), and `notice_json` (the payload alone).
+//! - `shards`: the engine's parallel path. Events over 100,000 accounts keyed to 12 partitions,
+//!   judged per event (`process`, the reference) and in bursts of 512 (`Engine::process_batch`)
+//!   on 1 shard and on 2 (and on as many as the machine has cores, when more): the engine's own
+//!   scaling with threads, without Kafka.
 
 mod common;
 
@@ -56,7 +60,7 @@ fn wanted(group: &str) -> bool {
     let g = f.split('/').next().unwrap_or_default();
     let names = |n: &str| !g.is_empty() && (n.starts_with(g) || g.starts_with(n));
     // A filter that names no group (a regex, a bench name alone) keeps every group's setup.
-    names(group) || !["decode", "rfc3339", "score", "breaker", "engine", "decision"].into_iter().any(names)
+    names(group) || !["decode", "rfc3339", "score", "breaker", "engine", "decision", "shards"].into_iter().any(names)
 }
 
 const DECODE_EVENTS: usize = 10_000;
@@ -472,6 +476,94 @@ fn decision_group(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_group, score_group, breaker_group, engine_group, decision_group);
+const SHARD_ACCOUNTS: usize = 100_000;
+const SHARD_PARTITIONS: u64 = 12;
+const BURST: usize = 512;
+
+fn shards_group(c: &mut Criterion) {
+    if !wanted("shards") {
+        return;
+    }
+    let policy = Arc::new(engine_policy());
+    let warm = stream(SHARD_ACCOUNTS, SHARD_ACCOUNTS, T0_MS, STEP_US, 21);
+    let t1 = T0_MS + (SHARD_ACCOUNTS as i64 * STEP_US) / 1000;
+    let measured = stream(2 * SHARD_ACCOUNTS, SHARD_ACCOUNTS, t1, STEP_US, 22);
+    // Each event on the partition of its account (inputs are keyed by account).
+    let keyed = |events: &[Vec<u8>]| -> Vec<u32> {
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(e).expect("bench event");
+                let a = v["account_id"].as_str().expect("account_id");
+                (xxhash_rust::xxh3::xxh3_64(a.as_bytes()) % SHARD_PARTITIONS) as u32
+            })
+            .collect()
+    };
+    let (warm_p, measured_p) = (keyed(&warm), keyed(&measured));
+    let fresh = |shards: usize| {
+        let mut e = Engine::new(policy.clone(), resetguard::core::hash::Keys::demo(), TimeMode::Wall)
+            .with_shards(shards)
+            .expect("shard threads");
+        let mut out = Vec::new();
+        for (i, chunk) in warm.chunks(BURST).enumerate() {
+            let batch: Vec<(&[u8], u32)> = chunk.iter().zip(&warm_p[i * BURST..]).map(|(b, &p)| (&b[..], p)).collect();
+            out.clear();
+            e.process_batch(&batch, wall_for(i * BURST + chunk.len(), 0), &mut out);
+        }
+        e
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut variants: Vec<(String, usize, bool)> = vec![("process_1_shard".into(), 1, false)];
+    for n in [1, 2, cores] {
+        if !variants.iter().any(|v| v.2 && v.1 == n) {
+            variants.push((format!("batch_{n}_shard{}", if n == 1 { "" } else { "s" }), n, true));
+        }
+    }
+    eprintln!("shards: {} accounts, {} partitions, bursts of {BURST}, {cores} cores", SHARD_ACCOUNTS, SHARD_PARTITIONS);
+    let mut g = c.benchmark_group("shards");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    for (name, shards, batched) in variants {
+        let mut engine = fresh(shards);
+        let mut cursor = 0usize;
+        let mut out = Vec::with_capacity(BURST);
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut left = iters as usize;
+                while left > 0 {
+                    if cursor == measured.len() {
+                        engine = fresh(shards);
+                        cursor = 0;
+                    }
+                    let n = left.min(measured.len() - cursor).min(BURST);
+                    let wall = wall_for(cursor + n, SHARD_ACCOUNTS);
+                    let batch: Vec<(&[u8], u32)> = measured[cursor..cursor + n]
+                        .iter()
+                        .zip(&measured_p[cursor..])
+                        .map(|(b, &p)| (&b[..], p))
+                        .collect();
+                    out.clear();
+                    let start = Instant::now();
+                    if batched {
+                        engine.process_batch(black_box(&batch), wall, &mut out);
+                    } else {
+                        for &(bytes, p) in &batch {
+                            out.push(engine.process(black_box(bytes), p, wall));
+                        }
+                    }
+                    spent += start.elapsed();
+                    black_box(&out);
+                    cursor += n;
+                    left -= n;
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode_group, score_group, breaker_group, engine_group, decision_group, shards_group);
 
 criterion_main!(benches);

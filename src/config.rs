@@ -313,6 +313,12 @@ pub struct PipelineFile {
     /// Most messages per transaction, bounding the work redone after an abort. Default 50000.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Threads judging account state side by side, each owning the accounts of the input
+    /// partitions `p % shards`. Dedupe, watermarks and the breaker stay in input order on the
+    /// pipeline thread, so outcomes are the same for any value (docs/design.md, "Shards").
+    /// `1` (default): one thread, the reference. At most 64.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
     /// `/healthz` fails when the pipeline loop has not come round for this long (a wedged
     /// instance is restarted by its liveness probe). Waiting for an unreachable broker counts as
     /// coming round. Default `5m`: longer than the longest bounded wait inside the loop (a
@@ -352,6 +358,10 @@ fn default_max_batch() -> usize {
     50_000
 }
 
+fn default_shards() -> usize {
+    1
+}
+
 impl Default for PipelineFile {
     fn default() -> Self {
         PipelineFile {
@@ -364,6 +374,7 @@ impl Default for PipelineFile {
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
+            shards: default_shards(),
             stall_timeout: default_stall_timeout(),
             hash_seed: None,
         }
@@ -408,6 +419,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
     pub max_batch: usize,
+    /// Account-state shards, each judged on its own thread (see `[pipeline] shards`).
+    pub shards: usize,
     /// Derived from the deployment secret: the id-hash seed and the `notice_id` key.
     pub keys: crate::core::hash::Keys,
     pub http_listen: SocketAddr,
@@ -687,6 +700,9 @@ impl ConfigFile {
                 ),
             ));
         }
+        if !(1..=64).contains(&self.pipeline.shards) {
+            errors.push(field("pipeline.shards", "must be from 1 to 64"));
+        }
         if self.pipeline.max_batch == 0 {
             errors.push(field("pipeline.max_batch", "must be at least 1"));
         }
@@ -810,6 +826,7 @@ impl ConfigFile {
                 drain_timeout,
                 stall_timeout,
                 max_batch: self.pipeline.max_batch,
+                shards: self.pipeline.shards,
                 keys,
                 http_listen,
                 admin_listen,
@@ -832,7 +849,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
         let cfg: ConfigFile = toml::from_str(
-            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
+            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\nshards = 0\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
         )
         .unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();
@@ -840,6 +857,8 @@ mod tests {
         assert!(paths.contains(&"kafka.\"bootstrap.servers\""), "{paths:?}");
         assert!(paths.contains(&"pipeline.commit_interval"), "{paths:?}");
         assert!(paths.contains(&"pipeline.changelog_record_version"), "{paths:?}");
+        let shards = errs.iter().find(|e| e.path == "pipeline.shards").expect("pipeline.shards named");
+        assert!(shards.to_string().contains("must be from 1 to 64"), "{shards}");
         assert!(paths.contains(&"kafka.\"isolation.level\""), "{paths:?}");
     }
 

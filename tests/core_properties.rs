@@ -11,6 +11,8 @@
 //!   `account_store_short_score_is_the_capped_sum_per_signal_kind` (`AccountStore::add`).
 //! - `a_new_source_sends_at_most_the_spike_floor_in_its_first_minute` (default policy) and
 //!   `a_new_source_sends_at_most_min_floor_and_burst_in_its_first_minute` (random breaker policy).
+//! - `a_sharded_engine_decides_exactly_like_one_shard`: the differential test of
+//!   `Engine::process_batch` on several shards against `Engine::process` on one.
 
 mod common;
 
@@ -833,4 +835,110 @@ fn an_array_in_field_order_is_not_an_event() {
     let ev = Ev::new("arr", "acct-a", T0, "s", "breached_password", 1.0);
     let o = e.process(&Mutation::ArrayInFieldOrder.apply(&ev, LATER).bytes, 0, LATER).outcome;
     assert_eq!(o.reject_reason(), Some(RejectReason::NotAnObject), "{}", short(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharded engine: the same outcomes, state and changelog as one shard
+// ---------------------------------------------------------------------------------------------
+
+/// The calls of `steps`, with every input that carries an account moved to the partition of its
+/// account (inputs are keyed by account, as the sharded engine assumes), and re-sends to the
+/// partition of what they re-send.
+fn keyed_calls(steps: &[Step]) -> Vec<Call> {
+    let mut calls = materialize(steps, None);
+    let mut partitions: Vec<u32> = Vec::new();
+    for c in &mut calls {
+        let Call::Process(i) = c else { continue };
+        let account = serde_json::from_slice::<serde_json::Value>(&i.bytes)
+            .ok()
+            .and_then(|v| v.get("account_id").and_then(|a| a.as_str()).map(str::to_string));
+        if let Some(k) = i.resend_of {
+            i.partition = partitions[k];
+        } else if let Some(a) = account {
+            let h = a.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            i.partition = PARTITIONS[(h % PARTITIONS.len() as u64) as usize];
+        }
+        partitions.push(i.partition);
+    }
+    calls
+}
+
+type Log = Vec<(u32, Vec<u8>, Option<Vec<u8>>)>;
+
+fn drain_sorted(e: &mut Engine, log: &mut Log) -> Log {
+    let mut out: Log = Vec::new();
+    e.drain_changes(|p, k, v| out.push((p, k.to_vec(), v.map(<[u8]>::to_vec))));
+    log.extend(out.iter().cloned());
+    out.sort();
+    out
+}
+
+proptest! {
+    #![proptest_config(cases(96))]
+
+    /// The reference (one shard, one `process` call per input) against `shards` shards judging
+    /// batches side by side (`process_batch`, batches cut at random and wherever the wall clock
+    /// moves): the same outcomes in the same order, the same freed counts on each tick, the same
+    /// changelog records on each drain, the same state at the end; and the reference's changelog
+    /// loaded into a sharded engine gives back the same state.
+    #[test]
+    fn a_sharded_engine_decides_exactly_like_one_shard(
+        steps in prop::collection::vec(arb_step(), 1..300),
+        cuts in prop::collection::vec(1usize..40, 1..20),
+        shards in 2usize..5,
+        event_time in any::<bool>(),
+    ) {
+        let calls = keyed_calls(&steps);
+        let mode = mode_of(event_time);
+        let mut one = engine(default_policy(), 11, mode);
+        let mut many = engine(default_policy(), 11, mode).with_shards(shards).unwrap();
+        prop_assert_eq!(many.shard_count(), shards);
+        one.track_changes();
+        many.track_changes();
+        let (mut log_one, mut log_many) = (Log::new(), Log::new());
+
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        let mut batch: Vec<(&[u8], u32)> = Vec::new();
+        let mut batch_wall = 0;
+        let mut cut = cuts.iter().cycle();
+        let mut limit = *cut.next().unwrap();
+        let flush = |many: &mut Engine, batch: &mut Vec<(&[u8], u32)>, wall: i64, got: &mut Vec<Processed>| {
+            if !batch.is_empty() {
+                many.process_batch(batch, wall, got);
+                batch.clear();
+            }
+        };
+        for c in &calls {
+            match c {
+                Call::Tick(w) => {
+                    flush(&mut many, &mut batch, batch_wall, &mut got);
+                    prop_assert_eq!(one.tick(*w), many.tick(*w), "accounts freed by a tick");
+                    prop_assert_eq!(drain_sorted(&mut one, &mut log_one), drain_sorted(&mut many, &mut log_many));
+                }
+                Call::Process(i) => {
+                    expected.push(one.process(&i.bytes, i.partition, i.wall_ms));
+                    if i.wall_ms != batch_wall || batch.len() >= limit {
+                        flush(&mut many, &mut batch, batch_wall, &mut got);
+                        limit = *cut.next().unwrap();
+                    }
+                    batch_wall = i.wall_ms;
+                    batch.push((&i.bytes, i.partition));
+                }
+            }
+        }
+        flush(&mut many, &mut batch, batch_wall, &mut got);
+        prop_assert_eq!(expected.len(), got.len());
+        for (n, (a, b)) in expected.iter().zip(&got).enumerate() {
+            prop_assert_eq!(a, b, "outcome of input #{}", n);
+        }
+        prop_assert_eq!(drain_sorted(&mut one, &mut log_one), drain_sorted(&mut many, &mut log_many));
+        prop_assert_eq!(one.state_dump(), many.state_dump());
+        prop_assert_eq!(one.state_summary(), many.state_summary());
+
+        let mut restored = engine(default_policy(), 11, mode).with_shards(shards).unwrap();
+        for (p, k, v) in &log_one {
+            restored.load_state(*p, k, v.as_deref()).unwrap();
+        }
+        prop_assert_eq!(restored.state_dump(), one.state_dump(), "the reference's changelog loaded into {} shards", shards);
+    }
 }

@@ -1,7 +1,8 @@
 //! End-to-end tests of `resetguard run` on a real Apache Kafka broker (started by the test on
 //! loopback): every input event gets exactly one outcome across the output topics, notices are
 //! exactly the expected set with no duplicate `notice_id`, DLQ records keep the original bytes and
-//! say why and where from; SIGKILL crashes and SIGTERM shutdowns lose and duplicate nothing.
+//! say why and where from; SIGKILL crashes and SIGTERM shutdowns lose and duplicate nothing. The
+//! first two run with `pipeline.shards = 2` (the parallel path), the others with one shard.
 
 mod common;
 
@@ -21,6 +22,9 @@ fn every_event_gets_exactly_one_outcome_and_the_spike_is_held() {
     let t = Topics::create(broker, "e2e");
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = t.write_config(broker, dir.path(), &unique_name("e2e-txn"), "");
+    // Two shards judge side by side; the breaker still sees decisions in poll order, so exactly
+    // the spike floor escapes (docs/design.md, "Shards").
+    set_pipeline(&cfg_path, "shards = 2");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let settings = toml::from_str::<ConfigFile>(&text).unwrap().validate(dir.path()).unwrap();
     let burst = settings.policy.breaker.cell_burst as usize;
@@ -61,6 +65,8 @@ fn sigkill_three_times_loses_and_duplicates_nothing() {
     let t = Topics::create(broker, "crash");
     let dir = tempfile::tempdir().unwrap();
     let cfg = t.write_config(broker, dir.path(), &unique_name("crash-txn"), NO_TRIP);
+    // The parallel path (two shards) under SIGKILL: the same notice set, nothing twice.
+    set_pipeline(&cfg, "shards = 2");
     let log = dir.path().join("service.log");
     let inputs = crash_inputs(50_000);
     let coords = produce(broker, &t.input, &inputs);

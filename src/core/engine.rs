@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use super::accounts::{quantise_risk, AccountStore, Entry, WindowView};
 use super::breaker::{Breaker, Transition, Verdict};
 use super::dedupe::Dedupe;
-use super::event::{decode, format_rfc3339_ms, Event};
+use super::event::{decode, format_rfc3339_ms, Event, Rejection};
 use super::hash::{id_hash, IdentityBuild, Keys};
 use super::outcome::{
     Decision, Explanation, HeldInfo, NoActionReason, Outcome, SignalContribution, Trigger, WindowInfo, WindowKind,
@@ -53,20 +53,43 @@ const ACCOUNT_SALT: u64 = 0x6163_636f_756e_7421;
 /// about 25 s at the default 100 ms tick.
 pub const SWEEP_BUDGET: usize = 4096;
 
-/// What `Engine::judge` concluded: an outcome already, or a decision for the breaker to judge.
+/// What a shard concluded about an admitted event: an outcome already, or a decision (built,
+/// unless restoring) for the breaker to judge.
 enum Judged {
     Done(Outcome),
-    Decided(Decided),
+    Decided(Option<Box<Decision>>),
 }
 
-/// A decision before the breaker: the account, when, and which window decided with what score.
-struct Decided {
-    key: u64,
-    t_s: u32,
+/// An event past dedupe and the watermark (see [`Engine::admit`]): the engine's clock for it,
+/// its breaker cell and its partition.
+#[derive(Clone, Copy)]
+struct Admitted {
     now: i64,
-    kind: WindowKind,
-    score: f32,
-    threshold: f32,
+    cell: u8,
+    partition: u16,
+}
+
+/// The per-account state of the input partitions `p` with `p % shards == index`: windows,
+/// cooldowns and what changed for the changelog. An account lives in the shard of the
+/// partition its events come from (inputs are keyed by account), so shards never share one and
+/// can judge events side by side ([`Engine::process_batch`]).
+struct Shard {
+    accounts: AccountStore,
+    /// Cooldowns per account: until when (event time), and the decision that started it.
+    ledger: HashMap<u64, Cooldown, IdentityBuild>,
+    /// Accounts changed since the last drain → the partition their record goes to (kept only
+    /// while changes are tracked).
+    changed: HashMap<u64, u16, IdentityBuild>,
+    track: bool,
+}
+
+/// What a shard reads of the engine while it judges: fixed for the length of a batch.
+struct View<'e> {
+    policy: &'e Policy,
+    seed: u64,
+    keys: &'e Keys,
+    allow: &'e HashMap<u64, i64, IdentityBuild>,
+    breaker: &'e Breaker,
 }
 
 pub struct Engine {
@@ -74,19 +97,87 @@ pub struct Engine {
     seed: u64,
     keys: Keys,
     mode: TimeMode,
-    accounts: AccountStore,
+    shards: Vec<Shard>,
+    /// Judges the shards side by side (`None`: one shard, or judged in turn).
+    pool: Option<Arc<rayon::ThreadPool>>,
     dedupe: Dedupe,
     /// Highest event time seen per input partition (`i64::MIN`: none yet).
     max_event_ms: Vec<i64>,
-    /// Cooldowns per account: until when (event time), and the decision that started it.
-    ledger: HashMap<u64, Cooldown, IdentityBuild>,
     allow: HashMap<u64, i64, IdentityBuild>,
-    /// What changed since the last [`Engine::drain_changes`] (`None`: not tracked).
+    /// Partitions whose watermark moved since the last [`Engine::drain_changes`], and its
+    /// buffers (`None`: not tracked).
     changes: Option<persist::Changes>,
     breaker: Breaker,
     event_clock_ms: i64,
     /// Whether `process` was called: from then on `restore` no longer replays into the breaker.
     live_started: bool,
+}
+
+impl Shard {
+    fn new(policy: &Policy) -> Self {
+        Shard {
+            accounts: AccountStore::new(policy),
+            ledger: HashMap::with_hasher(IdentityBuild::default()),
+            changed: HashMap::with_hasher(IdentityBuild::default()),
+            track: false,
+        }
+    }
+
+    fn reset(&mut self, policy: &Policy) {
+        self.accounts = AccountStore::new(policy);
+        self.ledger.clear();
+        self.changed.clear();
+    }
+
+    fn touch(&mut self, key: u64, partition: u16) {
+        if self.track {
+            self.changed.insert(key, partition);
+        }
+    }
+
+    /// Everything after dedupe and the watermark: windows, allow-list and cooldown (the ledger
+    /// records a decision here), and the decision record unless restoring. Reads nothing
+    /// another shard writes, so its result does not depend on how shards interleave.
+    fn judge(&mut self, v: &View<'_>, ev: &Event<'_>, a: Admitted, restoring: bool) -> Judged {
+        let Admitted { now, cell, partition } = a;
+        let key = id_hash(v.seed ^ ACCOUNT_SALT, &ev.account_id);
+        let t_s = ev.occurred_at_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
+        let entry = Entry { t: t_s, risk_q: quantise_risk(ev.risk), signal: ev.signal, cell };
+        let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
+        let scores = self.accounts.add(key, entry, &ev.event_id, now_s, partition);
+        self.touch(key, partition);
+
+        let p = v.policy;
+        let short_hit = scores.short >= p.threshold;
+        let slow_hit =
+            p.slow.enabled && scores.slow >= p.slow.threshold && scores.slow_kinds >= p.slow.min_signal_kinds;
+        if !short_hit && !slow_hit {
+            return Judged::Done(Outcome::NoAction(NoActionReason::BelowThreshold));
+        }
+        if v.allow.get(&key).is_some_and(|&until| ev.occurred_at_ms < until) {
+            return Judged::Done(Outcome::NoAction(NoActionReason::AllowListed));
+        }
+        if self.ledger.get(&key).is_some_and(|c| t_s < c.until_s) {
+            return Judged::Done(Outcome::NoAction(NoActionReason::Cooldown));
+        }
+        let until_s = t_s.saturating_add(p.cooldown.as_secs() as u32);
+        self.ledger.insert(key, Cooldown { until_s, partition, cell, at_ms: now });
+        if restoring {
+            return Judged::Decided(None);
+        }
+        let (kind, score, threshold) = if short_hit {
+            (WindowKind::Short, scores.short, p.threshold)
+        } else {
+            (WindowKind::Slow, scores.slow, p.slow.threshold)
+        };
+        let view = self.accounts.view(key).unwrap_or(WindowView {
+            start_s: t_s,
+            end_s: t_s,
+            contributions: Vec::new(),
+            evidence: Vec::new(),
+        });
+        Judged::Decided(Some(Box::new(build_decision(v, ev, cell, now, kind, score, threshold, view))))
+    }
 }
 
 impl Engine {
@@ -98,11 +189,11 @@ impl Engine {
             allow.insert(id_hash(seed ^ ACCOUNT_SALT, &a.account_id), a.expires_at_ms);
         }
         Engine {
-            accounts: AccountStore::new(&policy),
+            shards: vec![Shard::new(&policy)],
+            pool: None,
             dedupe: Dedupe::new(policy.dedupe_horizon.as_millis() as i64, policy.dedupe_max_entries),
             breaker: Breaker::new(policy.breaker.clone()),
             max_event_ms: Vec::new(),
-            ledger: HashMap::with_hasher(IdentityBuild::default()),
             allow,
             changes: None,
             event_clock_ms: i64::MIN,
@@ -112,6 +203,32 @@ impl Engine {
             keys,
             mode,
         }
+    }
+
+    /// Splits account state into `shards` (at least 1), judged side by side on as many threads
+    /// by [`Engine::process_batch`]. Outcomes, state and changelog records are the same as with
+    /// one shard for the same input, as long as an account's events come from one partition.
+    /// Call before the first event: any state is dropped.
+    pub fn with_shards(mut self, shards: usize) -> Result<Self, String> {
+        let n = shards.max(1);
+        self.shards = (0..n).map(|_| Shard::new(&self.policy)).collect();
+        let track = self.changes.is_some();
+        self.shards.iter_mut().for_each(|s| s.track = track);
+        self.pool = if n > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("rg-shard-{i}"))
+                .build()
+                .map_err(|e| format!("cannot start {n} shard threads: {e}"))?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -127,12 +244,17 @@ impl Engine {
     }
 
     pub fn tracked_accounts(&self) -> usize {
-        self.accounts.len()
+        self.shards.iter().map(|s| s.accounts.len()).sum()
     }
 
     /// Estimated bytes of state (accounts, dedupe, ledger). Walks the store: not per event.
     pub fn state_bytes(&self) -> usize {
-        self.accounts.heap_bytes() + self.dedupe.heap_bytes() + self.ledger.capacity() * 25
+        let shards: usize = self.shards.iter().map(|s| s.accounts.heap_bytes() + s.ledger.capacity() * 25).sum();
+        shards + self.dedupe.heap_bytes()
+    }
+
+    fn shard_index(&self, partition: u32) -> usize {
+        partition as usize % self.shards.len()
     }
 
     /// The clock the engine runs on, given the wall clock.
@@ -165,17 +287,118 @@ impl Engine {
     /// Decides the outcome of one input message from `partition`.
     pub fn process(&mut self, bytes: &[u8], partition: u32, wall_ms: i64) -> Processed {
         self.live_started = true;
-        let ev = match decode(bytes, &self.policy, wall_ms) {
+        let decoded = decode(bytes, &self.policy, wall_ms);
+        self.process_decoded(decoded, partition, wall_ms)
+    }
+
+    fn process_decoded(&mut self, decoded: Result<Event<'_>, Rejection>, partition: u32, wall_ms: i64) -> Processed {
+        let ev = match decoded {
             Ok(ev) => ev,
             Err(r) => return Processed { outcome: Outcome::Rejected(r), cell: None, event_ms: None },
         };
-        let cell = self.breaker.cell_for(&ev.source);
-        let event_ms = ev.occurred_at_ms;
-        let outcome = match self.judge(&ev, cell, partition, wall_ms, false) {
-            Judged::Done(outcome) => outcome,
-            Judged::Decided(d) => self.decision_outcome(&ev, cell, d),
+        let event_ms = Some(ev.occurred_at_ms);
+        let a = match self.admit(&ev, partition, wall_ms, false) {
+            Ok(a) => a,
+            Err((outcome, cell)) => return Processed { outcome, cell: Some(cell), event_ms },
         };
-        Processed { outcome, cell: Some(cell), event_ms: Some(event_ms) }
+        let i = self.shard_index(partition);
+        let judged = {
+            let v = View {
+                policy: &self.policy,
+                seed: self.seed,
+                keys: &self.keys,
+                allow: &self.allow,
+                breaker: &self.breaker,
+            };
+            self.shards[i].judge(&v, &ev, a, false)
+        };
+        let outcome = self.verdict(judged, a, ev.occurred_at_ms);
+        Processed { outcome, cell: Some(a.cell), event_ms }
+    }
+
+    /// [`Engine::process`] for a batch of messages (payload, partition), in order, appending one
+    /// [`Processed`] per message to `out`. With several shards, decoding and the per-account
+    /// work run side by side on the shard threads; the steps that see every partition (dedupe,
+    /// watermarks, breaker cells, and the breaker's verdicts) run in input order on the calling
+    /// thread. The outcomes are exactly those of calling `process` for each message in turn.
+    pub fn process_batch(&mut self, batch: &[(&[u8], u32)], wall_ms: i64, out: &mut Vec<Processed>) {
+        self.live_started = true;
+        let Some(pool) = self.pool.clone() else {
+            for &(bytes, partition) in batch {
+                let decoded = decode(bytes, &self.policy, wall_ms);
+                let p = self.process_decoded(decoded, partition, wall_ms);
+                out.push(p);
+            }
+            return;
+        };
+        use rayon::prelude::*;
+        let policy = self.policy.clone();
+        let policy = &*policy;
+        // 1. Decode, side by side.
+        let mut decoded: Vec<Result<Event<'_>, Rejection>> = Vec::with_capacity(batch.len());
+        pool.install(|| {
+            batch
+                .par_iter()
+                .with_min_len(64)
+                .map(|&(bytes, _)| decode(bytes, policy, wall_ms))
+                .collect_into_vec(&mut decoded)
+        });
+        // 2. Dedupe, watermarks and cells, in input order.
+        let n = self.shards.len();
+        let mut admitted: Vec<Option<Admitted>> = Vec::with_capacity(batch.len());
+        let mut per_shard: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let first = out.len();
+        for (i, (d, &(_, partition))) in decoded.iter().zip(batch).enumerate() {
+            match d {
+                Err(r) => {
+                    out.push(Processed { outcome: Outcome::Rejected(r.clone()), cell: None, event_ms: None });
+                    admitted.push(None);
+                }
+                Ok(ev) => {
+                    let event_ms = Some(ev.occurred_at_ms);
+                    match self.admit(ev, partition, wall_ms, false) {
+                        Ok(a) => {
+                            // A placeholder the verdict replaces below.
+                            out.push(Processed { outcome: Outcome::Duplicate, cell: Some(a.cell), event_ms });
+                            per_shard[partition as usize % n].push(i);
+                            admitted.push(Some(a));
+                        }
+                        Err((outcome, cell)) => {
+                            out.push(Processed { outcome, cell: Some(cell), event_ms });
+                            admitted.push(None);
+                        }
+                    }
+                }
+            }
+        }
+        // 3. Per-account work, each shard on its own thread, each in input order.
+        let v = View { policy, seed: self.seed, keys: &self.keys, allow: &self.allow, breaker: &self.breaker };
+        let (decoded, admitted) = (&decoded, &admitted);
+        let judged: Vec<Vec<Judged>> = pool.install(|| {
+            self.shards
+                .par_iter_mut()
+                .zip(per_shard.par_iter())
+                .map(|(shard, idx)| {
+                    idx.iter()
+                        .map(|&i| {
+                            let (Ok(ev), Some(a)) = (&decoded[i], admitted[i]) else {
+                                unreachable!("only admitted events")
+                            };
+                            shard.judge(&v, ev, a, false)
+                        })
+                        .collect()
+                })
+                .collect()
+        });
+        // 4. The breaker's verdicts, in input order.
+        let mut results: Vec<std::vec::IntoIter<Judged>> = judged.into_iter().map(Vec::into_iter).collect();
+        for (i, a) in admitted.iter().enumerate() {
+            let Some(a) = *a else { continue };
+            let partition = batch[i].1;
+            let judged = results[partition as usize % n].next().expect("one result per admitted event");
+            let Ok(ev) = &decoded[i] else { continue };
+            out[first + i].outcome = self.verdict(judged, a, ev.occurred_at_ms);
+        }
     }
 
     /// Rebuilds state from an input that was already decided and committed (restore after a
@@ -188,11 +411,20 @@ impl Engine {
     /// in a running instance) the breaker already holds that history and is not charged again.
     pub fn restore(&mut self, bytes: &[u8], partition: u32, wall_ms: i64, at_ms: i64) {
         if let Ok(ev) = decode(bytes, &self.policy, wall_ms) {
-            let cell = self.breaker.cell_for(&ev.source);
             let at = if self.mode == TimeMode::EventTime { wall_ms } else { at_ms };
             let replay = !self.live_started;
-            if matches!(self.judge(&ev, cell, partition, at, true), Judged::Decided(_)) && replay {
-                let _ = self.breaker.check(cell, at);
+            if let Ok(a) = self.admit(&ev, partition, at, true) {
+                let i = self.shard_index(partition);
+                let v = View {
+                    policy: &self.policy,
+                    seed: self.seed,
+                    keys: &self.keys,
+                    allow: &self.allow,
+                    breaker: &self.breaker,
+                };
+                if matches!(self.shards[i].judge(&v, &ev, a, true), Judged::Decided(_)) && replay {
+                    let _ = self.breaker.check(a.cell, at);
+                }
             }
             if replay {
                 // Transitions re-lived during restore were reported by the previous incarnation.
@@ -223,25 +455,32 @@ impl Engine {
     /// Drops all per-account state, dedupe memory, cooldowns and watermarks (kept: the breaker,
     /// the allow-list).
     pub fn reset_state(&mut self) {
-        self.accounts = AccountStore::new(&self.policy);
+        let policy = self.policy.clone();
+        self.shards.iter_mut().for_each(|s| s.reset(&policy));
         self.dedupe = Dedupe::new(self.policy.dedupe_horizon.as_millis() as i64, self.policy.dedupe_max_entries);
-        self.ledger.clear();
         self.max_event_ms.clear();
         if let Some(c) = &mut self.changes {
             c.clear();
         }
     }
 
-    /// Everything up to the decision: dedupe, watermark, windows, allow-list and cooldown (the
-    /// cooldown ledger records a decision here). The breaker and the decision record are left to
-    /// the caller: `process` builds them, `restore` only replays into the breaker.
-    fn judge(&mut self, ev: &Event<'_>, cell: u8, partition: u32, wall_ms: i64, restoring: bool) -> Judged {
+    /// The steps of judging an event that see every partition, in input order: the event clock,
+    /// dedupe, the watermark (late events) and the source's breaker cell. `Err`: the event's
+    /// outcome already (with its cell).
+    fn admit(
+        &mut self,
+        ev: &Event<'_>,
+        partition: u32,
+        wall_ms: i64,
+        restoring: bool,
+    ) -> Result<Admitted, (Outcome, u8)> {
+        let cell = self.breaker.cell_for(&ev.source);
         if self.mode == TimeMode::EventTime {
             self.event_clock_ms = self.event_clock_ms.max(ev.occurred_at_ms);
         }
         let now = self.now(wall_ms);
         if self.dedupe.seen_or_insert(id_hash(self.seed, &ev.event_id), now) {
-            return Judged::Done(Outcome::Duplicate);
+            return Err((Outcome::Duplicate, cell));
         }
         let p = (partition as usize).min(u16::MAX as usize);
         if p >= self.max_event_ms.len() {
@@ -264,116 +503,32 @@ impl Engine {
         };
         if let Some(wm) = watermark {
             if ev.occurred_at_ms < wm {
-                return Judged::Done(Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: wm });
+                return Err((Outcome::Late { event_ms: ev.occurred_at_ms, watermark_ms: wm }, cell));
             }
         }
         self.max_event_ms[p] = newest.max(ev.occurred_at_ms);
-
-        let key = id_hash(self.seed ^ ACCOUNT_SALT, &ev.account_id);
-        let t_s = ev.occurred_at_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
-        let entry = Entry { t: t_s, risk_q: quantise_risk(ev.risk), signal: ev.signal, cell };
-        let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
-        let p16 = p as u16;
-        let scores = self.accounts.add(key, entry, &ev.event_id, now_s, p16);
+        let partition = p as u16;
         if let Some(c) = &mut self.changes {
-            c.touch(key, p16);
+            c.touch_partition(partition);
         }
-
-        let p = &self.policy;
-        let short_hit = scores.short >= p.threshold;
-        let slow_hit =
-            p.slow.enabled && scores.slow >= p.slow.threshold && scores.slow_kinds >= p.slow.min_signal_kinds;
-        if !short_hit && !slow_hit {
-            return Judged::Done(Outcome::NoAction(NoActionReason::BelowThreshold));
-        }
-        if self.allow.get(&key).is_some_and(|&until| ev.occurred_at_ms < until) {
-            return Judged::Done(Outcome::NoAction(NoActionReason::AllowListed));
-        }
-        if self.ledger.get(&key).is_some_and(|c| t_s < c.until_s) {
-            return Judged::Done(Outcome::NoAction(NoActionReason::Cooldown));
-        }
-        let until_s = t_s.saturating_add(p.cooldown.as_secs() as u32);
-        self.ledger.insert(key, Cooldown { until_s, partition: p16, cell, at_ms: now });
-        let (kind, score, threshold) = if short_hit {
-            (WindowKind::Short, scores.short, p.threshold)
-        } else {
-            (WindowKind::Slow, scores.slow, p.slow.threshold)
-        };
-        Judged::Decided(Decided { key, t_s, now, kind, score, threshold })
+        Ok(Admitted { now, cell, partition })
     }
 
-    /// The breaker's verdict on a decision, and its record (notice or held).
-    fn decision_outcome(&mut self, ev: &Event<'_>, cell: u8, d: Decided) -> Outcome {
-        let Decided { key, t_s, now, kind, score, threshold } = d;
-        let view = self.accounts.view(key).unwrap_or(WindowView {
-            start_s: t_s,
-            end_s: t_s,
-            contributions: Vec::new(),
-            evidence: Vec::new(),
-        });
-        let decision = self.build_decision(ev, cell, now, kind, score, threshold, view);
-        self.breaker.note_event_lag(now - ev.occurred_at_ms, now);
-        match self.breaker.check(cell, now) {
-            Verdict::Send => Outcome::Notice(Box::new(decision)),
+    /// The breaker's verdict on a shard's decision, and its record (notice or held).
+    fn verdict(&mut self, judged: Judged, a: Admitted, event_ms: i64) -> Outcome {
+        let decision = match judged {
+            Judged::Done(outcome) => return outcome,
+            Judged::Decided(Some(d)) => d,
+            Judged::Decided(None) => unreachable!("live decisions are built"),
+        };
+        let now = a.now;
+        self.breaker.note_event_lag(now - event_ms, now);
+        match self.breaker.check(a.cell, now) {
+            Verdict::Send => Outcome::Notice(decision),
             Verdict::Hold { reason, cell } => Outcome::Held(
-                Box::new(decision),
+                decision,
                 HeldInfo { reason, cell: self.breaker.cell_name(cell).to_string(), held_at: format_rfc3339_ms(now) },
             ),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build_decision(
-        &self,
-        ev: &Event<'_>,
-        cell: u8,
-        now: i64,
-        kind: WindowKind,
-        score: f32,
-        threshold: f32,
-        view: WindowView,
-    ) -> Decision {
-        let p = &self.policy;
-        let length = match kind {
-            WindowKind::Short => p.window.as_secs(),
-            WindowKind::Slow => p.slow.length.as_secs(),
-        };
-        let contributions = view
-            .contributions
-            .iter()
-            .map(|c| SignalContribution {
-                signal: p.signals.get(c.signal as usize).map_or_else(String::new, |s| s.name.clone()),
-                count: c.count,
-                sum: c.sum,
-                counted: c.counted,
-                sources: c.cells.iter().map(|&i| self.breaker.cell_name(i).to_string()).collect(),
-            })
-            .collect();
-        Decision {
-            notice_id: self.keys.notice_id(&ev.account_id, view.start_s, &p.version),
-            account_id: ev.account_id.to_string(),
-            decided_at: format_rfc3339_ms(now),
-            mode: p.mode.as_str(),
-            cell: self.breaker.cell_name(cell).to_string(),
-            trigger: Trigger {
-                event_id: ev.event_id.to_string(),
-                source: ev.source.to_string(),
-                occurred_at: format_rfc3339_ms(ev.occurred_at_ms),
-            },
-            explanation: Explanation {
-                score,
-                threshold,
-                window: WindowInfo {
-                    kind,
-                    length_seconds: length,
-                    start: format_rfc3339_ms(i64::from(view.start_s) * 1000),
-                    end: format_rfc3339_ms(i64::from(view.end_s) * 1000),
-                },
-                contributions,
-                evidence: view.evidence,
-                policy_version: p.version.clone(),
-            },
-            event_ms: ev.occurred_at_ms,
         }
     }
 
@@ -388,28 +543,34 @@ impl Engine {
         let Some(wm) = self.min_watermark() else { return 0 };
         let wm_s = wm.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
+        let keep_after = wm_s.saturating_sub(self.policy.cooldown.as_secs() as u32);
+        let mut freed_total = 0;
         let mut freed_keys = self.changes.as_mut().map(|c| std::mem::take(&mut c.freed));
-        let freed = self.accounts.sweep(wm_s, now_s, SWEEP_BUDGET, freed_keys.as_mut());
-        if self.ledger.len() > 1024 && now_s % 60 == 0 {
-            // Keep cooldowns one extra cooldown past the watermark: fresh partitions are judged
-            // late only that far behind (see `decide`).
-            let keep_after = wm_s.saturating_sub(self.policy.cooldown.as_secs() as u32);
-            self.ledger.retain(|&key, c| {
-                let keep = c.until_s > keep_after;
-                if let (false, Some(out)) = (keep, freed_keys.as_mut()) {
-                    out.push((key, c.partition));
-                }
-                keep
-            });
-        }
-        if let (Some(c), Some(mut keys)) = (&mut self.changes, freed_keys) {
-            for &(key, partition) in &keys {
-                c.touch(key, partition);
+        for shard in &mut self.shards {
+            freed_total += shard.accounts.sweep(wm_s, now_s, SWEEP_BUDGET, freed_keys.as_mut());
+            if shard.ledger.len() > 1024 && now_s % 60 == 0 {
+                // Keep cooldowns one extra cooldown past the watermark: fresh partitions are
+                // judged late only that far behind (see `admit`).
+                shard.ledger.retain(|&key, c| {
+                    let keep = c.until_s > keep_after;
+                    if let (false, Some(out)) = (keep, freed_keys.as_mut()) {
+                        out.push((key, c.partition));
+                    }
+                    keep
+                });
             }
-            keys.clear();
+            if let (Some(c), Some(keys)) = (&mut self.changes, freed_keys.as_mut()) {
+                for &(key, partition) in keys.iter() {
+                    shard.touch(key, partition);
+                    c.touch_partition(partition);
+                }
+                keys.clear();
+            }
+        }
+        if let (Some(c), Some(keys)) = (&mut self.changes, freed_keys) {
             c.freed = keys;
         }
-        freed
+        freed_total
     }
 
     pub fn drain_transitions(&mut self) -> Vec<Transition> {
@@ -423,6 +584,63 @@ impl Engine {
 
     pub fn disallow_account(&mut self, account_id: &str) -> bool {
         self.allow.remove(&id_hash(self.seed ^ ACCOUNT_SALT, account_id)).is_some()
+    }
+}
+
+/// The notice (or held record) a decision sends: the account, the event that decided, and the
+/// window's evidence.
+#[allow(clippy::too_many_arguments)]
+fn build_decision(
+    v: &View<'_>,
+    ev: &Event<'_>,
+    cell: u8,
+    now: i64,
+    kind: WindowKind,
+    score: f32,
+    threshold: f32,
+    view: WindowView,
+) -> Decision {
+    let p = v.policy;
+    let length = match kind {
+        WindowKind::Short => p.window.as_secs(),
+        WindowKind::Slow => p.slow.length.as_secs(),
+    };
+    let contributions = view
+        .contributions
+        .iter()
+        .map(|c| SignalContribution {
+            signal: p.signals.get(c.signal as usize).map_or_else(String::new, |s| s.name.clone()),
+            count: c.count,
+            sum: c.sum,
+            counted: c.counted,
+            sources: c.cells.iter().map(|&i| v.breaker.cell_name(i).to_string()).collect(),
+        })
+        .collect();
+    Decision {
+        notice_id: v.keys.notice_id(&ev.account_id, view.start_s, &p.version),
+        account_id: ev.account_id.to_string(),
+        decided_at: format_rfc3339_ms(now),
+        mode: p.mode.as_str(),
+        cell: v.breaker.cell_name(cell).to_string(),
+        trigger: Trigger {
+            event_id: ev.event_id.to_string(),
+            source: ev.source.to_string(),
+            occurred_at: format_rfc3339_ms(ev.occurred_at_ms),
+        },
+        explanation: Explanation {
+            score,
+            threshold,
+            window: WindowInfo {
+                kind,
+                length_seconds: length,
+                start: format_rfc3339_ms(i64::from(view.start_s) * 1000),
+                end: format_rfc3339_ms(i64::from(view.end_s) * 1000),
+            },
+            contributions,
+            evidence: view.evidence,
+            policy_version: p.version.clone(),
+        },
+        event_ms: ev.occurred_at_ms,
     }
 }
 
@@ -576,6 +794,42 @@ mod tests {
         }
         assert_eq!(notices, 30, "default spike floor");
         assert_eq!(held, 170);
+    }
+
+    #[test]
+    fn shards_judge_a_batch_like_one_engine_judges_each_event() {
+        // 200 decisive events over 6 partitions from two sources, with duplicates and a late
+        // event: the "buggy" source trips its cell, so the batch holds some and sends some.
+        let mut inputs: Vec<(Vec<u8>, u32)> = Vec::new();
+        for i in 0..200i64 {
+            let source = if i % 4 == 0 { "auth-service" } else { "buggy" };
+            let acct = format!("acct{}", i % 150);
+            let part = (i % 150 % 6) as u32;
+            inputs.push((ev(&format!("e{i}"), &acct, T0 + i * 100, source, "breached_password", 1.0), part));
+            if i % 37 == 0 {
+                inputs.push((ev(&format!("e{i}"), &acct, T0 + i * 100, source, "breached_password", 1.0), part));
+            }
+        }
+        inputs.push((ev("late", "acct1", T0 - 3_600_000, "buggy", "breached_password", 1.0), 1));
+        inputs.push((b"not json".to_vec(), 2));
+        let wall = T0 + 60_000;
+        let mut one = engine();
+        let expected: Vec<Processed> = inputs.iter().map(|(b, p)| one.process(b, *p, wall)).collect();
+        let mut three = engine().with_shards(3).unwrap();
+        let mut got = Vec::new();
+        for chunk in inputs.chunks(64) {
+            let batch: Vec<(&[u8], u32)> = chunk.iter().map(|(b, p)| (&b[..], *p)).collect();
+            three.process_batch(&batch, wall, &mut got);
+        }
+        assert_eq!(got, expected);
+        let count = |k: OutcomeKind| got.iter().filter(|p| p.outcome.kind() == k).count();
+        assert_eq!(count(OutcomeKind::Notice) + count(OutcomeKind::Held), 150, "one decision per account");
+        assert!(count(OutcomeKind::Held) > 0 && count(OutcomeKind::Notice) > 0);
+        assert_eq!(count(OutcomeKind::Duplicate), 6);
+        assert_eq!(count(OutcomeKind::Late), 1);
+        assert_eq!(count(OutcomeKind::Rejected), 1);
+        assert_eq!(three.state_dump(), one.state_dump());
+        assert_eq!(three.tracked_accounts(), 150);
     }
 
     #[test]

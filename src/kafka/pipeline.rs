@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::core::breaker::{Cause, CellSnapshot, CellState};
-use crate::core::{Engine, Outcome, TimeMode};
+use crate::core::{Engine, Outcome, Processed, TimeMode};
 use crate::telemetry::Metrics;
 
 use super::admin;
@@ -468,6 +468,11 @@ struct Pipeline {
     /// Counts re-positionings of the whole assignment (`set_fetch`): a message fetched before
     /// one is stale.
     fetch_epoch: u64,
+    /// Counts rewinds to the committed offsets (`rewind`): messages polled before one are
+    /// fetched again.
+    rewinds: u64,
+    /// Reused buffer of the engine's outcomes for a burst (see `process_burst`).
+    processed: Vec<Processed>,
     lookback_ms: i64,
     plan_budget: Duration,
     /// Largest DLQ payload that fits the DLQ topic and the producer.
@@ -500,6 +505,9 @@ fn may_renew(renewals: &mut Vec<Instant>) -> bool {
 
 /// Most producer replacements within [`RENEWAL_WINDOW`] before a fatal error stops the process.
 const MAX_RENEWALS: usize = 3;
+/// Most messages judged as one burst (see `Pipeline::process_burst`): enough to keep the
+/// engine's shards busy, few enough that a burst is judged within a millisecond or two.
+const MAX_BURST: usize = 512;
 const RENEWAL_WINDOW: Duration = Duration::from_secs(600);
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. `dlq_record_limit` is the
@@ -576,7 +584,10 @@ impl Pipeline {
             metrics.input_offset_resets.with_label_values(&[topic]);
         }
         status.stall_timeout_ms.store(settings.stall_timeout.as_millis() as i64, Ordering::Relaxed);
-        let mut engine = Engine::new(policy.clone(), settings.keys.clone(), TimeMode::Wall);
+        let mut engine = Engine::new(policy.clone(), settings.keys.clone(), TimeMode::Wall)
+            .with_shards(settings.shards)
+            .map_err(|e| PipelineError::Startup(format!("pipeline.shards: {e}")))?;
+        info!(shards = settings.shards, "Engine ready.");
         let partitions = PartitionIndex::new(&input_partitions(&consumer, &settings)?);
         let total_partitions = partitions.total();
         let changelog = if settings.changelog {
@@ -611,6 +622,8 @@ impl Pipeline {
             cooperative,
             restore_cause: "assignment",
             fetch_epoch: 0,
+            rewinds: 0,
+            processed: Vec::new(),
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
             // (transaction.timeout.ms, then the coordinator's abort sweep): wait that out twice.
@@ -678,11 +691,34 @@ impl Pipeline {
             }
             let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
             let consumer = self.consumer.clone();
-            let polled = consumer.poll(wait);
+            let mut polled = consumer.poll(wait);
+            let rewinds = self.rewinds;
+            if matches!(self.phase, Phase::Live) {
+                // Live: what is already fetched is judged as one burst (the engine's shards work
+                // on it side by side), up to the first poll that brought a rebalance or anything
+                // but a message, which is handled below as on its own.
+                let room = self.settings.max_batch.saturating_sub(self.batch).clamp(1, MAX_BURST);
+                let mut burst = Vec::new();
+                while burst.len() < room && lock(&self.shared.events).is_empty() {
+                    match polled {
+                        Some(Ok(m)) if self.shared.topic_index(m.topic()).is_some() => {
+                            burst.push(m);
+                            polled = if burst.len() < room { consumer.poll(Duration::ZERO) } else { None };
+                        }
+                        _ => break,
+                    }
+                }
+                if !burst.is_empty() {
+                    self.process_burst(&burst)?;
+                }
+            }
             // A message polled together with a rebalance belongs to the old assignment: it is
-            // fetched again from the committed offsets.
+            // fetched again from the committed offsets. So is one polled before a rewind.
             let epoch = self.fetch_epoch;
             let rebalanced = self.on_rebalance_events()?;
+            if self.rewinds != rewinds {
+                polled = None;
+            }
             match polled {
                 // With the cooperative protocol, partitions that stayed keep their position
                 // (unless the whole assignment was re-positioned meanwhile).
@@ -1088,8 +1124,6 @@ impl Pipeline {
     }
 
     fn process(&mut self, m: &BorrowedMessage<'_>, topic: usize) -> Result<(), PipelineError> {
-        let (partition, offset) = (m.partition(), m.offset());
-        let payload = m.payload().unwrap_or(&[]);
         // Every input is in a transaction, also one without an output record: its offset is
         // committed with the others (and its outcome counted then).
         let begun = lock(&self.shared.writer).begin();
@@ -1097,7 +1131,59 @@ impl Pipeline {
             return self.on_txn_error(e);
         }
         let now = wall_ms();
-        let processed = self.engine.process(payload, self.partitions.global(topic, partition), now);
+        let payload = m.payload().unwrap_or(&[]);
+        let processed = self.engine.process(payload, self.partitions.global(topic, m.partition()), now);
+        self.emit(m, topic, &processed, now)?;
+        self.flush_changelog_early()
+    }
+
+    /// [`Pipeline::process`] for messages fetched together (live, of input topics, in poll
+    /// order), with one clock reading: the engine judges them as one batch
+    /// ([`Engine::process_batch`], side by side on its shards), then their outputs are sent in
+    /// order. A transaction that fails part way rewinds, and the rest of the burst is dropped
+    /// with it: it is fetched again from the committed offsets.
+    fn process_burst(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<(), PipelineError> {
+        let begun = lock(&self.shared.writer).begin();
+        if let Err(e) = begun {
+            return self.on_txn_error(e);
+        }
+        let now = wall_ms();
+        let mut topics = Vec::with_capacity(msgs.len());
+        let mut batch = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let topic = self.shared.topic_index(m.topic()).unwrap_or(0);
+            topics.push(topic);
+            batch.push((m.payload().unwrap_or(&[]), self.partitions.global(topic, m.partition())));
+        }
+        let mut processed = std::mem::take(&mut self.processed);
+        processed.clear();
+        self.engine.process_batch(&batch, now, &mut processed);
+        let rewinds = self.rewinds;
+        let mut result = Ok(());
+        for ((m, &topic), p) in msgs.iter().zip(&topics).zip(&processed) {
+            result = self.emit(m, topic, p, now);
+            if result.is_err() || self.rewinds != rewinds {
+                break;
+            }
+        }
+        self.processed = processed;
+        result?;
+        if self.rewinds != rewinds {
+            return Ok(());
+        }
+        self.flush_changelog_early()
+    }
+
+    /// Counts an input's outcome and sends its output record into the open transaction.
+    fn emit(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        topic: usize,
+        processed: &Processed,
+        now: i64,
+    ) -> Result<(), PipelineError> {
+        let (partition, offset) = (m.partition(), m.offset());
+        let payload = m.payload().unwrap_or(&[]);
         if self.changelog.is_some() {
             self.shared.unflushed.store(true, Ordering::Relaxed);
         }
@@ -1137,9 +1223,14 @@ impl Pipeline {
         if self.batch % 1024 == 0 {
             lock(&self.shared.writer).poll();
         }
+        Ok(())
+    }
+
+    /// Ships the changelog records of a long transaction while it goes on deciding, once
+    /// `changelog_flush_accounts` accounts changed: its commit then waits only for the rest.
+    fn flush_changelog_early(&mut self) -> Result<(), PipelineError> {
         let flush_at = self.settings.changelog_flush_accounts;
         if flush_at > 0 && self.engine.pending_changes() >= flush_at {
-            // Shipped while the transaction goes on deciding: its commit waits only for the rest.
             if let Err(e) = self.flush_changelog() {
                 return self.on_txn_error(e);
             }
@@ -1219,6 +1310,7 @@ impl Pipeline {
     /// counted, take in any rebalance seen meanwhile, and restore the owned partitions from
     /// their committed offsets.
     fn rewind(&mut self) -> Result<(), PipelineError> {
+        self.rewinds += 1;
         self.restore_cause = "abort";
         lock(&self.shared.offsets).clear();
         self.after_abort();

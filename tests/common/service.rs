@@ -110,6 +110,13 @@ listen = "{listen}"
     }
 }
 
+/// Adds `line` (a `key = value` setting) to the `[pipeline]` table of the config at `path`.
+pub fn set_pipeline(path: &Path, line: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (head, rest) = text.split_once("\n[pipeline]\n").expect("a [pipeline] table");
+    std::fs::write(path, format!("{head}\n[pipeline]\n{line}\n{rest}")).unwrap();
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

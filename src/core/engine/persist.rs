@@ -11,11 +11,10 @@ use crate::core::accounts::{AccountView, Slow};
 use crate::core::changelog::{self, AccountRecord, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord};
 use crate::core::evidence;
 
-/// Accounts and partitions changed since the last drain.
+/// Partitions whose watermark moved since the last drain, and the drain's buffers (the accounts
+/// that changed are kept by their shards).
 #[derive(Default)]
 pub(super) struct Changes {
-    /// Account key → the partition its record goes to.
-    accounts: HashMap<u64, u16, IdentityBuild>,
     /// Partitions whose watermark moved.
     partitions: Vec<bool>,
     /// Scratch for the sweep (kept to reuse its allocation).
@@ -26,14 +25,16 @@ pub(super) struct Changes {
 }
 
 impl Changes {
-    pub(super) fn touch(&mut self, key: u64, partition: u16) {
-        self.accounts.insert(key, partition);
-        self.touch_partition(partition);
+    pub(super) fn clear(&mut self) {
+        self.partitions.iter_mut().for_each(|p| *p = false);
     }
 
-    pub(super) fn clear(&mut self) {
-        self.accounts.clear();
-        self.partitions.iter_mut().for_each(|p| *p = false);
+    pub(super) fn touch_partition(&mut self, p: u16) {
+        let i = p as usize;
+        if i >= self.partitions.len() {
+            self.partitions.resize(i + 1, false);
+        }
+        self.partitions[i] = true;
     }
 }
 
@@ -63,11 +64,15 @@ impl Engine {
     /// a version that reads only version 1; see [`changelog::encode`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
+        self.shards.iter_mut().for_each(|s| s.track = true);
     }
 
     /// Accounts changed since the last drain.
     pub fn pending_changes(&self) -> usize {
-        self.changes.as_ref().map_or(0, |c| c.accounts.len())
+        if self.changes.is_none() {
+            return 0;
+        }
+        self.shards.iter().map(|s| s.changed.len()).sum()
     }
 
     /// Emits one record per account changed since the last call (its whole state, or a
@@ -76,16 +81,19 @@ impl Engine {
     pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
         let Some(mut c) = self.changes.take() else { return 0 };
         let mut n = 0;
-        for (&key, &partition) in &c.accounts {
-            c.buf.clear();
-            let partition = self.accounts.get(key).map_or(partition, |a| a.partition);
-            let k = changelog::account_key(key);
-            if self.encode_account(key, c.version, &mut c.buf) {
-                emit(u32::from(partition), &k, Some(&c.buf));
-            } else {
-                emit(u32::from(partition), &k, None);
+        for shard in &mut self.shards {
+            for (&key, &partition) in &shard.changed {
+                c.buf.clear();
+                let partition = shard.accounts.get(key).map_or(partition, |a| a.partition);
+                let k = changelog::account_key(key);
+                if encode_account(&self.policy, &self.breaker, shard, key, c.version, &mut c.buf) {
+                    emit(u32::from(partition), &k, Some(&c.buf));
+                } else {
+                    emit(u32::from(partition), &k, None);
+                }
+                n += 1;
             }
-            n += 1;
+            shard.changed.clear();
         }
         for (p, changed) in c.partitions.iter().enumerate() {
             if let (true, Some(&m)) = (*changed, self.max_event_ms.get(p)) {
@@ -104,13 +112,15 @@ impl Engine {
     /// came from it, their cooldowns, its watermark). Dedupe memory is shared and stays.
     pub fn forget_partition_state(&mut self, partition: u32) {
         let p = partition as u16;
-        for key in self.accounts.keys_of(p) {
-            self.accounts.remove(key);
+        let i = self.shard_index(partition);
+        let shard = &mut self.shards[i];
+        for key in shard.accounts.keys_of(p) {
+            shard.accounts.remove(key);
         }
-        self.ledger.retain(|_, c| c.partition != p);
+        shard.ledger.retain(|_, c| c.partition != p);
+        shard.changed.retain(|_, q| *q != p);
         self.forget_partition(partition);
         if let Some(c) = &mut self.changes {
-            c.accounts.retain(|_, q| *q != p);
             if let Some(x) = c.partitions.get_mut(partition as usize) {
                 *x = false;
             }
@@ -134,61 +144,16 @@ impl Engine {
                 Ok(())
             }
             Key::Account(k) => {
+                let i = self.shard_index(partition);
+                let shard = &mut self.shards[i];
                 let Some(v) = value else {
-                    self.accounts.remove(k);
-                    self.ledger.remove(&k);
+                    shard.accounts.remove(k);
+                    shard.ledger.remove(&k);
                     return Ok(());
                 };
                 let rec = changelog::decode(v)?;
-                self.apply_record(k, p, &rec);
+                apply_record(&self.policy, &mut self.breaker, shard, k, p, &rec);
                 Ok(())
-            }
-        }
-    }
-
-    fn apply_record(&mut self, key: u64, p: u16, rec: &AccountRecord<'_>) {
-        match &rec.window {
-            Some(w) => {
-                let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
-                for e in &w.entries {
-                    // A signal the running policy no longer has counts no more.
-                    let Some(signal) = rec.name_of(e.signal).and_then(|n| self.policy.signal_index(n)) else {
-                        continue;
-                    };
-                    let cell = self.breaker.cell_for(rec.name_of(e.cell).unwrap_or_default());
-                    ring.push(Entry { t: e.t, risk_q: e.risk_q, signal, cell });
-                }
-                let kinds = |names: &[u8]| {
-                    names
-                        .iter()
-                        .filter_map(|&i| rec.name_of(i).and_then(|n| self.policy.signal_index(n)))
-                        .fold(0u32, |bits, s| bits | 1 << (u32::from(s) % 32))
-                };
-                let slow = Slow {
-                    cur: w.slow_cur,
-                    prev: w.slow_prev,
-                    bucket: w.slow_bucket,
-                    kinds_cur: kinds(&w.kinds_cur),
-                    kinds_prev: kinds(&w.kinds_prev),
-                };
-                self.accounts.put(
-                    key,
-                    AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s },
-                );
-                // Its evidence ids reach the dedupe memory once the whole log is read
-                // (`after_load`): an uncompacted log holds several records per account.
-            }
-            None => {
-                self.accounts.remove(key);
-            }
-        }
-        match rec.cooldown {
-            Some(c) => {
-                let cell = self.breaker.cell_for(rec.name_of(c.cell).unwrap_or_default());
-                self.ledger.insert(key, Cooldown { until_s: c.until_s, partition: p, cell, at_ms: c.decided_at_ms });
-            }
-            None => {
-                self.ledger.remove(&key);
             }
         }
     }
@@ -205,10 +170,12 @@ impl Engine {
         };
         let ps: Vec<u16> = partitions.iter().map(|&p| p.min(u32::from(u16::MAX)) as u16).collect();
         let mut id = String::new();
-        for ids in self.accounts.ids_in(&ps) {
-            for item in evidence::items(ids) {
-                evidence::write_item(item, &mut id);
-                self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
+        for shard in &self.shards {
+            for ids in shard.accounts.ids_in(&ps) {
+                for item in evidence::items(ids) {
+                    evidence::write_item(item, &mut id);
+                    self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
+                }
             }
         }
         self.replay_decisions(partitions)
@@ -223,8 +190,9 @@ impl Engine {
             return 0;
         }
         let mut decisions: Vec<(i64, u8)> = self
-            .ledger
-            .values()
+            .shards
+            .iter()
+            .flat_map(|s| s.ledger.values())
             .filter(|c| partitions.contains(&u32::from(c.partition)))
             .map(|c| (c.at_ms, c.cell))
             .collect();
@@ -239,15 +207,21 @@ impl Engine {
     /// The whole state as changelog records, sorted by partition and key: two engines with equal
     /// dumps decide alike. For tests and `resetguard` diagnostics, not per event.
     pub fn state_dump(&self) -> Vec<StateRecord> {
-        let mut keys: Vec<u64> = self.accounts.keys().chain(self.ledger.keys().copied()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut out: Vec<StateRecord> = Vec::with_capacity(keys.len());
-        for key in keys {
-            let mut buf = Vec::new();
-            self.encode_account(key, changelog::VERSION, &mut buf);
-            let p = self.accounts.get(key).map(|a| a.partition).or_else(|| self.ledger.get(&key).map(|c| c.partition));
-            out.push((u32::from(p.unwrap_or(0)), changelog::account_key(key).to_vec(), Some(buf)));
+        let mut out: Vec<StateRecord> = Vec::new();
+        for shard in &self.shards {
+            let mut keys: Vec<u64> = shard.accounts.keys().chain(shard.ledger.keys().copied()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let mut buf = Vec::new();
+                encode_account(&self.policy, &self.breaker, shard, key, changelog::VERSION, &mut buf);
+                let p = shard
+                    .accounts
+                    .get(key)
+                    .map(|a| a.partition)
+                    .or_else(|| shard.ledger.get(&key).map(|c| c.partition));
+                out.push((u32::from(p.unwrap_or(0)), changelog::account_key(key).to_vec(), Some(buf)));
+            }
         }
         for (p, &m) in self.max_event_ms.iter().enumerate() {
             if m != i64::MIN {
@@ -277,59 +251,95 @@ impl Engine {
         }
         let digest = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
         StateSummary {
-            accounts: self.accounts.len(),
-            cooldowns: self.ledger.len(),
+            accounts: self.tracked_accounts(),
+            cooldowns: self.shards.iter().map(|s| s.ledger.len()).sum(),
             records: dump.len(),
             partitions: partitions.into_iter().collect(),
             digest,
         }
     }
+}
 
-    /// Writes the account's record into `out`; false if the engine holds nothing for it.
-    fn encode_account(&self, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
-        let account = self.accounts.get(key);
-        let cooldown = self.ledger.get(&key);
-        if account.is_none() && cooldown.is_none() {
-            return false;
-        }
-        let signal = |i: u8| self.policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
-        let mut r = AccountRecord::default();
-        if let Some(a) = account {
-            let mut entries = SmallVec::new();
-            for e in a.ring {
-                let (s, c) = (r.name(signal(e.signal)), r.name(self.breaker.cell_name(e.cell)));
-                entries.push(RecEntry { t: e.t, risk_q: e.risk_q, signal: s, cell: c });
+fn apply_record(policy: &Policy, breaker: &mut Breaker, shard: &mut Shard, key: u64, p: u16, rec: &AccountRecord<'_>) {
+    match &rec.window {
+        Some(w) => {
+            let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
+            for e in &w.entries {
+                // A signal the running policy no longer has counts no more.
+                let Some(signal) = rec.name_of(e.signal).and_then(|n| policy.signal_index(n)) else {
+                    continue;
+                };
+                let cell = breaker.cell_for(rec.name_of(e.cell).unwrap_or_default());
+                ring.push(Entry { t: e.t, risk_q: e.risk_q, signal, cell });
             }
-            let mut kinds = |bits: u32| {
-                (0..32u8).filter(|b| bits & (1 << b) != 0).map(|b| r.name(signal(b))).collect::<SmallVec<[u8; 8]>>()
+            let kinds = |names: &[u8]| {
+                names
+                    .iter()
+                    .filter_map(|&i| rec.name_of(i).and_then(|n| policy.signal_index(n)))
+                    .fold(0u32, |bits, s| bits | 1 << (u32::from(s) % 32))
             };
-            let (kinds_cur, kinds_prev) = (kinds(a.slow.kinds_cur), kinds(a.slow.kinds_prev));
-            r.window = Some(WindowRecord {
-                touched_s: a.touched_s,
-                slow_cur: a.slow.cur,
-                slow_prev: a.slow.prev,
-                slow_bucket: a.slow.bucket,
-                kinds_cur,
-                kinds_prev,
-                entries,
-                ids: Cow::Borrowed(a.ids.unwrap_or_default()),
-            });
+            let slow = Slow {
+                cur: w.slow_cur,
+                prev: w.slow_prev,
+                bucket: w.slow_bucket,
+                kinds_cur: kinds(&w.kinds_cur),
+                kinds_prev: kinds(&w.kinds_prev),
+            };
+            shard
+                .accounts
+                .put(key, AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s });
+            // Its evidence ids reach the dedupe memory once the whole log is read
+            // (`after_load`): an uncompacted log holds several records per account.
         }
-        if let Some(c) = cooldown {
-            let cell = r.name(self.breaker.cell_name(c.cell));
-            r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
+        None => {
+            shard.accounts.remove(key);
         }
-        changelog::encode(&r, version, out);
-        true
+    }
+    match rec.cooldown {
+        Some(c) => {
+            let cell = breaker.cell_for(rec.name_of(c.cell).unwrap_or_default());
+            shard.ledger.insert(key, Cooldown { until_s: c.until_s, partition: p, cell, at_ms: c.decided_at_ms });
+        }
+        None => {
+            shard.ledger.remove(&key);
+        }
     }
 }
 
-impl Changes {
-    fn touch_partition(&mut self, p: u16) {
-        let i = p as usize;
-        if i >= self.partitions.len() {
-            self.partitions.resize(i + 1, false);
-        }
-        self.partitions[i] = true;
+/// Writes the account's record into `out`; false if the engine holds nothing for it.
+fn encode_account(policy: &Policy, breaker: &Breaker, shard: &Shard, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
+    let account = shard.accounts.get(key);
+    let cooldown = shard.ledger.get(&key);
+    if account.is_none() && cooldown.is_none() {
+        return false;
     }
+    let signal = |i: u8| policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
+    let mut r = AccountRecord::default();
+    if let Some(a) = account {
+        let mut entries = SmallVec::new();
+        for e in a.ring {
+            let (s, c) = (r.name(signal(e.signal)), r.name(breaker.cell_name(e.cell)));
+            entries.push(RecEntry { t: e.t, risk_q: e.risk_q, signal: s, cell: c });
+        }
+        let mut kinds = |bits: u32| {
+            (0..32u8).filter(|b| bits & (1 << b) != 0).map(|b| r.name(signal(b))).collect::<SmallVec<[u8; 8]>>()
+        };
+        let (kinds_cur, kinds_prev) = (kinds(a.slow.kinds_cur), kinds(a.slow.kinds_prev));
+        r.window = Some(WindowRecord {
+            touched_s: a.touched_s,
+            slow_cur: a.slow.cur,
+            slow_prev: a.slow.prev,
+            slow_bucket: a.slow.bucket,
+            kinds_cur,
+            kinds_prev,
+            entries,
+            ids: Cow::Borrowed(a.ids.unwrap_or_default()),
+        });
+    }
+    if let Some(c) = cooldown {
+        let cell = r.name(breaker.cell_name(c.cell));
+        r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
+    }
+    changelog::encode(&r, version, out);
+    true
 }
