@@ -66,6 +66,8 @@
 //! to the bare consumer), e.g. `debug=eos` with `RUST_LOG=librdkafka=debug`.
 //! `PIPELINE_BENCH_PIPELINE="k = v;k = v"` adds `[pipeline]` settings, e.g.
 //! `changelog_flush_accounts = 0` for the commit-time-only changelog send.
+//! `PIPELINE_BENCH_SHARDS=N` runs resetguard a second time in each round with
+//! `pipeline.shards = N` and reports its rate against the one-shard run of the same round.
 //!
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
 //! (20,000 events of each workload, one round, 5 s of latency), so the bench cannot rot.
@@ -113,6 +115,7 @@ enum Workload {
     Realistic,
 }
 
+#[derive(Clone)]
 struct Opts {
     /// `PIPELINE_BENCH_WORKLOAD`: `generator`, `realistic` or `both` (the default).
     workloads: Vec<Workload>,
@@ -133,6 +136,9 @@ struct Opts {
     /// Extra `[pipeline]` settings for resetguard, TOML lines joined by `;`
     /// (`PIPELINE_BENCH_PIPELINE="changelog_flush_accounts = 0"`).
     pipeline_extra: String,
+    /// `PIPELINE_BENCH_SHARDS=N`: each round also runs resetguard with `pipeline.shards = N`
+    /// (the parallel engine) right after the one-shard run.
+    shards: Option<usize>,
     latency_secs: u64,
     latency_rate: u64,
     notices_per_sec: u64,
@@ -163,6 +169,9 @@ impl Opts {
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
             commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
             pipeline_extra: std::env::var("PIPELINE_BENCH_PIPELINE").unwrap_or_default().replace(';', "\n"),
+            shards: std::env::var("PIPELINE_BENCH_SHARDS")
+                .ok()
+                .map(|v| v.parse().expect("PIPELINE_BENCH_SHARDS: a count")),
             kafka_extra: std::env::var("PIPELINE_BENCH_KAFKA")
                 .unwrap_or_default()
                 .split(';')
@@ -664,6 +673,25 @@ fn copy_lines(copy_rates: &[f64], rg_rates: &[f64]) -> String {
     )
 }
 
+/// The `PIPELINE_BENCH_SHARDS` run of a round: `opts` with `shards = N` added to `[pipeline]`.
+fn sharded(opts: &Opts) -> Option<(usize, Opts)> {
+    let n = opts.shards?;
+    let mut o = opts.clone();
+    o.pipeline_extra = format!("{}\nshards = {n}", o.pipeline_extra);
+    Some((n, o))
+}
+
+/// Report lines of the sharded runs against the one-shard runs of the same rounds.
+fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
+    let Some(n) = n else { return String::new() };
+    let per = one.iter().zip(many).map(|(a, b)| format!("{:.2}", b / a)).collect::<Vec<_>>().join(", ");
+    format!(
+        "shards = {n}: median {:.0} events/s, {:.2}x one shard (per round: {per})\n",
+        median(many),
+        median(many) / median(one)
+    )
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -928,7 +956,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, NO_TRIP);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
-    let mut copy_rates = Vec::new();
+    let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
     let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
     let mut last_rg = None;
@@ -947,6 +975,16 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         eprintln!("round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
         copy_rates.push(copy.rate);
         let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
+        if let Some((k, o)) = sharded(opts) {
+            let m = rg_run(broker, dir, &input, &o, n as u64, 200 + run, true, NO_TRIP);
+            eprintln!(
+                "round {}: resetguard, shards = {k} {:>9.0} events/s ({:.2}x one shard)",
+                run + 1,
+                m.rate,
+                m.rate / r.rate
+            );
+            shard_rates.push(m.rate);
+        }
         let off = rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP);
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
         off_rates.push(off.rate);
@@ -1001,6 +1039,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
+    report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(r) = &last_rg {
         let st = &r.stopped;
         let _ = writeln!(
@@ -1176,7 +1215,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         eprintln!("realistic: warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
-    let mut copy_rates = Vec::new();
+    let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
     let mut last = None;
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
@@ -1202,6 +1241,19 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
             o.line()
         );
         o.check(&counts, &spec);
+        if let Some((k, opts_k)) = sharded(opts) {
+            let m = rg_run(broker, dir, &input, &opts_k, n as u64, 300 + run, true, &policy);
+            let om = RealOutcomes::of(&m.stopped);
+            eprintln!(
+                "realistic round {}: resetguard, shards = {k} {:>9.0} events/s ({:.2}x one shard)\n          {}",
+                run + 1,
+                m.rate,
+                m.rate / r.rate,
+                om.line()
+            );
+            om.check(&counts, &spec);
+            shard_rates.push(m.rate);
+        }
         rg_rates.push(r.rate);
         steady_rates.push(r.steady);
         last = Some(o);
@@ -1240,6 +1292,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
+    report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(o) = &last {
         let _ = writeln!(report, "outcomes (last round): {}", o.line());
     }

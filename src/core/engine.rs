@@ -215,8 +215,9 @@ impl Engine {
         let track = self.changes.is_some();
         self.shards.iter_mut().for_each(|s| s.track = track);
         self.pool = if n > 1 {
+            // The calling thread judges one shard itself (see `process_batch`).
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
+                .num_threads(n - 1)
                 .thread_name(|i| format!("rg-shard-{i}"))
                 .build()
                 .map_err(|e| format!("cannot start {n} shard threads: {e}"))?;
@@ -331,20 +332,25 @@ impl Engine {
             }
             return;
         };
-        use rayon::prelude::*;
         let policy = self.policy.clone();
         let policy = &*policy;
-        // 1. Decode, side by side.
-        let mut decoded: Vec<Result<Event<'_>, Rejection>> = Vec::with_capacity(batch.len());
-        pool.install(|| {
-            batch
-                .par_iter()
-                .with_min_len(64)
-                .map(|&(bytes, _)| decode(bytes, policy, wall_ms))
-                .collect_into_vec(&mut decoded)
-        });
-        // 2. Dedupe, watermarks and cells, in input order.
         let n = self.shards.len();
+        // 1. Decode, side by side: one slice of the batch per thread, the calling thread taking
+        // the first (the pool has `n - 1` threads, so `n` threads work and none waits idle).
+        let slice = batch.len().div_ceil(n).max(1);
+        let mut parts: Vec<Vec<Result<Event<'_>, Rejection>>> = (0..n).map(|_| Vec::new()).collect();
+        pool.in_place_scope(|scope| {
+            let mut slices = batch.chunks(slice).zip(parts.iter_mut());
+            let own = slices.next();
+            for (chunk, part) in slices {
+                scope.spawn(move |_| *part = chunk.iter().map(|&(bytes, _)| decode(bytes, policy, wall_ms)).collect());
+            }
+            if let Some((chunk, part)) = own {
+                *part = chunk.iter().map(|&(bytes, _)| decode(bytes, policy, wall_ms)).collect();
+            }
+        });
+        let decoded: Vec<Result<Event<'_>, Rejection>> = parts.into_iter().flatten().collect();
+        // 2. Dedupe, watermarks and cells, in input order.
         let mut admitted: Vec<Option<Admitted>> = Vec::with_capacity(batch.len());
         let mut per_shard: Vec<Vec<usize>> = vec![Vec::new(); n];
         let first = out.len();
@@ -373,22 +379,25 @@ impl Engine {
         }
         // 3. Per-account work, each shard on its own thread, each in input order.
         let v = View { policy, seed: self.seed, keys: &self.keys, allow: &self.allow, breaker: &self.breaker };
-        let (decoded, admitted) = (&decoded, &admitted);
-        let judged: Vec<Vec<Judged>> = pool.install(|| {
-            self.shards
-                .par_iter_mut()
-                .zip(per_shard.par_iter())
-                .map(|(shard, idx)| {
-                    idx.iter()
-                        .map(|&i| {
-                            let (Ok(ev), Some(a)) = (&decoded[i], admitted[i]) else {
-                                unreachable!("only admitted events")
-                            };
-                            shard.judge(&v, ev, a, false)
-                        })
-                        .collect()
+        let (decoded, admitted, v) = (&decoded, &admitted, &v);
+        let judge_all = |shard: &mut Shard, idx: &[usize]| -> Vec<Judged> {
+            idx.iter()
+                .map(|&i| {
+                    let (Ok(ev), Some(a)) = (&decoded[i], admitted[i]) else { unreachable!("only admitted events") };
+                    shard.judge(v, ev, a, false)
                 })
                 .collect()
+        };
+        let mut judged: Vec<Vec<Judged>> = (0..n).map(|_| Vec::new()).collect();
+        pool.in_place_scope(|scope| {
+            let mut work = self.shards.iter_mut().zip(&per_shard).zip(judged.iter_mut());
+            let own = work.next();
+            for ((shard, idx), out) in work {
+                scope.spawn(move |_| *out = judge_all(shard, idx));
+            }
+            if let Some(((shard, idx), out)) = own {
+                *out = judge_all(shard, idx);
+            }
         });
         // 4. The breaker's verdicts, in input order.
         let mut results: Vec<std::vec::IntoIter<Judged>> = judged.into_iter().map(Vec::into_iter).collect();
