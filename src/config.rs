@@ -319,6 +319,12 @@ pub struct PipelineFile {
     /// `1` (default): one thread, the reference. At most 64.
     #[serde(default = "default_shards")]
     pub shards: usize,
+    /// Warm standby: follow every partition of the changelog in memory, so a partition assigned
+    /// to this instance restores from that copy plus the changelog written since, instead of
+    /// the whole changelog (docs/changelog.md, "Warm standby"). Needs `changelog = true`.
+    /// Default false.
+    #[serde(default)]
+    pub standby: bool,
     /// `/healthz` fails when the pipeline loop has not come round for this long (a wedged
     /// instance is restarted by its liveness probe). Waiting for an unreachable broker counts as
     /// coming round. Default `5m`: longer than the longest bounded wait inside the loop (a
@@ -375,6 +381,7 @@ impl Default for PipelineFile {
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
             shards: default_shards(),
+            standby: false,
             stall_timeout: default_stall_timeout(),
             hash_seed: None,
         }
@@ -421,6 +428,8 @@ pub struct Settings {
     pub max_batch: usize,
     /// Account-state shards, each judged on its own thread (see `[pipeline] shards`).
     pub shards: usize,
+    /// Follow the whole changelog in memory (see `[pipeline] standby`).
+    pub standby: bool,
     /// Derived from the deployment secret: the id-hash seed and the `notice_id` key.
     pub keys: crate::core::hash::Keys,
     pub http_listen: SocketAddr,
@@ -700,6 +709,9 @@ impl ConfigFile {
                 ),
             ));
         }
+        if self.pipeline.standby && !self.pipeline.changelog {
+            errors.push(field("pipeline.standby", "follows the changelog: needs pipeline.changelog = true"));
+        }
         if !(1..=64).contains(&self.pipeline.shards) {
             errors.push(field("pipeline.shards", "must be from 1 to 64"));
         }
@@ -827,6 +839,7 @@ impl ConfigFile {
                 stall_timeout,
                 max_batch: self.pipeline.max_batch,
                 shards: self.pipeline.shards,
+                standby: self.pipeline.standby,
                 keys,
                 http_listen,
                 admin_listen,

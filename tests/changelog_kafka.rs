@@ -1,4 +1,5 @@
 //! State in the changelog topic, on Apache Kafka, with `resetguard run` as a child process.
+//! (The warm standby's test, `a_warm_standby_takes_over_...`, is described at its function.)
 //!
 //! `an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_state`:
 //! 1. the previous way (`pipeline.changelog = false`) processes a first batch, then stops;
@@ -118,4 +119,105 @@ fn an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_st
     let (notices, _) = check_outputs(broker, &t, &all, &coords);
     let expected: BTreeSet<String> = all.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected, "takeovers across the restart decided once, cooldowns kept");
+}
+
+/// Waits until `svc`'s warm standby holds records and has not changed for a second (it has read
+/// the changelog written so far).
+fn wait_standby_settled(svc: &mut Service) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = -1.0;
+    loop {
+        let text = metrics(svc);
+        let now = text
+            .lines()
+            .find_map(|l| l.strip_prefix("resetguard_standby_records "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if now > 0.0 && now == last {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "the standby did not settle (at {now} records)");
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `pipeline.standby = true` on two instances of a group:
+/// 1. both decide a batch, each on its share of the partitions, and each standby follows every
+///    changelog partition (its `resetguard_standby_records` gauge settles);
+/// 2. one instance is SIGKILLed: the other takes its partitions and restores them from its standby
+///    copy in memory (`source="standby"`), reading only what the copy lacked from Kafka;
+/// 3. its state then covers every partition with exactly the accounts and cooldowns both had;
+/// 4. stopped, and replaced by an instance without a standby that reads the whole changelog: the
+///    two states have the same digest (a restore from the standby equals one from the changelog);
+/// 5. a second batch that needs the restored state decides exactly as expected, no notice twice.
+#[test]
+fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "standby");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg_a = write_config(broker, &t, dir_a.path(), &unique_name("sb-a"), NO_TRIP, &[], None);
+    let cfg_b = write_config(broker, &t, dir_b.path(), &unique_name("sb-b"), NO_TRIP, &[], None);
+    let plain = std::fs::read_to_string(&cfg_b).unwrap();
+    set_pipeline(&cfg_a, "standby = true");
+    set_pipeline(&cfg_b, "standby = true");
+    let (log_a, log_b) = (dir_a.path().join("service.log"), dir_b.path().join("service.log"));
+
+    // 1. Two instances, a batch, and standbys that follow it all.
+    let mut a = Service::spawn(&cfg_a, &log_a);
+    let mut b = Service::spawn(&cfg_b, &log_b);
+    a.wait_ready(READY);
+    b.wait_ready(READY);
+    let first = first_batch();
+    let mut coords = produce(broker, &t.input, &first);
+    wait_committed_running(broker, &t, &mut a, first.len() as i64, Duration::from_secs(120));
+    b.assert_running("while the first batch was decided");
+    let (sa, sb) = (summary(&mut a), summary(&mut b));
+    let owned = |s: &serde_json::Value| s["partitions"].as_array().unwrap().len();
+    assert!(owned(&sa) >= 1 && owned(&sb) >= 1, "both instances own partitions: {sa} / {sb}");
+    let held_b = wait_standby_settled(&mut b);
+    assert!(held_b >= (sa["accounts"].as_u64().unwrap() + sb["accounts"].as_u64().unwrap()) as f64, "{held_b}");
+
+    // 2. A dies; B restores A's partitions from its standby copy.
+    a.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        let s = summary(&mut b);
+        if owned(&s) == owned(&sa) + owned(&sb) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "B did not take over A's partitions: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let m = metrics(&mut b);
+    assert!(metric_with(&m, "resetguard_partition_restores_total", "source=\"standby\"") >= owned(&sa) as f64, "{m}");
+    let from_copy = metric_with(&m, "resetguard_restore_records_total", "source=\"standby\"");
+    let from_kafka = metric_with(&m, "resetguard_restore_records_total", "source=\"changelog\"");
+    assert!(from_copy >= sa["accounts"].as_f64().unwrap(), "A's accounts came from the copy: {from_copy}");
+    assert!(from_kafka < from_copy, "only the tail was read from Kafka: {from_kafka} against {from_copy}");
+    assert_eq!(metric_with(&m, "resetguard_partition_restores_total", "source=\"input\""), 0.0);
+
+    // 3. Exactly the state both had.
+    for k in ["accounts", "cooldowns"] {
+        assert_eq!(after[k].as_u64(), Some(sa[k].as_u64().unwrap() + sb[k].as_u64().unwrap()), "{k}: {after}");
+    }
+
+    // 4. The same state as a restore from the whole changelog.
+    b.terminate_ok();
+    std::fs::write(&cfg_b, &plain).unwrap();
+    let mut c = Service::spawn(&cfg_b, &log_b);
+    c.wait_ready(READY);
+    let from_log = summary(&mut c);
+    assert_eq!(from_log, after, "restored from the standby copy = restored from the changelog");
+    assert_eq!(metric_with(&metrics(&mut c), "resetguard_restore_records_total", "source=\"standby\""), 0.0);
+
+    // 5. Decisions that need the restored state.
+    let second = second_batch(&first);
+    coords.extend(produce(broker, &t.input, &second));
+    let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+    wait_committed_running(broker, &t, &mut c, all.len() as i64, Duration::from_secs(120));
+    c.terminate_ok();
+    let (notices, _) = check_outputs(broker, &t, &all, &coords);
+    let expected: BTreeSet<String> = all.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
+    assert_eq!(notices, expected, "decided once across the failover");
 }

@@ -95,7 +95,12 @@ pub fn send_changes(
     Ok(sent)
 }
 
-/// Reads changelog partitions from their beginning (no consumer group: nothing is committed).
+/// Applies one changelog record (partition, key, value or `None` for a tombstone); false if it
+/// did not decode.
+pub type ApplyRecord<'a> = dyn FnMut(u32, &[u8], Option<&[u8]>) -> bool + 'a;
+
+/// Reads changelog partitions from their beginning, or from where a warm standby's copy ends
+/// (no consumer group: nothing is committed).
 pub struct ChangelogReader {
     /// read_committed: its end offset of a partition is the last stable offset.
     consumer: BaseConsumer,
@@ -139,8 +144,9 @@ impl ChangelogReader {
     }
 
     /// Reads `partitions` to their end, handing each record to `apply` (partition, key, value or
-    /// `None` for a tombstone; `apply` returns false if the record did not decode). `beat` is
-    /// called while waiting. Fails when Kafka does not answer within `budget`.
+    /// `None` for a tombstone; `apply` returns false if the record did not decode), each from
+    /// its offset in `from` (where a warm standby's copy ends) or else from its beginning. `beat`
+    /// is called while waiting. Fails when Kafka does not answer within `budget`.
     ///
     /// A read_committed reader sees nothing past a transaction still open, not even records
     /// committed after it. The owner of a partition is the only live writer of its changelog
@@ -151,9 +157,10 @@ impl ChangelogReader {
     pub fn read(
         &self,
         partitions: &[u32],
+        from: &HashMap<u32, i64>,
         budget: Duration,
         beat: &mut dyn FnMut(),
-        apply: &mut dyn FnMut(u32, &[u8], Option<&[u8]>) -> bool,
+        apply: &mut ApplyRecord<'_>,
     ) -> Result<HashMap<u32, PartitionRead>, PipelineError> {
         let deadline = Instant::now() + budget;
         let fail = |what: String| PipelineError::Fatal(format!("cannot read the changelog {}: {what}", self.topic));
@@ -190,9 +197,12 @@ impl ChangelogReader {
                 beat();
                 std::thread::sleep(Duration::from_millis(100));
             };
-            if high > low {
+            // From where a warm standby's copy ends, if it holds one past the log's start.
+            let start = from.get(&p).copied().filter(|&o| o > low);
+            if high > start.unwrap_or(low) {
                 pending.insert(p, high);
-                let _ = tpl.add_partition_offset(&self.topic, p as i32, Offset::Beginning);
+                let _ =
+                    tpl.add_partition_offset(&self.topic, p as i32, start.map_or(Offset::Beginning, Offset::Offset));
             }
         }
         if pending.is_empty() {

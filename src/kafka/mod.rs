@@ -9,6 +9,7 @@ pub mod control_reader;
 pub mod pipeline;
 pub mod records;
 pub mod restore;
+pub mod standby;
 pub mod topics;
 pub mod txn;
 

@@ -47,6 +47,7 @@ use super::control::{trip_key, TripRecord};
 use super::control_reader::ControlReader;
 use super::records::{record_for, Origin, DLQ_RECORD_OVERHEAD};
 use super::restore::{self, PartitionPlan};
+use super::standby::Standby;
 use super::txn::{Tag, TxnError, TxnWriter, NO_TAG};
 
 /// Errors that stop the pipeline. Each has a disposition: startup and fatal errors exit non-zero.
@@ -460,6 +461,8 @@ struct Pipeline {
     control: ControlReader,
     /// Reads state back from the changelog (`None`: `pipeline.changelog = false`).
     changelog: Option<ChangelogReader>,
+    /// Follows the whole changelog for restores from memory (`None`: `pipeline.standby = false`).
+    standby: Option<Standby>,
     partitions: PartitionIndex,
     /// The consumer uses the cooperative rebalance protocol (`cooperative-sticky`).
     cooperative: bool,
@@ -604,6 +607,10 @@ impl Pipeline {
         } else {
             None
         };
+        let standby = match &changelog {
+            Some(_) if settings.standby => Some(Standby::start(&settings, total_partitions, &metrics)?),
+            _ => None,
+        };
         // Overrides and allow-list changes of the fleet apply before the first decision.
         let control = ControlReader::new(&settings)?;
         let (applied, last_policy) = control.read_to_end(&mut engine, wall_ms());
@@ -618,6 +625,7 @@ impl Pipeline {
             engine,
             control,
             changelog,
+            standby,
             partitions,
             cooperative,
             restore_cause: "assignment",
@@ -975,29 +983,41 @@ impl Pipeline {
         let global: Vec<u32> = plans.iter().map(|p| self.partitions.global(p.topic, p.partition)).collect();
         let (engine, status) = (&mut self.engine, &self.status);
         let now = wall_ms();
-        let read = reader.read(&global, self.plan_budget, &mut || status.beat(), &mut |p, key, value| {
-            match engine.load_state(p, key, value) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!(changelog_partition = p, error = %e, "A changelog record does not decode; skipping it (its account starts empty).");
-                    false
+        let mut apply = |p: u32, key: &[u8], value: Option<&[u8]>| match engine.load_state(p, key, value) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(changelog_partition = p, error = %e, "A changelog record does not decode; skipping it (its account starts empty).");
+                false
+            }
+        };
+        // A warm standby's copy first; the changelog from where it ends.
+        let (mut from, mut from_standby) = (HashMap::new(), HashMap::new());
+        if let Some(standby) = &self.standby {
+            for &g in &global {
+                if let Some((next, applied)) = standby.replay(g, &mut apply) {
+                    from.insert(g, next);
+                    from_standby.insert(g, applied);
                 }
             }
-        })?;
+        }
+        let read = reader.read(&global, &from, self.plan_budget, &mut || status.beat(), &mut apply)?;
         let mut loaded = Vec::new();
-        let mut records = 0;
+        let (mut records, mut standby_records) = (0, 0);
         for (plan, &g) in plans.iter_mut().zip(&global) {
             let r = read.get(&g).copied().unwrap_or_default();
+            let warm = from_standby.get(&g).copied().unwrap_or(0);
             records += r.records;
+            standby_records += warm;
             if r.invalid > 0 {
                 self.metrics.restore_records.with_label_values(&["changelog_invalid"]).inc_by(r.invalid);
             }
             let label = g.to_string();
-            if r.records > 0 {
+            if r.records + warm > 0 {
                 loaded.push(g);
                 // The changelog holds everything up to the committed offset.
                 plan.start = plan.until;
-                self.metrics.partition_restores.with_label_values(&[&label, "changelog", cause]).inc();
+                let source = if warm > 0 { "standby" } else { "changelog" };
+                self.metrics.partition_restores.with_label_values(&[&label, source, cause]).inc();
             } else if plan.start < plan.until {
                 info!(topic = %self.shared.inputs[plan.topic], partition = plan.partition,
                     "No changelog for this partition yet: rebuilding its state from the input topic once, then writing it to the changelog.");
@@ -1005,10 +1025,12 @@ impl Pipeline {
             }
         }
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
+        self.metrics.restore_records.with_label_values(&["standby"]).inc_by(standby_records);
         let replayed = self.engine.after_load(&loaded, now);
         info!(
             partitions = loaded.len(),
             records,
+            standby_records,
             decisions_replayed = replayed,
             tracked_accounts = self.engine.tracked_accounts(),
             seconds = started.elapsed().as_secs_f64(),

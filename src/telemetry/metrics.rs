@@ -47,6 +47,7 @@ pub struct Metrics {
     pub restores: IntCounter,
     pub partition_restores: IntCounterVec,
     pub restore_records: IntCounterVec,
+    pub standby_records: IntGauge,
     pub changelog_records: IntCounterVec,
     pub changelog_bytes: IntCounter,
     pub producer_renewals: IntCounter,
@@ -210,8 +211,15 @@ impl Metrics {
                 &["partition", "source", "cause"],
             )?,
             restore_records: IntCounterVec::new(
-                Opts::new("resetguard_restore_records_total", "Records read to restore state, by source (changelog or input)."),
+                Opts::new(
+                    "resetguard_restore_records_total",
+                    "Records read to restore state, by source (changelog, standby: the warm standby's copy in memory, or input).",
+                ),
                 &["source"],
+            )?,
+            standby_records: IntGauge::new(
+                "resetguard_standby_records",
+                "Changelog records the warm standby holds in memory, over all partitions (pipeline.standby).",
             )?,
             changelog_records: IntCounterVec::new(
                 Opts::new(
@@ -261,6 +269,7 @@ impl Metrics {
         registry.register(Box::new(m.input_gap_records.clone()))?;
         registry.register(Box::new(m.partition_restores.clone()))?;
         registry.register(Box::new(m.restore_records.clone()))?;
+        registry.register(Box::new(m.standby_records.clone()))?;
         registry.register(Box::new(m.changelog_records.clone()))?;
         registry.register(Box::new(m.changelog_bytes.clone()))?;
         registry.register(Box::new(m.input_offset_resets.clone()))?;
