@@ -1027,6 +1027,8 @@ impl Pipeline {
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
         self.metrics.restore_records.with_label_values(&["standby"]).inc_by(standby_records);
         let replayed = self.engine.after_load(&loaded, now);
+        let source = if standby_records > 0 { "standby" } else { "changelog" };
+        self.metrics.changelog_restore_seconds.with_label_values(&[source]).observe(started.elapsed().as_secs_f64());
         info!(
             partitions = loaded.len(),
             records,

@@ -5,7 +5,8 @@
 //! `breaker.max_cells`), partitions. Never an account id, e-mail or IP.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric resetguard exports. Cheap to clone (all handles are `Arc`s inside).
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub partition_restores: IntCounterVec,
     pub restore_records: IntCounterVec,
     pub standby_records: IntGauge,
+    pub changelog_restore_seconds: HistogramVec,
     pub changelog_records: IntCounterVec,
     pub changelog_bytes: IntCounter,
     pub producer_renewals: IntCounter,
@@ -58,8 +60,8 @@ pub struct Metrics {
 /// arrive minutes after they happened (allowed lateness is 2 min by default).
 const LATENCY_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
-/// Transaction commit latency buckets, 1 ms to 10 s.
-const COMMIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Transaction commit and restore latency buckets, 1 ms to 60 s.
+const COMMIT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
 
 impl Metrics {
     /// Creates and registers every metric in `registry`.
@@ -217,6 +219,14 @@ impl Metrics {
                 ),
                 &["source"],
             )?,
+            changelog_restore_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "resetguard_changelog_restore_seconds",
+                    "Time to read partitions' state back (one observation per restore of one or more partitions), by source: changelog (read from Kafka) or standby (the warm standby's copy, plus the changelog written since).",
+                )
+                .buckets(COMMIT_BUCKETS.to_vec()),
+                &["source"],
+            )?,
             standby_records: IntGauge::new(
                 "resetguard_standby_records",
                 "Changelog records the warm standby holds in memory, over all partitions (pipeline.standby).",
@@ -270,6 +280,7 @@ impl Metrics {
         registry.register(Box::new(m.partition_restores.clone()))?;
         registry.register(Box::new(m.restore_records.clone()))?;
         registry.register(Box::new(m.standby_records.clone()))?;
+        registry.register(Box::new(m.changelog_restore_seconds.clone()))?;
         registry.register(Box::new(m.changelog_records.clone()))?;
         registry.register(Box::new(m.changelog_bytes.clone()))?;
         registry.register(Box::new(m.input_offset_resets.clone()))?;
