@@ -302,17 +302,7 @@ impl Engine {
             Ok(a) => a,
             Err((outcome, cell)) => return Processed { outcome, cell: Some(cell), event_ms },
         };
-        let i = self.shard_index(partition);
-        let judged = {
-            let v = View {
-                policy: &self.policy,
-                seed: self.seed,
-                keys: &self.keys,
-                allow: &self.allow,
-                breaker: &self.breaker,
-            };
-            self.shards[i].judge(&v, &ev, a, false)
-        };
+        let judged = self.judge_in_shard(&ev, a, partition, false);
         let outcome = self.verdict(judged, a, ev.occurred_at_ms);
         Processed { outcome, cell: Some(a.cell), event_ms }
     }
@@ -423,15 +413,7 @@ impl Engine {
             let at = if self.mode == TimeMode::EventTime { wall_ms } else { at_ms };
             let replay = !self.live_started;
             if let Ok(a) = self.admit(&ev, partition, at, true) {
-                let i = self.shard_index(partition);
-                let v = View {
-                    policy: &self.policy,
-                    seed: self.seed,
-                    keys: &self.keys,
-                    allow: &self.allow,
-                    breaker: &self.breaker,
-                };
-                if matches!(self.shards[i].judge(&v, &ev, a, true), Judged::Decided(_)) && replay {
+                if matches!(self.judge_in_shard(&ev, a, partition, true), Judged::Decided(_)) && replay {
                     let _ = self.breaker.check(a.cell, at);
                 }
             }
@@ -521,6 +503,19 @@ impl Engine {
             c.touch_partition(partition);
         }
         Ok(Admitted { now, cell, partition })
+    }
+
+    /// [`Shard::judge`] of one admitted event, on the calling thread.
+    fn judge_in_shard(&mut self, ev: &Event<'_>, a: Admitted, partition: u32, restoring: bool) -> Judged {
+        let i = self.shard_index(partition);
+        let v = View {
+            policy: &self.policy,
+            seed: self.seed,
+            keys: &self.keys,
+            allow: &self.allow,
+            breaker: &self.breaker,
+        };
+        self.shards[i].judge(&v, ev, a, restoring)
     }
 
     /// The breaker's verdict on a shard's decision, and its record (notice or held).
