@@ -716,7 +716,15 @@ impl Pipeline {
                         _ => break,
                     }
                 }
+                if !self.cooperative && !lock(&self.shared.events).is_empty() {
+                    // Eager protocol: a poll of this burst ran the revoke callback, which ended
+                    // the open transaction without these messages and gave every partition up.
+                    // They are fetched again, by whoever owns them, from the committed offsets.
+                    burst.clear();
+                }
                 if !burst.is_empty() {
+                    // Cooperative protocol: the callback only queued the change (handled below,
+                    // after these), so every message of the burst is still owned.
                     self.process_burst(&burst)?;
                 }
             }
