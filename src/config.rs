@@ -862,7 +862,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
         let cfg: ConfigFile = toml::from_str(
-            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\nshards = 0\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
+            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\nshards = 0\nchangelog = false\nstandby = true\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
         )
         .unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();
@@ -872,6 +872,7 @@ mod tests {
         assert!(paths.contains(&"pipeline.changelog_record_version"), "{paths:?}");
         let shards = errs.iter().find(|e| e.path == "pipeline.shards").expect("pipeline.shards named");
         assert!(shards.to_string().contains("must be from 1 to 64"), "{shards}");
+        assert!(paths.contains(&"pipeline.standby"), "a standby without the changelog: {paths:?}");
         assert!(paths.contains(&"kafka.\"isolation.level\""), "{paths:?}");
     }
 
