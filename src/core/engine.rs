@@ -80,7 +80,6 @@ struct Shard {
     /// Accounts changed since the last drain → the partition their record goes to (kept only
     /// while changes are tracked).
     changed: HashMap<u64, u16, IdentityBuild>,
-    track: bool,
 }
 
 /// What a shard reads of the engine while it judges: fixed for the length of a batch.
@@ -90,6 +89,8 @@ struct View<'e> {
     keys: &'e Keys,
     allow: &'e HashMap<u64, i64, IdentityBuild>,
     breaker: &'e Breaker,
+    /// Changes are tracked for the changelog ([`Engine::track_changes`]).
+    track: bool,
 }
 
 pub struct Engine {
@@ -119,7 +120,6 @@ impl Shard {
             accounts: AccountStore::new(policy),
             ledger: HashMap::with_hasher(IdentityBuild::default()),
             changed: HashMap::with_hasher(IdentityBuild::default()),
-            track: false,
         }
     }
 
@@ -127,12 +127,6 @@ impl Shard {
         self.accounts = AccountStore::new(policy);
         self.ledger.clear();
         self.changed.clear();
-    }
-
-    fn touch(&mut self, key: u64, partition: u16) {
-        if self.track {
-            self.changed.insert(key, partition);
-        }
     }
 
     /// Everything after dedupe and the watermark: windows, allow-list and cooldown (the ledger
@@ -145,7 +139,9 @@ impl Shard {
         let entry = Entry { t: t_s, risk_q: quantise_risk(ev.risk), signal: ev.signal, cell };
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let scores = self.accounts.add(key, entry, &ev.event_id, now_s, partition);
-        self.touch(key, partition);
+        if v.track {
+            self.changed.insert(key, partition);
+        }
 
         let p = v.policy;
         let short_hit = scores.short >= p.threshold;
@@ -212,8 +208,6 @@ impl Engine {
     pub fn with_shards(mut self, shards: usize) -> Result<Self, String> {
         let n = shards.max(1);
         self.shards = (0..n).map(|_| Shard::new(&self.policy)).collect();
-        let track = self.changes.is_some();
-        self.shards.iter_mut().for_each(|s| s.track = track);
         self.pool = if n > 1 {
             // The calling thread judges one shard itself (see `process_batch`).
             let pool = rayon::ThreadPoolBuilder::new()
@@ -368,7 +362,14 @@ impl Engine {
             }
         }
         // 3. Per-account work, each shard on its own thread, each in input order.
-        let v = View { policy, seed: self.seed, keys: &self.keys, allow: &self.allow, breaker: &self.breaker };
+        let v = View {
+            policy,
+            seed: self.seed,
+            keys: &self.keys,
+            allow: &self.allow,
+            breaker: &self.breaker,
+            track: self.changes.is_some(),
+        };
         let (decoded, admitted, v) = (&decoded, &admitted, &v);
         let judge_all = |shard: &mut Shard, idx: &[usize]| -> Vec<Judged> {
             idx.iter()
@@ -514,6 +515,7 @@ impl Engine {
             keys: &self.keys,
             allow: &self.allow,
             breaker: &self.breaker,
+            track: self.changes.is_some(),
         };
         self.shards[i].judge(&v, ev, a, restoring)
     }
@@ -565,7 +567,7 @@ impl Engine {
             }
             if let (Some(c), Some(keys)) = (&mut self.changes, freed_keys.as_mut()) {
                 for &(key, partition) in keys.iter() {
-                    shard.touch(key, partition);
+                    shard.changed.insert(key, partition);
                     c.touch_partition(partition);
                 }
                 keys.clear();

@@ -64,7 +64,6 @@ impl Engine {
     /// a version that reads only version 1; see [`changelog::encode`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
-        self.shards.iter_mut().for_each(|s| s.track = true);
     }
 
     /// Accounts changed since the last drain.
