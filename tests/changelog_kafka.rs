@@ -73,7 +73,7 @@ fn an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_st
     // 1. The previous version's way: state only from the input topic.
     with_changelog(false);
     let first = first_batch();
-    let mut coords = produce(broker, &t.input, &first);
+    let coords = produce(broker, &t.input, &first);
     let mut svc = Service::spawn(&cfg, &log);
     wait_committed_running(broker, &t, &mut svc, first.len() as i64, Duration::from_secs(120));
     svc.terminate_ok();
@@ -111,14 +111,27 @@ fn an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_st
     assert_eq!(metric_with(&m, "resetguard_restore_records_total", "source=\"input\""), 0.0);
 
     // 4. A second batch that needs the restored state.
-    let second = second_batch(&first);
+    decide_second_batch(broker, &t, svc, &first, coords, "takeovers across the restart decided once, cooldowns kept");
+}
+
+/// Produces [`second_batch`] for `svc` (whose state came back from batch 1), stops it, and checks
+/// every input's outcome and that the notices are exactly the expected ones (`what` says why).
+fn decide_second_batch(
+    broker: &KafkaBroker,
+    t: &Topics,
+    mut svc: Service,
+    first: &[Input],
+    mut coords: Vec<(i32, i64)>,
+    what: &str,
+) {
+    let second = second_batch(first);
     coords.extend(produce(broker, &t.input, &second));
     let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
-    wait_committed_running(broker, &t, &mut svc, all.len() as i64, Duration::from_secs(120));
+    wait_committed_running(broker, t, &mut svc, all.len() as i64, Duration::from_secs(120));
     svc.terminate_ok();
-    let (notices, _) = check_outputs(broker, &t, &all, &coords);
+    let (notices, _) = check_outputs(broker, t, &all, &coords);
     let expected: BTreeSet<String> = all.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
-    assert_eq!(notices, expected, "takeovers across the restart decided once, cooldowns kept");
+    assert_eq!(notices, expected, "{what}");
 }
 
 /// Waits until `svc`'s warm standby holds records and has not changed for a second (it has read
@@ -169,7 +182,7 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     a.wait_ready(READY);
     b.wait_ready(READY);
     let first = first_batch();
-    let mut coords = produce(broker, &t.input, &first);
+    let coords = produce(broker, &t.input, &first);
     wait_committed_running(broker, &t, &mut a, first.len() as i64, Duration::from_secs(120));
     b.assert_running("while the first batch was decided");
     let (sa, sb) = (summary(&mut a), summary(&mut b));
@@ -212,12 +225,5 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     assert_eq!(metric_with(&metrics(&mut c), "resetguard_restore_records_total", "source=\"standby\""), 0.0);
 
     // 5. Decisions that need the restored state.
-    let second = second_batch(&first);
-    coords.extend(produce(broker, &t.input, &second));
-    let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
-    wait_committed_running(broker, &t, &mut c, all.len() as i64, Duration::from_secs(120));
-    c.terminate_ok();
-    let (notices, _) = check_outputs(broker, &t, &all, &coords);
-    let expected: BTreeSet<String> = all.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
-    assert_eq!(notices, expected, "decided once across the failover");
+    decide_second_batch(broker, &t, c, &first, coords, "decided once across the failover");
 }
