@@ -3,7 +3,8 @@
 //! instances. Only the partitions that change owner are restored; a partition that stays with its
 //! instance shows no restore (its `resetguard_partition_restores_total` series does not move);
 //! no notice is sent twice and every input has exactly its expected outcome. The same scaling
-//! with the eager protocol (`range`) and two shards decides every input once as well.
+//! with the eager protocol (`range`) and two shards decides every input once as well. A
+//! transaction whose offsets a rebalance refused is redone, not restored.
 
 mod common;
 
@@ -13,6 +14,11 @@ use std::time::{Duration, Instant};
 use common::faults::*;
 use common::kafka::{unique_name, KafkaBroker};
 use common::service::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use resetguard::kafka::txn::TxnWriter;
 
 const EVENTS: usize = 90_000;
 const PER_SECOND: u64 = 3_000;
@@ -172,4 +178,94 @@ fn scale_out_and_in(strategy: &str, pipeline: Option<&str>) {
     let expected: BTreeSet<String> =
         inputs.iter().filter(|i| i.expect == Expect::Notice).map(|i| i.key.clone()).collect();
     assert_eq!(notices, expected, "the same notices as one uninterrupted instance");
+}
+
+/// Polls both consumers until `a` owns `want_a` partitions and `b` (if any) the rest of `total`.
+fn settle(a: &BaseConsumer, b: Option<&BaseConsumer>, want_a: usize, total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = a.poll(Duration::from_millis(50));
+        if let Some(b) = b {
+            let _ = b.poll(Duration::from_millis(50));
+        }
+        let na = a.assignment().map(|t| t.count()).unwrap_or(0);
+        let nb = b.map_or(0, |b| b.assignment().map(|t| t.count()).unwrap_or(0));
+        if na == want_a && na + nb == total {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the group never settled: a owns {na}, b owns {nb}");
+    }
+}
+
+/// The race a scale-out brings: a transaction is open when the group's generation moves on,
+/// and the group refuses its offsets (ILLEGAL_GENERATION; librdkafka then allows only an abort).
+/// `TxnWriter::redo` aborts it after every record was delivered and sends the same records
+/// again; committed with the consumer's current group metadata, the offsets go through, and a
+/// read_committed reader sees each record exactly once, with its key, payload and headers.
+#[test]
+fn a_transaction_whose_offsets_a_rebalance_refused_is_redone_and_committed_once() {
+    let broker = KafkaBroker::shared();
+    let (input, output, group) = (unique_name("redo-in"), unique_name("redo-out"), unique_name("redo-group"));
+    broker.create_topic(&input, 4);
+    broker.create_topic(&output, 2);
+    let member = || -> BaseConsumer {
+        let mut cfg = broker.consumer_config(&group);
+        cfg.set("partition.assignment.strategy", "cooperative-sticky");
+        let c: BaseConsumer = cfg.create().expect("consumer");
+        c.subscribe(&[&input]).expect("subscribe");
+        c
+    };
+    let a = member();
+    settle(&a, None, 4, 4);
+    let before = a.group_metadata().expect("group metadata");
+
+    let mut w = TxnWriter::new(&broker.transactional_producer_config(&unique_name("redo-txn"))).expect("writer");
+    const N: usize = 40;
+    for i in 0..N {
+        let (key, payload) = (format!("k{i}"), format!("{{\"n\":{i}}}"));
+        let mut record = BaseRecord::with_opaque_to(&output, i).key(key.as_bytes()).payload(payload.as_bytes());
+        if i % 2 == 0 {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "notice_id", value: Some(key.as_bytes()) })
+                .insert(Header { key: "empty", value: None::<&[u8]> });
+            record = record.headers(headers);
+        }
+        w.send(record).expect("send");
+    }
+
+    // A second member joins; the cooperative protocol moves two partitions to it in two
+    // generations, and `a` keeps the other two throughout.
+    let b = member();
+    settle(&a, Some(&b), 2, 4);
+    let mut offsets = TopicPartitionList::new();
+    for e in a.assignment().expect("assignment").elements() {
+        offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(7)).unwrap();
+    }
+    let refused = w.commit(Some((&offsets, &before))).expect_err("offsets of an old generation must be refused");
+    assert!(refused.refused_by_group(), "refused for another reason: {refused}");
+
+    w.redo(&mut || {}).expect("redo");
+    let now = a.group_metadata().expect("group metadata");
+    w.commit(Some((&offsets, &now))).expect("the redone transaction commits");
+
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: BTreeSet<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(seen.len(), N, "each record once: {keys:?}");
+    assert_eq!(keys.len(), N);
+    for r in &seen {
+        let key = r.key_str().unwrap();
+        let i: usize = key[1..].parse().unwrap();
+        assert_eq!(r.payload_str(), Some(format!("{{\"n\":{i}}}").as_str()));
+        if i % 2 == 0 {
+            assert_eq!(r.header("notice_id"), Some(Some(key.as_bytes())), "{key}");
+            assert_eq!(r.header("empty"), Some(None), "{key}");
+        } else {
+            assert_eq!(r.header("notice_id"), None, "{key}");
+        }
+    }
+    let committed: Vec<(i32, Option<i64>)> =
+        broker.committed_offsets(&group, &input).into_iter().filter(|(_, o)| o.is_some()).collect();
+    let mine: Vec<(i32, Option<i64>)> =
+        offsets.elements().iter().map(|e| (e.partition(), Some(7))).collect::<BTreeSet<_>>().into_iter().collect();
+    assert_eq!(committed, mine, "the offsets of the partitions `a` kept, and only those");
 }

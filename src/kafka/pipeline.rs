@@ -508,10 +508,14 @@ fn may_renew(renewals: &mut Vec<Instant>) -> bool {
 
 /// Most producer replacements within [`RENEWAL_WINDOW`] before a fatal error stops the process.
 const MAX_RENEWALS: usize = 3;
+const RENEWAL_WINDOW: Duration = Duration::from_secs(600);
 /// Most messages judged as one burst (see `Pipeline::process_burst`): enough to keep the
 /// engine's shards busy, few enough that a burst is judged within a millisecond or two.
 const MAX_BURST: usize = 512;
-const RENEWAL_WINDOW: Duration = Duration::from_secs(600);
+
+/// Times one commit may be redone after the group refused its offsets, before it is aborted
+/// and restored like any other: a rebalance has two generations (cooperative rounds).
+const MAX_REDOS: usize = 3;
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. `dlq_record_limit` is the
 /// largest record the DLQ topic and the producer accept (see `topics::record_limit`).
@@ -1489,11 +1493,45 @@ impl Pipeline {
             if !w.is_open() {
                 return Ok(());
             }
-            self.shared.commit(&mut w, &self.consumer)?;
+            let mut redos = 0;
+            loop {
+                match self.shared.commit(&mut w, &self.consumer) {
+                    Ok(()) => break,
+                    Err(e) if e.refused_by_group() && redos < MAX_REDOS && self.still_owns_consumed() => {
+                        redos += 1;
+                        warn!(error = %e, "The group refused the offsets (a rebalance moved its generation on); every partition they are for is still owned: sending the transaction again.");
+                        self.metrics.transactions.with_label_values(&["redo"]).inc();
+                        let status = &self.status;
+                        w.redo(&mut || status.beat())?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
         self.after_commit();
         Ok(())
+    }
+
+    /// Whether a transaction whose offsets the group refused may be redone with the consumer's
+    /// current group metadata: only with the cooperative protocol (a generation change there
+    /// takes no partition away until this loop gives it up), only while librdkafka still has
+    /// every partition of the offsets assigned and the assignment was not lost, and only if no
+    /// revocation of a lost assignment or of everything is waiting for the loop. Then the new
+    /// generation is one in which this member owns all of them, as it did while consuming.
+    fn still_owns_consumed(&self) -> bool {
+        if !self.cooperative || self.consumer.assignment_lost() {
+            return false;
+        }
+        let pending_loss = lock(&self.shared.events)
+            .iter()
+            .any(|e| !matches!(e, RebalanceEvent::AssignedSome(_) | RebalanceEvent::RevokedSome { lost: false, .. }));
+        if pending_loss {
+            return false;
+        }
+        let Ok(assigned) = self.consumer.assignment() else { return false };
+        let offsets = lock(&self.shared.offsets);
+        !offsets.is_empty() && offsets.keys().all(|&(t, p)| assigned.find_partition(&self.shared.inputs[t], p).is_some())
     }
 
     fn set_ready(&self, ready: bool) {

@@ -12,6 +12,14 @@
 //! - **fatal**: the producer cannot go on (fenced by a newer instance with the same
 //!   transactional id, or librdkafka reports a fatal error). The process exits non-zero.
 //!
+//! **Redo.** An abort whose only cause is that the consumer group refused the offsets (its
+//! generation moved on: a rebalance started while the commit was on its way) leaves every
+//! record delivered and the caller's state right. [`TxnWriter::redo`] aborts it and sends the
+//! same records again in a new transaction (the writer keeps them in a [`Journal`] while the
+//! transaction is open), for the caller to commit with its consumer's current group metadata.
+//! Whether that is allowed is the caller's call: only while it still owns every partition the
+//! offsets are for.
+//!
 //! A broker outage is never fatal by itself: calls that time out are retried until the
 //! transaction's budget (`transaction.timeout.ms`) is spent, then the transaction is aborted.
 //!
@@ -28,13 +36,14 @@
 //! whose markers (written now, by a live coordinator) abort everything the producer id left
 //! open there; from then on the partitions know the new epoch and refuse any older straggler.
 
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::warn;
@@ -71,6 +80,109 @@ pub enum TxnError {
         #[source]
         source: KafkaError,
     },
+}
+
+impl TxnError {
+    /// The consumer group refused the offsets because its generation moved on (a rebalance):
+    /// the transaction must be aborted, but it may be redone ([`TxnWriter::redo`]).
+    pub fn refused_by_group(&self) -> bool {
+        matches!(self, TxnError::Abort { source: KafkaError::Transaction(t), .. }
+            if matches!(t.code(), RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress))
+    }
+}
+
+/// The records sent in the open transaction, in order, so that [`TxnWriter::redo`] can send
+/// them again. All bytes live in one arena, so keeping a record costs no allocation once the
+/// arena has grown to a transaction's size.
+#[derive(Default)]
+struct Journal {
+    topics: Vec<String>,
+    bytes: Vec<u8>,
+    /// Header name and value of every record, each a span of `bytes`.
+    headers: Vec<(Range<usize>, Option<Range<usize>>)>,
+    records: Vec<Entry>,
+}
+
+struct Entry {
+    topic: usize,
+    partition: Option<i32>,
+    timestamp: Option<i64>,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
+    /// Span of `Journal::headers`; `None`: the record had no headers at all.
+    headers: Option<Range<usize>>,
+    tag: Tag,
+}
+
+/// An arena above this size is given back after its transaction ends.
+const JOURNAL_KEEP_BYTES: usize = 64 << 20;
+
+impl Journal {
+    fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        start..self.bytes.len()
+    }
+
+    fn record(&mut self, r: &BaseRecord<'_, [u8], [u8], Tag>) {
+        let topic = match self.topics.iter().position(|t| t == r.topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(r.topic.to_string());
+                self.topics.len() - 1
+            }
+        };
+        let key = r.key.map(|k| self.keep(k));
+        let payload = r.payload.map(|p| self.keep(p));
+        let headers = r.headers.as_ref().map(|hs| {
+            let start = self.headers.len();
+            for h in hs.iter() {
+                let name = self.keep(h.key.as_bytes());
+                let value = h.value.map(|v| self.keep(v));
+                self.headers.push((name, value));
+            }
+            start..self.headers.len()
+        });
+        self.records.push(Entry { topic, partition: r.partition, timestamp: r.timestamp, key, payload, headers, tag: r.delivery_opaque });
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The `i`-th record kept, as it was sent.
+    fn get(&self, i: usize) -> BaseRecord<'_, [u8], [u8], Tag> {
+        let e = &self.records[i];
+        let bytes = |r: &Range<usize>| &self.bytes[r.clone()];
+        let headers = e.headers.clone().map(|span| {
+            let mut hs = OwnedHeaders::new_with_capacity(span.len());
+            for (name, value) in &self.headers[span] {
+                // Names were `&str` when kept.
+                let key = std::str::from_utf8(bytes(name)).unwrap_or_default();
+                hs = hs.insert(Header { key, value: value.as_ref().map(bytes) });
+            }
+            hs
+        });
+        BaseRecord {
+            topic: &self.topics[e.topic],
+            partition: e.partition,
+            payload: e.payload.as_ref().map(bytes),
+            key: e.key.as_ref().map(bytes),
+            timestamp: e.timestamp,
+            headers,
+            delivery_opaque: e.tag,
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.bytes.capacity() > JOURNAL_KEEP_BYTES {
+            *self = Journal::default();
+        } else {
+            self.bytes.clear();
+            self.headers.clear();
+            self.records.clear();
+        }
+    }
 }
 
 /// A delivery that failed, reported by librdkafka on a poll.
@@ -129,6 +241,8 @@ pub struct TxnWriter {
     open: bool,
     /// Total time a commit may take before the transaction is given up (aborted).
     budget: Duration,
+    /// What the open transaction sent, for [`TxnWriter::redo`].
+    journal: Journal,
 }
 
 impl TxnWriter {
@@ -149,7 +263,7 @@ impl TxnWriter {
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
         let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
-        Ok(TxnWriter { producer, open: false, budget })
+        Ok(TxnWriter { producer, open: false, budget, journal: Journal::default() })
     }
 
     /// Initialises transactions, retrying while the broker is unreachable and `go_on` says so
@@ -209,6 +323,7 @@ impl TxnWriter {
             return Ok(());
         }
         self.failures().clear();
+        self.journal.clear();
         self.producer.begin_transaction().map_err(|e| self.error("begin_transaction", e))?;
         self.open = true;
         Ok(())
@@ -223,6 +338,12 @@ impl TxnWriter {
     /// [`TxnError::Poison`] with its tag, and the transaction stays usable.
     pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
         self.begin()?;
+        self.journal.record(&record);
+        self.produce(record)
+    }
+
+    /// Hands one record to librdkafka, draining a full queue first.
+    fn produce(&self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -262,6 +383,36 @@ impl TxnWriter {
         self.check_deliveries()?;
         committed?;
         self.open = false;
+        self.journal.clear();
+        Ok(())
+    }
+
+    /// Sends the open transaction's records again in a new transaction, after the group refused
+    /// its offsets ([`TxnError::refused_by_group`]); the caller then commits with its consumer's
+    /// current group metadata. First every record of it must be delivered, so that none is in
+    /// flight when it is aborted (nothing of it can land after the abort and join the new
+    /// transaction); a delivery that failed or did not end within the budget makes this an
+    /// ordinary abort (the error). The new transaction holds the same records in the same order,
+    /// with the same delivery tags.
+    pub fn redo(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
+        let deadline = Instant::now() + self.budget;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
+        if self.producer.in_flight_count() > 0 {
+            return Err(TxnError::Abort {
+                what: "records of the transaction to redo not delivered in time",
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+        self.check_deliveries()?;
+        let journal = std::mem::take(&mut self.journal);
+        self.abort(keep_alive)?;
+        self.begin()?;
+        self.journal = journal;
+        for i in 0..self.journal.len() {
+            self.produce(self.journal.get(i))?;
+        }
         Ok(())
     }
 
@@ -478,6 +629,7 @@ impl TxnWriter {
         }
         self.open = false;
         self.failures().clear();
+        self.journal.clear();
         Ok(())
     }
 }

@@ -158,7 +158,7 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             transactions: IntCounterVec::new(
-                Opts::new("resetguard_transactions_total", "Kafka transactions ended, by result (commit or abort)."),
+                Opts::new("resetguard_transactions_total", "Kafka transactions ended, by result: commit, abort, or redo (aborted after the group refused its offsets in a rebalance, and sent again)."),
                 &["result"],
             )?,
             transaction_commit_seconds: Histogram::with_opts(
@@ -291,7 +291,7 @@ impl Metrics {
         registry.register(Box::new(m.consumer_renewals.clone()))?;
         // Closed label sets start at 0, so dashboards and alerts see every series from the first
         // scrape (a rate over a missing series is no data, not zero).
-        for result in ["commit", "abort"] {
+        for result in ["commit", "abort", "redo"] {
             m.transactions.with_label_values(&[result]);
         }
         for r in crate::core::event::RejectReason::ALL {
