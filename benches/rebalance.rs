@@ -457,6 +457,8 @@ fn main() {
     // Latencies.
     let steady_from = load_start_ms + opts.warmup_secs as i64 * 1000;
     let (mut steady, mut during_stayed, mut during_moved, mut after_window) = (vec![], vec![], vec![], vec![]);
+    // (sent, partition, latency) of the triggers of partitions that stayed, in the window.
+    let mut stayed_samples = Vec::new();
     for s in &seen {
         let Some(tr) = triggers.get(&s.account) else { continue };
         let lat = s.visible_ms - tr.sent_ms;
@@ -467,6 +469,7 @@ fn main() {
                 during_moved.push(lat);
             } else {
                 during_stayed.push(lat);
+                stayed_samples.push((tr.sent_ms, tr.partition, lat));
             }
         } else if tr.sent_ms > window_end {
             after_window.push(lat);
@@ -559,6 +562,22 @@ fn main() {
         );
         let delay = d.map_or(i64::MAX, |d| d - t4);
         worst_moved = Some(worst_moved.map_or(delay, |w| w.max(delay)));
+    }
+    // Where the slow ones of the partitions that stayed were: when sent, on whose partitions.
+    let mut slow: Vec<_> = stayed_samples.iter().filter(|(_, _, lat)| *lat > 2 * steady_p99).collect();
+    slow.sort();
+    if let (Some(first), Some(last)) = (slow.first(), slow.last()) {
+        let mut by_owner: BTreeMap<usize, usize> = BTreeMap::new();
+        for (_, p, _) in &slow {
+            *by_owner.entry(after.get(p).copied().unwrap_or(usize::MAX)).or_default() += 1;
+        }
+        let _ = writeln!(
+            r,
+            "slow notices of partitions that stayed (> 2 × steady p99): {} sent t4 + {:.2} .. {:.2} s; per owner instance: {by_owner:?}",
+            slow.len(),
+            (first.0 - t4) as f64 / 1000.0,
+            (last.0 - t4) as f64 / 1000.0
+        );
     }
     let stayed_p99 = pct(&during_stayed, 0.99);
     let ratio = stayed_p99 as f64 / steady_p99 as f64;

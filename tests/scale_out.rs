@@ -32,16 +32,13 @@ fn owned(svc: &mut Service) -> BTreeSet<String> {
         .collect()
 }
 
-/// Restores per partition of an instance because the partition came to it (any source). A
-/// commit that races a rebalance's generation change is refused and aborted; that restore of
-/// everything owned (`cause="abort"`) is counted apart.
+/// Restores per partition of an instance, whatever the cause and source: because the partition
+/// came to it (`cause="assignment"`) or after an abort (`cause="abort"`). A commit that races a
+/// rebalance's generation change is redone, not aborted, so it restores nothing.
 fn restores(svc: &mut Service) -> BTreeMap<String, f64> {
     let Some((200, text)) = svc.get("/metrics") else { panic!("no metrics") };
     let mut m = BTreeMap::new();
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("resetguard_partition_restores_total{") && l.contains("cause=\"assignment\""))
-    {
+    for l in text.lines().filter(|l| l.starts_with("resetguard_partition_restores_total{")) {
         let p = l.split("partition=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string();
         let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         *m.entry(p).or_default() += v;

@@ -143,7 +143,15 @@ impl Journal {
             }
             start..self.headers.len()
         });
-        self.records.push(Entry { topic, partition: r.partition, timestamp: r.timestamp, key, payload, headers, tag: r.delivery_opaque });
+        self.records.push(Entry {
+            topic,
+            partition: r.partition,
+            timestamp: r.timestamp,
+            key,
+            payload,
+            headers,
+            tag: r.delivery_opaque,
+        });
     }
 
     fn len(&self) -> usize {

@@ -174,7 +174,7 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_resetguard"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("RUST_LOG", super::service::service_log_filter())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(out)

@@ -419,12 +419,19 @@ pub fn wait_committed(broker: &KafkaBroker, t: &Topics, total: i64, timeout: Dur
 /// every 100 messages, so a run spans hundreds of transactions and kills land mid-stream.
 pub const NO_TRIP: &str = "[breaker]\nglobal_rate_per_minute = 1000000\nglobal_burst = 100000\ncell_rate_per_minute = 1000000\ncell_burst = 100000\nspike_floor = 1000000\nglobal_spike_floor = 1000000\n";
 
+/// The log filter of a spawned `resetguard run`: `info,rdkafka=warn`, or `RG_SERVICE_LOG` (a
+/// RUST_LOG filter) for diagnosis, e.g. "info,librdkafka=debug" with RG_TEST_KAFKA="debug=cgrp,eos"
+/// to see librdkafka's group and transaction steps.
+pub fn service_log_filter() -> String {
+    std::env::var("RG_SERVICE_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into())
+}
+
 pub fn spawn_service(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_resetguard"))
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info,rdkafka=warn")
+        .env("RUST_LOG", service_log_filter())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
