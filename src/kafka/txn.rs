@@ -641,3 +641,78 @@ impl TxnWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Seen = (
+        String,
+        Option<i32>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<(String, Option<Vec<u8>>)>>,
+        Tag,
+    );
+
+    fn seen(r: &BaseRecord<'_, [u8], [u8], Tag>) -> Seen {
+        let headers =
+            r.headers.as_ref().map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect());
+        (
+            r.topic.to_string(),
+            r.partition,
+            r.timestamp,
+            r.key.map(<[u8]>::to_vec),
+            r.payload.map(<[u8]>::to_vec),
+            headers,
+            r.delivery_opaque,
+        )
+    }
+
+    #[test]
+    fn the_journal_gives_back_every_record_as_it_was_sent_in_order() {
+        let mut j = Journal::default();
+        let mut sent = Vec::new();
+        for round in 0..2 {
+            j.clear();
+            sent.clear();
+            for i in 0..50usize {
+                let topic = ["notices", "changelog", "audit"][i % 3];
+                let key = format!("account-{i}-{round}");
+                let payload = vec![i as u8; i * 7];
+                let mut r = BaseRecord::with_opaque_to(topic, i);
+                if i % 4 != 0 {
+                    r = r.key(key.as_bytes());
+                }
+                if i % 5 != 0 {
+                    r = r.payload(&payload[..]);
+                }
+                if i % 2 == 0 {
+                    r = r.partition(i as i32 % 3);
+                }
+                if i % 3 == 0 {
+                    r = r.timestamp(1_700_000_000_000 + i as i64);
+                }
+                match i % 3 {
+                    0 => {}
+                    1 => r = r.headers(OwnedHeaders::new()),
+                    _ => {
+                        r = r.headers(
+                            OwnedHeaders::new()
+                                .insert(Header { key: "notice_id", value: Some(key.as_bytes()) })
+                                .insert(Header { key: "null", value: None::<&[u8]> }),
+                        )
+                    }
+                }
+                j.record(&r);
+                sent.push(seen(&r));
+            }
+            assert_eq!(j.len(), sent.len());
+            let again: Vec<Seen> = (0..j.len()).map(|i| seen(&j.get(i))).collect();
+            assert_eq!(again, sent, "round {round}");
+        }
+        // Three topics, each kept once however many records went to it.
+        assert_eq!(j.topics.len(), 3);
+    }
+}
