@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -45,7 +45,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::core::event::format_rfc3339_ms;
 use crate::core::outcome::NOTICE_SCHEMA;
-use crate::kafka::client::{output_topics, producer_config, reader_config};
+use crate::kafka::client::{output_topics, producer_config, reader_config, Reader, ReaderContext};
 use crate::kafka::txn::{TxnError, TxnWriter, NO_TAG};
 
 pub use pace::Pacer;
@@ -430,9 +430,9 @@ fn kafka_err(what: &str, e: impl std::fmt::Display) -> HeldError {
 }
 
 /// A consumer that reads topics by assignment (never joins its group, never commits).
-fn reader(settings: &Settings) -> Result<BaseConsumer, HeldError> {
+fn reader(settings: &Settings) -> Result<Reader, HeldError> {
     let c = reader_config(settings, "held");
-    c.create().map_err(|e| kafka_err("cannot create a Kafka consumer", e))
+    c.create_with_context(ReaderContext).map_err(|e| kafka_err("cannot create a Kafka consumer", e))
 }
 
 /// Reads every partition of `topic` from the beginning to its end as of now (the last stable

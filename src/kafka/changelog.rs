@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
@@ -22,7 +22,7 @@ use crate::core::changelog::WATERMARK_KEY;
 use crate::core::Engine;
 use crate::telemetry::Metrics;
 
-use super::client::reader_config;
+use super::client::{reader_config, Reader, ReaderContext};
 use super::pipeline::PipelineError;
 use super::txn::{TxnError, TxnWriter, NO_TAG};
 
@@ -103,9 +103,9 @@ pub type ApplyRecord<'a> = dyn FnMut(u32, &[u8], Option<&[u8]>) -> bool + 'a;
 /// (no consumer group: nothing is committed).
 pub struct ChangelogReader {
     /// read_committed: its end offset of a partition is the last stable offset.
-    consumer: BaseConsumer,
+    consumer: Reader,
     /// read_uncommitted, only asked for end offsets: the high watermark.
-    uncommitted: BaseConsumer,
+    uncommitted: Reader,
     topic: String,
 }
 
@@ -128,11 +128,13 @@ impl ChangelogReader {
                 cfg.set(k, v);
             }
         }
-        let consumer: BaseConsumer =
-            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
+        let consumer: Reader = cfg
+            .create_with_context(ReaderContext)
+            .map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
         cfg.set("isolation.level", "read_uncommitted");
-        let uncommitted: BaseConsumer =
-            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
+        let uncommitted: Reader = cfg
+            .create_with_context(ReaderContext)
+            .map_err(|e| PipelineError::Startup(format!("cannot create the changelog reader: {e}")))?;
         Ok(ChangelogReader { consumer, uncommitted, topic: s.topics.changelog.clone() })
     }
 

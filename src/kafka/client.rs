@@ -1,9 +1,12 @@
 //! Builds librdkafka client configurations: the operator's `[kafka]` pass-through properties plus
-//! the settings exactly-once depends on, which resetguard always sets itself. Pure.
+//! the settings exactly-once depends on, which resetguard always sets itself; and the context of
+//! the readers, which says how librdkafka's errors are logged.
 
 use std::collections::BTreeMap;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::Settings;
 
@@ -52,6 +55,33 @@ pub fn consumer_config(s: &Settings) -> ClientConfig {
     }
     c
 }
+
+/// Logs an error librdkafka reports on a client. The end of a partition (`enable.partition.eof`,
+/// which the input consumer and the readers use to know a read is complete) is no error, but
+/// librdkafka reports it here too: at ERROR level that was a line per partition per read.
+pub fn log_client_error(error: KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::debug!(reason, "End of partition.")
+        }
+        e => tracing::error!(error = %e, reason, "librdkafka error."),
+    }
+}
+
+/// Context of the readers ([`reader_config`]): librdkafka's defaults, errors logged by
+/// [`log_client_error`].
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason)
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer built from [`reader_config`].
+pub type Reader = BaseConsumer<ReaderContext>;
 
 /// A consumer that reads topics by assignment from their beginning (never joins its group,
 /// never commits): `read_committed`, the end of a partition reported, and the same fetch

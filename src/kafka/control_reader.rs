@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::core::Engine;
 
-use super::client::reader_config;
+use super::client::{reader_config, Reader, ReaderContext};
 use super::control::{parse, Control};
 use super::pipeline::PipelineError;
 use super::txn::FENCE_MARK;
@@ -22,7 +22,7 @@ use super::txn::FENCE_MARK;
 const STARTUP_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ControlReader {
-    consumer: BaseConsumer,
+    consumer: Reader,
     /// This instance's transactional id: its own records were applied when they were made.
     instance: String,
 }
@@ -32,8 +32,9 @@ impl ControlReader {
     pub fn new(s: &Settings) -> Result<ControlReader, PipelineError> {
         let mut cfg = reader_config(s, "control");
         cfg.set("enable.partition.eof", "false");
-        let c: BaseConsumer =
-            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
+        let c: Reader = cfg
+            .create_with_context(ReaderContext)
+            .map_err(|e| PipelineError::Startup(format!("cannot create the control reader: {e}")))?;
         // Waits for a control topic another instance has just created, like every startup lookup.
         let ids = super::topics::partition_ids(c.client(), &s.topics.control, super::topics::SHOW_WAIT)
             .map_err(|e| PipelineError::Startup(format!("cannot read metadata of {}: {e}", s.topics.control)))?;

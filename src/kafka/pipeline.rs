@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 // hashbrown (foldhash): the per-message maps here are on the hot path; SipHash costs more.
 use hashbrown::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseRecord;
 use rdkafka::statistics::Statistics;
@@ -42,7 +42,7 @@ use crate::telemetry::Metrics;
 use super::admin;
 pub use super::admin::{AdminCommand, BreakerAction, Reply};
 use super::changelog::{send_changes, ChangelogReader, PartitionIndex};
-use super::client::{consumer_config, output_topics, producer_config};
+use super::client::{consumer_config, log_client_error, output_topics, producer_config};
 use super::control::{trip_key, TripRecord};
 use super::control_reader::ControlReader;
 use super::records::{record_for, Origin, DLQ_RECORD_OVERHEAD};
@@ -194,12 +194,7 @@ impl ClientContext for Ctx {
     /// The end of a partition (`enable.partition.eof`, used by restores) is no error; librdkafka
     /// also reports it here, which would print an ERROR line per partition per fetch at the end.
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::debug!(reason, "End of partition.")
-            }
-            e => error!(error = %e, reason, "librdkafka error."),
-        }
+        log_client_error(error, reason)
     }
 }
 

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::telemetry::Metrics;
 
 use super::changelog::ApplyRecord;
-use super::client::reader_config;
+use super::client::{reader_config, Reader, ReaderContext};
 use super::pipeline::PipelineError;
 
 /// The followed copy of one changelog partition.
@@ -77,8 +77,9 @@ impl Standby {
     pub fn start(s: &Settings, partitions: usize, metrics: &Metrics) -> Result<Standby, PipelineError> {
         let mut cfg = reader_config(s, "standby");
         cfg.set("enable.partition.eof", "false");
-        let consumer: BaseConsumer =
-            cfg.create().map_err(|e| PipelineError::Startup(format!("cannot create the standby reader: {e}")))?;
+        let consumer: Reader = cfg
+            .create_with_context(ReaderContext)
+            .map_err(|e| PipelineError::Startup(format!("cannot create the standby reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             let _ = tpl.add_partition_offset(&s.topics.changelog, p as i32, Offset::Beginning);
@@ -123,7 +124,7 @@ impl Drop for Standby {
 
 /// The standby thread: applies every committed changelog record, in offset order per partition.
 /// Errors are logged and retried (librdkafka reconnects); a restore never waits for it.
-fn follow(consumer: &BaseConsumer, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
+fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {

@@ -40,7 +40,8 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -207,7 +208,18 @@ pub struct WriterContext {
     failures: Mutex<Vec<Failed>>,
 }
 
-impl ClientContext for WriterContext {}
+impl ClientContext for WriterContext {
+    /// librdkafka's log lines, as by default, except one: a transaction whose offsets the group
+    /// refused in a rebalance ("generation id is not valid") is logged by librdkafka as an
+    /// ERROR, though the pipeline redoes it as a matter of course (its own WARN says so).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "TXNERR" && log_message.contains("generation id is not valid") {
+            warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+        } else {
+            DefaultClientContext.log(level, fac, log_message);
+        }
+    }
+}
 
 impl ProducerContext for WriterContext {
     type DeliveryOpaque = Tag;
