@@ -741,7 +741,7 @@ impl Txn {
         batch.records.push(out);
         match sent {
             Ok(()) => Ok(()),
-            Err(TxnError::Fatal { .. }) => Err(self.fatal(sent.unwrap_err())),
+            Err(e @ TxnError::Fatal { .. }) => Err(self.fatal(e)),
             Err(_) => {
                 batch.dirty = true;
                 Ok(())

@@ -1668,7 +1668,7 @@ impl Pipeline {
     /// Drain: finish the open transaction, then leave the group.
     fn drain(mut self, result: Result<(), PipelineError>, shutdown: bool) -> Result<(), PipelineError> {
         let result = match result {
-            Ok(()) => self.commit().map(|()| ()),
+            Ok(()) => self.commit(),
             Err(e) => Err(e),
         };
         if result.is_err() {
