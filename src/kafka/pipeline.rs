@@ -512,7 +512,7 @@ const MAX_BURST: usize = 512;
 /// and restored like any other: a rebalance has two generations (cooperative rounds).
 const MAX_REDOS: usize = 3;
 
-/// Longest wait for the watermark query that wakes a partition's fetcher after a rebalance.
+/// Longest wait for the watermark queries that wake the fetchers after a rebalance, all of them.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Runs the pipeline until `shutdown` is set or a fatal error occurs. `dlq_record_limit` is the
@@ -821,11 +821,19 @@ impl Pipeline {
     /// fetched 0.67 s after the resume, twice per scale-out (BENCHMARKS.md, "Rebalance pause").
     /// Any request to a partition's leader wakes its broker thread, which then fetches every
     /// resumed partition it leads: a watermark query per owned partition does that (the answer
-    /// is not used; a few milliseconds per rebalance).
+    /// is not used; a few milliseconds per rebalance). All of them within [`WAKE_TIMEOUT`], and
+    /// none after one failed: a broker that does not answer cannot be fetched from either, and
+    /// the loop must not wait for it partition by partition.
     fn wake_fetchers(&self) {
+        let deadline = Instant::now() + WAKE_TIMEOUT;
         for &(t, p) in &self.owned {
-            if let Err(e) = self.consumer.fetch_watermarks(&self.shared.inputs[t], p, WAKE_TIMEOUT) {
-                tracing::debug!(error = %e, partition = p, "Waking the fetcher failed.");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Err(e) = self.consumer.fetch_watermarks(&self.shared.inputs[t], p, left) {
+                tracing::debug!(error = %e, partition = p, "Waking the fetchers failed; leaving them to librdkafka.");
+                break;
             }
         }
     }
