@@ -7,7 +7,8 @@
 //! PIPELINE_BENCH_WORKLOAD=realistic PIPELINE_BENCH_PERF=/tmp/rg.perf cargo bench --bench pipeline
 //! ```
 //!
-//! Two throughput workloads (`PIPELINE_BENCH_WORKLOAD=generator|realistic|both`, default both):
+//! Two throughput workloads (`PIPELINE_BENCH_WORKLOAD=generator|realistic|both|none`, default both;
+//! `none` measures only the latency):
 //! the *generator* workload (N = `PIPELINE_BENCH_EVENTS`, default 500,000; described in 1.) and
 //! the *realistic* one (issue 10; N = `PIPELINE_BENCH_REALISTIC_EVENTS`, default 1,000,000;
 //! `benches/common::realistic`): production on a bad day. Its event times spread over the hour
@@ -157,6 +158,8 @@ impl Opts {
             Err(_) | Ok("both") => vec![Workload::Generator, Workload::Realistic],
             Ok("generator") => vec![Workload::Generator],
             Ok("realistic") => vec![Workload::Realistic],
+            // Only the latency part.
+            Ok("none") => vec![],
             Ok(other) => panic!("PIPELINE_BENCH_WORKLOAD={other}: expected generator, realistic or both"),
         };
         Opts {

@@ -758,7 +758,11 @@ impl Pipeline {
             let now = Instant::now();
             if now >= deadline || self.batch >= self.settings.max_batch {
                 self.commit()?;
-                deadline = Instant::now() + commit_interval;
+                // The interval counts from the start of this commit, so a notice waits for the
+                // rest of one interval and one commit, not for a commit, an interval and another
+                // commit; but at least half an interval of deciding follows each commit, so
+                // slow commits (a struggling broker) do not follow each other back to back.
+                deadline = (now + commit_interval).max(Instant::now() + commit_interval / 2);
             }
             if now >= next_tick {
                 next_tick = now + Duration::from_millis(100);
