@@ -415,17 +415,7 @@ impl TxnWriter {
     /// ordinary abort (the error). The new transaction holds the same records in the same order,
     /// with the same delivery tags.
     pub fn redo(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
-        let deadline = Instant::now() + self.budget;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
-        }
-        if self.producer.in_flight_count() > 0 {
-            return Err(TxnError::Abort {
-                what: "records of the transaction to redo not delivered in time",
-                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-            });
-        }
-        self.check_deliveries()?;
+        self.deliver_all("records of the transaction to redo not delivered in time")?;
         let journal = std::mem::take(&mut self.journal);
         self.abort(keep_alive)?;
         self.begin()?;
@@ -434,6 +424,20 @@ impl TxnWriter {
             self.produce(self.journal.get(i))?;
         }
         Ok(())
+    }
+
+    /// Waits until every record sent is delivered (or failed), within the transaction budget;
+    /// `what` names the abort if some are still in flight then. A failed delivery is the error
+    /// of [`TxnWriter::check_deliveries`].
+    fn deliver_all(&self, what: &'static str) -> Result<(), TxnError> {
+        let deadline = Instant::now() + self.budget;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
+        if self.producer.in_flight_count() > 0 {
+            return Err(TxnError::Abort { what, source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) });
+        }
+        self.check_deliveries()
     }
 
     /// A failed delivery in the open transaction: poison if it can never succeed, else abort.
@@ -570,17 +574,7 @@ impl TxnWriter {
             }
         }
         // Delivered, so every partition is part of the transaction before it is aborted.
-        let deadline = Instant::now() + self.budget;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(5));
-        }
-        if self.producer.in_flight_count() > 0 {
-            return Err(TxnError::Abort {
-                what: "fence records not delivered in time",
-                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-            });
-        }
-        self.check_deliveries()?;
+        self.deliver_all("fence records not delivered in time")?;
         if let Some((tpl, cgm)) = offsets.filter(|(tpl, _)| tpl.count() > 0) {
             self.producer
                 .send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
