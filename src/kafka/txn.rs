@@ -261,7 +261,7 @@ pub struct TxnWriter {
     open: bool,
     /// Total time a commit may take before the transaction is given up (aborted).
     budget: Duration,
-    /// What the open transaction sent, for [`TxnWriter::redo`].
+    /// What the open transaction sent, for [`TxnWriter::redo`] (emptied when one begins).
     journal: Journal,
 }
 
@@ -403,7 +403,6 @@ impl TxnWriter {
         self.check_deliveries()?;
         committed?;
         self.open = false;
-        self.journal.clear();
         Ok(())
     }
 
@@ -643,7 +642,6 @@ impl TxnWriter {
         }
         self.open = false;
         self.failures().clear();
-        self.journal.clear();
         Ok(())
     }
 }
