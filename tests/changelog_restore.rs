@@ -5,11 +5,12 @@
 //!
 //! - `a_restore_from_the_changelog_holds_the_same_state_and_decides_alike` (proptest): random
 //!   streams over three partitions with re-sends, late events, clock jumps, sweeps, a crash at
-//!   every commit point.
+//!   every commit point; the log read whole, compacted, or through warm standbys whose
+//!   decoded state the restore takes over.
 //! - `tombstones_follow_expiry_and_the_log_stays_bounded`: accounts and cooldowns that expire
 //!   are written as tombstones, so the compacted log holds only live accounts.
 //! - `version_1_records_restore_the_same_state`: what a rolling upgrade writes.
-//! - `a_restored_breaker_has_spent_the_budget_its_decisions_spent`
+//! - `a_restored_breaker_has_spent_the_budget_its_decisions_spent` (from the log and from standbys)
 
 mod common;
 
@@ -42,16 +43,40 @@ fn compacted(log: &[(u32, Vec<u8>, Option<Vec<u8>>)]) -> BTreeMap<(u32, Vec<u8>)
     m
 }
 
-/// A fresh engine restored from `log` (applied in order; `compact`: only what compaction keeps).
-fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], compact: bool, wall: i64) -> Engine {
+/// How a restore reads the log.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// Every record, in log order.
+    Whole,
+    /// Only what compaction keeps.
+    Compacted,
+    /// A warm standby per partition loads its records in log order; the restore takes over
+    /// its state ([`Engine::adopt_partition`]).
+    Standby,
+}
+
+/// A fresh engine restored from `log`.
+fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], read: Read, wall: i64) -> Engine {
     let mut e = engine(policy);
-    if compact {
-        for ((p, k), v) in compacted(log) {
-            e.load_state(p, &k, Some(&v)).unwrap();
+    match read {
+        Read::Whole => {
+            for (p, k, v) in log {
+                e.load_state(*p, k, v.as_deref()).unwrap();
+            }
         }
-    } else {
-        for (p, k, v) in log {
-            e.load_state(*p, k, v.as_deref()).unwrap();
+        Read::Compacted => {
+            for ((p, k), v) in compacted(log) {
+                e.load_state(p, &k, Some(&v)).unwrap();
+            }
+        }
+        Read::Standby => {
+            for partition in 0..3 {
+                let mut standby = Engine::standby(policy, resetguard::core::hash::Keys::demo());
+                for (_, k, v) in log.iter().filter(|r| r.0 == partition) {
+                    standby.load_state(partition, k, v.as_deref()).unwrap();
+                }
+                e.adopt_partition(&standby, partition);
+            }
         }
     }
     e.after_load(&[0, 1, 2], wall);
@@ -150,7 +175,7 @@ proptest! {
     #[test]
     fn a_restore_from_the_changelog_holds_the_same_state_and_decides_alike(
         steps in prop::collection::vec(arb_step(), 1..160),
-        compact in any::<bool>(),
+        read in prop_oneof![Just(Read::Whole), Just(Read::Compacted), Just(Read::Standby)],
     ) {
         let policy = Policy::default_with_version("changelog-v1");
         let calls = materialize(&steps);
@@ -178,7 +203,7 @@ proptest! {
             }
         }
         for (len, dump, resume, wall) in points {
-            let mut restored = restore(&policy, &log[..len], compact, wall);
+            let mut restored = restore(&policy, &log[..len], read, wall);
             prop_assert_eq!(restored.state_dump(), dump, "state after restoring {} records", len);
             for (i, c) in calls.iter().enumerate().skip(resume) {
                 match c {
@@ -266,7 +291,7 @@ fn version_1_records_restore_the_same_state() {
     };
     assert!(bytes(&log2) < bytes(&log1), "packed ids are smaller: {} vs {}", bytes(&log2), bytes(&log1));
     let wall = T0 + 6_000;
-    let (r1, r2) = (restore(&policy, &log1, true, wall), restore(&policy, &log2, true, wall));
+    let (r1, r2) = (restore(&policy, &log1, Read::Compacted, wall), restore(&policy, &log2, Read::Compacted, wall));
     assert_eq!(r1.state_dump(), v2.state_dump());
     assert_eq!(r2.state_dump(), v2.state_dump());
 }
@@ -290,11 +315,14 @@ fn a_restored_breaker_has_spent_the_budget_its_decisions_spent() {
     }
     assert_eq!(notices, 5, "the cell's burst");
     drain(&mut e, &mut log);
-    let mut restored = restore(&policy, &log, true, wall);
-    let o =
-        restored.process(&event("b-next", "acct-next", T0, "src-a", "breached_password", 1.0), 0, wall + 10).outcome;
-    let Outcome::Held(_, h) = &o else { panic!("expected held, got {}", short(&o)) };
-    assert_eq!(h.reason, HeldReason::CellRateLimited);
-    let ids: HashSet<String> = restored.state_dump().iter().map(|(_, k, _)| format!("{k:?}")).collect();
-    assert_eq!(ids.len(), 22, "21 accounts and the watermark");
+    for read in [Read::Compacted, Read::Standby] {
+        let mut restored = restore(&policy, &log, read, wall);
+        let o = restored
+            .process(&event("b-next", "acct-next", T0, "src-a", "breached_password", 1.0), 0, wall + 10)
+            .outcome;
+        let Outcome::Held(_, h) = &o else { panic!("{read:?}: expected held, got {}", short(&o)) };
+        assert_eq!(h.reason, HeldReason::CellRateLimited, "{read:?}");
+        let ids: HashSet<String> = restored.state_dump().iter().map(|(_, k, _)| format!("{k:?}")).collect();
+        assert_eq!(ids.len(), 22, "{read:?}: 21 accounts and the watermark");
+    }
 }

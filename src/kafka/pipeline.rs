@@ -610,7 +610,7 @@ impl Pipeline {
             None
         };
         let standby = match &changelog {
-            Some(_) if settings.standby => Some(Standby::start(&settings, total_partitions, &metrics)?),
+            Some(_) if settings.standby => Some(Standby::start(&settings, total_partitions, &policy, &metrics)?),
             _ => None,
         };
         // Overrides and allow-list changes of the fleet apply before the first decision.
@@ -1024,6 +1024,16 @@ impl Pipeline {
         };
         let started = Instant::now();
         let global: Vec<u32> = plans.iter().map(|p| self.partitions.global(p.topic, p.partition)).collect();
+        // A warm standby's state first; the changelog from where it ends.
+        let (mut from, mut from_standby) = (HashMap::new(), HashMap::new());
+        if let Some(standby) = &self.standby {
+            for &g in &global {
+                if let Some((next, adopted)) = standby.adopt(g, &mut self.engine) {
+                    from.insert(g, next);
+                    from_standby.insert(g, adopted);
+                }
+            }
+        }
         let (engine, status) = (&mut self.engine, &self.status);
         let now = wall_ms();
         let mut apply = |p: u32, key: &[u8], value: Option<&[u8]>| match engine.load_state(p, key, value) {
@@ -1033,33 +1043,24 @@ impl Pipeline {
                 false
             }
         };
-        // A warm standby's copy first; the changelog from where it ends.
-        let (mut from, mut from_standby) = (HashMap::new(), HashMap::new());
-        if let Some(standby) = &self.standby {
-            for &g in &global {
-                if let Some((next, applied)) = standby.replay(g, &mut apply) {
-                    from.insert(g, next);
-                    from_standby.insert(g, applied);
-                }
-            }
-        }
         let read = reader.read(&global, &from, self.plan_budget, &mut || status.beat(), &mut apply)?;
         let mut loaded = Vec::new();
         let (mut records, mut standby_records) = (0, 0);
         for (plan, &g) in plans.iter_mut().zip(&global) {
             let r = read.get(&g).copied().unwrap_or_default();
-            let warm = from_standby.get(&g).copied().unwrap_or(0);
+            // A standby copy exists once the partition's changelog held a record.
+            let warm = from_standby.get(&g).copied();
             records += r.records;
-            standby_records += warm;
+            standby_records += warm.unwrap_or(0);
             if r.invalid > 0 {
                 self.metrics.restore_records.with_label_values(&["changelog_invalid"]).inc_by(r.invalid);
             }
             let label = g.to_string();
-            if r.records + warm > 0 {
+            if r.records > 0 || warm.is_some() {
                 loaded.push(g);
                 // The changelog holds everything up to the committed offset.
                 plan.start = plan.until;
-                let source = if warm > 0 { "standby" } else { "changelog" };
+                let source = if warm.is_some() { "standby" } else { "changelog" };
                 self.metrics.partition_restores.with_label_values(&[&label, source, cause]).inc();
             } else if plan.start < plan.until {
                 info!(topic = %self.shared.inputs[plan.topic], partition = plan.partition,
@@ -1070,7 +1071,7 @@ impl Pipeline {
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
         self.metrics.restore_records.with_label_values(&["standby"]).inc_by(standby_records);
         let replayed = self.engine.after_load(&loaded, now);
-        let source = if standby_records > 0 { "standby" } else { "changelog" };
+        let source = if from_standby.is_empty() { "changelog" } else { "standby" };
         self.metrics.changelog_restore_seconds.with_label_values(&[source]).observe(started.elapsed().as_secs_f64());
         info!(
             partitions = loaded.len(),

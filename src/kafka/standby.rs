@@ -1,16 +1,18 @@
 //! Warm standby (`pipeline.standby = true`): a thread that follows every partition of the
-//! changelog topic (read_committed) and keeps, per partition, the newest record of each key and
-//! the offset it has read to. When a partition is assigned to this instance, its restore applies
-//! that copy from memory and reads from Kafka only the changelog written since
-//! ([`super::changelog::ChangelogReader::read`] from the standby's offset): a failover or a scale-out
-//! reads the tail of the log instead of all of it. The state it yields is the same as a read from
-//! the beginning (the copy is the compacted prefix of the same committed log).
+//! changelog topic (read_committed) and keeps, per partition, the state its records hold,
+//! decoded (an [`Engine::standby`] per partition, fed by [`Engine::load_state`]), and the offset
+//! it has read to. When a partition is assigned to this instance, its restore takes that state
+//! over ([`Engine::adopt_partition`]: no decoding, no fetch) and reads from Kafka only the
+//! changelog written since ([`super::changelog::ChangelogReader::read`] from the standby's
+//! offset): a failover or a scale-out reads the tail of the log instead of all of it. The state
+//! it yields is the same as a read from the beginning (the copy is the compacted prefix of the
+//! same committed log, decoded the same way).
 //!
-//! What it costs: the changelog's live records of every partition in memory (about key + value +
-//! 48 bytes each), and one more consumer reading every changelog write of the fleet.
-//! librdkafka's assignors do not know about standbys, so this instance is not preferred for the
-//! partitions it follows; every instance following every partition makes that moot
-//! (docs/changelog.md, "Warm standby").
+//! What it costs: the decoded state of every partition's live accounts in memory (as much as
+//! the owner holds for them), decoding every changelog write of the fleet on this thread, and
+//! one more consumer reading them. librdkafka's assignors do not know about standbys, so this
+//! instance is not preferred for the partitions it follows; every instance following every
+//! partition makes that moot (docs/changelog.md, "Warm standby").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,43 +27,52 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::core::hash::Keys;
+use crate::core::{Engine, Policy};
 use crate::telemetry::Metrics;
 
-use super::changelog::ApplyRecord;
 use super::client::{reader_config, Reader, ReaderContext};
 use super::pipeline::PipelineError;
 
-/// The followed copy of one changelog partition.
-#[derive(Default)]
+/// The followed state of one changelog partition.
 struct Copy {
-    /// Key → newest value (tombstones remove the key).
-    records: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// The partition's records applied in log order, decoded.
+    engine: Engine,
     /// The offset after the last record applied: a read from here completes the copy.
     next: i64,
 }
 
-#[derive(Default)]
 struct Followed {
     partitions: HashMap<u32, Copy>,
-    /// Records held over all partitions.
-    records: usize,
+    /// What each partition's engine is built from.
+    policy: Policy,
+    keys: Keys,
+    /// Accounts held over all partitions.
+    accounts: usize,
+    /// Records that did not decode (skipped, as a restore skips them).
+    invalid: u64,
 }
 
 impl Followed {
+    fn new(policy: &Policy, keys: Keys) -> Followed {
+        Followed { partitions: HashMap::new(), policy: policy.clone(), keys, accounts: 0, invalid: 0 }
+    }
+
     fn apply(&mut self, partition: u32, offset: i64, key: &[u8], value: Option<&[u8]>) {
-        let copy = self.partitions.entry(partition).or_default();
-        match value {
-            Some(v) => {
-                if copy.records.insert(key.into(), v.into()).is_none() {
-                    self.records += 1;
-                }
+        let (policy, keys) = (&self.policy, &self.keys);
+        let copy = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| Copy { engine: Engine::standby(policy, keys.clone()), next: 0 });
+        let before = copy.engine.tracked_accounts();
+        if let Err(e) = copy.engine.load_state(partition, key, value) {
+            if self.invalid == 0 {
+                warn!(changelog_partition = partition, offset, error = %e,
+                    "A changelog record does not decode; the standby skips it, as a restore would (further ones are only counted).");
             }
-            None => {
-                if copy.records.remove(key).is_some() {
-                    self.records -= 1;
-                }
-            }
+            self.invalid += 1;
         }
+        self.accounts = (self.accounts + copy.engine.tracked_accounts()).saturating_sub(before);
         copy.next = copy.next.max(offset + 1);
     }
 }
@@ -73,8 +84,14 @@ pub struct Standby {
 }
 
 impl Standby {
-    /// Starts following the `partitions` partitions of `topics.changelog` from the beginning.
-    pub fn start(s: &Settings, partitions: usize, metrics: &Metrics) -> Result<Standby, PipelineError> {
+    /// Starts following the `partitions` partitions of `topics.changelog` from the beginning,
+    /// decoding them under `policy` (the instance's).
+    pub fn start(
+        s: &Settings,
+        partitions: usize,
+        policy: &Policy,
+        metrics: &Metrics,
+    ) -> Result<Standby, PipelineError> {
         let mut cfg = reader_config(s, "standby");
         cfg.set("enable.partition.eof", "false");
         let consumer: Reader = cfg
@@ -85,7 +102,7 @@ impl Standby {
             let _ = tpl.add_partition_offset(&s.topics.changelog, p as i32, Offset::Beginning);
         }
         consumer.assign(&tpl).map_err(|e| PipelineError::Startup(format!("cannot assign the standby reader: {e}")))?;
-        let followed = Arc::new(Mutex::new(Followed::default()));
+        let followed = Arc::new(Mutex::new(Followed::new(policy, s.keys.clone())));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (followed, stop, gauge) = (followed.clone(), stop.clone(), metrics.standby_records.clone());
@@ -98,18 +115,13 @@ impl Standby {
         Ok(Standby { followed, stop, thread: Some(thread) })
     }
 
-    /// Applies the followed copy of `partition` through `apply` and returns the offset to read
-    /// the rest of the changelog from and how many records it applied (`None`: nothing followed
-    /// yet).
-    pub fn replay(&self, partition: u32, apply: &mut ApplyRecord<'_>) -> Option<(i64, u64)> {
+    /// Hands the followed state of `partition` to `engine` ([`Engine::adopt_partition`]) and
+    /// returns the offset to read the rest of the changelog from and how many accounts and
+    /// cooldowns it handed over (`None`: nothing followed yet).
+    pub fn adopt(&self, partition: u32, engine: &mut Engine) -> Option<(i64, u64)> {
         let followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let copy = followed.partitions.get(&partition)?;
-        let mut applied = 0;
-        for (k, v) in &copy.records {
-            apply(partition, k, Some(v));
-            applied += 1;
-        }
-        Some((copy.next, applied))
+        Some((copy.next, engine.adopt_partition(&copy.engine, partition)))
     }
 }
 
@@ -131,7 +143,7 @@ fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gaug
                 if let Some(key) = m.key() {
                     let mut f = followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     f.apply(m.partition() as u32, m.offset(), key, m.payload());
-                    gauge.set(f.records as i64);
+                    gauge.set(f.accounts as i64);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
@@ -143,20 +155,56 @@ fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gaug
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::changelog::{parse_key, Key};
+    use crate::core::event::format_rfc3339_ms;
+    use crate::core::TimeMode;
 
     #[test]
-    fn the_copy_keeps_the_newest_value_per_key_and_drops_tombstoned_keys() {
-        let mut f = Followed::default();
-        f.apply(2, 0, b"a", Some(b"1"));
-        f.apply(2, 1, b"b", Some(b"1"));
-        f.apply(2, 2, b"a", Some(b"2"));
-        f.apply(2, 5, b"b", None);
-        f.apply(3, 7, b"c", Some(b"9"));
-        let copy = &f.partitions[&2];
-        assert_eq!(copy.next, 6);
-        assert_eq!(f.records, 2, "a on 2, c on 3");
-        assert_eq!(copy.records.len(), 1);
-        assert_eq!(&*copy.records[&b"a"[..]], b"2");
-        assert_eq!(f.partitions[&3].next, 8);
+    fn the_copy_holds_what_the_records_hold_and_hands_it_over_as_a_load_would() {
+        let policy = Policy::default_with_version("v1");
+        let now = 1_780_000_000_000;
+        let mut live = Engine::new(Arc::new(policy.clone()), Keys::demo(), TimeMode::Wall);
+        live.track_changes();
+        let events = [
+            ("a", 2, "impossible_travel"),
+            ("a", 2, "breached_password"),
+            ("b", 2, "new_device"),
+            ("c", 3, "mfa_failure"),
+        ];
+        for (i, (account, p, signal)) in events.iter().enumerate() {
+            let ev = format!(
+                r#"{{"event_id":"e{i}","account_id":"{account}","occurred_at":"{}","source":"src-{p}","signal":"{signal}","risk":0.9}}"#,
+                format_rfc3339_ms(now)
+            );
+            live.process(ev.as_bytes(), *p, now);
+        }
+        let mut log: Vec<(u32, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        live.drain_changes(|p, k, v| log.push((p, k.to_vec(), v.map(<[u8]>::to_vec))));
+        // One account of partition 2 expires (a tombstone), and one record is garbage.
+        let gone = log.iter().find(|(p, k, _)| *p == 2 && matches!(parse_key(k), Key::Account(_))).unwrap().1.clone();
+        log.push((2, gone, None));
+        log.push((3, log.iter().find(|(p, _, _)| *p == 3).unwrap().1.clone(), Some(b"not a record".to_vec())));
+
+        let mut f = Followed::new(&policy, Keys::demo());
+        for (offset, (p, k, v)) in log.iter().enumerate() {
+            f.apply(*p, 10 * offset as i64, k, v.as_deref());
+        }
+        assert_eq!(f.invalid, 1);
+        assert_eq!(f.accounts, 2, "a and b on 2 less the tombstoned one, c on 3");
+        let last = |p: u32| log.iter().rposition(|r| r.0 == p).unwrap() as i64;
+        assert_eq!(f.partitions[&2].next, 10 * last(2) + 1);
+        assert_eq!(f.partitions[&3].next, 10 * last(3) + 1);
+
+        // The hand-over leaves an engine as loading partition 2's records does.
+        let fresh = || Engine::new(Arc::new(policy.clone()), Keys::demo(), TimeMode::Wall);
+        let (mut loaded, mut adopted) = (fresh(), fresh());
+        for (p, k, v) in log.iter().filter(|r| r.0 == 2) {
+            loaded.load_state(*p, k, v.as_deref()).unwrap();
+        }
+        assert_eq!(adopted.adopt_partition(&f.partitions[&2].engine, 2), 1);
+        assert_eq!(adopted.state_dump(), loaded.state_dump());
+        assert_eq!(adopted.tracked_accounts(), 1);
+        assert_eq!(adopted.watermark(2), loaded.watermark(2));
+        assert!(adopted.watermark(2).is_some());
     }
 }

@@ -215,7 +215,7 @@ impl Metrics {
             restore_records: IntCounterVec::new(
                 Opts::new(
                     "resetguard_restore_records_total",
-                    "Records read to restore state, by source (changelog, standby: the warm standby's copy in memory, or input).",
+                    "Records read to restore state, by source (changelog; input; standby: accounts and cooldowns taken over from the warm standby's decoded copy).",
                 ),
                 &["source"],
             )?,
@@ -229,7 +229,7 @@ impl Metrics {
             )?,
             standby_records: IntGauge::new(
                 "resetguard_standby_records",
-                "Changelog records the warm standby holds in memory, over all partitions (pipeline.standby).",
+                "Accounts the warm standby holds decoded in memory, over all partitions (pipeline.standby).",
             )?,
             changelog_records: IntCounterVec::new(
                 Opts::new(

@@ -157,6 +157,53 @@ impl Engine {
         }
     }
 
+    /// A warm standby's engine for one changelog partition: fed only by [`Engine::load_state`]
+    /// of that partition's records (never live), to be handed over by
+    /// [`Engine::adopt_partition`]. Its breaker only names cells, so it may name every cell the
+    /// records do (up to [`crate::core::policy::MAX_CELLS_LIMIT`]): the hand-over maps them by
+    /// name, as a load of the records would.
+    pub fn standby(policy: &Policy, keys: Keys) -> Engine {
+        let mut p = policy.clone();
+        p.breaker.max_cells = crate::core::policy::MAX_CELLS_LIMIT;
+        Engine::new(Arc::new(p), keys, TimeMode::Wall)
+    }
+
+    /// Takes over the state of `partition` that `standby` holds (an engine that loaded that
+    /// partition's changelog records and nothing else, see [`Engine::standby`]): accounts,
+    /// cooldowns and the watermark, leaving this engine as loading the same records with
+    /// [`Engine::load_state`] would, without decoding them again. Then, as after a load, call
+    /// [`Engine::after_load`]. Returns how many accounts and cooldowns it took over.
+    pub fn adopt_partition(&mut self, standby: &Engine, partition: u32) -> u64 {
+        let p = partition.min(u32::from(u16::MAX)) as u16;
+        let from = &standby.shards[standby.shard_index(partition)];
+        let i = self.shard_index(partition);
+        let (shard, breaker) = (&mut self.shards[i], &mut self.breaker);
+        // The standby's cell numbers → this engine's, by name (few cells, each looked up once).
+        let mut cells: Vec<Option<u8>> = vec![None; 256];
+        let mut cell = |c: u8| *cells[c as usize].get_or_insert_with(|| breaker.cell_for(standby.breaker.cell_name(c)));
+        let mut adopted = 0;
+        let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
+        for key in from.accounts.keys_of(p) {
+            let Some(v) = from.accounts.get(key) else { continue };
+            ring.clear();
+            ring.extend(v.ring.iter().map(|e| Entry { cell: cell(e.cell), ..*e }));
+            shard.accounts.put(key, AccountView { ring: &ring, ..v });
+            adopted += 1;
+        }
+        for (&key, c) in from.ledger.iter().filter(|(_, c)| c.partition == p) {
+            shard.ledger.insert(key, Cooldown { cell: cell(c.cell), ..*c });
+            adopted += 1;
+        }
+        if let Some(&m) = standby.max_event_ms.get(p as usize).filter(|&&m| m != i64::MIN) {
+            let i = p as usize;
+            if i >= self.max_event_ms.len() {
+                self.max_event_ms.resize(i + 1, i64::MIN);
+            }
+            self.max_event_ms[i] = m;
+        }
+        adopted
+    }
+
     /// After loading the changelog of `partitions` (before their first live event): the newest
     /// evidence ids of their accounts come back into the dedupe memory (a re-sent event is still
     /// a duplicate after the restore), once per account however many of its records the log
