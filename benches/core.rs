@@ -18,6 +18,11 @@
 //!   judged per event (`process`, the reference) and in bursts of 512 (`Engine::process_batch`)
 //!   on 1 shard and on 2 (and on as many as the machine has cores, when more): the engine's own
 //!   scaling with threads, without Kafka.
+//! - `restore`: bringing one partition's state into an engine, per account (100,000 accounts of
+//!   3 events each): `changelog_load` decodes their changelog records (`Engine::load_state`, what
+//!   a restore read from Kafka applies), `standby_handover` takes them over from a warm
+//!   standby's decoded copy (`Engine::adopt_partition`); both then fill the dedupe memory
+//!   (`Engine::after_load`), as a restore does.
 
 mod common;
 
@@ -60,7 +65,8 @@ fn wanted(group: &str) -> bool {
     let g = f.split('/').next().unwrap_or_default();
     let names = |n: &str| !g.is_empty() && (n.starts_with(g) || g.starts_with(n));
     // A filter that names no group (a regex, a bench name alone) keeps every group's setup.
-    names(group) || !["decode", "rfc3339", "score", "breaker", "engine", "decision", "shards"].into_iter().any(names)
+    names(group)
+        || !["decode", "rfc3339", "score", "breaker", "engine", "decision", "shards", "restore"].into_iter().any(names)
 }
 
 const DECODE_EVENTS: usize = 10_000;
@@ -564,6 +570,76 @@ fn shards_group(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_group, score_group, breaker_group, engine_group, decision_group, shards_group);
+const RESTORE_ACCOUNTS: usize = 100_000;
+
+fn restore_group(c: &mut Criterion) {
+    if !wanted("restore") {
+        return;
+    }
+    let policy = Arc::new(Policy::default_with_version("bench"));
+    let keys = resetguard::core::hash::Keys::demo();
+    // One partition's changelog: 3 events per account, drained once (one record per account).
+    let mut live = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+    live.track_changes();
+    let events = stream(3 * RESTORE_ACCOUNTS, RESTORE_ACCOUNTS, T0_MS, STEP_US, 7);
+    let wall = T0_MS + 3 * RESTORE_ACCOUNTS as i64 * STEP_US / 1000 + 1_000;
+    for e in &events {
+        live.process(e, 0, wall);
+    }
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    live.drain_changes(|_, k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+    let mut standby = Engine::standby(&policy, keys.clone());
+    for (k, v) in &log {
+        standby.load_state(0, k, v.as_deref()).unwrap();
+    }
+    assert_eq!(standby.tracked_accounts(), RESTORE_ACCOUNTS);
+    eprintln!("restore: {} accounts, {} changelog records", RESTORE_ACCOUNTS, log.len());
+    let mut g = c.benchmark_group("restore");
+    g.throughput(Throughput::Elements(RESTORE_ACCOUNTS as u64));
+    g.sample_size(10);
+    let fresh = || Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+    g.bench_function("changelog_load", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let mut e = fresh();
+                let start = Instant::now();
+                for (k, v) in &log {
+                    e.load_state(0, black_box(k), v.as_deref()).unwrap();
+                }
+                e.after_load(&[0], wall);
+                spent += start.elapsed();
+                assert_eq!(e.tracked_accounts(), RESTORE_ACCOUNTS);
+            }
+            spent
+        })
+    });
+    g.bench_function("standby_handover", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let mut e = fresh();
+                let start = Instant::now();
+                e.adopt_partition(black_box(&standby), 0);
+                e.after_load(&[0], wall);
+                spent += start.elapsed();
+                assert_eq!(e.tracked_accounts(), RESTORE_ACCOUNTS);
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_group,
+    score_group,
+    breaker_group,
+    engine_group,
+    decision_group,
+    shards_group,
+    restore_group
+);
 
 criterion_main!(benches);

@@ -17,7 +17,8 @@
 //! the same partitions took (`resetguard_changelog_restore_seconds`) and the records each read.
 //!
 //! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS`, default 1,000,000; `RESTORE_EVENTS`,
-//! events per account per volume, default `1,5`; `RESTORE_COMPACTION_WAIT_S`, default 60).
+//! events per account per volume, default `1,5`; `RESTORE_COMPACTION_WAIT_S`, default 60;
+//! `RESTORE_BENCH_LOG`, a log filter such as `info`: the instances' logs on stderr).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, unused_imports)]
@@ -68,6 +69,9 @@ fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`: a small smoke run then.
     let full = std::env::args().any(|a| a == "--bench");
     let env = |k: &str| std::env::var(k).ok();
+    if let Some(filter) = env("RESTORE_BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let n: usize =
         env("RESTORE_ACCOUNTS").and_then(|v| v.parse().ok()).unwrap_or(if full { 1_000_000 } else { 20_000 });
     let volumes: Vec<usize> = env("RESTORE_EVENTS")
@@ -182,15 +186,20 @@ fn main() {
         let (v, v_token, v_handle) = start("v", false);
         let moved = metric(&v, "resetguard_restore_records_total", "source=\"changelog\"");
         let (v_secs, _) = histogram(&v, "resetguard_changelog_restore_seconds", "source=\"changelog\"");
+        // W's own first restore may have taken over what its standby had followed by then:
+        // only the restore after V stops counts.
+        let standby_restores = || histogram(&w, "resetguard_changelog_restore_seconds", "source=\"standby\"");
+        let standby_records = || metric(&w, "resetguard_restore_records_total", "source=\"standby\"");
+        let ((secs_before, count_before), records_before) = (standby_restores(), standby_records());
         v_token.cancel();
         rt.block_on(v_handle).unwrap().unwrap();
         let began = Instant::now();
-        while histogram(&w, "resetguard_changelog_restore_seconds", "source=\"standby\"").1 == 0 {
+        while standby_restores().1 == count_before {
             assert!(began.elapsed() < Duration::from_secs(120), "W never took V's partitions back");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (w_secs, _) = histogram(&w, "resetguard_changelog_restore_seconds", "source=\"standby\"");
-        let from_copy = metric(&w, "resetguard_restore_records_total", "source=\"standby\"");
+        let w_secs = standby_restores().0 - secs_before;
+        let from_copy = standby_records() - records_before;
         // The gauge is published with the next commit.
         let began = Instant::now();
         while metric(&w, "resetguard_tracked_accounts", "") as usize != n && began.elapsed() < Duration::from_secs(10) {
@@ -200,7 +209,7 @@ fn main() {
         w_token.cancel();
         rt.block_on(w_handle).unwrap().unwrap();
         eprintln!(
-            "volume {e}: failover of V's partitions: V restored them from the changelog in {v_secs:.2} s ({moved} records); W from its standby in {w_secs:.2} s ({from_copy} records from memory)"
+            "volume {e}: failover of V's partitions: V restored them from the changelog in {v_secs:.2} s ({moved} records); W from its standby in {w_secs:.2} s ({from_copy} accounts and cooldowns from memory)"
         );
         failovers.push((e, v_secs, moved, w_secs, from_copy));
         table.push((e, events, from_changelog, from_input));
@@ -218,7 +227,7 @@ fn main() {
         );
     }
     println!("\n== failover onto a warm standby (the same partitions, restored twice)");
-    println!("| events per account | from the changelog (s) | records read | from the standby (s) | records from memory | ratio |");
+    println!("| events per account | from the changelog (s) | records read | from the standby (s) | accounts and cooldowns from memory | ratio |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for (e, v_secs, moved, w_secs, from_copy) in &failovers {
         println!("| {e} | {v_secs:.2} | {moved:.0} | {w_secs:.2} | {from_copy:.0} | {:.1}× |", v_secs / w_secs);

@@ -86,7 +86,8 @@ fn broker_killed_mid_stream_loses_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_secs(10));
     svc.assert_running("while the broker was down");
     broker.restart();
-    let coords = stream.finish();
+    let (inputs, coords) = stream.finish();
+    let total = inputs.len() as i64;
     // Generous: reconnects, a possible fencing and re-initialisation, the group's rebalance.
     wait_committed_running(&broker, &t, &mut svc, total, Duration::from_secs(150));
     svc.assert_running("after the broker came back");
@@ -358,7 +359,8 @@ fn admin_action_whose_write_fails_loses_no_batch() {
         answers.push((code, text));
     }
     eprintln!("answers to the failing admin calls: {answers:?}");
-    let coords = stream.finish();
+    let (inputs, coords) = stream.finish();
+    let total = inputs.len() as i64;
     wait_committed_running(broker, &t, &mut svc, total, Duration::from_secs(90));
     svc.assert_running("at the end");
     svc.terminate_ok();

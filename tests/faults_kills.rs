@@ -269,7 +269,8 @@ fn ten_kills_at_the_worst_moments_with_the_breaker_enabled() {
         landed.push(what);
         svc = Service::spawn(&cfg, &log);
     }
-    let coords = stream.finish();
+    let (inputs, coords) = stream.finish();
+    let total = inputs.len() as i64;
     wait_committed_running(broker, &t, &mut svc, total, Duration::from_secs(180));
     svc.assert_running("at the end");
     svc.terminate_ok();

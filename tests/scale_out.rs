@@ -166,8 +166,8 @@ fn scale_out_and_in(strategy: &str, pipeline: Option<&str>) {
         assert_no_restore("scale-in, instance b", &mut b, &kept_b, &rb);
     }
 
-    let coords = stream.finish();
-    wait_committed_running(broker, &t, &mut a, EVENTS as i64, Duration::from_secs(180));
+    let (inputs, coords) = stream.finish();
+    wait_committed_running(broker, &t, &mut a, inputs.len() as i64, Duration::from_secs(180));
     a.terminate_ok();
     b.terminate_ok();
     // Scaling is routine: no ERROR line for an SRE from restores reading to the end of

@@ -318,6 +318,31 @@ impl AccountStore {
         slot.partition = v.partition;
     }
 
+    /// Copies every account of `partition` from `from` (a store built under the same policy, so
+    /// its rings and ids are already cut to this one's limits) into this one, replacing what
+    /// was there, with each entry's cell renumbered by `cell`: [`AccountStore::put`] of each,
+    /// in one pass with the room reserved. Returns how many it copied.
+    pub fn copy_partition(&mut self, from: &AccountStore, partition: u16, mut cell: impl FnMut(u8) -> u8) -> usize {
+        let of = |s: &&Slot| s.key != FREE && s.partition == partition;
+        let n = from.slots.iter().filter(of).count();
+        let slots = &self.slots;
+        self.index.reserve(n, |&i| slots[i as usize].key);
+        self.slots.reserve(n.saturating_sub(self.free.len()));
+        for s in from.slots.iter().filter(of) {
+            let idx = match self.find(s.key) {
+                Some(i) => i,
+                None => self.allocate(s.key),
+            };
+            let slot = &mut self.slots[idx];
+            slot.ring = s.ring.iter().map(|e| Entry { cell: cell(e.cell), ..*e }).collect();
+            slot.ids.clone_from(&s.ids);
+            slot.slow = s.slow;
+            slot.touched_s = s.touched_s;
+            slot.partition = partition;
+        }
+        n
+    }
+
     /// Forgets an account. Returns whether it was tracked.
     pub fn remove(&mut self, key: u64) -> bool {
         let key = if key == FREE { 1 } else { key };

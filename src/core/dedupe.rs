@@ -29,6 +29,11 @@ impl Dedupe {
         }
     }
 
+    /// Makes room for about `n` more ids (a restore inserts many at once).
+    pub fn reserve(&mut self, n: usize) {
+        self.current.reserve(n.min(self.max_entries / 2));
+    }
+
     /// True if `id_hash` was seen within the horizon; otherwise remembers it and returns false.
     pub fn seen_or_insert(&mut self, id_hash: u64, now_ms: i64) -> bool {
         self.rotate_if_due(now_ms);

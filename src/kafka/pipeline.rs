@@ -1043,7 +1043,9 @@ impl Pipeline {
                 false
             }
         };
+        let standby_done = started.elapsed();
         let read = reader.read(&global, &from, self.plan_budget, &mut || status.beat(), &mut apply)?;
+        let read_done = started.elapsed();
         let mut loaded = Vec::new();
         let (mut records, mut standby_records) = (0, 0);
         for (plan, &g) in plans.iter_mut().zip(&global) {
@@ -1080,6 +1082,8 @@ impl Pipeline {
             decisions_replayed = replayed,
             tracked_accounts = self.engine.tracked_accounts(),
             seconds = started.elapsed().as_secs_f64(),
+            standby_seconds = standby_done.as_secs_f64(),
+            changelog_seconds = (read_done - standby_done).as_secs_f64(),
             "State read from the changelog."
         );
         Ok(())

@@ -75,6 +75,14 @@ impl Followed {
         self.accounts = (self.accounts + copy.engine.tracked_accounts()).saturating_sub(before);
         copy.next = copy.next.max(offset + 1);
     }
+
+    /// The reader's position in `partition` is `offset`: every record before it was applied
+    /// (what lies between the last record and it are transaction markers).
+    fn passed(&mut self, partition: u32, offset: i64) {
+        if let Some(copy) = self.partitions.get_mut(&partition) {
+            copy.next = copy.next.max(offset);
+        }
+    }
 }
 
 pub struct Standby {
@@ -137,7 +145,21 @@ impl Drop for Standby {
 /// The standby thread: applies every committed changelog record, in offset order per partition.
 /// Errors are logged and retried (librdkafka reconnects); a restore never waits for it.
 fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
+    let mut last_position = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if last_position.elapsed() >= Duration::from_millis(100) {
+            // A partition's log usually ends in a transaction marker, which is never delivered:
+            // the reader's position passes it, so a restore need not fetch it.
+            last_position = std::time::Instant::now();
+            if let Ok(pos) = consumer.position() {
+                let mut f = followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for e in pos.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        f.passed(e.partition() as u32, o);
+                    }
+                }
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if let Some(key) = m.key() {
@@ -194,6 +216,11 @@ mod tests {
         let last = |p: u32| log.iter().rposition(|r| r.0 == p).unwrap() as i64;
         assert_eq!(f.partitions[&2].next, 10 * last(2) + 1);
         assert_eq!(f.partitions[&3].next, 10 * last(3) + 1);
+        // Past a transaction marker; a partition without records gets no copy.
+        f.passed(3, 10 * last(3) + 2);
+        f.passed(4, 7);
+        assert_eq!(f.partitions[&3].next, 10 * last(3) + 2);
+        assert!(!f.partitions.contains_key(&4));
 
         // The hand-over leaves an engine as loading partition 2's records does.
         let fresh = || Engine::new(Arc::new(policy.clone()), Keys::demo(), TimeMode::Wall);

@@ -399,7 +399,8 @@ pub fn wait_committed_running(broker: &KafkaBroker, t: &Topics, service: &mut Se
 /// and freezes (librdkafka buffers and retries; idempotence keeps order and avoids duplicates).
 /// An input whose delivery still failed (librdkafka times out a request that a frozen broker held
 /// too long, and cannot know whether it was written) is looked up in the topic at the end and
-/// sent again only if it is not there, so every input is in the topic exactly once.
+/// sent again only if it is not there, so every input is in the topic at least once; a batch
+/// the producer wrote twice anyway is found at the end too ([`Stream::finish`]).
 pub struct Stream {
     handle: Option<JoinHandle<(Vec<Input>, Vec<Result<(i32, i64), String>>)>>,
     /// Client config of the broker (for the lookup and the resend at the end).
@@ -560,11 +561,97 @@ impl Stream {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Waits for every delivery; returns the (partition, offset) of each input, in input order.
-    pub fn finish(mut self) -> Vec<(i32, i64)> {
-        let (inputs, results) = self.handle.take().unwrap().join().expect("the stream producer panicked");
+    /// Waits for every delivery; returns the inputs as the topic holds them and the (partition,
+    /// offset) of each, in input order: the inputs given, then one more per copy the producer
+    /// itself wrote (see [`Stream::producer_copies`]).
+    pub fn finish(mut self) -> (Vec<Input>, Vec<(i32, i64)>) {
+        let (mut inputs, results) = self.handle.take().unwrap().join().expect("the stream producer panicked");
         assert_eq!(results.len(), self.total, "stream stopped early");
-        self.repair(&inputs, results)
+        let mut coords = self.repair(&inputs, results);
+        self.producer_copies(&mut inputs, &mut coords);
+        (inputs, coords)
+    }
+
+    /// Records in the topic beyond the inputs: a retry the broker could not recognise as one
+    /// (an idempotent producer whose epoch was bumped while a batch's fate was unknown, around
+    /// a broker kill) writes a batch twice. The service must treat the later copy as any re-sent
+    /// event: the first copy in the log gets the input's outcome, the later one the duplicate's
+    /// (or the same rejection, for an input that does not decode). Inputs with the same bytes
+    /// (deliberate re-sends) take their copies in log order.
+    fn producer_copies(&self, inputs: &mut Vec<Input>, coords: &mut Vec<(i32, i64)>) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let consumer: BaseConsumer = self
+            .config
+            .clone()
+            .set("group.id", unique_name("stream-copies"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in 0..PARTITIONS {
+            let (low, high) = consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(30)).unwrap();
+            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(low)).unwrap();
+            ends.insert(p, (low, high));
+        }
+        let in_topic: i64 = ends.values().map(|(low, high)| high - low).sum();
+        if in_topic == inputs.len() as i64 {
+            return;
+        }
+        assert!(
+            in_topic > inputs.len() as i64,
+            "{} holds {in_topic} records, fewer than the {} inputs",
+            self.topic,
+            inputs.len()
+        );
+        consumer.assign(&tpl).unwrap();
+        let mut copies: HashMap<Vec<u8>, Vec<(i32, i64)>> = HashMap::new();
+        let mut done: BTreeSet<i32> = ends.iter().filter(|(_, (low, high))| high == low).map(|(&p, _)| p).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.len() < PARTITIONS as usize {
+            assert!(Instant::now() < deadline, "reading back {} timed out", self.topic);
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            copies.entry(m.payload().unwrap_or_default().to_vec()).or_default().push((m.partition(), m.offset()));
+            if m.offset() + 1 >= ends[&m.partition()].1 {
+                done.insert(m.partition());
+            }
+        }
+        let mut same: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for (i, inp) in inputs.iter().enumerate() {
+            same.entry(&inp.bytes[..]).or_default().push(i);
+        }
+        let mut extra = Vec::new();
+        for (bytes, ixs) in same {
+            let mut at = copies.remove(bytes).unwrap_or_default();
+            at.sort_unstable();
+            assert!(
+                at.len() >= ixs.len(),
+                "an input is missing from {}: {}",
+                self.topic,
+                String::from_utf8_lossy(bytes)
+            );
+            for (&i, &c) in ixs.iter().zip(&at) {
+                coords[i] = c;
+            }
+            let first = &inputs[ixs[0]];
+            for &c in &at[ixs.len()..] {
+                let mut copy = first.clone();
+                copy.expect = match first.expect {
+                    Expect::Dlq(reason) => Expect::Dlq(reason),
+                    _ => Expect::Dlq("event_id_seen"),
+                };
+                // Its rejection is the copy's outcome, not a second one of the event.
+                copy.event_id = None;
+                extra.push((copy, c));
+            }
+        }
+        assert!(copies.is_empty(), "{} holds records that are no input: {}", self.topic, copies.len());
+        eprintln!("stream: the producer wrote {} inputs twice into {}", extra.len(), self.topic);
+        for (copy, c) in extra {
+            inputs.push(copy);
+            coords.push(c);
+        }
     }
 }
 

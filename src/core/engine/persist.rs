@@ -181,15 +181,7 @@ impl Engine {
         // The standby's cell numbers → this engine's, by name (few cells, each looked up once).
         let mut cells: Vec<Option<u8>> = vec![None; 256];
         let mut cell = |c: u8| *cells[c as usize].get_or_insert_with(|| breaker.cell_for(standby.breaker.cell_name(c)));
-        let mut adopted = 0;
-        let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
-        for key in from.accounts.keys_of(p) {
-            let Some(v) = from.accounts.get(key) else { continue };
-            ring.clear();
-            ring.extend(v.ring.iter().map(|e| Entry { cell: cell(e.cell), ..*e }));
-            shard.accounts.put(key, AccountView { ring: &ring, ..v });
-            adopted += 1;
-        }
+        let mut adopted = shard.accounts.copy_partition(&from.accounts, p, &mut cell) as u64;
         for (&key, c) in from.ledger.iter().filter(|(_, c)| c.partition == p) {
             shard.ledger.insert(key, Cooldown { cell: cell(c.cell), ..*c });
             adopted += 1;
@@ -216,6 +208,8 @@ impl Engine {
         };
         let ps: Vec<u16> = partitions.iter().map(|&p| p.min(u32::from(u16::MAX)) as u16).collect();
         let mut id = String::new();
+        let accounts = self.shards.iter().map(|s| s.accounts.ids_in(&ps).count()).sum();
+        self.dedupe.reserve(accounts);
         for shard in &self.shards {
             for ids in shard.accounts.ids_in(&ps) {
                 for item in evidence::items(ids) {
