@@ -1,5 +1,6 @@
 //! Smoke tests for the real-Kafka test harness (tests/common/kafka.rs): exactly-once
-//! semantics must hold on the broker the integration tests run against.
+//! semantics must hold on the broker the integration tests run against, and the fault tests' stream
+//! must know every record it put in the topic.
 
 mod common;
 
@@ -190,4 +191,36 @@ fn aborted_transaction_is_invisible_to_read_committed() {
     // Offsets skip the control records (commit/abort markers) between the data records.
     let offsets: Vec<i64> = raw.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, [0, 1, 3, 4, 5, 7]);
+}
+
+/// The fault tests' stream (tests/common/faults.rs) finds a record the producer wrote twice (as
+/// an idempotent producer can around a broker kill): the first copy in the log keeps the input's
+/// expected outcome, the later one expects the duplicate's rejection. Here the copies are
+/// written before the stream, so the stream's own writes are the later ones.
+#[test]
+fn a_stream_accounts_for_inputs_the_producer_wrote_twice() {
+    use common::faults::Stream;
+    use common::service::{crash_inputs, produce, Expect, Topics};
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "copies");
+    let inputs = crash_inputs(300);
+    let plain = inputs.iter().position(|i| i.expect == Expect::NoAction && i.event_id.is_some()).unwrap();
+    let notice = inputs.iter().position(|i| i.expect == Expect::Notice).unwrap();
+    let early: Vec<(i32, i64)> =
+        [plain, notice].iter().map(|&i| produce(broker, &t.input, &inputs[i..=i])[0]).collect();
+    let stream = Stream::paced(broker, &t.input, inputs.clone(), Duration::from_millis(300));
+    let (got, coords) = stream.finish();
+    assert_eq!(got.len(), inputs.len() + 2, "two more records than inputs");
+    assert_eq!(coords.len(), got.len());
+    assert_eq!((coords[plain], coords[notice]), (early[0], early[1]), "the first copies keep the outcomes");
+    let extras = &got[inputs.len()..];
+    for i in [plain, notice] {
+        assert!(extras.iter().any(|x| x.bytes == inputs[i].bytes), "input {i} has its later copy");
+    }
+    for extra in extras {
+        assert_eq!(extra.expect, Expect::Dlq("event_id_seen"));
+        assert_eq!(extra.event_id, None, "the copy's rejection is not a second outcome of the event");
+    }
+    let distinct: std::collections::BTreeSet<_> = coords.iter().collect();
+    assert_eq!(distinct.len(), coords.len(), "every record in the topic is one input");
 }
