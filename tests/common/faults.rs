@@ -495,37 +495,13 @@ impl Stream {
             results[failed[0]].as_ref().unwrap_err(),
             self.topic
         );
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::Message;
-        let consumer: BaseConsumer = self
-            .config
-            .clone()
-            .set("group.id", unique_name("stream-repair"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for p in 0..PARTITIONS {
-            let (low, high) = consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(30)).unwrap();
-            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(low)).unwrap();
-            ends.insert(p, high);
-        }
-        consumer.assign(&tpl).unwrap();
         let wanted: HashMap<&[u8], usize> = failed.iter().map(|&i| (&inputs[i].bytes[..], i)).collect();
         let mut found: HashMap<usize, (i32, i64)> = HashMap::new();
-        let mut done: BTreeSet<i32> = ends.iter().filter(|(_, &h)| h == 0).map(|(&p, _)| p).collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while done.len() < PARTITIONS as usize {
-            assert!(Instant::now() < deadline, "reading back {} timed out", self.topic);
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            if let Some(&i) = m.payload().and_then(|b| wanted.get(b)) {
-                found.insert(i, (m.partition(), m.offset()));
+        self.read_back(|payload, at| {
+            if let Some(&i) = wanted.get(payload) {
+                found.insert(i, at);
             }
-            if m.offset() + 1 >= ends[&m.partition()] {
-                done.insert(m.partition());
-            }
-        }
+        });
         let producer: FutureProducer =
             self.config.clone().set("enable.idempotence", "true").set("message.timeout.ms", "300000").create().unwrap();
         let mut coords = Vec::with_capacity(results.len());
@@ -547,6 +523,47 @@ impl Stream {
             });
         }
         coords
+    }
+
+    fn reader(&self) -> rdkafka::consumer::BaseConsumer {
+        self.config
+            .clone()
+            .set("group.id", unique_name("stream-read-back"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    }
+
+    /// Each partition's (low, high) offsets now.
+    fn ends(&self) -> HashMap<i32, (i64, i64)> {
+        use rdkafka::consumer::Consumer;
+        let consumer = self.reader();
+        (0..PARTITIONS)
+            .map(|p| (p, consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(30)).unwrap()))
+            .collect()
+    }
+
+    /// Reads every record now in the topic, handing its payload and (partition, offset) to `each`.
+    fn read_back(&self, mut each: impl FnMut(&[u8], (i32, i64))) {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::Message;
+        let ends = self.ends();
+        let consumer = self.reader();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (&p, &(low, _)) in &ends {
+            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(low)).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut done: BTreeSet<i32> = ends.iter().filter(|(_, (low, high))| high == low).map(|(&p, _)| p).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done.len() < ends.len() {
+            assert!(Instant::now() < deadline, "reading back {} timed out", self.topic);
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            each(m.payload().unwrap_or_default(), (m.partition(), m.offset()));
+            if m.offset() + 1 >= ends[&m.partition()].1 {
+                done.insert(m.partition());
+            }
+        }
     }
 
     /// Evenly paced: `inputs.len()` inputs over `duration`.
@@ -579,23 +596,7 @@ impl Stream {
     /// (or the same rejection, for an input that does not decode). Inputs with the same bytes
     /// (deliberate re-sends) take their copies in log order.
     fn producer_copies(&self, inputs: &mut Vec<Input>, coords: &mut Vec<(i32, i64)>) {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::Message;
-        let consumer: BaseConsumer = self
-            .config
-            .clone()
-            .set("group.id", unique_name("stream-copies"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for p in 0..PARTITIONS {
-            let (low, high) = consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(30)).unwrap();
-            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(low)).unwrap();
-            ends.insert(p, (low, high));
-        }
-        let in_topic: i64 = ends.values().map(|(low, high)| high - low).sum();
+        let in_topic: i64 = self.ends().values().map(|(low, high)| high - low).sum();
         if in_topic == inputs.len() as i64 {
             return;
         }
@@ -605,18 +606,8 @@ impl Stream {
             self.topic,
             inputs.len()
         );
-        consumer.assign(&tpl).unwrap();
         let mut copies: HashMap<Vec<u8>, Vec<(i32, i64)>> = HashMap::new();
-        let mut done: BTreeSet<i32> = ends.iter().filter(|(_, (low, high))| high == low).map(|(&p, _)| p).collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while done.len() < PARTITIONS as usize {
-            assert!(Instant::now() < deadline, "reading back {} timed out", self.topic);
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            copies.entry(m.payload().unwrap_or_default().to_vec()).or_default().push((m.partition(), m.offset()));
-            if m.offset() + 1 >= ends[&m.partition()].1 {
-                done.insert(m.partition());
-            }
-        }
+        self.read_back(|payload, at| copies.entry(payload.to_vec()).or_default().push(at));
         let mut same: HashMap<&[u8], Vec<usize>> = HashMap::new();
         for (i, inp) in inputs.iter().enumerate() {
             same.entry(&inp.bytes[..]).or_default().push(i);

@@ -171,8 +171,11 @@ impl Engine {
     /// Takes over the state of `partition` that `standby` holds (an engine that loaded that
     /// partition's changelog records and nothing else, see [`Engine::standby`]): accounts,
     /// cooldowns and the watermark, leaving this engine as loading the same records with
-    /// [`Engine::load_state`] would, without decoding them again. Then, as after a load, call
-    /// [`Engine::after_load`]. Returns how many accounts and cooldowns it took over.
+    /// [`Engine::load_state`] would, without decoding them again, when it holds nothing of
+    /// those accounts yet (as at an assignment: inputs are keyed by account, so an account's
+    /// state lives in one partition; a key the standby saw deleted is not deleted here). Then,
+    /// as after a load, call [`Engine::after_load`]. Returns how many accounts and cooldowns it
+    /// took over.
     pub fn adopt_partition(&mut self, standby: &Engine, partition: u32) -> u64 {
         let p = partition.min(u32::from(u16::MAX)) as u16;
         let from = &standby.shards[standby.shard_index(partition)];
