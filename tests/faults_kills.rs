@@ -174,7 +174,6 @@ fn ten_kills_at_the_worst_moments_with_the_breaker_enabled() {
     let log = dir.path().join("service.log");
     let (inputs, schedule) = inputs();
     assert_eq!(inputs.len(), EVENTS);
-    let total = inputs.len() as i64;
     let spike_index = inputs.iter().position(|i| i.key.starts_with("spike-")).unwrap();
     eprintln!("generated {} inputs in {:.1?}", inputs.len(), began.elapsed());
 

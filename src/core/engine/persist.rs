@@ -165,6 +165,8 @@ impl Engine {
     pub fn standby(policy: &Policy, keys: Keys) -> Engine {
         let mut p = policy.clone();
         p.breaker.max_cells = crate::core::policy::MAX_CELLS_LIMIT;
+        // It never judges: no allow-list copy per partition.
+        p.allow_list.clear();
         Engine::new(Arc::new(p), keys, TimeMode::Wall)
     }
 
