@@ -124,8 +124,8 @@ impl ChangelogReader {
     pub fn new(s: &Settings) -> Result<ChangelogReader, PipelineError> {
         let mut cfg = reader_config(s, "changelog");
         // Big fetches for a restore's bulk; and a short fetch wait, or the fetch that meets a
-        // partition's end (often only a transaction marker past a warm standby's copy) is held
-        // by the broker for 500 ms before the end is known.
+        // partition's end (often only a transaction marker past a warm standby's copy) may be
+        // held by the broker for up to 500 ms (its default) before the end is known.
         for (k, v) in
             [("fetch.max.bytes", "104857600"), ("max.partition.fetch.bytes", "16777216"), ("fetch.wait.max.ms", "10")]
         {

@@ -392,11 +392,8 @@ impl TxnWriter {
                 p.send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
             })?;
         }
-        // Deliver what is in flight in short polls: rust-rdkafka's own flush polls in 100 ms
-        // steps, which made every commit last 100 ms (benches/pipeline.rs: commit 104 -> 4 ms).
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
-        }
+        // What is still in flight then, `commit_transaction` flushes.
+        self.wait_in_flight(deadline);
         self.check_deliveries()?;
         let committed = self.finish_commit(deadline);
         // A commit refused because a delivery failed: say which record.
@@ -429,14 +426,20 @@ impl TxnWriter {
     /// `what` names the abort if some are still in flight then. A failed delivery is the error
     /// of [`TxnWriter::check_deliveries`].
     fn deliver_all(&self, what: &'static str) -> Result<(), TxnError> {
-        let deadline = Instant::now() + self.budget;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
-        }
+        self.wait_in_flight(Instant::now() + self.budget);
         if self.producer.in_flight_count() > 0 {
             return Err(TxnError::Abort { what, source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) });
         }
         self.check_deliveries()
+    }
+
+    /// Serves delivery reports until nothing is in flight or `deadline` passes, in short polls:
+    /// rust-rdkafka's own flush polls in 100 ms steps, which made every commit last 100 ms
+    /// (benches/pipeline.rs: commit 104 -> 4 ms).
+    fn wait_in_flight(&self, deadline: Instant) {
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
     }
 
     /// A failed delivery in the open transaction: poison if it can never succeed, else abort.
@@ -590,10 +593,7 @@ impl TxnWriter {
         // Only what is still queued locally: voiding the acknowledgements of requests in flight
         // would leave the fate of records already on the broker unknown.
         self.producer.purge(PurgeConfig::default().queue());
-        let until = Instant::now() + Duration::from_secs(1);
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
-            self.producer.poll(Duration::from_millis(10));
-        }
+        self.wait_in_flight(Instant::now() + Duration::from_secs(1));
     }
 
     /// Aborts the open transaction. A broker that is away is waited for (calling `keep_alive`
