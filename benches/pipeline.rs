@@ -1321,7 +1321,7 @@ fn main() {
         opts.partitions,
         opts.commit_interval
     );
-    let broker = KafkaBroker::start();
+    let broker = KafkaBroker::start_for_bench();
     let dir = tempfile::tempdir().unwrap();
 
     let mut report = String::new();

@@ -321,7 +321,7 @@ fn main() {
         opts.steady_secs,
         opts.after_secs
     );
-    let broker = KafkaBroker::start();
+    let broker = KafkaBroker::start_for_bench();
     let t = Topics {
         input: unique_name("rb-in"),
         notices: unique_name("rb-notices"),

@@ -85,7 +85,7 @@ fn main() {
         } else {
             5
         }));
-    let broker = KafkaBroker::start();
+    let broker = KafkaBroker::start_for_bench();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut table = Vec::new();
     let mut failovers = Vec::new();

@@ -726,8 +726,10 @@ impl Pipeline {
                 }
                 if !burst.is_empty() {
                     // Cooperative protocol: the callback only queued the change (handled below,
-                    // after these), so every message of the burst is still owned.
-                    self.process_burst(&burst)?;
+                    // after these), so every message of the burst is still owned. Nothing more
+                    // fetched: the loop is about to wait, a good moment to ship state changes.
+                    let idle = polled.is_none() && burst.len() < room;
+                    self.process_burst(&burst, idle)?;
                 }
             }
             // A message polled together with a rebalance belongs to the old assignment: it is
@@ -1206,7 +1208,7 @@ impl Pipeline {
         let payload = m.payload().unwrap_or(&[]);
         let processed = self.engine.process(payload, self.partitions.global(topic, m.partition()), now);
         self.emit(m, topic, &processed, now)?;
-        self.flush_changelog_early()
+        self.flush_changelog_early(false)
     }
 
     /// [`Pipeline::process`] for messages fetched together (live, of input topics, in poll
@@ -1214,7 +1216,7 @@ impl Pipeline {
     /// ([`Engine::process_batch`], side by side on its shards), then their outputs are sent in
     /// order. A transaction that fails part way rewinds, and the rest of the burst is dropped
     /// with it: it is fetched again from the committed offsets.
-    fn process_burst(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<(), PipelineError> {
+    fn process_burst(&mut self, msgs: &[BorrowedMessage<'_>], idle: bool) -> Result<(), PipelineError> {
         let begun = lock(&self.shared.writer).begin();
         if let Err(e) = begun {
             return self.on_txn_error(e);
@@ -1243,7 +1245,7 @@ impl Pipeline {
         if self.rewinds != rewinds {
             return Ok(());
         }
-        self.flush_changelog_early()
+        self.flush_changelog_early(idle)
     }
 
     /// Counts an input's outcome and sends its output record into the open transaction.
@@ -1298,11 +1300,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Ships the changelog records of a long transaction while it goes on deciding, once
-    /// `changelog_flush_accounts` accounts changed: its commit then waits only for the rest.
-    fn flush_changelog_early(&mut self) -> Result<(), PipelineError> {
+    /// Ships the changelog records of a transaction while it goes on deciding, once
+    /// `changelog_flush_accounts` accounts changed, or whenever the loop has nothing more fetched
+    /// (`idle`): its commit then waits only for the rest. Under a backlog the loop is never idle
+    /// and changes coalesce per `changelog_flush_accounts`; at a steady rate the records travel
+    /// between bursts instead of all at the commit, which kept each commit waiting for a whole
+    /// interval's records (benches/pipeline.rs, latency).
+    fn flush_changelog_early(&mut self, idle: bool) -> Result<(), PipelineError> {
         let flush_at = self.settings.changelog_flush_accounts;
-        if flush_at > 0 && self.engine.pending_changes() >= flush_at {
+        let pending = self.engine.pending_changes();
+        if flush_at > 0 && pending > 0 && (idle || pending >= flush_at) {
             if let Err(e) = self.flush_changelog() {
                 return self.on_txn_error(e);
             }

@@ -208,12 +208,26 @@ impl KafkaBroker {
         Self::try_start_with(true)
     }
 
+    /// A broker for the benches: like [`Self::start`], but with Kafka's own segment size (1 GiB)
+    /// instead of the tests' 1 MiB. The tests' small segments let the retention recipes delete
+    /// data within seconds; under a bench's load they roll a segment of every busy partition
+    /// every second or two, and those rolls showed in the commit latency's tail (p99 event ->
+    /// notice 145 ms against 90-123 ms with Kafka's default; BENCHMARKS.md).
+    pub fn start_for_bench() -> KafkaBroker {
+        Self::try_start_segments(true, KAFKA_SEGMENT_BYTES)
+            .unwrap_or_else(|e| panic!("failed to start the Kafka bench broker: {e}"))
+    }
+
     fn try_start_with(may_record_cds: bool) -> Result<KafkaBroker, String> {
+        Self::try_start_segments(may_record_cds, TEST_SEGMENT_BYTES)
+    }
+
+    fn try_start_segments(may_record_cds: bool, segment_bytes: u64) -> Result<KafkaBroker, String> {
         let began = Instant::now();
         let libs = kafka_libs()?;
         let mut last_err = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_once(&libs, began, may_record_cds, None) {
+            match Self::start_once(&libs, began, may_record_cds, None, segment_bytes) {
                 Ok(broker) => return Ok(broker),
                 Err(StartError { msg, port_clash }) => {
                     last_err = msg;
@@ -239,7 +253,7 @@ impl KafkaBroker {
         for attempt in 1..=START_ATTEMPTS {
             let (sasl_port, mtls_port) = free_port_pair().unwrap_or_else(|e| panic!("{e}"));
             let secure = SecureListeners::generate(certs.path(), sasl_port, mtls_port);
-            match Self::start_once(&libs, began, false, Some(&secure)) {
+            match Self::start_once(&libs, began, false, Some(&secure), TEST_SEGMENT_BYTES) {
                 Ok(broker) => {
                     let mut secure = secure;
                     secure.certs = Some(certs);
@@ -261,6 +275,7 @@ impl KafkaBroker {
         began: Instant,
         may_record_cds: bool,
         secure: Option<&SecureListeners>,
+        segment_bytes: u64,
     ) -> Result<KafkaBroker, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("resetguard-kafka-")
@@ -274,7 +289,7 @@ impl KafkaBroker {
         let data_dir = dir.path().join("data");
         let write =
             |p: &Path, s: &str| fs::write(p, s).map_err(|e| StartError::plain(format!("writing {}: {e}", p.display())));
-        let mut props = server_properties(port, controller_port, &data_dir);
+        let mut props = server_properties(port, controller_port, &data_dir, segment_bytes);
         if let Some(sec) = secure {
             props = sec.server_properties(&props, port, controller_port);
         }
@@ -1097,7 +1112,7 @@ fn formatted_template(libs: &Path) -> Result<PathBuf, String> {
             let data = work.path().join("data");
             let props = work.path().join("server.properties");
             let log4j = work.path().join("log4j2.properties");
-            fs::write(&props, server_properties(9092, 9093, &data))
+            fs::write(&props, server_properties(9092, 9093, &data, TEST_SEGMENT_BYTES))
                 .and_then(|()| fs::write(&log4j, LOG4J2_CONFIG))
                 .map_err(|e| format!("writing format config: {e}"))?;
             let out = jvm_command(&libs, &log4j, work.path(), &[], "kafka.tools.StorageTool")
@@ -1405,7 +1420,12 @@ fn kafka_libs() -> Result<PathBuf, String> {
     .clone()
 }
 
-fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String {
+/// The tests' broker-wide segment size: small, so retention deletes data within seconds.
+const TEST_SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Kafka's default `log.segment.bytes`, for the benches ([`KafkaBroker::start_for_bench`]).
+const KAFKA_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+
+fn server_properties(port: u16, controller_port: u16, data_dir: &Path, segment_bytes: u64) -> String {
     let props: BTreeMap<&str, String> = [
         ("process.roles", "broker,controller".to_string()),
         ("node.id", NODE_ID.to_string()),
@@ -1437,7 +1457,7 @@ fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String
         ("log.retention.check.interval.ms", "1000".into()),
         ("log.initial.task.delay.ms", "1000".into()),
         ("log.segment.delete.delay.ms", "100".into()),
-        ("log.segment.bytes", (1024 * 1024).to_string()),
+        ("log.segment.bytes", segment_bytes.to_string()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "2".into()),
         ("background.threads", "2".into()),
