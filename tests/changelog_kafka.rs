@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::faults::*;
-use common::kafka::{unique_name, KafkaBroker};
+use common::kafka::{unique_name, Isolation, KafkaBroker, Record};
 use common::service::*;
 
 const READY: Duration = Duration::from_secs(120);
@@ -226,4 +226,52 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
 
     // 5. Decisions that need the restored state.
     decide_second_batch(broker, &t, c, &first, coords, "decided once across the failover");
+}
+
+/// A transaction ships its state changes while it is still open, not all at its commit: with a
+/// commit interval far longer than this test, the changelog records of a few events are in the
+/// log (read_uncommitted) while read_committed sees none of them (their transaction is open),
+/// and they are visible once the shutdown commits it. Without the early send the records would
+/// only leave at the commit, and the first wait below would run out.
+#[test]
+fn state_changes_travel_before_their_transaction_commits() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "early");
+    let dir = tempfile::tempdir().unwrap();
+    // The transaction may stay open for the whole test.
+    let timeout = [("transaction.timeout.ms", "600000")];
+    let cfg = write_config(broker, &t, dir.path(), &unique_name("early-txn"), NO_TRIP, &timeout, None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("commit_interval = \"100ms\""), "unexpected config layout:\n{text}");
+    std::fs::write(&cfg, text.replacen("commit_interval = \"100ms\"", "commit_interval = \"300s\"", 1)).unwrap();
+    let mut svc = Service::spawn(&cfg, &dir.path().join("service.log"));
+    svc.wait_ready(READY);
+
+    let t0 = now_ms() - 1_000;
+    let inputs: Vec<Input> = (0..20)
+        .map(|k| {
+            let (a, id) = (format!("early-{k}"), format!("e-{k}"));
+            input(&a, ev(&id, &a, t0 + k, "auth-service", "credential_stuffing", 0.95), Expect::NoAction, Some(&id))
+        })
+        .collect();
+    produce(broker, &t.input, &inputs);
+
+    let changelog = format!("{}-changelog", t.shadow);
+    // Account records (key `a` ++ hash); the log also holds watermark records.
+    let of_accounts = |records: Vec<Record>| {
+        records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.first() == Some(&b'a'))).count()
+    };
+    let accounts = |isolation| of_accounts(broker.read_to_end(&changelog, isolation, Duration::from_secs(30)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while accounts(Isolation::ReadUncommitted) < inputs.len() {
+        svc.assert_running("while its changelog records were awaited");
+        assert!(std::time::Instant::now() < deadline, "the open transaction's changelog records were not sent");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(accounts(Isolation::ReadUncommitted), inputs.len(), "one record per changed account");
+    assert_eq!(accounts(Isolation::ReadCommitted), 0, "the transaction is still open");
+
+    svc.terminate_ok();
+    let committed = of_accounts(broker.read_all_committed(&changelog, Duration::from_secs(30)));
+    assert_eq!(committed, inputs.len(), "the shutdown committed them");
 }
