@@ -49,13 +49,15 @@ struct Followed {
     keys: Keys,
     /// Accounts held over all partitions.
     accounts: usize,
-    /// Records that did not decode (skipped, as a restore skips them).
+    /// Records that did not decode (skipped, as a restore skips them), also counted in
+    /// `resetguard_standby_invalid_records_total`.
     invalid: u64,
+    invalid_metric: prometheus::IntCounter,
 }
 
 impl Followed {
-    fn new(policy: &Policy, keys: Keys) -> Followed {
-        Followed { partitions: HashMap::new(), policy: policy.clone(), keys, accounts: 0, invalid: 0 }
+    fn new(policy: &Policy, keys: Keys, invalid_metric: prometheus::IntCounter) -> Followed {
+        Followed { partitions: HashMap::new(), policy: policy.clone(), keys, accounts: 0, invalid: 0, invalid_metric }
     }
 
     fn apply(&mut self, partition: u32, offset: i64, key: &[u8], value: Option<&[u8]>) {
@@ -71,6 +73,7 @@ impl Followed {
                     "A changelog record does not decode; the standby skips it, as a restore would (further ones are only counted).");
             }
             self.invalid += 1;
+            self.invalid_metric.inc();
         }
         self.accounts = (self.accounts + copy.engine.tracked_accounts()).saturating_sub(before);
         copy.next = copy.next.max(offset + 1);
@@ -110,7 +113,8 @@ impl Standby {
             let _ = tpl.add_partition_offset(&s.topics.changelog, p as i32, Offset::Beginning);
         }
         consumer.assign(&tpl).map_err(|e| PipelineError::Startup(format!("cannot assign the standby reader: {e}")))?;
-        let followed = Arc::new(Mutex::new(Followed::new(policy, s.keys.clone())));
+        let followed =
+            Arc::new(Mutex::new(Followed::new(policy, s.keys.clone(), metrics.standby_invalid_records.clone())));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (followed, stop, gauge) = (followed.clone(), stop.clone(), metrics.standby_records.clone());
@@ -207,11 +211,12 @@ mod tests {
         log.push((2, gone, None));
         log.push((3, log.iter().find(|(p, _, _)| *p == 3).unwrap().1.clone(), Some(b"not a record".to_vec())));
 
-        let mut f = Followed::new(&policy, Keys::demo());
+        let invalid = prometheus::IntCounter::new("invalid", "invalid").unwrap();
+        let mut f = Followed::new(&policy, Keys::demo(), invalid.clone());
         for (offset, (p, k, v)) in log.iter().enumerate() {
             f.apply(*p, 10 * offset as i64, k, v.as_deref());
         }
-        assert_eq!(f.invalid, 1);
+        assert_eq!((f.invalid, invalid.get()), (1, 1));
         assert_eq!(f.accounts, 2, "a and b on 2 less the tombstoned one, c on 3");
         let last = |p: u32| log.iter().rposition(|r| r.0 == p).unwrap() as i64;
         assert_eq!(f.partitions[&2].next, 10 * last(2) + 1);

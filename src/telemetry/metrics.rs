@@ -49,6 +49,7 @@ pub struct Metrics {
     pub partition_restores: IntCounterVec,
     pub restore_records: IntCounterVec,
     pub standby_records: IntGauge,
+    pub standby_invalid_records: IntCounter,
     pub changelog_restore_seconds: HistogramVec,
     pub changelog_records: IntCounterVec,
     pub changelog_bytes: IntCounter,
@@ -231,6 +232,10 @@ impl Metrics {
                 "resetguard_standby_records",
                 "Accounts the warm standby holds decoded in memory, over all partitions (pipeline.standby).",
             )?,
+            standby_invalid_records: IntCounter::new(
+                "resetguard_standby_invalid_records_total",
+                "Changelog records the warm standby could not decode and skipped, as a restore skips them (restore_records_total{source=\"changelog_invalid\"}).",
+            )?,
             changelog_records: IntCounterVec::new(
                 Opts::new(
                     "resetguard_changelog_records_total",
@@ -280,6 +285,7 @@ impl Metrics {
         registry.register(Box::new(m.partition_restores.clone()))?;
         registry.register(Box::new(m.restore_records.clone()))?;
         registry.register(Box::new(m.standby_records.clone()))?;
+        registry.register(Box::new(m.standby_invalid_records.clone()))?;
         registry.register(Box::new(m.changelog_restore_seconds.clone()))?;
         registry.register(Box::new(m.changelog_records.clone()))?;
         registry.register(Box::new(m.changelog_bytes.clone()))?;
