@@ -471,6 +471,8 @@ struct Pipeline {
     rewinds: u64,
     /// Reused buffer of the engine's outcomes for a burst (see `process_burst`).
     processed: Vec<Processed>,
+    /// When state changes were last sent to the changelog (see `flush_changelog_early`).
+    changelog_sent_at: Instant,
     lookback_ms: i64,
     plan_budget: Duration,
     /// Largest DLQ payload that fits the DLQ topic and the producer.
@@ -488,6 +490,10 @@ struct Pipeline {
     /// When the consumer was replaced after a fatal error (see `renew_consumer`).
     consumer_renewals: Vec<Instant>,
 }
+
+/// Least time between two sends of state changes made because the loop had nothing more to
+/// decide (see `Pipeline::flush_changelog_early`).
+const IDLE_SEND_GAP: Duration = Duration::from_millis(25);
 
 /// Whether another replacement is allowed: fewer than [`MAX_RENEWALS`] in the last
 /// [`RENEWAL_WINDOW`] (records this one when it is).
@@ -634,6 +640,7 @@ impl Pipeline {
             fetch_epoch: 0,
             rewinds: 0,
             processed: Vec::new(),
+            changelog_sent_at: Instant::now(),
             lookback_ms: lookback.as_millis() as i64,
             // A committed offset stays unstable until a dead member's transaction times out
             // (transaction.timeout.ms, then the coordinator's abort sweep): wait that out twice.
@@ -747,6 +754,11 @@ impl Pipeline {
                 Some(Err(KafkaError::MessageConsumptionFatal(_))) => fatal_check_due = true,
                 Some(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p)?,
                 Some(Err(e)) => warn!(error = %e, "Consumer error."),
+                // Nothing came during the wait: the last bursts' state changes go now, not at
+                // the commit (the same rule as after a burst that left nothing fetched).
+                None if matches!(self.phase, Phase::Live) && lock(&self.shared.writer).is_open() => {
+                    self.flush_changelog_early(true)?
+                }
                 None => {}
             }
             if !matches!(self.phase, Phase::Restoring(_)) {
@@ -1101,6 +1113,7 @@ impl Pipeline {
         let mut w = lock(&self.shared.writer);
         send_changes(&mut self.engine, &mut w, &self.settings.topics.changelog, &owned, &self.metrics)?;
         self.shared.unflushed.store(false, Ordering::SeqCst);
+        self.changelog_sent_at = Instant::now();
         Ok(())
     }
 
@@ -1301,15 +1314,20 @@ impl Pipeline {
     }
 
     /// Ships the changelog records of a transaction while it goes on deciding, once
-    /// `changelog_flush_accounts` accounts changed, or whenever the loop has nothing more fetched
-    /// (`idle`): its commit then waits only for the rest. Under a backlog the loop is never idle
-    /// and changes coalesce per `changelog_flush_accounts`; at a steady rate the records travel
-    /// between bursts instead of all at the commit, which kept each commit waiting for a whole
-    /// interval's records (benches/pipeline.rs, latency).
+    /// `changelog_flush_accounts` accounts changed, or when the loop has nothing more fetched
+    /// (`idle`) and [`IDLE_SEND_GAP`] (or a quarter of a shorter commit interval) has passed
+    /// since the last send: its commit then waits only for the rest. Under a backlog the loop is
+    /// never idle and changes coalesce per `changelog_flush_accounts`; at a steady rate the
+    /// records travel between bursts instead of all at the commit, which kept each commit
+    /// waiting for a whole interval's records (benches/pipeline.rs, latency). The gap bounds what
+    /// a hot account costs: about one record per gap (four per default transaction), not one per
+    /// burst.
     fn flush_changelog_early(&mut self, idle: bool) -> Result<(), PipelineError> {
         let flush_at = self.settings.changelog_flush_accounts;
         let pending = self.engine.pending_changes();
-        if flush_at > 0 && pending > 0 && (idle || pending >= flush_at) {
+        let gap = (self.settings.commit_interval / 4).min(IDLE_SEND_GAP);
+        let idle_due = idle && self.changelog_sent_at.elapsed() >= gap;
+        if flush_at > 0 && pending > 0 && (idle_due || pending >= flush_at) {
             if let Err(e) = self.flush_changelog() {
                 return self.on_txn_error(e);
             }
