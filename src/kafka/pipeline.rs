@@ -731,12 +731,16 @@ impl Pipeline {
                     // They are fetched again, by whoever owns them, from the committed offsets.
                     burst.clear();
                 }
+                // Nothing more fetched (the poll came back empty or at a partition's end, not
+                // cut short by a full burst): the loop is about to wait, a good moment to ship
+                // the state changes of the open transaction (`flush_changelog_early`).
+                let quiet = burst.len() < room && matches!(polled, None | Some(Err(KafkaError::PartitionEOF(_))));
                 if !burst.is_empty() {
                     // Cooperative protocol: the callback only queued the change (handled below,
-                    // after these), so every message of the burst is still owned. Nothing more
-                    // fetched: the loop is about to wait, a good moment to ship state changes.
-                    let idle = polled.is_none() && burst.len() < room;
-                    self.process_burst(&burst, idle)?;
+                    // after these), so every message of the burst is still owned.
+                    self.process_burst(&burst, quiet)?;
+                } else if quiet && lock(&self.shared.events).is_empty() && lock(&self.shared.writer).is_open() {
+                    self.flush_changelog_early(true)?;
                 }
             }
             // A message polled together with a rebalance belongs to the old assignment: it is
@@ -754,11 +758,6 @@ impl Pipeline {
                 Some(Err(KafkaError::MessageConsumptionFatal(_))) => fatal_check_due = true,
                 Some(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p)?,
                 Some(Err(e)) => warn!(error = %e, "Consumer error."),
-                // Nothing came during the wait: the last bursts' state changes go now, not at
-                // the commit (the same rule as after a burst that left nothing fetched).
-                None if matches!(self.phase, Phase::Live) && lock(&self.shared.writer).is_open() => {
-                    self.flush_changelog_early(true)?
-                }
                 None => {}
             }
             if !matches!(self.phase, Phase::Restoring(_)) {
@@ -1315,13 +1314,13 @@ impl Pipeline {
 
     /// Ships the changelog records of a transaction while it goes on deciding, once
     /// `changelog_flush_accounts` accounts changed, or when the loop has nothing more fetched
-    /// (`idle`) and [`IDLE_SEND_GAP`] (or a quarter of a shorter commit interval) has passed
-    /// since the last send: its commit then waits only for the rest. Under a backlog the loop is
-    /// never idle and changes coalesce per `changelog_flush_accounts`; at a steady rate the
-    /// records travel between bursts instead of all at the commit, which kept each commit
-    /// waiting for a whole interval's records (benches/pipeline.rs, latency). The gap bounds what
-    /// a hot account costs: about one record per gap (four per default transaction), not one per
-    /// burst.
+    /// (`idle`: the poll came back empty or at a partition's end) and [`IDLE_SEND_GAP`] (or a
+    /// quarter of a shorter commit interval) has passed since the last send: its commit then
+    /// waits only for the rest. Under a backlog the bursts are full, the loop is seldom idle and
+    /// changes coalesce per `changelog_flush_accounts`; at a steady rate the records travel
+    /// between bursts instead of all at the commit, which kept each commit waiting for a whole
+    /// interval's records (benches/pipeline.rs, latency). The gap bounds what a hot account
+    /// costs: about one record per gap (four per default transaction), not one per burst.
     fn flush_changelog_early(&mut self, idle: bool) -> Result<(), PipelineError> {
         let flush_at = self.settings.changelog_flush_accounts;
         let pending = self.engine.pending_changes();
