@@ -298,11 +298,11 @@ pub struct PipelineFile {
     pub changelog_record_version: u8,
     /// Send the changelog records of a transaction early, once this many accounts have changed
     /// since the last send, or when the pipeline has nothing more fetched to decide (at most
-    /// every 25 ms, or a quarter of a shorter commit interval), instead of all at its commit: a long transaction (a catch-up fills
-    /// `max_batch`) then ships its state while it is still deciding, a steady one between
-    /// bursts, and its commit waits only for the last part. An account changed again after an
-    /// early send is written again (coalescing is per send, not per transaction). `0`: only at
-    /// the commit. Default 2048.
+    /// every 25 ms, or a quarter of a shorter commit interval), instead of all at its commit: a
+    /// long transaction (a catch-up fills `max_batch`) then ships its state while it is still
+    /// deciding, a steady one between bursts, and its commit waits only for the last part. An
+    /// account changed again after an early send is written again (coalescing is per send, not
+    /// per transaction). `0`: only at the commit. Default 2048.
     #[serde(default = "default_changelog_flush_accounts")]
     pub changelog_flush_accounts: usize,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
