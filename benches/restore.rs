@@ -10,10 +10,10 @@
 //! included) and the records each restore read.
 //!
 //! Then, per volume, a failover with a **warm standby**: instance W (`pipeline.standby = true`)
-//! restores everything, and its standby follows the whole changelog; instance V (no standby)
-//! joins the group and restores its share of the partitions from the changelog; V stops (without
-//! leaving the group: static membership), and after the session timeout W takes those partitions
-//! back and restores them from its standby copy. Printed: the time each of those two restores of
+//! restores everything; instance V (no standby) joins the group and restores its share of the
+//! partitions from the changelog, while W's standby follows those (the partitions W no longer
+//! owns); V stops (without leaving the group: static membership), and after the session timeout
+//! W takes those partitions back and restores them from its standby copy. Printed: the time each of those two restores of
 //! the same partitions took (`resetguard_changelog_restore_seconds`) and the records each read.
 //!
 //! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS`, default 1,000,000; `RESTORE_EVENTS`,
@@ -174,18 +174,21 @@ fn main() {
             (registry, token, handle)
         };
         let (w, w_token, w_handle) = start("w", true);
-        let mut last = -1.0;
-        loop {
-            let held = metric(&w, "resetguard_standby_records", "");
-            if held >= n as f64 && held == last {
-                break;
-            }
-            last = held;
-            std::thread::sleep(Duration::from_secs(1));
-        }
         let (v, v_token, v_handle) = start("v", false);
         let moved = metric(&v, "resetguard_restore_records_total", "source=\"changelog\"");
         let (v_secs, _) = histogram(&v, "resetguard_changelog_restore_seconds", "source=\"changelog\"");
+        // W's standby reads V's share again, from the beginning: wait until W holds every
+        // account, live or followed (its gauges are published with its next commit).
+        let (began, mut last) = (Instant::now(), -1.0);
+        loop {
+            let held = metric(&w, "resetguard_tracked_accounts", "") + metric(&w, "resetguard_standby_records", "");
+            if held >= n as f64 && held == last {
+                break;
+            }
+            assert!(began.elapsed() < Duration::from_secs(1800), "W's standby never followed V's share: {held}");
+            last = held;
+            std::thread::sleep(Duration::from_secs(1));
+        }
         // W's own first restore may have taken over what its standby had followed by then:
         // only the restore after V stops counts.
         let standby_restores = || histogram(&w, "resetguard_changelog_restore_seconds", "source=\"standby\"");

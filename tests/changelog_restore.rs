@@ -56,7 +56,7 @@ enum Read {
 }
 
 /// A fresh engine restored from `log`.
-fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], read: Read, wall: i64) -> Engine {
+fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], read: Read) -> Engine {
     let mut e = engine(policy);
     match read {
         Read::Whole => {
@@ -75,11 +75,11 @@ fn restore(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], read: Read,
                 for (_, k, v) in log.iter().filter(|r| r.0 == partition) {
                     standby.load_state(partition, k, v.as_deref()).unwrap();
                 }
-                e.adopt_partition(&standby, partition);
+                e.adopt_partition(standby, partition);
             }
         }
     }
-    e.after_load(&[0, 1, 2], wall);
+    e.after_load(&[0, 1, 2]);
     e
 }
 
@@ -184,11 +184,9 @@ proptest! {
         // Per commit point: the log so far, the live state then, and where the calls resume.
         let mut points = Vec::new();
         let mut outcomes = Vec::new();
-        let mut last_wall = T0;
         for (i, c) in calls.iter().enumerate() {
             match c {
                 Call::Process { bytes, partition, wall, .. } => {
-                    last_wall = *wall;
                     outcomes.push(Some(short(&live.process(bytes, *partition, *wall).outcome)));
                 }
                 Call::Tick(w) => {
@@ -197,13 +195,13 @@ proptest! {
                 }
                 Call::Commit => {
                     drain(&mut live, &mut log);
-                    points.push((log.len(), live.state_dump(), i + 1, last_wall));
+                    points.push((log.len(), live.state_dump(), i + 1));
                     outcomes.push(None);
                 }
             }
         }
-        for (len, dump, resume, wall) in points {
-            let mut restored = restore(&policy, &log[..len], read, wall);
+        for (len, dump, resume) in points {
+            let mut restored = restore(&policy, &log[..len], read);
             prop_assert_eq!(restored.state_dump(), dump, "state after restoring {} records", len);
             for (i, c) in calls.iter().enumerate().skip(resume) {
                 match c {
@@ -290,8 +288,7 @@ fn version_1_records_restore_the_same_state() {
         log.iter().map(|(_, _, v)| v.as_ref().map_or(0, Vec::len)).sum::<usize>()
     };
     assert!(bytes(&log2) < bytes(&log1), "packed ids are smaller: {} vs {}", bytes(&log2), bytes(&log1));
-    let wall = T0 + 6_000;
-    let (r1, r2) = (restore(&policy, &log1, Read::Compacted, wall), restore(&policy, &log2, Read::Compacted, wall));
+    let (r1, r2) = (restore(&policy, &log1, Read::Compacted), restore(&policy, &log2, Read::Compacted));
     assert_eq!(r1.state_dump(), v2.state_dump());
     assert_eq!(r2.state_dump(), v2.state_dump());
 }
@@ -316,7 +313,7 @@ fn a_restored_breaker_has_spent_the_budget_its_decisions_spent() {
     assert_eq!(notices, 5, "the cell's burst");
     drain(&mut e, &mut log);
     for read in [Read::Compacted, Read::Standby] {
-        let mut restored = restore(&policy, &log, read, wall);
+        let mut restored = restore(&policy, &log, read);
         let o = restored
             .process(&event("b-next", "acct-next", T0, "src-a", "breached_password", 1.0), 0, wall + 10)
             .outcome;

@@ -128,6 +128,10 @@ pub struct AccountStore {
     caps: [f32; MAX_SIGNALS],
     /// Reused buffer for rebuilding an account's evidence ids (no allocation per event).
     scratch: Vec<u8>,
+    /// Stores taken over whole ([`AccountStore::adopt`], a warm standby's partition): their
+    /// accounts are this store's too, each moved into it when next touched, and a store is
+    /// dropped once empty. An account is in at most one of the stores.
+    adopted: Vec<AccountStore>,
 }
 
 impl AccountStore {
@@ -150,6 +154,48 @@ impl AccountStore {
             weights,
             caps,
             scratch: Vec::new(),
+            adopted: Vec::new(),
+        }
+    }
+
+    /// Takes over every account of `other` (built under the same policy, holding none of this
+    /// store's accounts), in O(1): it becomes this store if this one is empty, else it is kept
+    /// beside it and its accounts move over one by one as they are touched.
+    pub fn adopt(&mut self, other: AccountStore) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            // Its accounts, under this store's settings.
+            (self.index, self.slots, self.free, self.adopted) = (other.index, other.slots, other.free, other.adopted);
+            self.sweep_cursor = 0;
+        } else {
+            self.adopted.push(other);
+        }
+    }
+
+    /// Moves `key`'s slot from an adopted store into this one. Returns whether it was there.
+    fn pull(&mut self, key: u64) -> bool {
+        for n in 0..self.adopted.len() {
+            let from = &mut self.adopted[n];
+            let Some(j) = from.find(key) else { continue };
+            let slot = std::mem::replace(&mut from.slots[j], Slot::empty(key));
+            from.free_slot(j);
+            if from.is_empty() {
+                self.adopted.swap_remove(n);
+            }
+            let i = self.allocate(key);
+            self.slots[i] = slot;
+            return true;
+        }
+        false
+    }
+
+    /// The slot of `key` in this store, moved in from an adopted one if it is there.
+    fn find_or_pull(&mut self, key: u64) -> Option<usize> {
+        match self.find(key) {
+            None if !self.adopted.is_empty() && self.pull(key) => self.find(key),
+            found => found,
         }
     }
 
@@ -159,17 +205,17 @@ impl AccountStore {
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.index.len() + self.adopted.iter().map(AccountStore::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
     }
 
     /// Adds one signal, from input `partition`, to the account's windows and returns its scores.
     pub fn add(&mut self, key: u64, entry: Entry, event_id: &str, now_s: u32, partition: u16) -> Scores {
         let key = if key == FREE { 1 } else { key };
-        let idx = match self.find(key) {
+        let idx = match self.find_or_pull(key) {
             Some(i) => i,
             None => self.allocate(key),
         };
@@ -254,7 +300,8 @@ impl AccountStore {
     /// The explanation of an account's short window (allocates; called only for decisions).
     pub fn view(&self, key: u64) -> Option<WindowView> {
         let key = if key == FREE { 1 } else { key };
-        let slot = &self.slots[self.find(key)?];
+        let Some(i) = self.find(key) else { return self.adopted.iter().find_map(|a| a.view(key)) };
+        let slot = &self.slots[i];
         let mut contributions: Vec<Contribution> = Vec::new();
         for e in &slot.ring {
             let w = self.weights[e.signal as usize % MAX_SIGNALS] * e.risk();
@@ -290,7 +337,8 @@ impl AccountStore {
     /// The account's state as it is stored.
     pub fn get(&self, key: u64) -> Option<AccountView<'_>> {
         let key = if key == FREE { 1 } else { key };
-        let s = &self.slots[self.find(key)?];
+        let Some(i) = self.find(key) else { return self.adopted.iter().find_map(|a| a.get(key)) };
+        let s = &self.slots[i];
         Some(AccountView {
             partition: s.partition,
             ring: &s.ring,
@@ -304,7 +352,7 @@ impl AccountStore {
     /// is cut to the newest `max_events_per_account` entries and the ids to one per entry.
     pub fn put(&mut self, key: u64, v: AccountView<'_>) {
         let key = if key == FREE { 1 } else { key };
-        let idx = match self.find(key) {
+        let idx = match self.find_or_pull(key) {
             Some(i) => i,
             None => self.allocate(key),
         };
@@ -318,55 +366,32 @@ impl AccountStore {
         slot.partition = v.partition;
     }
 
-    /// Copies every account of `partition` from `from` (a store built under the same policy, so
-    /// its rings and ids are already cut to this one's limits) into this one, replacing what
-    /// was there, with each entry's cell renumbered by `cell`: [`AccountStore::put`] of each,
-    /// in one pass with the room reserved. Returns how many it copied.
-    pub fn copy_partition(&mut self, from: &AccountStore, partition: u16, mut cell: impl FnMut(u8) -> u8) -> usize {
-        let of = |s: &&Slot| s.key != FREE && s.partition == partition;
-        let n = from.slots.iter().filter(of).count();
-        let slots = &self.slots;
-        self.index.reserve(n, |&i| slots[i as usize].key);
-        self.slots.reserve(n.saturating_sub(self.free.len()));
-        for s in from.slots.iter().filter(of) {
-            let idx = match self.find(s.key) {
-                Some(i) => i,
-                None => self.allocate(s.key),
-            };
-            let slot = &mut self.slots[idx];
-            slot.ring = s.ring.iter().map(|e| Entry { cell: cell(e.cell), ..*e }).collect();
-            slot.ids.clone_from(&s.ids);
-            slot.slow = s.slow;
-            slot.touched_s = s.touched_s;
-            slot.partition = partition;
+    /// Renumbers the breaker cell of every entry by `cell`, in place (a store handed over from
+    /// an engine that numbered its cells differently, see `Engine::adopt_partition`).
+    pub fn renumber_cells(&mut self, cell: &mut dyn FnMut(u8) -> u8) {
+        for slot in self.slots.iter_mut().filter(|s| s.key != FREE) {
+            slot.ring.iter_mut().for_each(|e| e.cell = cell(e.cell));
         }
-        n
+        self.adopted.iter_mut().for_each(|a| a.renumber_cells(cell));
     }
 
     /// Forgets an account. Returns whether it was tracked.
     pub fn remove(&mut self, key: u64) -> bool {
         let key = if key == FREE { 1 } else { key };
-        let Some(i) = self.find(key) else { return false };
+        let Some(i) = self.find_or_pull(key) else { return false };
         self.free_slot(i);
         true
     }
 
     /// Keys of the accounts whose last event came from `partition`.
     pub fn keys_of(&self, partition: u16) -> Vec<u64> {
-        self.slots.iter().filter(|s| s.key != FREE && s.partition == partition).map(|s| s.key).collect()
-    }
-
-    /// The packed evidence ids of every account whose last event came from one of `partitions`.
-    pub fn ids_in<'a>(&'a self, partitions: &'a [u16]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.slots
-            .iter()
-            .filter(|s| s.key != FREE && partitions.contains(&s.partition))
-            .filter_map(|s| s.ids.as_deref())
+        self.keys().filter(|&k| self.get(k).is_some_and(|a| a.partition == partition)).collect()
     }
 
     /// Every tracked account's key.
-    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots.iter().filter(|s| s.key != FREE).map(|s| s.key)
+    pub fn keys(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        let own = self.slots.iter().filter(|s| s.key != FREE).map(|s| s.key);
+        Box::new(own.chain(self.adopted.iter().flat_map(AccountStore::keys)))
     }
 
     fn free_slot(&mut self, i: usize) {
@@ -398,8 +423,30 @@ impl AccountStore {
     /// Frees up to `budget` slots' worth of expired accounts, resuming where the last sweep ended.
     /// An account expires when both windows are empty relative to `watermark_s`, or when it was
     /// untouched for `idle_ttl` of processing time. Returns how many accounts were freed; with
-    /// `freed`, also which (key and partition).
+    /// `freed`, also which (key and partition). Adopted stores are swept too, each with a
+    /// share of `budget` in proportion to its accounts.
     pub fn sweep(
+        &mut self,
+        watermark_s: u32,
+        now_s: u32,
+        budget: usize,
+        mut freed_keys: Option<&mut Vec<(u64, u16)>>,
+    ) -> usize {
+        if self.adopted.is_empty() {
+            return self.sweep_own(watermark_s, now_s, budget, freed_keys);
+        }
+        let total = self.len().max(1);
+        let mut freed = 0;
+        for a in &mut self.adopted {
+            let share = (budget * a.len()).div_ceil(total);
+            freed += a.sweep_own(watermark_s, now_s, share, freed_keys.as_deref_mut());
+        }
+        self.adopted.retain(|a| !a.is_empty());
+        let share = (budget * self.index.len()).div_ceil(total);
+        freed + self.sweep_own(watermark_s, now_s, share, freed_keys)
+    }
+
+    fn sweep_own(
         &mut self,
         watermark_s: u32,
         now_s: u32,
@@ -451,7 +498,7 @@ impl AccountStore {
                 ring + s.ids.as_ref().map_or(0, |i| i.len())
             })
             .sum();
-        index + slots + per
+        index + slots + per + self.adopted.iter().map(AccountStore::heap_bytes).sum::<usize>()
     }
 
     pub fn slot_size() -> usize {
@@ -523,6 +570,54 @@ mod tests {
 
     fn sig(p: &Policy, name: &str) -> u8 {
         p.signal_index(name).unwrap()
+    }
+
+    #[test]
+    fn an_adopted_store_is_part_of_this_one_and_its_accounts_move_in_when_touched() {
+        let p = Policy::default_with_version("t");
+        let nd = sig(&p, "new_device");
+        let e = |t: u32| Entry { t, risk_q: quantise_risk(0.5), signal: nd, cell: 0 };
+        let (mut live, mut other) = (store(), store());
+        live.add(1, e(100), "a1", 10, 0);
+        other.add(2, e(100), "b1", 10, 7);
+        other.add(3, e(100), "c1", 10, 7);
+        other.add(4, e(100), "d1", 10, 7);
+        let mut empty = store();
+        empty.adopt(store());
+        assert!(empty.adopted.is_empty() && empty.is_empty(), "nothing to adopt");
+
+        live.adopt(other);
+        assert_eq!((live.len(), live.adopted.len()), (4, 1));
+        let mut keys: Vec<u64> = live.keys().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [1, 2, 3, 4]);
+        assert_eq!(live.keys_of(7).len(), 3);
+        assert_eq!(live.get(2).unwrap().partition, 7);
+        // Touched: moved in, with what it held.
+        let before = live.get(2).unwrap().slow;
+        let scores = live.add(2, e(101), "b2", 11, 7);
+        assert!(scores.short > 0.0);
+        assert_eq!(live.view(2).unwrap().evidence, ["b1", "b2"]);
+        assert!(live.find(2).is_some() && live.adopted[0].find(2).is_none());
+        assert_ne!(live.get(2).unwrap().slow, before);
+        // Replaced, removed: moved in first, so the key is never in two stores.
+        let ring = [e(200)];
+        live.put(3, AccountView { partition: 7, ring: &ring, ids: None, slow: Slow::default(), touched_s: 20 });
+        assert_eq!(live.get(3).unwrap().ring, ring);
+        assert!(live.remove(4));
+        assert!(!live.remove(4));
+        assert_eq!((live.len(), live.adopted.len()), (3, 0), "the adopted store, emptied, is gone");
+
+        // An adopted store is swept with the rest; into an empty store, it is adopted in place.
+        let mut other = store();
+        other.add(5, e(100), "e1", 10, 8);
+        live.adopt(other);
+        assert_eq!(live.sweep(100, 10 + 26 * 3600, 100, None), 4, "all idle");
+        assert!(live.is_empty() && live.adopted.is_empty());
+        let mut other = store();
+        other.add(6, e(100), "f1", 10, 9);
+        live.adopt(other);
+        assert!(live.adopted.is_empty() && live.find(6).is_some());
     }
 
     #[test]

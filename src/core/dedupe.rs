@@ -1,6 +1,7 @@
 //! Remembers recent `event_id`s (as 64-bit keyed hashes) to classify re-sent events as duplicates.
 //! Pure. Two generations rotate every horizon and lookups check both, so an id is remembered for
-//! at least one horizon and at most two.
+//! at least one horizon and at most two. Another memory's sets can be taken over whole (a warm
+//! standby's, [`Dedupe::absorb`]): they join the current generation without being copied.
 
 use hashbrown::HashSet;
 
@@ -11,6 +12,10 @@ use super::hash::IdentityBuild;
 pub struct Dedupe {
     current: HashSet<u64, IdentityBuild>,
     previous: HashSet<u64, IdentityBuild>,
+    /// Sets taken over ([`Dedupe::absorb`]), part of the current generation (retired with it).
+    absorbed: Vec<HashSet<u64, IdentityBuild>>,
+    /// Absorbed sets of the previous generation.
+    absorbed_previous: Vec<HashSet<u64, IdentityBuild>>,
     generation_started_ms: Option<i64>,
     horizon_ms: i64,
     max_entries: usize,
@@ -22,6 +27,8 @@ impl Dedupe {
         Dedupe {
             current: HashSet::with_hasher(IdentityBuild::default()),
             previous: HashSet::with_hasher(IdentityBuild::default()),
+            absorbed: Vec::new(),
+            absorbed_previous: Vec::new(),
             generation_started_ms: None,
             horizon_ms,
             max_entries: max_entries.max(2),
@@ -37,26 +44,39 @@ impl Dedupe {
     /// True if `id_hash` was seen within the horizon; otherwise remembers it and returns false.
     pub fn seen_or_insert(&mut self, id_hash: u64, now_ms: i64) -> bool {
         self.rotate_if_due(now_ms);
-        if self.previous.contains(&id_hash) {
+        if self.previous.contains(&id_hash) || self.absorbed_or_previous().any(|s| s.contains(&id_hash)) {
             return true;
         }
         !self.current.insert(id_hash)
     }
 
+    fn absorbed_or_previous(&self) -> impl Iterator<Item = &HashSet<u64, IdentityBuild>> {
+        self.absorbed.iter().chain(&self.absorbed_previous)
+    }
+
+    /// Takes over every id `other` remembers, in O(1): its sets join this memory's current
+    /// generation as they are (a warm standby hands over a partition's ids this way) and retire
+    /// with it, so they are remembered for at least one more horizon.
+    pub fn absorb(&mut self, other: Dedupe) {
+        let sets = [other.current, other.previous].into_iter().chain(other.absorbed).chain(other.absorbed_previous);
+        self.absorbed.extend(sets.filter(|s| !s.is_empty()));
+    }
+
     fn rotate_if_due(&mut self, now_ms: i64) {
         let started = *self.generation_started_ms.get_or_insert(now_ms);
-        let full = self.current.len() >= self.max_entries / 2;
+        let full = self.current.len() + self.absorbed.iter().map(HashSet::len).sum::<usize>() >= self.max_entries / 2;
         if now_ms - started >= self.horizon_ms || full {
             if full && now_ms - started < self.horizon_ms {
                 self.early_rotations += 1;
             }
             self.previous = std::mem::replace(&mut self.current, HashSet::with_hasher(IdentityBuild::default()));
+            self.absorbed_previous = std::mem::take(&mut self.absorbed);
             self.generation_started_ms = Some(now_ms);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.current.len() + self.previous.len() + self.absorbed_or_previous().map(HashSet::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,7 +90,8 @@ impl Dedupe {
 
     /// Approximate heap bytes: 8-byte slots plus one control byte each.
     pub fn heap_bytes(&self) -> usize {
-        (self.current.capacity() + self.previous.capacity()) * 9
+        let absorbed: usize = self.absorbed_or_previous().map(HashSet::capacity).sum();
+        (self.current.capacity() + self.previous.capacity() + absorbed) * 9
     }
 }
 
@@ -87,6 +108,21 @@ mod tests {
         assert!(d.seen_or_insert(7, 2400));
         assert!(!d.seen_or_insert(7, 2600)); // rotated twice: forgotten, remembered again
         assert!(d.seen_or_insert(7, 2601));
+    }
+
+    #[test]
+    fn absorbed_ids_are_duplicates_and_retire_with_the_current_generation() {
+        let mut standby = Dedupe::new(1000, 1_000_000);
+        assert!(!standby.seen_or_insert(1, 0));
+        assert!(!standby.seen_or_insert(2, 1200)); // 1 moves to `previous`
+        let mut d = Dedupe::new(1000, 1_000_000);
+        assert!(!d.seen_or_insert(3, 5000));
+        d.absorb(standby);
+        assert_eq!(d.len(), 3);
+        assert!(d.seen_or_insert(1, 5100) && d.seen_or_insert(2, 5100) && d.seen_or_insert(3, 5100));
+        assert!(d.seen_or_insert(1, 6100), "one rotation later: still remembered");
+        assert!(!d.seen_or_insert(2, 7100), "two rotations later: forgotten");
+        assert_eq!(d.len(), 1, "only the id remembered again");
     }
 
     #[test]

@@ -929,6 +929,7 @@ impl Pipeline {
         for &(t, p) in parts {
             self.engine.forget_partition_state(self.partitions.global(t, p));
         }
+        self.release_to_standby();
         let mut tpl = TopicPartitionList::new();
         for &(t, p) in parts {
             tpl.add_partition(&self.shared.inputs[t], p);
@@ -968,6 +969,14 @@ impl Pipeline {
         self.engine.breaker_mut().set_share(share);
     }
 
+    /// The warm standby follows again the partitions no longer owned that it handed over.
+    fn release_to_standby(&self) {
+        if let Some(standby) = &self.standby {
+            let owned: Vec<u32> = self.owned.iter().map(|&(t, p)| self.partitions.global(t, p)).collect();
+            standby.keep_only(&owned);
+        }
+    }
+
     /// Owned / all input partitions: this instance's share of the fleet's caps.
     fn share(&self) -> f64 {
         self.owned.len() as f64 / self.partitions.total().max(1) as f64
@@ -976,6 +985,7 @@ impl Pipeline {
     /// The partitions were revoked: nothing is owned until the next assignment.
     fn unassigned(&mut self) {
         self.owned.clear();
+        self.release_to_standby();
         self.plans.clear();
         self.phase = Phase::Idle;
         self.set_ready(false);
@@ -1039,6 +1049,7 @@ impl Pipeline {
         let global: Vec<u32> = plans.iter().map(|p| self.partitions.global(p.topic, p.partition)).collect();
         // A warm standby's state first; the changelog from where it ends.
         let (mut from, mut from_standby) = (HashMap::new(), HashMap::new());
+        self.release_to_standby();
         if let Some(standby) = &self.standby {
             for &g in &global {
                 if let Some((next, adopted)) = standby.adopt(g, &mut self.engine) {
@@ -1048,7 +1059,6 @@ impl Pipeline {
             }
         }
         let (engine, status) = (&mut self.engine, &self.status);
-        let now = wall_ms();
         let mut apply = |p: u32, key: &[u8], value: Option<&[u8]>| match engine.load_state(p, key, value) {
             Ok(()) => true,
             Err(e) => {
@@ -1085,7 +1095,7 @@ impl Pipeline {
         }
         self.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
         self.metrics.restore_records.with_label_values(&["standby"]).inc_by(standby_records);
-        let replayed = self.engine.after_load(&loaded, now);
+        let replayed = self.engine.after_load(&loaded);
         let source = if from_standby.is_empty() { "changelog" } else { "standby" };
         self.metrics.changelog_restore_seconds.with_label_values(&[source]).observe(started.elapsed().as_secs_f64());
         info!(

@@ -1,15 +1,21 @@
 //! Warm standby (`pipeline.standby = true`): a thread that follows every partition of the
-//! changelog topic (read_committed) and keeps, per partition, the state its records hold,
-//! decoded (an [`Engine::standby`] per partition, fed by [`Engine::load_state`]), and the offset
-//! it has read to. When a partition is assigned to this instance, its restore takes that state
-//! over ([`Engine::adopt_partition`]: no decoding, no fetch) and reads from Kafka only the
-//! changelog written since ([`super::changelog::ChangelogReader::read`] from the standby's
-//! offset): a failover or a scale-out reads the tail of the log instead of all of it. The state
-//! it yields is the same as a read from the beginning (the copy is the compacted prefix of the
-//! same committed log, decoded the same way).
+//! changelog topic (read_committed) that this instance does not own and keeps, per partition,
+//! the state its records hold, decoded (an [`Engine::standby`] per partition, fed by
+//! [`Engine::load_state`]), and the offset it has read to. When a partition is assigned to this
+//! instance, its restore takes that state over ([`Engine::adopt_partition`]: the partition's
+//! store and dedupe ids move whole, nothing is decoded, copied or fetched) and reads from Kafka
+//! only the changelog written since ([`super::changelog::ChangelogReader::read`] from the
+//! standby's offset): a failover or a scale-out reads the tail of the log instead of all of it,
+//! and the hand-over costs the same for 10 accounts or 10 million. The state it yields is the
+//! same as a read from the beginning (the copy is the compacted prefix of the same committed
+//! log, decoded the same way).
 //!
-//! What it costs: the decoded state of every partition's live accounts in memory (as much as
-//! the owner holds for them), decoding every changelog write of the fleet on this thread, and
+//! While this instance owns a partition, the standby skips its records (the live engine holds
+//! that state). When the partition goes to another instance ([`Standby::keep_only`]), the
+//! standby reads it again from the beginning, in the background.
+//!
+//! What it costs: the decoded state of every other partition's live accounts in memory (as
+//! much as their owners hold for them), decoding their changelog writes on this thread, and
 //! one more consumer reading them. librdkafka's assignors do not know about standbys, so this
 //! instance is not preferred for the partitions it follows; every instance following every
 //! partition makes that moot (docs/changelog.md, "Warm standby").
@@ -19,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -44,6 +50,11 @@ struct Copy {
 
 struct Followed {
     partitions: HashMap<u32, Copy>,
+    /// Partitions this instance owns (their copies were handed over): their records are skipped.
+    given: HashSet<u32>,
+    /// Partitions no longer owned, to be read again from the beginning: skipped until the
+    /// follow thread has moved its reader back ([`follow`]).
+    reread: HashSet<u32>,
     /// What each partition's engine is built from.
     policy: Policy,
     keys: Keys,
@@ -57,10 +68,22 @@ struct Followed {
 
 impl Followed {
     fn new(policy: &Policy, keys: Keys, invalid_metric: prometheus::IntCounter) -> Followed {
-        Followed { partitions: HashMap::new(), policy: policy.clone(), keys, accounts: 0, invalid: 0, invalid_metric }
+        Followed {
+            partitions: HashMap::new(),
+            given: HashSet::new(),
+            reread: HashSet::new(),
+            policy: policy.clone(),
+            keys,
+            accounts: 0,
+            invalid: 0,
+            invalid_metric,
+        }
     }
 
     fn apply(&mut self, partition: u32, offset: i64, key: &[u8], value: Option<&[u8]>) {
+        if self.given.contains(&partition) || self.reread.contains(&partition) {
+            return;
+        }
         let (policy, keys) = (&self.policy, &self.keys);
         let copy = self
             .partitions
@@ -84,6 +107,40 @@ impl Followed {
     fn passed(&mut self, partition: u32, offset: i64) {
         if let Some(copy) = self.partitions.get_mut(&partition) {
             copy.next = copy.next.max(offset);
+        }
+    }
+
+    /// The copy of `partition` leaves (handed over, or dropped to be read again).
+    fn take(&mut self, partition: u32) -> Option<Copy> {
+        let copy = self.partitions.remove(&partition)?;
+        self.accounts = self.accounts.saturating_sub(copy.engine.tracked_accounts());
+        Some(copy)
+    }
+
+    /// This instance now owns `partition`: its copy (if any) is handed over and its records are
+    /// skipped from now on.
+    fn give(&mut self, partition: u32) -> Option<Copy> {
+        self.given.insert(partition);
+        self.reread.remove(&partition);
+        self.take(partition)
+    }
+
+    /// This instance owns only `owned`: every other partition it was given is to be read again.
+    fn keep_only(&mut self, owned: &[u32]) {
+        let released: Vec<u32> = self.given.iter().copied().filter(|p| !owned.contains(p)).collect();
+        for p in released {
+            self.given.remove(&p);
+            self.reread.insert(p);
+        }
+    }
+
+    /// The reader was moved back to the beginning of `partitions`: they are followed afresh.
+    fn restarted(&mut self, partitions: &[u32]) {
+        for p in partitions {
+            // Given again meanwhile: it stays skipped.
+            if self.reread.remove(p) {
+                self.take(*p);
+            }
         }
     }
 }
@@ -118,22 +175,34 @@ impl Standby {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (followed, stop, gauge) = (followed.clone(), stop.clone(), metrics.standby_records.clone());
+            let topic = s.topics.changelog.clone();
             std::thread::Builder::new()
                 .name("rg-standby".into())
-                .spawn(move || follow(&consumer, &followed, &stop, &gauge))
+                .spawn(move || follow(&consumer, &topic, &followed, &stop, &gauge))
                 .map_err(|e| PipelineError::Startup(format!("cannot start the standby thread: {e}")))?
         };
         info!(partitions, topic = %s.topics.changelog, "Warm standby following the changelog.");
         Ok(Standby { followed, stop, thread: Some(thread) })
     }
 
-    /// Hands the followed state of `partition` to `engine` ([`Engine::adopt_partition`]) and
-    /// returns the offset to read the rest of the changelog from and how many accounts and
-    /// cooldowns it handed over (`None`: nothing followed yet).
+    /// Hands the followed state of `partition` to `engine` ([`Engine::adopt_partition`], in
+    /// O(1)) and returns the offset to read the rest of the changelog from and how many
+    /// accounts and cooldowns it handed over (`None`: nothing followed yet). From now on this
+    /// instance owns the partition: the standby skips its records until [`Standby::keep_only`]
+    /// says otherwise.
     pub fn adopt(&self, partition: u32, engine: &mut Engine) -> Option<(i64, u64)> {
-        let followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let copy = followed.partitions.get(&partition)?;
-        Some((copy.next, engine.adopt_partition(&copy.engine, partition)))
+        let copy = self.lock().give(partition)?;
+        Some((copy.next, engine.adopt_partition(copy.engine, partition)))
+    }
+
+    /// This instance owns only the `owned` partitions (global numbers) now: the others it took
+    /// over are followed again, read from the beginning in the background.
+    pub fn keep_only(&self, owned: &[u32]) {
+        self.lock().keep_only(owned);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Followed> {
+        self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -148,15 +217,32 @@ impl Drop for Standby {
 
 /// The standby thread: applies every committed changelog record, in offset order per partition.
 /// Errors are logged and retried (librdkafka reconnects); a restore never waits for it.
-fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
+fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
+    let lock = || followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut last_position = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        let due: Vec<u32> = lock().reread.iter().copied().collect();
+        if !due.is_empty() {
+            // Moved back before the next poll: no record of these is applied between the seek
+            // and the fresh start (a seek discards what was fetched before it).
+            let moved: Vec<u32> = due
+                .into_iter()
+                .filter(|&p| match consumer.seek(topic, p as i32, Offset::Beginning, Duration::from_secs(10)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(changelog_partition = p, error = %e, "The standby cannot go back to a released partition's beginning; retrying.");
+                        false
+                    }
+                })
+                .collect();
+            lock().restarted(&moved);
+        }
         if last_position.elapsed() >= Duration::from_millis(100) {
             // A partition's log usually ends in a transaction marker, which is never delivered:
             // the reader's position passes it, so a restore need not fetch it.
             last_position = std::time::Instant::now();
             if let Ok(pos) = consumer.position() {
-                let mut f = followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut f = lock();
                 for e in pos.elements() {
                     if let Offset::Offset(o) = e.offset() {
                         f.passed(e.partition() as u32, o);
@@ -167,7 +253,7 @@ fn follow(consumer: &Reader, followed: &Mutex<Followed>, stop: &AtomicBool, gaug
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if let Some(key) = m.key() {
-                    let mut f = followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut f = lock();
                     f.apply(m.partition() as u32, m.offset(), key, m.payload());
                     gauge.set(f.accounts as i64);
                 }
@@ -191,6 +277,7 @@ mod tests {
         let now = 1_780_000_000_000;
         let mut live = Engine::new(Arc::new(policy.clone()), Keys::demo(), TimeMode::Wall);
         live.track_changes();
+        let mut sent = Vec::new();
         let events = [
             ("a", 2, "impossible_travel"),
             ("a", 2, "breached_password"),
@@ -203,6 +290,7 @@ mod tests {
                 format_rfc3339_ms(now)
             );
             live.process(ev.as_bytes(), *p, now);
+            sent.push(ev);
         }
         let mut log: Vec<(u32, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         live.drain_changes(|p, k, v| log.push((p, k.to_vec(), v.map(<[u8]>::to_vec))));
@@ -233,10 +321,39 @@ mod tests {
         for (p, k, v) in log.iter().filter(|r| r.0 == 2) {
             loaded.load_state(*p, k, v.as_deref()).unwrap();
         }
-        assert_eq!(adopted.adopt_partition(&f.partitions[&2].engine, 2), 1);
+        let next = f.partitions[&2].next;
+        let copy = f.give(2).unwrap();
+        assert_eq!(copy.next, next);
+        assert_eq!(adopted.adopt_partition(copy.engine, 2), 1);
         assert_eq!(adopted.state_dump(), loaded.state_dump());
         assert_eq!(adopted.tracked_accounts(), 1);
         assert_eq!(adopted.watermark(2), loaded.watermark(2));
         assert!(adopted.watermark(2).is_some());
+        assert_eq!(f.accounts, 1, "only c on 3 is still followed");
+        // The ids came over too: b's event re-sent is a duplicate (a's account was deleted).
+        let again = adopted.process(sent[2].as_bytes(), 2, now + 1_000).outcome;
+        assert_eq!(again, crate::core::Outcome::Duplicate);
+
+        // Owned here: its records are skipped; released: skipped until the reader is back at the
+        // beginning, then followed afresh.
+        let (k2, v2) = (log[0].1.clone(), log[0].2.clone());
+        f.apply(2, 1000, &k2, v2.as_deref());
+        assert!(!f.partitions.contains_key(&2));
+        f.keep_only(&[2, 3]);
+        assert!(f.given.contains(&2) && f.reread.is_empty(), "still owned");
+        f.keep_only(&[3]);
+        assert!(f.reread.contains(&2) && !f.given.contains(&2));
+        f.apply(2, 1001, &k2, v2.as_deref());
+        assert!(!f.partitions.contains_key(&2), "not before the reader went back");
+        f.restarted(&[2]);
+        f.apply(2, 0, &k2, v2.as_deref());
+        assert_eq!((f.partitions[&2].next, f.accounts), (1, 2));
+        // Released and given back before the reader went back: it stays skipped.
+        assert!(f.give(2).is_some());
+        f.keep_only(&[]);
+        assert!(f.give(2).is_none());
+        f.restarted(&[2]);
+        f.apply(2, 5, &k2, v2.as_deref());
+        assert!(!f.partitions.contains_key(&2) && f.given.contains(&2));
     }
 }

@@ -151,6 +151,12 @@ impl Engine {
                     return Ok(());
                 };
                 let rec = changelog::decode(v)?;
+                if let Some(w) = &rec.window {
+                    // Its ids that the account's previous record did not hold join the dedupe
+                    // memory, at the time the record was written.
+                    let before = shard.accounts.get(k).and_then(|a| a.ids);
+                    remember_new_ids(&mut self.dedupe, self.seed, before, &w.ids, i64::from(w.touched_s) * 1000);
+                }
                 apply_record(&self.policy, &mut self.breaker, shard, k, p, &rec);
                 Ok(())
             }
@@ -172,25 +178,34 @@ impl Engine {
 
     /// Takes over the state of `partition` that `standby` holds (an engine that loaded that
     /// partition's changelog records and nothing else, see [`Engine::standby`]): accounts,
-    /// cooldowns and the watermark, leaving this engine as loading the same records with
-    /// [`Engine::load_state`] would, without decoding them again, when it holds nothing of
-    /// those accounts yet (as at an assignment: inputs are keyed by account, so an account's
-    /// state lives in one partition; a key the standby saw deleted is not deleted here). Then,
-    /// as after a load, call [`Engine::after_load`]. Returns how many accounts and cooldowns it
-    /// took over.
-    pub fn adopt_partition(&mut self, standby: &Engine, partition: u32) -> u64 {
+    /// cooldowns, the watermark and the event ids its records brought to its dedupe memory,
+    /// leaving this engine as loading the same records with [`Engine::load_state`] would, when
+    /// it holds nothing of those accounts yet (as at an assignment: inputs are keyed by account,
+    /// so an account's state lives in one partition; a key the standby saw deleted is not
+    /// deleted here). Nothing is decoded or copied but the cooldowns: the account store and the
+    /// dedupe sets move whole ([`AccountStore::adopt`], [`Dedupe::absorb`]), their breaker cells
+    /// renumbered in place only if the two engines number cells differently. Then, as after a
+    /// load, call [`Engine::after_load`]. Returns how many accounts and cooldowns it took over.
+    pub fn adopt_partition(&mut self, mut standby: Engine, partition: u32) -> u64 {
         let p = partition.min(u32::from(u16::MAX)) as u16;
-        let from = &standby.shards[standby.shard_index(partition)];
-        let i = self.shard_index(partition);
-        let (shard, breaker) = (&mut self.shards[i], &mut self.breaker);
+        let j = standby.shard_index(partition);
+        let mut from = std::mem::replace(&mut standby.shards[j], Shard::new(&standby.policy));
+        from.ledger.retain(|_, c| c.partition == p);
         // The standby's cell numbers → this engine's, by name (few cells, each looked up once).
+        let breaker = &mut self.breaker;
         let mut cells: Vec<Option<u8>> = vec![None; 256];
         let mut cell = |c: u8| *cells[c as usize].get_or_insert_with(|| breaker.cell_for(standby.breaker.cell_name(c)));
-        let mut adopted = shard.accounts.copy_partition(&from.accounts, p, &mut cell) as u64;
-        for (&key, c) in from.ledger.iter().filter(|(_, c)| c.partition == p) {
-            shard.ledger.insert(key, Cooldown { cell: cell(c.cell), ..*c });
-            adopted += 1;
+        let named = standby.breaker.cell_count().min(256);
+        if (0..named).any(|c| cell(c as u8) != c as u8) {
+            from.accounts.renumber_cells(&mut cell);
+            from.ledger.values_mut().for_each(|c| c.cell = cell(c.cell));
         }
+        let adopted = (from.accounts.len() + from.ledger.len()) as u64;
+        let i = self.shard_index(partition);
+        let shard = &mut self.shards[i];
+        shard.accounts.adopt(from.accounts);
+        shard.ledger.extend(from.ledger);
+        self.dedupe.absorb(standby.dedupe);
         if let Some(&m) = standby.max_event_ms.get(p as usize).filter(|&&m| m != i64::MIN) {
             let i = p as usize;
             if i >= self.max_event_ms.len() {
@@ -201,28 +216,11 @@ impl Engine {
         adopted
     }
 
-    /// After loading the changelog of `partitions` (before their first live event): the newest
-    /// evidence ids of their accounts come back into the dedupe memory (a re-sent event is still
-    /// a duplicate after the restore), once per account however many of its records the log
-    /// held; then the decisions their cooldowns record are replayed into the breaker (see
-    /// `replay_decisions`). Returns how many decisions were replayed.
-    pub fn after_load(&mut self, partitions: &[u32], wall_ms: i64) -> usize {
-        let now = match self.now(wall_ms) {
-            i64::MIN => wall_ms,
-            n => n,
-        };
-        let ps: Vec<u16> = partitions.iter().map(|&p| p.min(u32::from(u16::MAX)) as u16).collect();
-        let mut id = String::new();
-        let accounts = self.shards.iter().map(|s| s.accounts.ids_in(&ps).count()).sum();
-        self.dedupe.reserve(accounts);
-        for shard in &self.shards {
-            for ids in shard.accounts.ids_in(&ps) {
-                for item in evidence::items(ids) {
-                    evidence::write_item(item, &mut id);
-                    self.dedupe.seen_or_insert(id_hash(self.seed, &id), now);
-                }
-            }
-        }
+    /// After loading the changelog of `partitions` (before their first live event): the
+    /// decisions their cooldowns record are replayed into the breaker (see `replay_decisions`).
+    /// Returns how many decisions were replayed. (The event ids their records hold joined the
+    /// dedupe memory as they loaded, so a re-sent event is still a duplicate.)
+    pub fn after_load(&mut self, partitions: &[u32]) -> usize {
         self.replay_decisions(partitions)
     }
 
@@ -387,4 +385,17 @@ fn encode_account(policy: &Policy, breaker: &Breaker, shard: &Shard, key: u64, v
     }
     changelog::encode(&r, version, out);
     true
+}
+
+/// Remembers the ids in `ids` (packed evidence) that `before` (the account's previous evidence)
+/// does not hold, so that each id is hashed once however many records repeat it.
+fn remember_new_ids(dedupe: &mut Dedupe, seed: u64, before: Option<&[u8]>, ids: &[u8], at_ms: i64) {
+    let mut id = String::new();
+    for item in evidence::items(ids) {
+        if before.is_some_and(|b| evidence::items(b).any(|old| old == item)) {
+            continue;
+        }
+        evidence::write_item(item, &mut id);
+        dedupe.seen_or_insert(id_hash(seed, &id), at_ms);
+    }
 }
