@@ -156,14 +156,18 @@ fn wait_standby_settled(svc: &mut Service) -> f64 {
 }
 
 /// `pipeline.standby = true` on two instances of a group:
-/// 1. both decide a batch, each on its share of the partitions, and each standby follows every
-///    changelog partition (its `resetguard_standby_records` gauge settles);
+/// 1. both decide a batch, each on its share of the partitions, and each standby follows the
+///    changelog partitions its instance does not own (B's `resetguard_standby_records` gauge
+///    settles at exactly A's accounts);
 /// 2. one instance is SIGKILLed: the other takes its partitions and restores them from its standby
 ///    copy in memory (`source="standby"`), reading only what the copy lacked from Kafka;
 /// 3. its state then covers every partition with exactly the accounts and cooldowns both had;
-/// 4. stopped, and replaced by an instance without a standby that reads the whole changelog: the
+/// 4. A comes back and takes a share again: B's standby reads those partitions again from the
+///    beginning (it had handed their copy over), and when A dies once more B restores them from
+///    that copy, with the same state as before;
+/// 5. stopped, and replaced by an instance without a standby that reads the whole changelog: the
 ///    two states have the same digest (a restore from the standby equals one from the changelog);
-/// 5. a second batch that needs the restored state decides exactly as expected, no notice twice.
+/// 6. a second batch that needs the restored state decides exactly as expected, no notice twice.
 #[test]
 fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     let broker = KafkaBroker::shared();
@@ -176,7 +180,7 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     set_pipeline(&cfg_b, "standby = true");
     let (log_a, log_b) = (dir_a.path().join("service.log"), dir_b.path().join("service.log"));
 
-    // 1. Two instances, a batch, and standbys that follow it all.
+    // 1. Two instances, a batch, and standbys that follow the other's partitions.
     let mut a = Service::spawn(&cfg_a, &log_a);
     let mut b = Service::spawn(&cfg_b, &log_b);
     a.wait_ready(READY);
@@ -189,19 +193,23 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     let owned = |s: &serde_json::Value| s["partitions"].as_array().unwrap().len();
     assert!(owned(&sa) >= 1 && owned(&sb) >= 1, "both instances own partitions: {sa} / {sb}");
     let held_b = wait_standby_settled(&mut b);
-    assert!(held_b >= (sa["accounts"].as_u64().unwrap() + sb["accounts"].as_u64().unwrap()) as f64, "{held_b}");
+    assert_eq!(held_b, sa["accounts"].as_f64().unwrap(), "B's standby holds A's accounts, not its own ({sb})");
 
     // 2. A dies; B restores A's partitions from its standby copy.
     a.kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let after = loop {
-        let s = summary(&mut b);
-        if owned(&s) == owned(&sa) + owned(&sb) {
-            break s;
+    let all_partitions = owned(&sa) + owned(&sb);
+    let take_over = |b: &mut Service| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = summary(b);
+            if owned(&s) == all_partitions {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "B did not take over A's partitions: {s}");
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(std::time::Instant::now() < deadline, "B did not take over A's partitions: {s}");
-        std::thread::sleep(Duration::from_millis(500));
     };
+    let after = take_over(&mut b);
     let m = metrics(&mut b);
     assert!(metric_with(&m, "resetguard_partition_restores_total", "source=\"standby\"") >= owned(&sa) as f64, "{m}");
     let from_copy = metric_with(&m, "resetguard_restore_records_total", "source=\"standby\"");
@@ -215,7 +223,28 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
         assert_eq!(after[k].as_u64(), Some(sa[k].as_u64().unwrap() + sb[k].as_u64().unwrap()), "{k}: {after}");
     }
 
-    // 4. The same state as a restore from the whole changelog.
+    // 4. A again: B gives partitions back, follows them again, and takes them back from memory.
+    let mut a = Service::spawn(&cfg_a, &log_a);
+    a.wait_ready(READY);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let sa = loop {
+        let s = summary(&mut a);
+        if owned(&s) >= 1 && owned(&summary(&mut b)) + owned(&s) == all_partitions {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "A did not get a share back: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let held_b = wait_standby_settled(&mut b);
+    assert_eq!(held_b, sa["accounts"].as_f64().unwrap(), "B's standby read A's new share again: {sa}");
+    let from_standby = |b: &mut Service| metric_with(&metrics(b), "resetguard_partition_restores_total", "source=\"standby\"");
+    let restores_before = from_standby(&mut b);
+    a.kill();
+    let again = take_over(&mut b);
+    assert!(from_standby(&mut b) >= restores_before + owned(&sa) as f64, "A's new share came from B's standby");
+    assert_eq!(again, after, "the same state after the second failover");
+
+    // 5. The same state as a restore from the whole changelog.
     b.terminate_ok();
     std::fs::write(&cfg_b, &plain).unwrap();
     let mut c = Service::spawn(&cfg_b, &log_b);
@@ -224,7 +253,7 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     assert_eq!(from_log, after, "restored from the standby copy = restored from the changelog");
     assert_eq!(metric_with(&metrics(&mut c), "resetguard_restore_records_total", "source=\"standby\""), 0.0);
 
-    // 5. Decisions that need the restored state.
+    // 6. Decisions that need the restored state.
     decide_second_batch(broker, &t, c, &first, coords, "decided once across the failover");
 }
 
