@@ -321,10 +321,10 @@ pub struct PipelineFile {
     /// `1` (default): one thread, the reference. At most 64.
     #[serde(default = "default_shards")]
     pub shards: usize,
-    /// Warm standby: follow every partition of the changelog in memory, so a partition assigned
-    /// to this instance restores from that copy plus the changelog written since, instead of
-    /// the whole changelog (docs/changelog.md, "Warm standby"). Needs `changelog = true`.
-    /// Default false.
+    /// Warm standby: follow the changelog of every partition this instance does not own in
+    /// memory, so a partition assigned to it restores from that copy plus the changelog written
+    /// since, instead of the whole changelog (docs/changelog.md, "Warm standby"). Needs
+    /// `changelog = true`. Default false.
     #[serde(default)]
     pub standby: bool,
     /// `/healthz` fails when the pipeline loop has not come round for this long (a wedged
@@ -430,7 +430,7 @@ pub struct Settings {
     pub max_batch: usize,
     /// Account-state shards, each judged on its own thread (see `[pipeline] shards`).
     pub shards: usize,
-    /// Follow the whole changelog in memory (see `[pipeline] standby`).
+    /// Follow the changelog of the partitions not owned, in memory (see `[pipeline] standby`).
     pub standby: bool,
     /// Derived from the deployment secret: the id-hash seed and the `notice_id` key.
     pub keys: crate::core::hash::Keys,

@@ -237,7 +237,8 @@ fn a_warm_standby_takes_over_from_memory_with_the_state_the_changelog_holds() {
     };
     let held_b = wait_standby_settled(&mut b);
     assert_eq!(held_b, sa["accounts"].as_f64().unwrap(), "B's standby read A's new share again: {sa}");
-    let from_standby = |b: &mut Service| metric_with(&metrics(b), "resetguard_partition_restores_total", "source=\"standby\"");
+    let from_standby =
+        |b: &mut Service| metric_with(&metrics(b), "resetguard_partition_restores_total", "source=\"standby\"");
     let restores_before = from_standby(&mut b);
     a.kill();
     let again = take_over(&mut b);

@@ -456,7 +456,8 @@ struct Pipeline {
     control: ControlReader,
     /// Reads state back from the changelog (`None`: `pipeline.changelog = false`).
     changelog: Option<ChangelogReader>,
-    /// Follows the whole changelog for restores from memory (`None`: `pipeline.standby = false`).
+    /// Follows the changelog of the partitions not owned, for restores from memory (`None`:
+    /// `pipeline.standby = false`).
     standby: Option<Standby>,
     partitions: PartitionIndex,
     /// The consumer uses the cooperative rebalance protocol (`cooperative-sticky`).

@@ -241,14 +241,16 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
             // A partition's log usually ends in a transaction marker, which is never delivered:
             // the reader's position passes it, so a restore need not fetch it.
             last_position = std::time::Instant::now();
+            let mut f = lock();
             if let Ok(pos) = consumer.position() {
-                let mut f = lock();
                 for e in pos.elements() {
                     if let Offset::Offset(o) = e.offset() {
                         f.passed(e.partition() as u32, o);
                     }
                 }
             }
+            // Also when no record comes: a hand-over or a re-read changes what it holds.
+            gauge.set(f.accounts as i64);
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
