@@ -378,14 +378,35 @@ impl AccountStore {
     /// Forgets an account. Returns whether it was tracked.
     pub fn remove(&mut self, key: u64) -> bool {
         let key = if key == FREE { 1 } else { key };
-        let Some(i) = self.find_or_pull(key) else { return false };
-        self.free_slot(i);
+        if let Some(i) = self.find(key) {
+            self.free_slot(i);
+            return true;
+        }
+        let Some(n) = self.adopted.iter_mut().position(|a| a.remove(key)) else { return false };
+        if self.adopted[n].is_empty() {
+            self.adopted.swap_remove(n);
+        }
         true
     }
 
-    /// Keys of the accounts whose last event came from `partition`.
-    pub fn keys_of(&self, partition: u16) -> Vec<u64> {
-        self.keys().filter(|&k| self.get(k).is_some_and(|a| a.partition == partition)).collect()
+    /// Forgets every account whose last event came from `partition`; an adopted store that
+    /// holds only such accounts is dropped whole. Returns how many were forgotten.
+    pub fn remove_partition(&mut self, partition: u16) -> usize {
+        let of = |s: &Slot| s.key != FREE && s.partition == partition;
+        let mut removed = 0;
+        self.adopted.retain_mut(|a| {
+            if a.adopted.is_empty() && a.slots.iter().all(|s| s.key == FREE || s.partition == partition) {
+                removed += a.len();
+                return false;
+            }
+            removed += a.remove_partition(partition);
+            !a.is_empty()
+        });
+        let own: Vec<usize> = (0..self.slots.len()).filter(|&i| of(&self.slots[i])).collect();
+        for &i in &own {
+            self.free_slot(i);
+        }
+        removed + own.len()
     }
 
     /// Every tracked account's key.
@@ -591,7 +612,7 @@ mod tests {
         let mut keys: Vec<u64> = live.keys().collect();
         keys.sort_unstable();
         assert_eq!(keys, [1, 2, 3, 4]);
-        assert_eq!(live.keys_of(7).len(), 3);
+        assert_eq!(live.keys().filter(|&k| live.get(k).unwrap().partition == 7).count(), 3);
         assert_eq!(live.get(2).unwrap().partition, 7);
         // Touched: moved in, with what it held.
         let before = live.get(2).unwrap().slow;
@@ -604,15 +625,27 @@ mod tests {
         let ring = [e(200)];
         live.put(3, AccountView { partition: 7, ring: &ring, ids: None, slow: Slow::default(), touched_s: 20 });
         assert_eq!(live.get(3).unwrap().ring, ring);
-        assert!(live.remove(4));
+        assert!(live.remove(4), "removed where it is, not moved in first");
+        assert!(live.find(4).is_none());
         assert!(!live.remove(4));
         assert_eq!((live.len(), live.adopted.len()), (3, 0), "the adopted store, emptied, is gone");
+
+        // A partition forgotten: its adopted store goes whole, the live store's accounts of it one by one.
+        let mut other = store();
+        other.add(7, e(100), "g1", 10, 9);
+        other.add(8, e(100), "h1", 10, 9);
+        live.adopt(other);
+        live.add(9, e(100), "i1", 10, 9);
+        assert_eq!(live.remove_partition(9), 3);
+        assert_eq!((live.len(), live.adopted.len()), (3, 0));
+        assert_eq!(live.remove_partition(7), 2, "2 and 3 of partition 7; 1 is on 0");
+        assert_eq!(live.len(), 1);
 
         // An adopted store is swept with the rest; into an empty store, it is adopted in place.
         let mut other = store();
         other.add(5, e(100), "e1", 10, 8);
         live.adopt(other);
-        assert_eq!(live.sweep(100, 10 + 26 * 3600, 100, None), 4, "all idle");
+        assert_eq!(live.sweep(100, 10 + 26 * 3600, 100, None), 2, "both idle");
         assert!(live.is_empty() && live.adopted.is_empty());
         let mut other = store();
         other.add(6, e(100), "f1", 10, 9);

@@ -113,9 +113,7 @@ impl Engine {
         let p = partition as u16;
         let i = self.shard_index(partition);
         let shard = &mut self.shards[i];
-        for key in shard.accounts.keys_of(p) {
-            shard.accounts.remove(key);
-        }
+        shard.accounts.remove_partition(p);
         shard.ledger.retain(|_, c| c.partition != p);
         shard.changed.retain(|_, q| *q != p);
         self.forget_partition(partition);
