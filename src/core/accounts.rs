@@ -129,8 +129,9 @@ pub struct AccountStore {
     /// Reused buffer for rebuilding an account's evidence ids (no allocation per event).
     scratch: Vec<u8>,
     /// Stores taken over whole ([`AccountStore::adopt`], a warm standby's partition): their
-    /// accounts are this store's too, each moved into it when next touched, and a store is
-    /// dropped once empty. An account is in at most one of the stores.
+    /// accounts are this store's too, each moved into it when next touched or by
+    /// [`AccountStore::merge_step`], and a store is dropped once empty. An account is in at most
+    /// one of the stores (inputs are keyed by account).
     adopted: Vec<AccountStore>,
 }
 
@@ -160,18 +161,52 @@ impl AccountStore {
 
     /// Takes over every account of `other` (built under the same policy, holding none of this
     /// store's accounts), in O(1): it becomes this store if this one is empty, else it is kept
-    /// beside it and its accounts move over one by one as they are touched.
-    pub fn adopt(&mut self, other: AccountStore) {
+    /// beside it and its accounts move over as they are touched and in bounded steps
+    /// ([`AccountStore::merge_step`]).
+    pub fn adopt(&mut self, mut other: AccountStore) {
+        let nested = std::mem::take(&mut other.adopted);
         if other.is_empty() {
-            return;
-        }
-        if self.is_empty() {
-            // Its accounts, under this store's settings.
-            (self.index, self.slots, self.free, self.adopted) = (other.index, other.slots, other.free, other.adopted);
+        } else if self.is_empty() {
+            // Its accounts, under this store's settings (and only free slots in its free list:
+            // `merge_step` may have shortened it).
+            let slots = other.slots;
+            let free = other.free.into_iter().filter(|&f| slots.get(f as usize).is_some_and(|s| s.key == FREE));
+            (self.free, self.index, self.slots) = (free.collect(), other.index, slots);
             self.sweep_cursor = 0;
         } else {
             self.adopted.push(other);
         }
+        nested.into_iter().for_each(|a| self.adopt(a));
+    }
+
+    /// Moves up to `budget` accounts from the adopted stores into this one (timer work: after
+    /// a hand-over, lookups stop probing the adopted stores and their memory is returned within
+    /// `accounts / budget` calls). A key this store already holds keeps this store's state.
+    /// Returns how many slots it went through.
+    pub fn merge_step(&mut self, budget: usize) -> usize {
+        let mut done = 0;
+        while done < budget {
+            let Some(from) = self.adopted.last_mut() else { break };
+            let Some(slot) = from.slots.pop() else {
+                self.adopted.pop();
+                continue;
+            };
+            done += 1;
+            if slot.key == FREE {
+                continue;
+            }
+            let at = from.slots.len();
+            if let Ok(e) = from.index.find_entry(slot.key, |&j| j as usize == at) {
+                e.remove();
+            }
+            // An adopted store never allocates (adds go to this store): its free list may name
+            // popped slots meanwhile (see `adopt`).
+            if self.find(slot.key).is_none() {
+                let i = self.allocate(slot.key);
+                self.slots[i] = slot;
+            }
+        }
+        done
     }
 
     /// Moves `key`'s slot from an adopted store into this one. Returns whether it was there.
@@ -651,6 +686,24 @@ mod tests {
         other.add(6, e(100), "f1", 10, 9);
         live.adopt(other);
         assert!(live.adopted.is_empty() && live.find(6).is_some());
+
+        // Folded in by bounded steps; freed slots are passed over; a key both hold keeps the
+        // live store's state.
+        let mut other = store();
+        for k in 10..20 {
+            other.add(k, e(100), "x", 10, 5);
+        }
+        other.add(6, e(300), "stale", 10, 5);
+        other.remove(12);
+        live.adopt(other);
+        assert_eq!(live.merge_step(4), 4);
+        assert_eq!(live.adopted[0].slots.len(), 7);
+        assert_eq!(live.merge_step(100), 7);
+        assert!(live.adopted.is_empty());
+        assert_eq!(live.len(), 10, "6 and 10..20 but 12");
+        assert_eq!(live.get(6).unwrap().ring, [e(100)]);
+        assert!((10..20).filter(|&k| k != 12).all(|k| live.find(k).is_some()));
+        assert_eq!(live.merge_step(100), 0);
     }
 
     #[test]

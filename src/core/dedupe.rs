@@ -1,7 +1,9 @@
 //! Remembers recent `event_id`s (as 64-bit keyed hashes) to classify re-sent events as duplicates.
 //! Pure. Two generations rotate every horizon and lookups check both, so an id is remembered for
 //! at least one horizon and at most two. Another memory's sets can be taken over whole (a warm
-//! standby's, [`Dedupe::absorb`]): they join the current generation without being copied.
+//! standby's, [`Dedupe::absorb`]): they join the current generation without being copied (so
+//! their ids may stay up to two horizons longer than in the memory they came from), and are
+//! folded into its own sets in bounded steps ([`Dedupe::merge_step`]).
 
 use hashbrown::HashSet;
 
@@ -36,11 +38,6 @@ impl Dedupe {
         }
     }
 
-    /// Makes room for about `n` more ids (a restore inserts many at once).
-    pub fn reserve(&mut self, n: usize) {
-        self.current.reserve(n.min(self.max_entries / 2));
-    }
-
     /// True if `id_hash` was seen within the horizon; otherwise remembers it and returns false.
     pub fn seen_or_insert(&mut self, id_hash: u64, now_ms: i64) -> bool {
         self.rotate_if_due(now_ms);
@@ -56,10 +53,29 @@ impl Dedupe {
 
     /// Takes over every id `other` remembers, in O(1): its sets join this memory's current
     /// generation as they are (a warm standby hands over a partition's ids this way) and retire
-    /// with it, so they are remembered for at least one more horizon.
+    /// with it, so they are remembered for at least one more horizon (and at most two more).
+    /// [`Dedupe::merge_step`] folds them into this memory's own sets, so lookups stop probing
+    /// them.
     pub fn absorb(&mut self, other: Dedupe) {
         let sets = [other.current, other.previous].into_iter().chain(other.absorbed).chain(other.absorbed_previous);
         self.absorbed.extend(sets.filter(|s| !s.is_empty()));
+    }
+
+    /// Moves up to `budget` absorbed ids into this memory's own sets, each into the generation
+    /// it was absorbed into (timer work). Returns how many it moved.
+    pub fn merge_step(&mut self, budget: usize) -> usize {
+        let mut moved = 0;
+        for (sets, into) in [(&mut self.absorbed, &mut self.current), (&mut self.absorbed_previous, &mut self.previous)] {
+            while moved < budget {
+                let Some(set) = sets.last_mut() else { break };
+                let before = moved;
+                into.extend(set.extract_if(|_| true).take(budget - moved).inspect(|_| moved += 1));
+                if set.is_empty() || moved == before {
+                    sets.pop();
+                }
+            }
+        }
+        moved
     }
 
     fn rotate_if_due(&mut self, now_ms: i64) {
@@ -123,6 +139,23 @@ mod tests {
         assert!(d.seen_or_insert(1, 6100), "one rotation later: still remembered");
         assert!(!d.seen_or_insert(2, 7100), "two rotations later: forgotten");
         assert_eq!(d.len(), 1, "only the id remembered again");
+    }
+
+    #[test]
+    fn absorbed_ids_fold_into_their_generation_in_bounded_steps() {
+        let mut standby = Dedupe::new(1000, 1_000_000);
+        (0..10).for_each(|i| assert!(!standby.seen_or_insert(i, 0)));
+        (10..15).for_each(|i| assert!(!standby.seen_or_insert(i, 1500)));
+        let mut d = Dedupe::new(1000, 1_000_000);
+        d.seen_or_insert(100, 2000);
+        d.absorb(standby);
+        assert_eq!(d.merge_step(4), 4);
+        assert_eq!(d.len(), 16);
+        assert_eq!(d.merge_step(100), 11);
+        assert!(d.absorbed.is_empty() && d.absorbed_previous.is_empty());
+        assert_eq!((d.current.len(), d.len()), (16, 16));
+        assert!((0..15).all(|i| d.seen_or_insert(i, 2100)));
+        assert_eq!(d.merge_step(100), 0);
     }
 
     #[test]

@@ -215,10 +215,19 @@ impl Drop for Standby {
     }
 }
 
-/// The standby thread: applies every committed changelog record, in offset order per partition.
-/// Errors are logged and retried (librdkafka reconnects); a restore never waits for it.
+/// The standby thread: applies every committed changelog record of the partitions it follows, in
+/// offset order per partition; pauses the partitions its instance owns, and moves its reader back
+/// to the beginning of those the instance gave up. Errors are logged and retried (librdkafka
+/// reconnects); a restore never waits for it.
 fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &AtomicBool, gauge: &prometheus::IntGauge) {
     let lock = || followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let one = |p: u32| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p as i32);
+        tpl
+    };
+    // Partitions the instance owns are not fetched (their records would only be skipped).
+    let mut paused: HashSet<u32> = HashSet::new();
     let mut last_position = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let due: Vec<u32> = lock().reread.iter().copied().collect();
@@ -227,11 +236,20 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
             // and the fresh start (a seek discards what was fetched before it).
             let moved: Vec<u32> = due
                 .into_iter()
-                .filter(|&p| match consumer.seek(topic, p as i32, Offset::Beginning, Duration::from_secs(10)) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!(changelog_partition = p, error = %e, "The standby cannot go back to a released partition's beginning; retrying.");
-                        false
+                .filter(|&p| {
+                    if paused.contains(&p) {
+                        if let Err(e) = consumer.resume(&one(p)) {
+                            warn!(changelog_partition = p, error = %e, "The standby cannot resume a released partition; retrying.");
+                            return false;
+                        }
+                        paused.remove(&p);
+                    }
+                    match consumer.seek(topic, p as i32, Offset::Beginning, Duration::from_secs(1)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(changelog_partition = p, error = %e, "The standby cannot go back to a released partition's beginning; retrying.");
+                            false
+                        }
                     }
                 })
                 .collect();
@@ -251,6 +269,16 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
             }
             // Also when no record comes: a hand-over or a re-read changes what it holds.
             gauge.set(f.accounts as i64);
+            let owned: Vec<u32> = f.given.iter().copied().filter(|p| !paused.contains(p)).collect();
+            drop(f);
+            for p in owned {
+                match consumer.pause(&one(p)) {
+                    Ok(()) => {
+                        paused.insert(p);
+                    }
+                    Err(e) => warn!(changelog_partition = p, error = %e, "The standby cannot pause a partition its instance owns; its records are skipped."),
+                }
+            }
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -328,6 +356,7 @@ mod tests {
         assert_eq!(copy.next, next);
         assert_eq!(adopted.adopt_partition(copy.engine, 2), 1);
         assert_eq!(adopted.state_dump(), loaded.state_dump());
+        assert_eq!(adopted.breaker().cell_count(), loaded.breaker().cell_count(), "no cell named twice");
         assert_eq!(adopted.tracked_accounts(), 1);
         assert_eq!(adopted.watermark(2), loaded.watermark(2));
         assert!(adopted.watermark(2).is_some());

@@ -193,8 +193,10 @@ impl Engine {
         let breaker = &mut self.breaker;
         let mut cells: Vec<Option<u8>> = vec![None; 256];
         let mut cell = |c: u8| *cells[c as usize].get_or_insert_with(|| breaker.cell_for(standby.breaker.cell_name(c)));
+        // Cell 0 is the global cell in both, never an entry's; every other cell the standby
+        // named, a record it loaded used (a load here would name it too).
         let named = standby.breaker.cell_count().min(256);
-        if (0..named).any(|c| cell(c as u8) != c as u8) {
+        if (1..named).any(|c| cell(c as u8) != c as u8) {
             from.accounts.renumber_cells(&mut cell);
             from.ledger.values_mut().for_each(|c| c.cell = cell(c.cell));
         }
@@ -329,8 +331,7 @@ fn apply_record(policy: &Policy, breaker: &mut Breaker, shard: &mut Shard, key: 
             shard
                 .accounts
                 .put(key, AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s });
-            // Its evidence ids reach the dedupe memory once the whole log is read
-            // (`after_load`): an uncompacted log holds several records per account.
+            // Its new evidence ids reached the dedupe memory in `load_state`.
         }
         None => {
             shard.accounts.remove(key);
