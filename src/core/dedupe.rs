@@ -65,7 +65,8 @@ impl Dedupe {
     /// it was absorbed into (timer work). Returns how many it moved.
     pub fn merge_step(&mut self, budget: usize) -> usize {
         let mut moved = 0;
-        for (sets, into) in [(&mut self.absorbed, &mut self.current), (&mut self.absorbed_previous, &mut self.previous)] {
+        for (sets, into) in [(&mut self.absorbed, &mut self.current), (&mut self.absorbed_previous, &mut self.previous)]
+        {
             while moved < budget {
                 let Some(set) = sets.last_mut() else { break };
                 let before = moved;

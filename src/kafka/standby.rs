@@ -276,7 +276,9 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
                     Ok(()) => {
                         paused.insert(p);
                     }
-                    Err(e) => warn!(changelog_partition = p, error = %e, "The standby cannot pause a partition its instance owns; its records are skipped."),
+                    Err(e) => {
+                        warn!(changelog_partition = p, error = %e, "The standby cannot pause a partition its instance owns; its records are skipped.")
+                    }
                 }
             }
         }
