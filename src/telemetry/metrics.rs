@@ -230,7 +230,7 @@ impl Metrics {
             )?,
             standby_records: IntGauge::new(
                 "resetguard_standby_records",
-                "Accounts the warm standby holds decoded in memory, over all partitions (pipeline.standby).",
+                "Accounts the warm standby holds decoded in memory, over the partitions this instance does not own (pipeline.standby).",
             )?,
             standby_invalid_records: IntCounter::new(
                 "resetguard_standby_invalid_records_total",
