@@ -13,8 +13,9 @@
 //! restores everything; instance V (no standby) joins the group and restores its share of the
 //! partitions from the changelog, while W's standby follows those (the partitions W no longer
 //! owns); V stops (without leaving the group: static membership), and after the session timeout
-//! W takes those partitions back and restores them from its standby copy. Printed: the time each of those two restores of
-//! the same partitions took (`resetguard_changelog_restore_seconds`) and the records each read.
+//! W takes those partitions back and restores them from its standby copy. Printed: the time
+//! each of those two restores of the same partitions took (`resetguard_changelog_restore_seconds`)
+//! and the records each read.
 //!
 //! `cargo bench --bench restore` (env `RESTORE_ACCOUNTS`, default 1,000,000; `RESTORE_EVENTS`,
 //! events per account per volume, default `1,5`; `RESTORE_COMPACTION_WAIT_S`, default 60;
