@@ -230,10 +230,12 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
     let mut paused: HashSet<u32> = HashSet::new();
     let mut last_position = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        let due: Vec<u32> = lock().reread.iter().copied().collect();
-        if !due.is_empty() {
-            // Moved back before the next poll: no record of these is applied between the seek
-            // and the fresh start (a seek discards what was fetched before it).
+        if last_position.elapsed() >= Duration::from_millis(100) {
+            last_position = std::time::Instant::now();
+            // Released partitions go back to their beginning before the next poll: no record of
+            // them is applied between the seek and the fresh start (a seek discards what was
+            // fetched before it, and their records are skipped until `restarted`).
+            let due: Vec<u32> = lock().reread.iter().copied().collect();
             let moved: Vec<u32> = due
                 .into_iter()
                 .filter(|&p| {
@@ -253,13 +255,10 @@ fn follow(consumer: &Reader, topic: &str, followed: &Mutex<Followed>, stop: &Ato
                     }
                 })
                 .collect();
-            lock().restarted(&moved);
-        }
-        if last_position.elapsed() >= Duration::from_millis(100) {
+            let mut f = lock();
+            f.restarted(&moved);
             // A partition's log usually ends in a transaction marker, which is never delivered:
             // the reader's position passes it, so a restore need not fetch it.
-            last_position = std::time::Instant::now();
-            let mut f = lock();
             if let Ok(pos) = consumer.position() {
                 for e in pos.elements() {
                     if let Offset::Offset(o) = e.offset() {

@@ -591,10 +591,11 @@ impl Stream {
 
     /// Reads the topic back: every input must be there, and any record beyond the inputs is a
     /// copy. A retry the broker could not recognise as one (an idempotent producer whose epoch
-    /// was bumped while a batch's fate was unknown, around a broker kill) writes a batch twice. The service must treat the later copy as any re-sent
-    /// event: the first copy in the log gets the input's outcome, the later one the duplicate's
-    /// (or the same rejection, for an input that does not decode). Inputs with the same bytes
-    /// (deliberate re-sends) take their copies in log order.
+    /// was bumped while a batch's fate was unknown, around a broker kill) writes a batch twice.
+    /// The service must treat the later copy as any re-sent event: the first copy in the log gets
+    /// the input's outcome, the later one the duplicate's (or the same rejection, for an input
+    /// that does not decode). Inputs with the same bytes (deliberate re-sends) take their copies
+    /// in log order.
     fn producer_copies(&self, inputs: &mut Vec<Input>, coords: &mut Vec<(i32, i64)>) {
         let mut copies: HashMap<Vec<u8>, Vec<(i32, i64)>> = HashMap::new();
         self.read_back(|payload, at| copies.entry(payload.to_vec()).or_default().push(at));
