@@ -291,9 +291,10 @@ pub struct PipelineFile {
     /// Default `true`.
     #[serde(default = "default_true")]
     pub changelog: bool,
-    /// Version of the changelog's account records written: `2` (packed evidence ids, the
-    /// default) or `1` (ids as text), for a rolling upgrade from a version that reads only `1`
-    /// (docs/changelog.md, "Upgrading"). Both are always read.
+    /// Format of the changelog records written: `3` (many accounts' states per Kafka record,
+    /// the default), `2` (one record per account, packed evidence ids) or `1` (one per
+    /// account, ids as text), the older two for a rolling upgrade from a version that reads
+    /// only them (docs/changelog.md, "Upgrading"). All three are always read.
     #[serde(default = "default_changelog_record_version")]
     pub changelog_record_version: u8,
     /// Send the changelog records of a transaction early, once this many accounts have changed
@@ -355,7 +356,7 @@ fn default_true() -> bool {
     true
 }
 fn default_changelog_record_version() -> u8 {
-    crate::core::changelog::VERSION
+    crate::core::changelog::BATCHED
 }
 
 fn default_changelog_flush_accounts() -> usize {
@@ -864,7 +865,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
         let cfg: ConfigFile = toml::from_str(
-            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 3\nshards = 0\nchangelog = false\nstandby = true\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
+            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 4\nshards = 0\nchangelog = false\nstandby = true\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
         )
         .unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();

@@ -7,9 +7,11 @@
 //!   streams over three partitions with re-sends, late events, clock jumps, sweeps, a crash at
 //!   every commit point; the log read whole, compacted, or through warm standbys whose
 //!   decoded state the restore takes over.
-//! - `tombstones_follow_expiry_and_the_log_stays_bounded`: accounts and cooldowns that expire
-//!   are written as tombstones, so the compacted log holds only live accounts.
-//! - `version_1_records_restore_the_same_state`: what a rolling upgrade writes.
+//! - `expired_accounts_are_written_as_gone`: accounts and cooldowns that expire are written as
+//!   gone, so a restore holds only live accounts.
+//! - `the_batched_log_stays_within_twice_the_live_state`: compaction of batch records.
+//! - `every_record_format_restores_the_same_state`: what a rolling upgrade writes.
+//! - `per_account_records_move_into_batches`: the upgrade from one record per account.
 //! - `a_restored_breaker_has_spent_the_budget_its_decisions_spent` (from the log and from standbys)
 
 mod common;
@@ -21,7 +23,7 @@ use common::events::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use resetguard::core::breaker::HeldReason;
-use resetguard::core::changelog::{parse_key, Key};
+use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
 use resetguard::core::outcome::{Outcome, OutcomeKind};
 use resetguard::core::{Engine, Policy, TimeMode};
 
@@ -225,10 +227,31 @@ proptest! {
     }
 }
 
-/// Expired accounts and pruned cooldowns leave tombstones: after a day, the compacted log holds
-/// only the accounts still live (here: none but the day's last).
+/// Account entries of a log as a compacted topic keeps it: per-account records (formats 1 and
+/// 2) and the entries of the batch records left, as (puts, gone).
+fn entries(log: &[(u32, Vec<u8>, Option<Vec<u8>>)]) -> (usize, usize) {
+    let (mut puts, mut gone) = (0, 0);
+    for ((_, k), v) in compacted(log) {
+        match parse_key(&k) {
+            Key::Account(_) => puts += 1,
+            Key::Batch(_) => {
+                for e in batch_entries(&v) {
+                    match e.unwrap() {
+                        BatchEntry::Put(..) => puts += 1,
+                        BatchEntry::Gone(_) => gone += 1,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (puts, gone)
+}
+
+/// Expired accounts and pruned cooldowns are written as gone: after a day, a restore holds only
+/// the accounts still live (here: none but the day's last).
 #[test]
-fn tombstones_follow_expiry_and_the_log_stays_bounded() {
+fn expired_accounts_are_written_as_gone() {
     let policy = Policy::default_with_version("changelog-v1");
     let mut e = engine(&policy);
     let mut log = Vec::new();
@@ -237,10 +260,7 @@ fn tombstones_follow_expiry_and_the_log_stays_bounded() {
         e.process(&event(&format!("x{i}"), &format!("acct-{i}"), T0 + i, "s", signal, 1.0), 0, T0 + 5_000);
     }
     drain(&mut e, &mut log);
-    let accounts = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
-        compacted(log).keys().filter(|(_, k)| matches!(parse_key(k), Key::Account(_))).count()
-    };
-    assert_eq!(accounts(&log), 3000);
+    assert_eq!(entries(&log), (3000, 0));
     // 50 hours on (past the idle expiry, and past the cooldowns by one more cooldown, see
     // `Engine::tick`), one more event moves the watermark; ticks sweep every account and, at a
     // whole minute, prune the cooldowns.
@@ -251,31 +271,79 @@ fn tombstones_follow_expiry_and_the_log_stays_bounded() {
     }
     drain(&mut e, &mut log);
     assert_eq!(e.tracked_accounts(), 1);
-    assert_eq!(accounts(&log), 1, "every expired account has a tombstone");
-    let tombstones = log.iter().filter(|(_, _, v)| v.is_none()).count();
-    assert_eq!(tombstones, 3000);
+    assert_eq!(entries(&log), (3001, 3000), "every expired account is written as gone");
+    let restored = restore(&policy, &log, Read::Compacted);
+    assert_eq!(restored.tracked_accounts(), 1);
+    assert_eq!(restored.state_dump(), e.state_dump());
+    let book = e.changelog_book(0).unwrap();
+    assert_eq!((book.entries, book.live_accounts, book.batches), (6001, 1, 2));
 }
 
-/// A rolling upgrade writes version 1 records (`pipeline.changelog_record_version = 1`): they
-/// restore the same state as version 2 ones, and their evidence ids are text.
+/// A changelog that keeps being written stays within about twice the live state: cold accounts
+/// are copied forward by the compaction and their old batches get tombstones, hot accounts'
+/// old copies go the same way, and a restore from what Kafka keeps equals the live state.
 #[test]
-fn version_1_records_restore_the_same_state() {
+fn the_batched_log_stays_within_twice_the_live_state() {
     let policy = Policy::default_with_version("changelog-v1");
-    let (mut v1, mut v2) = (engine(&policy), engine(&policy));
+    let mut e = engine(&policy);
+    let mut log = Vec::new();
+    let wall = T0 + 5_000;
+    // 5,000 cold accounts, written once.
+    for i in 0..5_000 {
+        e.process(&event(&format!("c{i}"), &format!("cold-{i}"), T0 + i, "s", "new_device", 0.1), 0, wall);
+    }
+    drain(&mut e, &mut log);
+    // 1,000 hot accounts, each changed in each of 120 transactions.
+    let mut most = 0;
+    for round in 0..120 {
+        for i in 0..1_000 {
+            let ev = event(&format!("h{round}-{i}"), &format!("hot-{i}"), T0 + round, "s", "new_device", 0.01);
+            e.process(&ev, 0, wall);
+        }
+        drain(&mut e, &mut log);
+        let (puts, gone) = entries(&log);
+        most = most.max(puts + gone);
+    }
+    let live = e.tracked_accounts();
+    assert_eq!(live, 6_000);
+    let written: usize = 5_000 + 120 * 1_000;
+    // At most twice the live state plus the slack before a compaction starts, plus what is
+    // written while it runs (six transactions of 1,000 and its steps of 1,024).
+    assert!(most <= 2 * live + 16_384 + 6 * 2_024, "the log held up to {most} entries of {written} written");
+    let tombstones = log.iter().filter(|(_, k, v)| v.is_none() && matches!(parse_key(k), Key::Batch(_))).count();
+    assert!(tombstones > 100, "old batches got tombstones: {tombstones}");
+    let book = e.changelog_book(0).unwrap();
+    assert_eq!(book.live_accounts, 6_000);
+    assert_eq!(book.entries as usize, entries(&log).0 + entries(&log).1);
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        let r = restore(&policy, &log, read);
+        assert_eq!(r.state_dump(), e.state_dump(), "{read:?}");
+        assert_eq!(r.changelog_book(0), Some(book), "{read:?}: the restored book");
+    }
+}
+
+/// A rolling upgrade writes one record per account (`pipeline.changelog_record_version = 1` or
+/// `2`): all formats restore the same state, and version 1's evidence ids are text.
+#[test]
+fn every_record_format_restores_the_same_state() {
+    let policy = Policy::default_with_version("changelog-v1");
+    let (mut v1, mut v2, mut v3) = (engine(&policy), engine(&policy), engine(&policy));
     v1.track_changes_as(1);
-    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    v2.track_changes_as(2);
+    let (mut log1, mut log2, mut log3) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..500 {
         // UUID-shaped ids (packed in version 2) and others, three events on some accounts.
         let id = if i % 2 == 0 { format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7) } else { format!("ev-{i}") };
         let signal = ["credential_stuffing", "new_device", "failed_login"][i % 3];
         let ev = event(&id, &format!("acct-{}", i % 200), T0 + i as i64, "s", signal, 0.9);
-        assert_eq!(
-            v1.process(&ev, (i % 3) as u32, T0 + 5_000).outcome,
-            v2.process(&ev, (i % 3) as u32, T0 + 5_000).outcome
-        );
+        let p = (i % 3) as u32;
+        let o = v1.process(&ev, p, T0 + 5_000).outcome;
+        assert_eq!(o, v2.process(&ev, p, T0 + 5_000).outcome);
+        assert_eq!(o, v3.process(&ev, p, T0 + 5_000).outcome);
     }
     drain(&mut v1, &mut log1);
     drain(&mut v2, &mut log2);
+    drain(&mut v3, &mut log3);
     let version = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter()
             .filter(|(_, k, _)| matches!(parse_key(k), Key::Account(_)))
@@ -284,13 +352,58 @@ fn version_1_records_restore_the_same_state() {
     };
     assert_eq!(version(&log1), HashSet::from([1]));
     assert_eq!(version(&log2), HashSet::from([2]));
+    assert_eq!(version(&log3), HashSet::new());
     let bytes = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter().map(|(_, _, v)| v.as_ref().map_or(0, Vec::len)).sum::<usize>()
     };
     assert!(bytes(&log2) < bytes(&log1), "packed ids are smaller: {} vs {}", bytes(&log2), bytes(&log1));
-    let (r1, r2) = (restore(&policy, &log1, Read::Compacted), restore(&policy, &log2, Read::Compacted));
-    assert_eq!(r1.state_dump(), v2.state_dump());
-    assert_eq!(r2.state_dump(), v2.state_dump());
+    // 200 accounts and 3 watermarks: 200 records of their own, or one batch per partition.
+    assert_eq!((log2.len(), log3.len()), (203, 6));
+    for log in [&log1, &log2, &log3] {
+        assert_eq!(restore(&policy, log, Read::Compacted).state_dump(), v2.state_dump());
+    }
+}
+
+/// An upgrade from one record per account: each account's record gets a tombstone just before
+/// its first batch entry (or its "gone"), so what compaction keeps never brings back an older
+/// state, and the log ends up with no per-account record of a live account.
+#[test]
+fn per_account_records_move_into_batches() {
+    let policy = Policy::default_with_version("changelog-v1");
+    let mut old = engine(&policy);
+    old.track_changes_as(2);
+    let mut log = Vec::new();
+    let wall = T0 + 5_000;
+    for i in 0..300 {
+        old.process(&event(&format!("o{i}"), &format!("acct-{i}"), T0 + i, "s", "new_device", 0.2), 0, wall);
+    }
+    drain(&mut old, &mut log);
+    // The new version restores and goes on: accounts 0..100 change.
+    let mut new = restore(&policy, &log, Read::Whole);
+    new.track_changes();
+    for i in 0..100 {
+        new.process(&event(&format!("n{i}"), &format!("acct-{i}"), T0 + 400 + i, "s", "new_device", 0.2), 0, wall);
+    }
+    drain(&mut new, &mut log);
+    let own = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
+        compacted(log).keys().filter(|(_, k)| matches!(parse_key(k), Key::Account(_))).count()
+    };
+    assert_eq!(own(&log), 200, "the changed accounts' own records have tombstones");
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
+    }
+    // Everything expires: the other 200 go too, and nothing comes back.
+    let later = T0_MINUTE + 50 * 60 * MINUTE;
+    new.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
+    for k in 0..10 {
+        new.tick(later + 60_000 * (k + 1));
+    }
+    drain(&mut new, &mut log);
+    assert_eq!(new.tracked_accounts(), 1);
+    assert_eq!(own(&log), 0);
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
+    }
 }
 
 /// The breaker's history comes back from the cooldowns in the changelog: a restored instance

@@ -24,6 +24,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use resetguard::core::accounts::{quantise_risk, AccountStore, Entry};
 use resetguard::core::breaker::HeldReason;
+use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
 use resetguard::core::event::RejectReason;
 use resetguard::core::outcome::{Outcome, OutcomeKind, WindowKind};
 use resetguard::core::{Engine, Policy, Processed, TimeMode};
@@ -865,12 +866,29 @@ fn keyed_calls(steps: &[Step]) -> Vec<Call> {
 
 type Log = Vec<(u32, Vec<u8>, Option<Vec<u8>>)>;
 
+/// The records of one drain, sorted; a batch record's entries as records of their own (keyed
+/// `e` + account hash), since the order of accounts in a batch follows the shard's hash order.
 fn drain_sorted(e: &mut Engine, log: &mut Log) -> Log {
     let mut out: Log = Vec::new();
     e.drain_changes(|p, k, v| out.push((p, k.to_vec(), v.map(<[u8]>::to_vec))));
     log.extend(out.iter().cloned());
-    out.sort();
-    out
+    let mut flat: Log = Vec::new();
+    for (p, k, v) in out {
+        match (parse_key(&k), &v) {
+            (Key::Batch(_), Some(v)) => {
+                for entry in batch_entries(v) {
+                    let (key, value) = match entry.expect("a batch this engine wrote decodes") {
+                        BatchEntry::Put(key, rec) => (key, Some(rec.to_vec())),
+                        BatchEntry::Gone(key) => (key, None),
+                    };
+                    flat.push((p, [&b"e"[..], &key.to_be_bytes()].concat(), value));
+                }
+            }
+            _ => flat.push((p, k, v)),
+        }
+    }
+    flat.sort();
+    flat
 }
 
 proptest! {

@@ -62,7 +62,15 @@ struct Slot {
     touched_s: u32,
     /// Input partition of the account's last event: where its changelog record lives.
     partition: u16,
+    /// Where the changelog's newest copy of the account is ([`NO_COPY`], [`LEGACY_COPY`], or
+    /// the low 32 bits of its batch's number; kept for the changelog's compaction).
+    copy: u32,
 }
+
+/// The changelog holds no copy of the account (yet).
+pub const NO_COPY: u32 = u32::MAX;
+/// The changelog's copy is a record of its own (record formats 1 and 2), not in a batch.
+pub const LEGACY_COPY: u32 = 0;
 
 /// One account's window state, borrowed from the store (for the changelog and state dumps).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,6 +95,8 @@ pub struct Scores {
     pub short: f32,
     pub slow: f32,
     pub slow_kinds: u32,
+    /// The account's changelog copy (see [`AccountStore::copy_of`]).
+    pub copy: u32,
 }
 
 /// Contribution of one signal kind to a window score (for explanations).
@@ -309,7 +319,7 @@ impl AccountStore {
         let slow = s.cur + s.prev * (1.0 - into);
         let slow_kinds = (s.kinds_cur | if s.prev > 0.0 { s.kinds_prev } else { 0 }).count_ones();
 
-        Scores { short: self.short_score(idx), slow, slow_kinds }
+        Scores { short: self.short_score(idx), slow, slow_kinds, copy: self.slots[idx].copy }
     }
 
     fn contribution(&self, e: Entry) -> f32 {
@@ -401,6 +411,30 @@ impl AccountStore {
         slot.partition = v.partition;
     }
 
+    /// Where the changelog's newest copy of the account is ([`NO_COPY`] if it is not tracked).
+    pub fn copy_of(&self, key: u64) -> u32 {
+        let key = if key == FREE { 1 } else { key };
+        match self.find(key) {
+            Some(i) => self.slots[i].copy,
+            None => self.adopted.iter().map(|a| a.copy_of(key)).find(|&c| c != NO_COPY).unwrap_or(NO_COPY),
+        }
+    }
+
+    /// Records where the changelog's newest copy of the account is (if it is tracked).
+    pub fn set_copy(&mut self, key: u64, copy: u32) {
+        let key = if key == FREE { 1 } else { key };
+        match self.find(key) {
+            Some(i) => self.slots[i].copy = copy,
+            None => self.adopted.iter_mut().for_each(|a| a.set_copy(key, copy)),
+        }
+    }
+
+    /// Key and changelog copy of every account whose last event came from `partition`.
+    pub fn copies_of(&self, partition: u16) -> Box<dyn Iterator<Item = (u64, u32)> + '_> {
+        let own = self.slots.iter().filter(move |s| s.key != FREE && s.partition == partition).map(|s| (s.key, s.copy));
+        Box::new(own.chain(self.adopted.iter().flat_map(move |a| a.copies_of(partition))))
+    }
+
     /// Renumbers the breaker cell of every entry by `cell`, in place (a store handed over from
     /// an engine that numbered its cells differently, see `Engine::adopt_partition`).
     pub fn renumber_cells(&mut self, cell: &mut dyn FnMut(u8) -> u8) {
@@ -486,7 +520,7 @@ impl AccountStore {
         watermark_s: u32,
         now_s: u32,
         budget: usize,
-        mut freed_keys: Option<&mut Vec<(u64, u16)>>,
+        mut freed_keys: Option<&mut Vec<(u64, u16, u32)>>,
     ) -> usize {
         if self.adopted.is_empty() {
             return self.sweep_own(watermark_s, now_s, budget, freed_keys);
@@ -507,7 +541,7 @@ impl AccountStore {
         watermark_s: u32,
         now_s: u32,
         budget: usize,
-        mut freed_keys: Option<&mut Vec<(u64, u16)>>,
+        mut freed_keys: Option<&mut Vec<(u64, u16, u32)>>,
     ) -> usize {
         let mut freed = 0;
         let n = self.slots.len();
@@ -530,7 +564,7 @@ impl AccountStore {
             let idle = now_s.saturating_sub(slot.touched_s) > self.idle_ttl_s;
             if (short_empty && slow_empty) || idle {
                 if let Some(out) = freed_keys.as_deref_mut() {
-                    out.push((slot.key, slot.partition));
+                    out.push((slot.key, slot.partition, slot.copy));
                 }
                 self.free_slot(i);
                 freed += 1;
@@ -564,7 +598,7 @@ impl AccountStore {
 
 impl Slot {
     fn empty(key: u64) -> Slot {
-        Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0, partition: 0 }
+        Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0, partition: 0, copy: NO_COPY }
     }
 }
 

@@ -6,8 +6,14 @@
 //! Layout (documented for operators in `docs/changelog.md`):
 //!
 //! ```text
-//! key   b'a' ++ account hash (u64, big-endian)     account record, or a tombstone (no value)
+//! key   b'b' ++ batch number (u64, big-endian)     batch record, or a tombstone (no value)
+//!       b'a' ++ account hash (u64, big-endian)     account record, or a tombstone (no value)
 //!       b'w'                                      the partition's watermark record
+//!
+//! batch record, version 1 (record format 3, the default): many accounts' states in one record
+//!   u8  batch version = 1
+//!   then entries to the end: u64 account hash, u32 len (0xFFFF_FFFF: the account is gone),
+//!                            len bytes account record (below)
 //!
 //! account record, version 2 (version 1 is still read)
 //!   u8  version = 2
@@ -36,8 +42,15 @@ use super::evidence;
 pub const VERSION: u8 = 2;
 /// The first version: evidence ids as text.
 const VERSION_1: u8 = 1;
-/// Versions [`encode`] can write (every one is read).
-pub const WRITABLE_VERSIONS: [u8; 2] = [VERSION_1, VERSION];
+/// Record format 3: account records of version 2 inside batch records (the default written).
+pub const BATCHED: u8 = 3;
+/// Record formats that can be written (`pipeline.changelog_record_version`; every one is read):
+/// 1 and 2 one Kafka record per account, 3 batches of them.
+pub const WRITABLE_VERSIONS: [u8; 3] = [VERSION_1, VERSION, BATCHED];
+/// Version of the batch records.
+const BATCH_VERSION: u8 = 1;
+/// An entry's length that says the account is gone.
+const GONE: u32 = u32::MAX;
 /// Version of the watermark records.
 const WATERMARK_VERSION: u8 = 1;
 const HAS_WINDOW: u8 = 1;
@@ -47,6 +60,8 @@ pub const WATERMARK_KEY: &[u8] = b"w";
 /// What a changelog key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
+    /// A batch of account states (its number; the numbers of a partition grow with the log).
+    Batch(u64),
     Account(u64),
     Watermark,
     /// Not a state record (a producer fence, or a record of a newer version): skipped.
@@ -60,8 +75,16 @@ pub fn account_key(key: u64) -> [u8; 9] {
     k
 }
 
+pub fn batch_key(number: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'b';
+    k[1..].copy_from_slice(&number.to_be_bytes());
+    k
+}
+
 pub fn parse_key(k: &[u8]) -> Key {
     match k {
+        [b'b', rest @ ..] if rest.len() == 8 => Key::Batch(u64::from_be_bytes(rest.try_into().unwrap_or_default())),
         [b'a', rest @ ..] if rest.len() == 8 => Key::Account(u64::from_be_bytes(rest.try_into().unwrap_or_default())),
         b"w" => Key::Watermark,
         _ => Key::Other,
@@ -263,6 +286,96 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
     Ok(rec)
 }
 
+/// A batch record being written: entries are appended in place (no copy per account).
+#[derive(Debug, Default)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    entries: u32,
+}
+
+impl BatchWriter {
+    /// Appends an account's record, written by `record` into the buffer.
+    pub fn put(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>)) {
+        self.start_entry(key);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        record(&mut self.buf);
+        let len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Appends that the account is gone.
+    pub fn gone(&mut self, key: u64) {
+        self.start_entry(key);
+        self.buf.extend_from_slice(&GONE.to_le_bytes());
+    }
+
+    fn start_entry(&mut self, key: u64) {
+        if self.buf.is_empty() {
+            self.buf.push(BATCH_VERSION);
+        }
+        self.buf.extend_from_slice(&key.to_le_bytes());
+        self.entries += 1;
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The record's value so far.
+    pub fn value(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Empties it for the next record, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.entries = 0;
+    }
+}
+
+/// One entry of a batch record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEntry<'a> {
+    /// The account's state: an account record ([`decode`]).
+    Put(u64, &'a [u8]),
+    Gone(u64),
+}
+
+/// The entries of a batch record, in order; an error ends them (what came before is good).
+pub fn batch_entries(v: &[u8]) -> impl Iterator<Item = Result<BatchEntry<'_>, DecodeError>> + '_ {
+    let mut r = Reader { b: v, at: 0 };
+    let mut failed = match r.u8() {
+        Ok(BATCH_VERSION) => None,
+        Ok(other) => Some(DecodeError::Version(other)),
+        Err(e) => Some(e),
+    };
+    std::iter::from_fn(move || {
+        if let Some(e) = failed.take() {
+            r.at = r.b.len();
+            return Some(Err(e));
+        }
+        if r.at >= r.b.len() {
+            return None;
+        }
+        let entry = (|| {
+            let key = u64::from_le_bytes(r.arr()?);
+            match u32::from_le_bytes(r.arr()?) {
+                GONE => Ok(BatchEntry::Gone(key)),
+                n => Ok(BatchEntry::Put(key, r.take(n as usize)?)),
+            }
+        })();
+        if entry.is_err() {
+            r.at = r.b.len();
+        }
+        Some(entry)
+    })
+}
+
 pub fn encode_watermark(newest_event_ms: i64) -> [u8; 9] {
     let mut v = [0u8; 9];
     v[0] = WATERMARK_VERSION;
@@ -371,7 +484,45 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_round_trips_and_a_damaged_one_stops_at_the_damage() {
+        let mut w = BatchWriter::default();
+        let mut one = Vec::new();
+        encode(&sample(), VERSION, &mut one);
+        w.put(7, |out| encode(&sample(), VERSION, out));
+        w.gone(9);
+        w.put(u64::MAX - 1, |out| out.extend_from_slice(b"x"));
+        assert_eq!(w.entries(), 3);
+        let v = w.value().to_vec();
+        let got: Vec<_> = batch_entries(&v).collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(BatchEntry::Put(7, &one[..])),
+                Ok(BatchEntry::Gone(9)),
+                Ok(BatchEntry::Put(u64::MAX - 1, &b"x"[..]))
+            ]
+        );
+        assert_eq!(decode(&one).unwrap(), sample());
+        // Every truncation yields the entries before it, then one error (unless it falls
+        // between two entries), never a panic.
+        let ends = [1, 1 + 12 + one.len(), 1 + 12 + one.len() + 12];
+        for n in 1..v.len() {
+            let got: Vec<_> = batch_entries(&v[..n]).collect();
+            let ok = got.iter().take_while(|e| e.is_ok()).count();
+            match ends.iter().position(|&e| e == n) {
+                Some(whole) => assert!(got.len() == whole && ok == whole, "prefix of {n} bytes: {got:?}"),
+                None => assert!(ok < 3 && got.len() == ok + 1, "prefix of {n} bytes: {got:?}"),
+            }
+        }
+        assert_eq!(batch_entries(&[]).count(), 1);
+        assert_eq!(batch_entries(&[2, 0]).collect::<Vec<_>>(), vec![Err(DecodeError::Version(2))]);
+        w.clear();
+        assert_eq!((w.entries(), w.bytes()), (0, 0));
+    }
+
+    #[test]
     fn keys_and_watermarks() {
+        assert_eq!(parse_key(&batch_key(42)), Key::Batch(42));
         assert_eq!(parse_key(&account_key(0xdead_beef)), Key::Account(0xdead_beef));
         assert_eq!(parse_key(b"w"), Key::Watermark);
         assert_eq!(parse_key(b"resetguard-fence"), Key::Other);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use super::accounts::{quantise_risk, AccountStore, Entry, WindowView};
+use super::accounts::{quantise_risk, AccountStore, Entry, WindowView, NO_COPY};
 use super::breaker::{Breaker, Transition, Verdict};
 use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event, Rejection};
@@ -33,8 +33,9 @@ pub struct Processed {
     pub event_ms: Option<i64>,
 }
 
+mod logbook;
 mod persist;
-pub use persist::{StateRecord, StateSummary};
+pub use persist::{BookSummary, StateRecord, StateSummary};
 
 /// An account's cooldown: no new decision before `until_s` (event time, seconds). The decision
 /// that started it (when, which cell) is kept for the changelog, from which a restore replays
@@ -45,6 +46,8 @@ struct Cooldown {
     partition: u16,
     cell: u8,
     at_ms: i64,
+    /// Where the changelog's newest copy of the account is (as [`AccountStore::copy_of`]).
+    copy: u32,
 }
 
 /// Salt separating account-id hashes from event-id hashes under the same seed.
@@ -80,9 +83,10 @@ struct Shard {
     accounts: AccountStore,
     /// Cooldowns per account: until when (event time), and the decision that started it.
     ledger: HashMap<u64, Cooldown, IdentityBuild>,
-    /// Accounts changed since the last drain → the partition their record goes to (kept only
-    /// while changes are tracked).
-    changed: HashMap<u64, u16, IdentityBuild>,
+    /// Accounts changed since the last drain → the partition their record goes to, and where
+    /// the changelog's copy of the account was before the first change (kept only while
+    /// changes are tracked).
+    changed: HashMap<u64, (u16, u32), IdentityBuild>,
 }
 
 /// What a shard reads of the engine while it judges: fixed for the length of a batch.
@@ -111,6 +115,8 @@ pub struct Engine {
     /// Partitions whose watermark moved since the last [`Engine::drain_changes`], and its
     /// buffers (`None`: not tracked).
     changes: Option<persist::Changes>,
+    /// Per partition (global number), what its changelog holds in batches (record format 3).
+    books: HashMap<u32, logbook::LogBook>,
     breaker: Breaker,
     event_clock_ms: i64,
     /// Whether `process` was called: from then on `restore` no longer replays into the breaker.
@@ -143,7 +149,11 @@ impl Shard {
         let now_s = now.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         let scores = self.accounts.add(key, entry, &ev.event_id, now_s, partition);
         if v.track {
-            self.changed.insert(key, partition);
+            let copy = match scores.copy {
+                NO_COPY => self.ledger.get(&key).map_or(NO_COPY, |c| c.copy),
+                copy => copy,
+            };
+            self.changed.entry(key).and_modify(|c| c.0 = partition).or_insert((partition, copy));
         }
 
         let p = v.policy;
@@ -160,7 +170,8 @@ impl Shard {
             return Judged::Done(Outcome::NoAction(NoActionReason::Cooldown));
         }
         let until_s = t_s.saturating_add(p.cooldown.as_secs() as u32);
-        self.ledger.insert(key, Cooldown { until_s, partition, cell, at_ms: now });
+        let copy = self.ledger.get(&key).map_or(scores.copy, |c| c.copy);
+        self.ledger.insert(key, Cooldown { until_s, partition, cell, at_ms: now, copy });
         if restoring {
             return Judged::Decided(None);
         }
@@ -195,6 +206,7 @@ impl Engine {
             max_event_ms: Vec::new(),
             allow,
             changes: None,
+            books: HashMap::new(),
             event_clock_ms: i64::MIN,
             live_started: false,
             policy,
@@ -454,6 +466,7 @@ impl Engine {
         self.shards.iter_mut().for_each(|s| s.reset(&policy));
         self.dedupe = Dedupe::new(self.policy.dedupe_horizon.as_millis() as i64, self.policy.dedupe_max_entries);
         self.max_event_ms.clear();
+        self.books.clear();
         if let Some(c) = &mut self.changes {
             c.clear();
         }
@@ -568,14 +581,14 @@ impl Engine {
                 shard.ledger.retain(|&key, c| {
                     let keep = c.until_s > keep_after;
                     if let (false, Some(out)) = (keep, freed_keys.as_mut()) {
-                        out.push((key, c.partition));
+                        out.push((key, c.partition, c.copy));
                     }
                     keep
                 });
             }
             if let (Some(c), Some(keys)) = (&mut self.changes, freed_keys.as_mut()) {
-                for &(key, partition) in keys.iter() {
-                    shard.changed.insert(key, partition);
+                for &(key, partition, copy) in keys.iter() {
+                    shard.changed.entry(key).and_modify(|c| c.0 = partition).or_insert((partition, copy));
                     c.touch_partition(partition);
                 }
                 keys.clear();

@@ -1,5 +1,6 @@
 //! The changelog topic's IO. Writing: the pipeline drains the engine's changed accounts into the
-//! open transaction just before it commits ([`send_changes`]), so state, outputs and offsets
+//! open transaction (as batch records, [`crate::core::Engine::drain_changes`]) before it
+//! commits ([`send_changes`]), so state, outputs and offsets
 //! commit or abort together. Reading: a restore reads the changelog partitions of the assigned
 //! input partitions to their end ([`ChangelogReader::read`]). The record format is the core's
 //! ([`crate::core::changelog`]).
@@ -18,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::core::changelog::WATERMARK_KEY;
+use crate::core::changelog::{batch_entries, parse_key, Key};
 use crate::core::Engine;
 use crate::telemetry::Metrics;
 
@@ -66,7 +67,7 @@ pub fn send_changes(
     metrics: &Metrics,
 ) -> Result<usize, TxnError> {
     let mut failed: Option<TxnError> = None;
-    let (mut accounts, mut tombstones, mut watermarks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut batches, mut accounts, mut tombstones, mut watermarks, mut states, mut bytes) = (0, 0, 0, 0, 0, 0u64);
     let sent = engine.drain_changes(|p, key, value| {
         if failed.is_some() || !owned.contains(&p) {
             return;
@@ -75,10 +76,17 @@ pub fn send_changes(
         if let Some(v) = value {
             record = record.payload(v);
         }
-        match value {
-            None => tombstones += 1,
-            Some(_) if key == WATERMARK_KEY => watermarks += 1,
-            Some(_) => accounts += 1,
+        match (parse_key(key), value) {
+            (_, None) => tombstones += 1,
+            (Key::Batch(_), Some(v)) => {
+                batches += 1;
+                states += batch_entries(v).count() as u64;
+            }
+            (Key::Watermark, Some(_)) => watermarks += 1,
+            (_, Some(_)) => {
+                accounts += 1;
+                states += 1;
+            }
         }
         bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
         if let Err(e) = writer.send(record) {
@@ -88,9 +96,11 @@ pub fn send_changes(
     if let Some(e) = failed {
         return Err(e);
     }
+    metrics.changelog_records.with_label_values(&["batch"]).inc_by(batches);
     metrics.changelog_records.with_label_values(&["account"]).inc_by(accounts);
     metrics.changelog_records.with_label_values(&["tombstone"]).inc_by(tombstones);
     metrics.changelog_records.with_label_values(&["watermark"]).inc_by(watermarks);
+    metrics.changelog_account_states.inc_by(states);
     metrics.changelog_bytes.inc_by(bytes);
     Ok(sent)
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub standby_invalid_records: IntCounter,
     pub changelog_restore_seconds: HistogramVec,
     pub changelog_records: IntCounterVec,
+    pub changelog_account_states: IntCounter,
     pub changelog_bytes: IntCounter,
     pub producer_renewals: IntCounter,
     pub consumer_renewals: IntCounter,
@@ -239,9 +240,13 @@ impl Metrics {
             changelog_records: IntCounterVec::new(
                 Opts::new(
                     "resetguard_changelog_records_total",
-                    "State records written to the changelog, by kind (account, tombstone, watermark); committed with the outputs.",
+                    "Records written to the changelog, by kind (batch: many accounts' states; account: one account's state, record formats 1 and 2; tombstone; watermark); committed with the outputs.",
                 ),
                 &["kind"],
+            )?,
+            changelog_account_states: IntCounter::new(
+                "resetguard_changelog_account_states_total",
+                "Account states written to the changelog (an account's whole state, or that it is gone), in batch records or in records of their own.",
             )?,
             changelog_bytes: IntCounter::new(
                 "resetguard_changelog_bytes_total",
@@ -288,6 +293,7 @@ impl Metrics {
         registry.register(Box::new(m.standby_invalid_records.clone()))?;
         registry.register(Box::new(m.changelog_restore_seconds.clone()))?;
         registry.register(Box::new(m.changelog_records.clone()))?;
+        registry.register(Box::new(m.changelog_account_states.clone()))?;
         registry.register(Box::new(m.changelog_bytes.clone()))?;
         registry.register(Box::new(m.input_offset_resets.clone()))?;
         registry.register(Box::new(m.dlq_truncated.clone()))?;

@@ -6,9 +6,12 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
+use super::logbook::{self, LogBook};
 use super::*;
-use crate::core::accounts::{AccountView, Slow};
-use crate::core::changelog::{self, AccountRecord, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord};
+use crate::core::accounts::{AccountView, Slow, LEGACY_COPY};
+use crate::core::changelog::{
+    self, AccountRecord, BatchEntry, BatchWriter, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord,
+};
 use crate::core::evidence;
 
 /// Partitions whose watermark moved since the last drain, and the drain's buffers (the accounts
@@ -18,8 +21,11 @@ pub(super) struct Changes {
     /// Partitions whose watermark moved.
     partitions: Vec<bool>,
     /// Scratch for the sweep (kept to reuse its allocation).
-    pub(super) freed: Vec<(u64, u16)>,
+    pub(super) freed: Vec<(u64, u16, u32)>,
     buf: Vec<u8>,
+    /// Batch records being written, one per partition (record format 3), and spare writers.
+    open: HashMap<u32, (u64, BatchWriter)>,
+    spare: Vec<BatchWriter>,
     /// Account record version written ([`changelog::WRITABLE_VERSIONS`]; 0: the current one).
     version: u8,
 }
@@ -50,20 +56,45 @@ pub struct StateSummary {
     pub digest: String,
 }
 
+/// What one partition's changelog holds in batch records ([`Engine::changelog_book`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookSummary {
+    /// Account entries in batches without a tombstone, plus per-account records (formats 1, 2).
+    pub entries: u64,
+    /// Accounts whose newest copy is in the partition's changelog.
+    pub live_accounts: u64,
+    /// Batches without a tombstone.
+    pub batches: usize,
+    /// A compaction is writing the accounts of the older half of the log again.
+    pub compacting: bool,
+}
+
 /// One changelog record: partition, key, value (`None`: a tombstone).
 pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
 impl Engine {
-    /// Starts tracking what changes, for [`Engine::drain_changes`], which writes account records
-    /// of the current version.
+    /// Starts tracking what changes, for [`Engine::drain_changes`], which writes batch records
+    /// (record format 3, the default).
     pub fn track_changes(&mut self) {
-        self.track_changes_as(changelog::VERSION);
+        self.track_changes_as(changelog::BATCHED);
     }
 
-    /// [`Engine::track_changes`], writing account records of `version` (a rolling upgrade from
-    /// a version that reads only version 1; see [`changelog::encode`]).
+    /// [`Engine::track_changes`], writing record format `version` (1 or 2: one record per
+    /// account, for a rolling upgrade from a version that reads only those; see
+    /// [`changelog::WRITABLE_VERSIONS`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
+    }
+
+    /// What the changelog of `partition` holds in batch records, as this engine knows it
+    /// (`None`: nothing written or read in batches).
+    pub fn changelog_book(&self, partition: u32) -> Option<BookSummary> {
+        self.books.get(&partition).map(|b| BookSummary {
+            entries: b.entries(),
+            live_accounts: b.live_accounts(),
+            batches: b.batches(),
+            compacting: b.compacting(),
+        })
     }
 
     /// Accounts changed since the last drain.
@@ -74,26 +105,21 @@ impl Engine {
         self.shards.iter().map(|s| s.changed.len()).sum()
     }
 
-    /// Emits one record per account changed since the last call (its whole state, or a
-    /// tombstone when it is gone) and one watermark record per partition that moved, then
-    /// forgets them. Returns how many records were emitted.
+    /// Emits the state of every account changed since the last call and one watermark record
+    /// per partition that moved, then forgets them. Returns how many records were emitted.
+    ///
+    /// Record format 3 (the default): per partition, batch records of the accounts' whole
+    /// states (or that they are gone), a step of the running compaction (see
+    /// [`super::logbook`]), tombstones of the batches it is done with, and a tombstone of an
+    /// account's own record (formats 1 and 2) before its first batch entry. Formats 1 and 2:
+    /// one record per account, a tombstone when it is gone.
     pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
         let Some(mut c) = self.changes.take() else { return 0 };
-        let mut n = 0;
-        for shard in &mut self.shards {
-            for (&key, &partition) in &shard.changed {
-                c.buf.clear();
-                let partition = shard.accounts.get(key).map_or(partition, |a| a.partition);
-                let k = changelog::account_key(key);
-                if encode_account(&self.policy, &self.breaker, shard, key, c.version, &mut c.buf) {
-                    emit(u32::from(partition), &k, Some(&c.buf));
-                } else {
-                    emit(u32::from(partition), &k, None);
-                }
-                n += 1;
-            }
-            shard.changed.clear();
-        }
+        let mut n = if c.version == changelog::BATCHED {
+            self.drain_batches(&mut c, &mut emit)
+        } else {
+            self.drain_accounts(&mut c, &mut emit)
+        };
         for (p, changed) in c.partitions.iter().enumerate() {
             if let (true, Some(&m)) = (*changed, self.max_event_ms.get(p)) {
                 if m != i64::MIN {
@@ -107,6 +133,146 @@ impl Engine {
         n
     }
 
+    /// Formats 1 and 2: one record per changed account.
+    fn drain_accounts(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
+        let mut n = 0;
+        for shard in &mut self.shards {
+            for (&key, &(partition, _)) in &shard.changed {
+                c.buf.clear();
+                let partition = shard.accounts.get(key).map_or(partition, |a| a.partition);
+                let k = changelog::account_key(key);
+                if encode_account(&self.policy, &self.breaker, shard, key, c.version, &mut c.buf) {
+                    emit(u32::from(partition), &k, Some(&c.buf));
+                } else {
+                    emit(u32::from(partition), &k, None);
+                }
+                n += 1;
+            }
+            shard.changed.clear();
+        }
+        n
+    }
+
+    /// Format 3: batch records per partition, with the compaction's steps and tombstones.
+    fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
+        let mut n = 0;
+        // Accounts written per partition: a compaction step keeps pace with them.
+        let mut written: HashMap<u32, usize> = HashMap::new();
+        for i in 0..self.shards.len() {
+            let mut changed = std::mem::take(&mut self.shards[i].changed);
+            for (key, (touched, before)) in changed.drain() {
+                let shard = &self.shards[i];
+                let p = shard
+                    .accounts
+                    .get(key)
+                    .map(|a| a.partition)
+                    .or_else(|| shard.ledger.get(&key).map(|c| c.partition))
+                    .unwrap_or(touched);
+                n += self.write_entry(c, i, u32::from(p), key, before, emit);
+                *written.entry(u32::from(p)).or_default() += 1;
+            }
+            self.shards[i].changed = changed;
+        }
+        let mut partitions: Vec<u32> = self.books.keys().copied().collect();
+        partitions.sort_unstable();
+        for &p in &partitions {
+            let i = self.shard_index(p);
+            let shard = &self.shards[i];
+            let Some(book) = self.books.get_mut(&p) else { continue };
+            if book.compaction_due() {
+                let q = p.min(u32::from(u16::MAX)) as u16;
+                let cooldowns = shard.ledger.iter().filter(|(_, c)| c.partition == q).map(|(&k, c)| (k, c.copy));
+                book.start_compaction(shard.accounts.copies_of(q).chain(cooldowns));
+            }
+            if !book.compacting() {
+                continue;
+            }
+            let step = written.get(&p).copied().unwrap_or(0).max(logbook::STEP);
+            for key in book.compaction_step(step) {
+                let (book, shard) = (&self.books[&p], &self.shards[i]);
+                let copy = shard.accounts.copy_of(key);
+                let cooldown = shard.ledger.get(&key).map_or(NO_COPY, |c| c.copy);
+                // Gone meanwhile (its going was written), or written again since.
+                if (copy == NO_COPY && cooldown == NO_COPY) || !(book.stale(copy) || book.stale(cooldown)) {
+                    continue;
+                }
+                let before = if book.stale(copy) { copy } else { cooldown };
+                n += self.write_entry(c, i, p, key, before, emit);
+            }
+        }
+        for (p, (number, mut w)) in c.open.drain() {
+            if w.entries() > 0 {
+                emit(p, &changelog::batch_key(number), Some(w.value()));
+                self.books.entry(p).or_default().batch(number, w.entries());
+                n += 1;
+            }
+            w.clear();
+            c.spare.push(w);
+        }
+        for &p in &partitions {
+            if let Some(book) = self.books.get_mut(&p) {
+                for b in book.take_tombstones(logbook::TOMBSTONES) {
+                    emit(p, &changelog::batch_key(b), None);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Writes `key`'s state (or that it is gone) into partition `p`'s open batch, `before`
+    /// being where the changelog's copy of it was. Returns the records emitted (the tombstone
+    /// of its own record, a full batch).
+    fn write_entry(
+        &mut self,
+        c: &mut Changes,
+        shard: usize,
+        p: u32,
+        key: u64,
+        before: u32,
+        emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>),
+    ) -> usize {
+        let shard = &mut self.shards[shard];
+        let present = shard.accounts.get(key).is_some() || shard.ledger.contains_key(&key);
+        if !present && before == NO_COPY {
+            return 0;
+        }
+        let mut n = 0;
+        if before == LEGACY_COPY {
+            // Its own record goes first: the batch entry after it is its state from now on.
+            emit(p, &changelog::account_key(key), None);
+            n += 1;
+        }
+        let book = self.books.entry(p).or_default();
+        let spare = &mut c.spare;
+        let (number, w) = c.open.entry(p).or_insert_with(|| (book.next_batch(), spare.pop().unwrap_or_default()));
+        if present {
+            let (policy, breaker) = (&self.policy, &self.breaker);
+            w.put(key, |out| {
+                encode_account(policy, breaker, shard, key, changelog::VERSION, out);
+            });
+            let copy = LogBook::copy(*number);
+            shard.accounts.set_copy(key, copy);
+            if let Some(cd) = shard.ledger.get_mut(&key) {
+                cd.copy = copy;
+            }
+            if before == NO_COPY {
+                book.live(1);
+            }
+        } else {
+            w.gone(key);
+            book.live(-1);
+        }
+        if w.bytes() >= logbook::BATCH_BYTES {
+            emit(p, &changelog::batch_key(*number), Some(w.value()));
+            book.batch(*number, w.entries());
+            w.clear();
+            *number = book.next_batch();
+            n += 1;
+        }
+        n
+    }
+
     /// Drops the state of a partition this instance no longer owns (accounts whose last event
     /// came from it, their cooldowns, its watermark). Dedupe memory is shared and stays.
     pub fn forget_partition_state(&mut self, partition: u32) {
@@ -115,7 +281,8 @@ impl Engine {
         let shard = &mut self.shards[i];
         shard.accounts.remove_partition(p);
         shard.ledger.retain(|_, c| c.partition != p);
-        shard.changed.retain(|_, q| *q != p);
+        shard.changed.retain(|_, q| q.0 != p);
+        self.books.remove(&partition);
         self.forget_partition(partition);
         if let Some(c) = &mut self.changes {
             if let Some(x) = c.partitions.get_mut(partition as usize) {
@@ -141,24 +308,62 @@ impl Engine {
                 Ok(())
             }
             Key::Account(k) => {
-                let i = self.shard_index(partition);
-                let shard = &mut self.shards[i];
+                if value.is_some() {
+                    self.books.entry(partition).or_default().legacy_record();
+                }
+                self.load_account(partition, k, value, LEGACY_COPY)
+            }
+            Key::Batch(b) => {
                 let Some(v) = value else {
-                    shard.accounts.remove(k);
-                    shard.ledger.remove(&k);
+                    self.books.entry(partition).or_default().tombstone(b);
                     return Ok(());
                 };
-                let rec = changelog::decode(v)?;
-                if let Some(w) = &rec.window {
-                    // Its ids that the account's previous record did not hold join the dedupe
-                    // memory, at the time the record was written.
-                    let before = shard.accounts.get(k).and_then(|a| a.ids);
-                    remember_new_ids(&mut self.dedupe, self.seed, before, &w.ids, i64::from(w.touched_s) * 1000);
+                let (mut entries, mut failed) = (0, None);
+                for e in changelog::batch_entries(v) {
+                    let done = match e {
+                        Ok(BatchEntry::Put(k, rec)) => self.load_account(partition, k, Some(rec), LogBook::copy(b)),
+                        Ok(BatchEntry::Gone(k)) => self.load_account(partition, k, None, LogBook::copy(b)),
+                        Err(e) => Err(e),
+                    };
+                    entries += 1;
+                    if let Err(e) = done {
+                        failed = Some(e);
+                    }
                 }
-                apply_record(&self.policy, &mut self.breaker, shard, k, p, &rec);
-                Ok(())
+                self.books.entry(partition).or_default().batch(b, entries);
+                failed.map_or(Ok(()), Err)
             }
         }
+    }
+
+    /// Applies one account's state (`None`: it is gone) read from a changelog record whose copy
+    /// is `copy` ([`LEGACY_COPY`] for a record of its own, else its batch's).
+    fn load_account(&mut self, partition: u32, k: u64, value: Option<&[u8]>, copy: u32) -> Result<(), DecodeError> {
+        let p = partition.min(u32::from(u16::MAX)) as u16;
+        let i = self.shard_index(partition);
+        let shard = &mut self.shards[i];
+        let had = shard.accounts.get(k).is_some() || shard.ledger.contains_key(&k);
+        let Some(v) = value else {
+            shard.accounts.remove(k);
+            shard.ledger.remove(&k);
+            if had {
+                self.books.entry(partition).or_default().live(-1);
+            }
+            return Ok(());
+        };
+        let rec = changelog::decode(v)?;
+        if let Some(w) = &rec.window {
+            // Its ids that the account's previous record did not hold join the dedupe
+            // memory, at the time the record was written.
+            let before = shard.accounts.get(k).and_then(|a| a.ids);
+            remember_new_ids(&mut self.dedupe, self.seed, before, &w.ids, i64::from(w.touched_s) * 1000);
+        }
+        apply_record(&self.policy, &mut self.breaker, shard, k, p, &rec, copy);
+        let has = shard.accounts.get(k).is_some() || shard.ledger.contains_key(&k);
+        if had != has {
+            self.books.entry(partition).or_default().live(if has { 1 } else { -1 });
+        }
+        Ok(())
     }
 
     /// A warm standby's engine for one changelog partition: fed only by [`Engine::load_state`]
@@ -205,6 +410,9 @@ impl Engine {
         let shard = &mut self.shards[i];
         shard.accounts.adopt(from.accounts);
         shard.ledger.extend(from.ledger);
+        if let Some(book) = standby.books.remove(&partition) {
+            self.books.insert(partition, book);
+        }
         self.dedupe.absorb(standby.dedupe);
         if let Some(&m) = standby.max_event_ms.get(p as usize).filter(|&&m| m != i64::MIN) {
             let i = p as usize;
@@ -303,7 +511,15 @@ impl Engine {
     }
 }
 
-fn apply_record(policy: &Policy, breaker: &mut Breaker, shard: &mut Shard, key: u64, p: u16, rec: &AccountRecord<'_>) {
+fn apply_record(
+    policy: &Policy,
+    breaker: &mut Breaker,
+    shard: &mut Shard,
+    key: u64,
+    p: u16,
+    rec: &AccountRecord<'_>,
+    copy: u32,
+) {
     match &rec.window {
         Some(w) => {
             let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
@@ -331,6 +547,7 @@ fn apply_record(policy: &Policy, breaker: &mut Breaker, shard: &mut Shard, key: 
             shard
                 .accounts
                 .put(key, AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s });
+            shard.accounts.set_copy(key, copy);
             // Its new evidence ids reached the dedupe memory in `load_state`.
         }
         None => {
@@ -340,7 +557,7 @@ fn apply_record(policy: &Policy, breaker: &mut Breaker, shard: &mut Shard, key: 
     match rec.cooldown {
         Some(c) => {
             let cell = breaker.cell_for(rec.name_of(c.cell).unwrap_or_default());
-            shard.ledger.insert(key, Cooldown { until_s: c.until_s, partition: p, cell, at_ms: c.decided_at_ms });
+            shard.ledger.insert(key, Cooldown { until_s: c.until_s, partition: p, cell, at_ms: c.decided_at_ms, copy });
         }
         None => {
             shard.ledger.remove(&key);
