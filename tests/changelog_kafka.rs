@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::faults::*;
 use common::kafka::{unique_name, Isolation, KafkaBroker, Record};
 use common::service::*;
+use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
 
 const READY: Duration = Duration::from_secs(120);
 
@@ -112,6 +113,61 @@ fn an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_st
 
     // 4. A second batch that needs the restored state.
     decide_second_batch(broker, &t, svc, &first, coords, "takeovers across the restart decided once, cooldowns kept");
+}
+
+/// An upgrade in place from one changelog record per account (record format 2, what versions
+/// before 2026-12-02 wrote) to batch records (format 3, the default):
+/// 1. format 2 decides batch 1: the changelog holds account records, no batch;
+/// 2. restarted on format 3: it restores the same state from those records;
+/// 3. SIGKILLed and restarted: the same state again;
+/// 4. a second batch that needs the restored state decides exactly as expected, writing batches
+///    (and tombstones for the records of the accounts it changes).
+#[test]
+fn an_upgrade_from_one_record_per_account_to_batches_keeps_the_state() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "clog-fmt");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(broker, &t, dir.path(), &unique_name("clog-fmt-txn"), NO_TRIP, &[], None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let format = |v: u8| {
+        let text = text.replacen("[pipeline]\n", &format!("[pipeline]\nchangelog_record_version = {v}\n"), 1);
+        std::fs::write(&cfg, text).unwrap();
+    };
+    let log = dir.path().join("service.log");
+
+    format(2);
+    let first = first_batch();
+    let coords = produce(broker, &t.input, &first);
+    let mut svc = Service::spawn(&cfg, &log);
+    wait_committed_running(broker, &t, &mut svc, first.len() as i64, Duration::from_secs(120));
+    let before = summary(&mut svc);
+    let m = metrics(&mut svc);
+    let accounts = before["accounts"].as_f64().unwrap();
+    assert!(accounts >= 6_000.0, "state of batch 1: {before}");
+    assert!(metric_with(&m, "resetguard_changelog_records_total", "kind=\"account\"") >= accounts, "{m}");
+    assert_eq!(metric_with(&m, "resetguard_changelog_records_total", "kind=\"batch\""), 0.0, "{m}");
+    svc.terminate_ok();
+
+    format(3);
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(READY);
+    assert_eq!(summary(&mut svc), before, "format 3 restores what format 2 wrote");
+    let m = metrics(&mut svc);
+    assert!(metric_with(&m, "resetguard_partition_restores_total", "source=\"changelog\"") >= 1.0, "{m}");
+    svc.kill();
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(READY);
+    assert_eq!(summary(&mut svc), before, "and again after a SIGKILL");
+    decide_second_batch(broker, &t, svc, &first, coords, "decided once across the format change, cooldowns kept");
+    // Batch 2 was written in batches, and a restore of both formats together still decides it
+    // as it was decided: no notice again.
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(READY);
+    let m = metrics(&mut svc);
+    assert_eq!(metric_with(&m, "resetguard_changelog_records_total", "kind=\"account\""), 0.0, "{m}");
+    let after = summary(&mut svc);
+    assert!(after["accounts"].as_f64().unwrap() >= accounts, "{after}");
+    svc.terminate_ok();
 }
 
 /// Produces [`second_batch`] for `svc` (whose state came back from batch 1), stops it, and checks
@@ -287,11 +343,21 @@ fn state_changes_travel_before_their_transaction_commits() {
     produce(broker, &t.input, &inputs);
 
     let changelog = format!("{}-changelog", t.shadow);
-    // Accounts with a record (key `a` ++ hash; the log also holds watermark records). Distinct
-    // keys: read_uncommitted also shows the records of a transaction that was aborted and redone.
+    // Accounts with a state in the log (entries of batch records; the log also holds watermark
+    // records). Distinct accounts: read_uncommitted also shows the records of a transaction that
+    // was aborted and redone.
     let of_accounts = |records: Vec<Record>| {
-        let keys: BTreeSet<Vec<u8>> =
-            records.into_iter().filter_map(|r| r.key).filter(|k| k.first() == Some(&b'a')).collect();
+        let mut keys: BTreeSet<u64> = BTreeSet::new();
+        for r in records {
+            let (Some(k), Some(v)) = (r.key, r.payload) else { continue };
+            if let Key::Batch(_) = parse_key(&k) {
+                for e in batch_entries(&v) {
+                    if let Ok(BatchEntry::Put(account, _)) = e {
+                        keys.insert(account);
+                    }
+                }
+            }
+        }
         keys.len()
     };
     let accounts = |isolation| of_accounts(broker.read_to_end(&changelog, isolation, Duration::from_secs(30)));
