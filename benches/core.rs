@@ -580,16 +580,23 @@ fn restore_group(c: &mut Criterion) {
     }
     let policy = Arc::new(Policy::default_with_version("bench"));
     let keys = resetguard::core::hash::Keys::demo();
-    // One partition's changelog: 3 events per account, drained once (one record per account).
-    let mut live = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
-    live.track_changes();
+    // One partition's changelog of `accounts` accounts: 3 events each, drained once (batch
+    // records, the default format).
+    let changelog = |accounts: usize| {
+        let mut live = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+        live.track_changes();
+        let events = stream(3 * accounts, accounts, T0_MS, STEP_US, 7);
+        let wall = T0_MS + 3 * accounts as i64 * STEP_US / 1000 + 1_000;
+        for e in &events {
+            live.process(e, 0, wall);
+        }
+        let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        live.drain_changes(|_, k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+        log
+    };
+    let log = changelog(RESTORE_ACCOUNTS);
     let events = stream(3 * RESTORE_ACCOUNTS, RESTORE_ACCOUNTS, T0_MS, STEP_US, 7);
     let wall = T0_MS + 3 * RESTORE_ACCOUNTS as i64 * STEP_US / 1000 + 1_000;
-    for e in &events {
-        live.process(e, 0, wall);
-    }
-    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    live.drain_changes(|_, k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
     let standby = |records: &[(Vec<u8>, Option<Vec<u8>>)]| {
         let mut s = Engine::standby(&policy, keys.clone());
         for (k, v) in records {
@@ -619,7 +626,8 @@ fn restore_group(c: &mut Criterion) {
     });
     g.finish();
     for accounts in [1_000, RESTORE_ACCOUNTS] {
-        let records = &log[..accounts.min(log.len())];
+        let small = if accounts < RESTORE_ACCOUNTS { Some(changelog(accounts)) } else { None };
+        let records = small.as_deref().unwrap_or(&log);
         let mut times: Vec<Duration> = (0..5)
             .map(|_| {
                 let (copy, mut e) = (standby(records), Engine::new(policy.clone(), keys.clone(), TimeMode::Wall));
@@ -642,8 +650,46 @@ fn restore_group(c: &mut Criterion) {
     }
 }
 
+/// The changelog's write side: draining 10,000 changed accounts (3 events each) into records,
+/// as batch records (format 3, the default) and as one record per account (format 2).
+fn changelog_group(c: &mut Criterion) {
+    if !wanted("changelog") {
+        return;
+    }
+    const ACCOUNTS: usize = 10_000;
+    let policy = Arc::new(Policy::default_with_version("bench"));
+    let keys = resetguard::core::hash::Keys::demo();
+    let events = stream(3 * ACCOUNTS, ACCOUNTS, T0_MS, STEP_US, 11);
+    let wall = T0_MS + 3 * ACCOUNTS as i64 * STEP_US / 1000 + 1_000;
+    let mut g = c.benchmark_group("changelog");
+    g.throughput(Throughput::Elements(ACCOUNTS as u64));
+    g.sample_size(20);
+    for (name, format) in [("drain_10k_batches", 3u8), ("drain_10k_per_account", 2)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut e = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+                    e.track_changes_as(format);
+                    for ev in &events {
+                        e.process(ev, 0, wall);
+                    }
+                    let mut bytes = 0usize;
+                    let start = Instant::now();
+                    e.drain_changes(|_, k, v| bytes += k.len() + v.map_or(0, <[u8]>::len));
+                    spent += start.elapsed();
+                    black_box(bytes);
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    changelog_group,
     decode_group,
     score_group,
     breaker_group,

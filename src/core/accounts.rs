@@ -420,6 +420,25 @@ impl AccountStore {
         }
     }
 
+    /// Records where the changelog's newest copy of the account is, and returns its state
+    /// (`None`: it is not tracked).
+    pub fn state_with_copy(&mut self, key: u64, copy: u32) -> Option<AccountView<'_>> {
+        let key = if key == FREE { 1 } else { key };
+        let Some(i) = self.find(key) else {
+            let a = self.adopted.iter_mut().find(|a| a.find(key).is_some())?;
+            return a.state_with_copy(key, copy);
+        };
+        let s = &mut self.slots[i];
+        s.copy = copy;
+        Some(AccountView {
+            partition: s.partition,
+            ring: &s.ring,
+            ids: s.ids.as_deref(),
+            slow: s.slow,
+            touched_s: s.touched_s,
+        })
+    }
+
     /// Records where the changelog's newest copy of the account is (if it is tracked).
     pub fn set_copy(&mut self, key: u64, copy: u32) {
         let key = if key == FREE { 1 } else { key };

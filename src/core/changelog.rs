@@ -296,12 +296,26 @@ pub struct BatchWriter {
 impl BatchWriter {
     /// Appends an account's record, written by `record` into the buffer.
     pub fn put(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>)) {
+        self.put_if(key, |out| {
+            record(out);
+            true
+        });
+    }
+
+    /// Appends an account's record if `record` writes one (returns true); else appends nothing.
+    pub fn put_if(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        let (start, entries) = (self.buf.len(), self.entries);
         self.start_entry(key);
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_le_bytes());
-        record(&mut self.buf);
+        if !record(&mut self.buf) {
+            self.buf.truncate(start);
+            self.entries = entries;
+            return false;
+        }
         let len = (self.buf.len() - at - 4) as u32;
         self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        true
     }
 
     /// Appends that the account is gone.
@@ -491,6 +505,10 @@ mod tests {
         w.put(7, |out| encode(&sample(), VERSION, out));
         w.gone(9);
         w.put(u64::MAX - 1, |out| out.extend_from_slice(b"x"));
+        assert!(!w.put_if(5, |out| {
+            out.extend_from_slice(b"half-written");
+            false
+        }));
         assert_eq!(w.entries(), 3);
         let v = w.value().to_vec();
         let got: Vec<_> = batch_entries(&v).collect();

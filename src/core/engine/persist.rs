@@ -24,10 +24,21 @@ pub(super) struct Changes {
     pub(super) freed: Vec<(u64, u16, u32)>,
     buf: Vec<u8>,
     /// Batch records being written, one per partition (record format 3), and spare writers.
-    open: HashMap<u32, (u64, BatchWriter)>,
+    open: Vec<OpenBatch>,
     spare: Vec<BatchWriter>,
     /// Account record version written ([`changelog::WRITABLE_VERSIONS`]; 0: the current one).
     version: u8,
+}
+
+/// A partition's batch record being written by a drain.
+struct OpenBatch {
+    partition: u32,
+    number: u64,
+    w: BatchWriter,
+    /// Accounts written for the first time less accounts gone, since the drain began.
+    live: i64,
+    /// Entries written by the drain (in this batch and the ones it filled before).
+    written: usize,
 }
 
 impl Changes {
@@ -156,20 +167,11 @@ impl Engine {
     /// Format 3: batch records per partition, with the compaction's steps and tombstones.
     fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
         let mut n = 0;
-        // Accounts written per partition: a compaction step keeps pace with them.
-        let mut written: HashMap<u32, usize> = HashMap::new();
         for i in 0..self.shards.len() {
             let mut changed = std::mem::take(&mut self.shards[i].changed);
-            for (key, (touched, before)) in changed.drain() {
-                let shard = &self.shards[i];
-                let p = shard
-                    .accounts
-                    .get(key)
-                    .map(|a| a.partition)
-                    .or_else(|| shard.ledger.get(&key).map(|c| c.partition))
-                    .unwrap_or(touched);
+            // The partition is the one of the account's last change (as its state says).
+            for (key, (p, before)) in changed.drain() {
                 n += self.write_entry(c, i, u32::from(p), key, before, emit);
-                *written.entry(u32::from(p)).or_default() += 1;
             }
             self.shards[i].changed = changed;
         }
@@ -187,7 +189,8 @@ impl Engine {
             if !book.compacting() {
                 continue;
             }
-            let step = written.get(&p).copied().unwrap_or(0).max(logbook::STEP);
+            // Keeps pace with the writes: at least as many accounts as this drain changed.
+            let step = c.open.iter().find(|o| o.partition == p).map_or(0, |o| o.written).max(logbook::STEP);
             for key in book.compaction_step(step) {
                 let (book, shard) = (&self.books[&p], &self.shards[i]);
                 let copy = shard.accounts.copy_of(key);
@@ -200,14 +203,16 @@ impl Engine {
                 n += self.write_entry(c, i, p, key, before, emit);
             }
         }
-        for (p, (number, mut w)) in c.open.drain() {
-            if w.entries() > 0 {
-                emit(p, &changelog::batch_key(number), Some(w.value()));
-                self.books.entry(p).or_default().batch(number, w.entries());
+        for mut o in c.open.drain(..) {
+            let book = self.books.entry(o.partition).or_default();
+            if o.w.entries() > 0 {
+                emit(o.partition, &changelog::batch_key(o.number), Some(o.w.value()));
+                book.batch(o.number, o.w.entries());
                 n += 1;
             }
-            w.clear();
-            c.spare.push(w);
+            book.live(o.live);
+            o.w.clear();
+            c.spare.push(o.w);
         }
         for &p in &partitions {
             if let Some(book) = self.books.get_mut(&p) {
@@ -232,42 +237,48 @@ impl Engine {
         before: u32,
         emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>),
     ) -> usize {
-        let shard = &mut self.shards[shard];
-        let present = shard.accounts.get(key).is_some() || shard.ledger.contains_key(&key);
-        if !present && before == NO_COPY {
-            return 0;
-        }
         let mut n = 0;
         if before == LEGACY_COPY {
             // Its own record goes first: the batch entry after it is its state from now on.
             emit(p, &changelog::account_key(key), None);
             n += 1;
         }
-        let book = self.books.entry(p).or_default();
-        let spare = &mut c.spare;
-        let (number, w) = c.open.entry(p).or_insert_with(|| (book.next_batch(), spare.pop().unwrap_or_default()));
-        if present {
-            let (policy, breaker) = (&self.policy, &self.breaker);
-            w.put(key, |out| {
-                encode_account(policy, breaker, shard, key, changelog::VERSION, out);
-            });
-            let copy = LogBook::copy(*number);
-            shard.accounts.set_copy(key, copy);
-            if let Some(cd) = shard.ledger.get_mut(&key) {
-                cd.copy = copy;
+        // Few partitions per drain: a short search, the last one used first.
+        let o = match c.open.iter().rposition(|o| o.partition == p) {
+            Some(at) => &mut c.open[at],
+            None => {
+                let number = self.books.entry(p).or_default().next_batch();
+                let w = c.spare.pop().unwrap_or_default();
+                c.open.push(OpenBatch { partition: p, number, w, live: 0, written: 0 });
+                let last = c.open.len() - 1;
+                &mut c.open[last]
             }
-            if before == NO_COPY {
-                book.live(1);
-            }
+        };
+        let copy = LogBook::copy(o.number);
+        let shard = &mut self.shards[shard];
+        // Where its copy is from now on, read and set in one lookup each.
+        let account = shard.accounts.state_with_copy(key, copy);
+        let cooldown = shard.ledger.get_mut(&key).map(|c| {
+            c.copy = copy;
+            &*c
+        });
+        let (policy, breaker) = (&self.policy, &self.breaker);
+        if o.w.put_if(key, |out| encode_state(policy, breaker, account, cooldown, changelog::VERSION, out)) {
+            o.live += i64::from(before == NO_COPY);
+        } else if before != NO_COPY {
+            o.w.gone(key);
+            o.live -= 1;
         } else {
-            w.gone(key);
-            book.live(-1);
+            // Never written, and gone again.
+            return n;
         }
-        if w.bytes() >= logbook::BATCH_BYTES {
-            emit(p, &changelog::batch_key(*number), Some(w.value()));
-            book.batch(*number, w.entries());
-            w.clear();
-            *number = book.next_batch();
+        o.written += 1;
+        if o.w.bytes() >= logbook::BATCH_BYTES {
+            let book = self.books.entry(p).or_default();
+            emit(p, &changelog::batch_key(o.number), Some(o.w.value()));
+            book.batch(o.number, o.w.entries());
+            o.w.clear();
+            o.number = book.next_batch();
             n += 1;
         }
         n
@@ -567,8 +578,19 @@ fn apply_record(
 
 /// Writes the account's record into `out`; false if the engine holds nothing for it.
 fn encode_account(policy: &Policy, breaker: &Breaker, shard: &Shard, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
-    let account = shard.accounts.get(key);
-    let cooldown = shard.ledger.get(&key);
+    encode_state(policy, breaker, shard.accounts.get(key), shard.ledger.get(&key), version, out)
+}
+
+/// Writes an account's record (its window state, its cooldown) into `out`; false if both are
+/// missing.
+fn encode_state(
+    policy: &Policy,
+    breaker: &Breaker,
+    account: Option<AccountView<'_>>,
+    cooldown: Option<&Cooldown>,
+    version: u8,
+    out: &mut Vec<u8>,
+) -> bool {
     if account.is_none() && cooldown.is_none() {
         return false;
     }
