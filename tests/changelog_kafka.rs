@@ -170,6 +170,48 @@ fn an_upgrade_from_one_record_per_account_to_batches_keeps_the_state() {
     svc.terminate_ok();
 }
 
+/// A changelog topic that refuses records as large as resetguard's batches (`max.message.bytes`
+/// of 4 KiB, set by hand, with the producer's `batch.size` below it, or librdkafka's own
+/// batching of several records would exceed it whatever their size): the refused record is a
+/// changelog batch, so the transaction is redone with smaller batches until they fit, instead
+/// of stopping the service (a record that can never be produced). The state that then commits restores exactly after a SIGKILL, and
+/// the second batch decides as expected.
+#[test]
+fn a_changelog_topic_with_a_small_record_limit_gets_smaller_batches() {
+    let broker = KafkaBroker::shared();
+    let t = Topics::create(broker, "clog-small");
+    let changelog = format!("{}-changelog", t.shadow);
+    broker.create_topic_with_config(
+        &changelog,
+        PARTITIONS,
+        &[("cleanup.policy", "compact"), ("max.message.bytes", "4096")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Uncompressed, so that the limit applies to the batch's own bytes.
+    let plain = [("compression.type", "none"), ("batch.size", "3000")];
+    let cfg = write_config(broker, &t, dir.path(), &unique_name("clog-small-txn"), NO_TRIP, &plain, None);
+    let log = dir.path().join("service.log");
+    let first = first_batch();
+    let coords = produce(broker, &t.input, &first);
+    let mut svc = Service::spawn(&cfg, &log);
+    wait_committed_running(broker, &t, &mut svc, first.len() as i64, Duration::from_secs(120));
+    let before = summary(&mut svc);
+    assert!(before["accounts"].as_u64().unwrap() >= 6_000, "{before}");
+    let records: Vec<Record> = broker.read_all_committed(&changelog, Duration::from_secs(30));
+    let largest = records.iter().filter_map(|r| r.payload.as_ref()).map(Vec::len).max().unwrap_or(0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused = text.matches("writing smaller ones").count();
+    assert!(refused >= 1, "the refused batch was noticed (largest {largest} B):\n{text}");
+    assert!(largest <= 4096, "batches were cut smaller: largest {largest} B after {refused} refusals");
+    let batches = records.iter().filter(|r| r.key.as_deref().is_some_and(|k| matches!(parse_key(k), Key::Batch(_))));
+    assert!(batches.count() > 3, "several batches per partition");
+    svc.kill();
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(READY);
+    assert_eq!(summary(&mut svc), before, "the state the smaller batches hold");
+    decide_second_batch(broker, &t, svc, &first, coords, "decided once, with smaller batches");
+}
+
 /// Produces [`second_batch`] for `svc` (whose state came back from batch 1), stops it, and checks
 /// every input's outcome and that the notices are exactly the expected ones (`what` says why).
 fn decide_second_batch(

@@ -495,6 +495,9 @@ struct Pipeline {
 /// Least time between two sends of state changes made because the loop had nothing more to
 /// decide (see `Pipeline::flush_changelog_early`).
 const IDLE_SEND_GAP: Duration = Duration::from_millis(25);
+/// Smallest size at which the changelog's batch records are cut after the topic refused larger
+/// ones (an account's state is never split, so smaller means one account per record).
+const MIN_CHANGELOG_BATCH: usize = 1024;
 
 /// Whether another replacement is allowed: fewer than [`MAX_RENEWALS`] in the last
 /// [`RENEWAL_WINDOW`] (records this one when it is).
@@ -1374,6 +1377,22 @@ impl Pipeline {
             TxnError::Fatal { .. } => {
                 self.renew_producer(e)?;
                 self.rewind()
+            }
+            TxnError::Poison { ref topic, code, .. } if *topic == self.settings.topics.changelog => {
+                // A batch record larger than the topic (`max.message.bytes`) or the producer
+                // accepts: the transaction is redone with smaller batches, down to one account
+                // per record.
+                let size = self.engine.changelog_batch_bytes();
+                if size <= MIN_CHANGELOG_BATCH {
+                    return Err(PipelineError::Fatal(format!(
+                        "a changelog record of at most {size} bytes before compression can never be produced: {e}"
+                    )));
+                }
+                let smaller = (size / 4).max(MIN_CHANGELOG_BATCH);
+                warn!(topic = %topic, code = ?code, batch_bytes = smaller,
+                    "The changelog topic refused a batch record as too large; writing smaller ones from now on. Raise the topic's max.message.bytes (or the producer's message.max.bytes) to write larger ones.");
+                self.engine.set_changelog_batch_bytes(smaller);
+                self.recover(&e)
             }
             TxnError::Poison { tag, ref topic, code } => {
                 let Some(&coord) = self.origins.get(tag) else {

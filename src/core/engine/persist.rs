@@ -26,6 +26,8 @@ pub(super) struct Changes {
     /// Batch records being written, one per partition (record format 3), and spare writers.
     open: Vec<OpenBatch>,
     spare: Vec<BatchWriter>,
+    /// A batch record is cut at this size (0: [`logbook::BATCH_BYTES`]).
+    batch_bytes: usize,
     /// Account record version written ([`changelog::WRITABLE_VERSIONS`]; 0: the current one).
     version: u8,
 }
@@ -95,6 +97,22 @@ impl Engine {
     /// [`changelog::WRITABLE_VERSIONS`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
+    }
+
+    /// Size at which a batch record is cut (before compression).
+    pub fn changelog_batch_bytes(&self) -> usize {
+        match self.changes.as_ref().map_or(0, |c| c.batch_bytes) {
+            0 => logbook::BATCH_BYTES,
+            n => n,
+        }
+    }
+
+    /// Cuts batch records at `bytes` from now on (a changelog topic or producer that refuses
+    /// records as large as the default, see `kafka::pipeline`); an account's state is never cut.
+    pub fn set_changelog_batch_bytes(&mut self, bytes: usize) {
+        if let Some(c) = &mut self.changes {
+            c.batch_bytes = bytes.max(1);
+        }
     }
 
     /// What the changelog of `partition` holds in batch records, as this engine knows it
@@ -273,7 +291,8 @@ impl Engine {
             return n;
         }
         o.written += 1;
-        if o.w.bytes() >= logbook::BATCH_BYTES {
+        let cut = if c.batch_bytes == 0 { logbook::BATCH_BYTES } else { c.batch_bytes };
+        if o.w.bytes() >= cut {
             let book = self.books.entry(p).or_default();
             emit(p, &changelog::batch_key(o.number), Some(o.w.value()));
             book.batch(o.number, o.w.entries());
