@@ -364,6 +364,34 @@ fn every_record_format_restores_the_same_state() {
     }
 }
 
+/// Going back to one record per account (format 2) over a log written in batches: an account
+/// that goes gets a "gone" entry in a batch as well as its tombstone, so once Kafka drops the
+/// tombstone (`delete.retention.ms`) the batch's older copy does not come back.
+#[test]
+fn an_account_gone_under_format_2_does_not_come_back_from_a_batch() {
+    let policy = Policy::default_with_version("changelog-v1");
+    let mut e = engine(&policy);
+    let mut log = Vec::new();
+    for i in 0..50 {
+        e.process(&event(&format!("b{i}"), &format!("acct-{i}"), T0 + i, "s", "new_device", 0.2), 0, T0 + 5_000);
+    }
+    drain(&mut e, &mut log);
+    let mut back = restore(&policy, &log, Read::Whole);
+    back.track_changes_as(2);
+    let later = T0_MINUTE + 50 * 60 * MINUTE;
+    back.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
+    for k in 0..10 {
+        back.tick(later + 60_000 * (k + 1));
+    }
+    drain(&mut back, &mut log);
+    assert_eq!(back.tracked_accounts(), 1);
+    // What compaction keeps once the tombstones are gone too.
+    let kept: Vec<_> = compacted(&log).into_iter().map(|((p, k), v)| (p, k, Some(v))).collect();
+    assert_eq!(entries(&kept), (51, 50), "50 accounts and the new one, 50 gone");
+    let restored = restore(&policy, &kept, Read::Whole);
+    assert_eq!(restored.state_dump(), back.state_dump());
+}
+
 /// An upgrade from one record per account: each account's record gets a tombstone just before
 /// its first batch entry (or its "gone"), so what compaction keeps never brings back an older
 /// state, and the log ends up with no per-account record of a live account.

@@ -67,6 +67,10 @@ struct Slot {
     copy: u32,
 }
 
+// The changelog copy's 4 bytes sit in what was padding: the slot stays 88 bytes (64-bit).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Slot>() == 88);
+
 /// The changelog holds no copy of the account (yet).
 pub const NO_COPY: u32 = u32::MAX;
 /// The changelog's copy is a record of its own (record formats 1 and 2), not in a batch.

@@ -8,7 +8,7 @@
 //! offsets in one transaction; the outcome tallies reach the metrics only then).
 //!
 //! State lives in the compacted changelog topic ([`super::changelog`]): every transaction also
-//! carries one record per account its inputs changed, so state, outputs and offsets commit
+//! carries the state of every account its inputs changed (in batch records), so state, outputs and offsets commit
 //! together. On every assignment and after every abort, each partition's state is read back
 //! from the changelog (in proportion to its live accounts), and the breaker's history is
 //! replayed from the decisions recorded there. A partition without a changelog yet (the first
@@ -496,7 +496,7 @@ struct Pipeline {
 /// decide (see `Pipeline::flush_changelog_early`).
 const IDLE_SEND_GAP: Duration = Duration::from_millis(25);
 /// Smallest size at which the changelog's batch records are cut after the topic refused larger
-/// ones (an account's state is never split, so smaller means one account per record).
+/// ones (a few accounts per record; an account's state is never split).
 const MIN_CHANGELOG_BATCH: usize = 1024;
 
 /// Whether another replacement is allowed: fewer than [`MAX_RENEWALS`] in the last
@@ -1378,7 +1378,10 @@ impl Pipeline {
                 self.renew_producer(e)?;
                 self.rewind()
             }
-            TxnError::Poison { ref topic, code, .. } if *topic == self.settings.topics.changelog => {
+            TxnError::Poison { ref topic, code, .. }
+                if *topic == self.settings.topics.changelog
+                    && self.settings.changelog_record_version == crate::core::changelog::BATCHED =>
+            {
                 // A batch record larger than the topic (`max.message.bytes`) or the producer
                 // accepts: the transaction is redone with smaller batches, down to one account
                 // per record.
@@ -1390,7 +1393,7 @@ impl Pipeline {
                 }
                 let smaller = (size / 4).max(MIN_CHANGELOG_BATCH);
                 warn!(topic = %topic, code = ?code, batch_bytes = smaller,
-                    "The changelog topic refused a batch record as too large; writing smaller ones from now on. Raise the topic's max.message.bytes (or the producer's message.max.bytes) to write larger ones.");
+                    "The changelog topic refused a batch record as too large; writing smaller ones from now on. The topic's max.message.bytes must hold the producer's batch.size (librdkafka packs several records per request) and message.max.bytes must hold a batch (512 KiB).");
                 self.engine.set_changelog_batch_bytes(smaller);
                 self.recover(&e)
             }
@@ -1656,7 +1659,8 @@ impl Pipeline {
         self.control.read_new(&mut self.engine, now);
         self.engine.tick(now);
         if self.engine.pending_changes() > 0 {
-            // Expired accounts' tombstones wait for the next commit like any other change.
+            // Expired accounts ("gone" entries) and compaction work wait for the next commit
+            // like any other change.
             self.shared.unflushed.store(true, Ordering::SeqCst);
         }
         let m = &self.metrics;

@@ -54,7 +54,7 @@ pub async fn ensure_topics(s: &Settings) -> Result<Vec<String>, PipelineError> {
                 // The latest override per cell and action per held notice is what counts.
                 NewTopic::new(name, 1, TopicReplication::Fixed(t.replication)).set("cleanup.policy", "compact")
             } else if *name == t.changelog {
-                // The latest state per account is what counts; expired accounts are tombstoned.
+                // Batches no account needs any more get tombstones (docs/changelog.md).
                 // A restore reads what the cleaner has not compacted yet: the active segment
                 // (never cleaned) and the dirty part of the rest. Small segments rolled often and
                 // a low dirty ratio keep that tail short (docs/changelog.md, "How it is read").

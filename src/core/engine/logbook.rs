@@ -168,6 +168,11 @@ impl LogBook {
         step
     }
 
+    /// A compaction is under way, or batches wait for their tombstones.
+    pub(super) fn has_work(&self) -> bool {
+        self.compaction.is_some() || self.batches.front().is_some_and(|&(b, _)| b < self.drop_below)
+    }
+
     pub(super) fn compacting(&self) -> bool {
         self.compaction.is_some()
     }

@@ -126,12 +126,15 @@ impl Engine {
         })
     }
 
-    /// Accounts changed since the last drain.
+    /// Accounts changed since the last drain, plus one per partition whose changelog has
+    /// compaction work left (a compaction under way, batches due for a tombstone), so that an
+    /// idle instance still finishes it.
     pub fn pending_changes(&self) -> usize {
         if self.changes.is_none() {
             return 0;
         }
-        self.shards.iter().map(|s| s.changed.len()).sum()
+        let work = self.books.values().filter(|b| b.has_work()).count();
+        self.shards.iter().map(|s| s.changed.len()).sum::<usize>() + work
     }
 
     /// Emits the state of every account changed since the last call and one watermark record
@@ -163,10 +166,14 @@ impl Engine {
     }
 
     /// Formats 1 and 2: one record per changed account.
+    /// An account that goes while its newest copy is in a batch (a log written in format 3
+    /// before, and now format 1 or 2 again) also gets a "gone" entry in a batch: its tombstone
+    /// alone would let that copy come back once Kafka drops the tombstone.
     fn drain_accounts(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
         let mut n = 0;
+        let mut gone: Vec<(u32, u64)> = Vec::new();
         for shard in &mut self.shards {
-            for (&key, &(partition, _)) in &shard.changed {
+            for (&key, &(partition, before)) in &shard.changed {
                 c.buf.clear();
                 let partition = shard.accounts.get(key).map_or(partition, |a| a.partition);
                 let k = changelog::account_key(key);
@@ -174,10 +181,25 @@ impl Engine {
                     emit(u32::from(partition), &k, Some(&c.buf));
                 } else {
                     emit(u32::from(partition), &k, None);
+                    if !matches!(before, NO_COPY | LEGACY_COPY) {
+                        gone.push((u32::from(partition), key));
+                    }
                 }
                 n += 1;
             }
             shard.changed.clear();
+        }
+        gone.sort_unstable();
+        for part in gone.chunk_by(|a, b| a.0 == b.0) {
+            let p = part[0].0;
+            let mut w = BatchWriter::default();
+            part.iter().for_each(|&(_, key)| w.gone(key));
+            let book = self.books.entry(p).or_default();
+            let number = book.next_batch();
+            emit(p, &changelog::batch_key(number), Some(w.value()));
+            book.batch(number, w.entries());
+            book.live(-(part.len() as i64));
+            n += 1;
         }
         n
     }
