@@ -248,6 +248,17 @@ fn entries(log: &[(u32, Vec<u8>, Option<Vec<u8>>)]) -> (usize, usize) {
     (puts, gone)
 }
 
+/// 50 hours on (past the idle expiry, and past the cooldowns by one more cooldown, see
+/// `Engine::tick`), one more event (account `acct-new`) moves the watermark of partition 0;
+/// ticks sweep every account and, at a whole minute, prune the cooldowns.
+fn expire_all_but_a_new_one(e: &mut Engine) {
+    let later = T0_MINUTE + 50 * 60 * MINUTE;
+    e.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
+    for k in 0..10 {
+        e.tick(later + 60_000 * (k + 1));
+    }
+}
+
 /// Expired accounts and pruned cooldowns are written as gone: after a day, a restore holds only
 /// the accounts still live (here: none but the day's last).
 #[test]
@@ -261,14 +272,7 @@ fn expired_accounts_are_written_as_gone() {
     }
     drain(&mut e, &mut log);
     assert_eq!(entries(&log), (3000, 0));
-    // 50 hours on (past the idle expiry, and past the cooldowns by one more cooldown, see
-    // `Engine::tick`), one more event moves the watermark; ticks sweep every account and, at a
-    // whole minute, prune the cooldowns.
-    let later = T0_MINUTE + 50 * 60 * MINUTE;
-    e.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
-    for k in 0..10 {
-        e.tick(later + 60_000 * (k + 1));
-    }
+    expire_all_but_a_new_one(&mut e);
     drain(&mut e, &mut log);
     assert_eq!(e.tracked_accounts(), 1);
     assert_eq!(entries(&log), (3001, 3000), "every expired account is written as gone");
@@ -378,11 +382,7 @@ fn an_account_gone_under_format_2_does_not_come_back_from_a_batch() {
     drain(&mut e, &mut log);
     let mut back = restore(&policy, &log, Read::Whole);
     back.track_changes_as(2);
-    let later = T0_MINUTE + 50 * 60 * MINUTE;
-    back.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
-    for k in 0..10 {
-        back.tick(later + 60_000 * (k + 1));
-    }
+    expire_all_but_a_new_one(&mut back);
     drain(&mut back, &mut log);
     assert_eq!(back.tracked_accounts(), 1);
     // What compaction keeps once the tombstones are gone too.
@@ -421,11 +421,7 @@ fn per_account_records_move_into_batches() {
         assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
     }
     // Everything expires: the other 200 go too, and nothing comes back.
-    let later = T0_MINUTE + 50 * 60 * MINUTE;
-    new.process(&event("late-one", "acct-new", later, "s", "new_device", 0.1), 0, later + 1_000);
-    for k in 0..10 {
-        new.tick(later + 60_000 * (k + 1));
-    }
+    expire_all_but_a_new_one(&mut new);
     drain(&mut new, &mut log);
     assert_eq!(new.tracked_accounts(), 1);
     assert_eq!(own(&log), 0);

@@ -387,14 +387,7 @@ impl AccountStore {
     pub fn get(&self, key: u64) -> Option<AccountView<'_>> {
         let key = if key == FREE { 1 } else { key };
         let Some(i) = self.find(key) else { return self.adopted.iter().find_map(|a| a.get(key)) };
-        let s = &self.slots[i];
-        Some(AccountView {
-            partition: s.partition,
-            ring: &s.ring,
-            ids: s.ids.as_deref(),
-            slow: s.slow,
-            touched_s: s.touched_s,
-        })
+        Some(self.slots[i].view())
     }
 
     /// Sets an account's state (restore from the changelog), replacing what was there. The ring
@@ -432,15 +425,8 @@ impl AccountStore {
             let a = self.adopted.iter_mut().find(|a| a.find(key).is_some())?;
             return a.state_with_copy(key, copy);
         };
-        let s = &mut self.slots[i];
-        s.copy = copy;
-        Some(AccountView {
-            partition: s.partition,
-            ring: &s.ring,
-            ids: s.ids.as_deref(),
-            slow: s.slow,
-            touched_s: s.touched_s,
-        })
+        self.slots[i].copy = copy;
+        Some(self.slots[i].view())
     }
 
     /// Records where the changelog's newest copy of the account is (if it is tracked).
@@ -620,6 +606,16 @@ impl AccountStore {
 }
 
 impl Slot {
+    fn view(&self) -> AccountView<'_> {
+        AccountView {
+            partition: self.partition,
+            ring: &self.ring,
+            ids: self.ids.as_deref(),
+            slow: self.slow,
+            touched_s: self.touched_s,
+        }
+    }
+
     fn empty(key: u64) -> Slot {
         Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0, partition: 0, copy: NO_COPY }
     }
