@@ -8,15 +8,15 @@
 //! offsets in one transaction; the outcome tallies reach the metrics only then).
 //!
 //! State lives in the compacted changelog topic ([`super::changelog`]): every transaction also
-//! carries the state of every account its inputs changed (in batch records), so state, outputs and offsets commit
-//! together. On every assignment and after every abort, each partition's state is read back
-//! from the changelog (in proportion to its live accounts), and the breaker's history is
-//! replayed from the decisions recorded there. A partition without a changelog yet (the first
-//! start of this version, or `pipeline.changelog = false`) is rebuilt from the input topic
-//! instead ([`super::restore`]): re-read from `now - lookback` up to its committed offset in
-//! restore mode (state and breaker history, no outputs), after which, with the changelog on, its
-//! whole state is written to the changelog once. Live decisions start only when every assigned
-//! partition has finished restoring. Every abort, whatever caused it, goes through
+//! carries the state of every account its inputs changed (in batch records), so state, outputs
+//! and offsets commit together. On every assignment and after every abort, each partition's
+//! state is read back from the changelog (in proportion to its live accounts), and the
+//! breaker's history is replayed from the decisions recorded there. A partition without a
+//! changelog yet (the first start of this version, or `pipeline.changelog = false`) is rebuilt
+//! from the input topic instead ([`super::restore`]): re-read from `now - lookback` up to its
+//! committed offset in restore mode (state and breaker history, no outputs), after which, with
+//! the changelog on, its whole state is written to the changelog once. Live decisions start
+//! only when every assigned partition has finished restoring. Every abort, whatever caused it, goes through
 //! [`Pipeline::recover`]: abort, reset state, rewind to the committed offsets, restore.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -1383,8 +1383,8 @@ impl Pipeline {
                     && self.settings.changelog_record_version == crate::core::changelog::BATCHED =>
             {
                 // A batch record larger than the topic (`max.message.bytes`) or the producer
-                // accepts: the transaction is redone with smaller batches, down to one account
-                // per record.
+                // accepts: the transaction is redone with smaller batches, down to
+                // `MIN_CHANGELOG_BATCH`.
                 let size = self.engine.changelog_batch_bytes();
                 if size <= MIN_CHANGELOG_BATCH {
                     return Err(PipelineError::Fatal(format!(
