@@ -16,8 +16,9 @@
 //! from the input topic instead ([`super::restore`]): re-read from `now - lookback` up to its
 //! committed offset in restore mode (state and breaker history, no outputs), after which, with
 //! the changelog on, its whole state is written to the changelog once. Live decisions start
-//! only when every assigned partition has finished restoring. Every abort, whatever caused it, goes through
-//! [`Pipeline::recover`]: abort, reset state, rewind to the committed offsets, restore.
+//! only when every assigned partition has finished restoring. Every abort, whatever caused it,
+//! goes through [`Pipeline::recover`]: abort, reset state, rewind to the committed offsets,
+//! restore.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
