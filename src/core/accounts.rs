@@ -390,9 +390,10 @@ impl AccountStore {
         Some(self.slots[i].view())
     }
 
-    /// Sets an account's state (restore from the changelog), replacing what was there. The ring
-    /// is cut to the newest `max_events_per_account` entries and the ids to one per entry.
-    pub fn put(&mut self, key: u64, v: AccountView<'_>) {
+    /// Sets an account's state (restore from the changelog, whose copy is `copy`), replacing
+    /// what was there. The ring is cut to the newest `max_events_per_account` entries and the
+    /// ids to one per entry.
+    pub fn put(&mut self, key: u64, v: AccountView<'_>, copy: u32) {
         let key = if key == FREE { 1 } else { key };
         let idx = match self.find_or_pull(key) {
             Some(i) => i,
@@ -406,6 +407,7 @@ impl AccountStore {
         slot.slow = v.slow;
         slot.touched_s = v.touched_s;
         slot.partition = v.partition;
+        slot.copy = copy;
     }
 
     /// Where the changelog's newest copy of the account is ([`NO_COPY`] if it is not tracked).
@@ -427,15 +429,6 @@ impl AccountStore {
         };
         self.slots[i].copy = copy;
         Some(self.slots[i].view())
-    }
-
-    /// Records where the changelog's newest copy of the account is (if it is tracked).
-    pub fn set_copy(&mut self, key: u64, copy: u32) {
-        let key = if key == FREE { 1 } else { key };
-        match self.find(key) {
-            Some(i) => self.slots[i].copy = copy,
-            None => self.adopted.iter_mut().for_each(|a| a.set_copy(key, copy)),
-        }
     }
 
     /// Key and changelog copy of every account whose last event came from `partition`.
@@ -711,7 +704,11 @@ mod tests {
         assert_ne!(live.get(2).unwrap().slow, before);
         // Replaced, removed: moved in first, so the key is never in two stores.
         let ring = [e(200)];
-        live.put(3, AccountView { partition: 7, ring: &ring, ids: None, slow: Slow::default(), touched_s: 20 });
+        live.put(
+            3,
+            AccountView { partition: 7, ring: &ring, ids: None, slow: Slow::default(), touched_s: 20 },
+            NO_COPY,
+        );
         assert_eq!(live.get(3).unwrap().ring, ring);
         assert!(live.remove(4), "removed where it is, not moved in first");
         assert!(live.find(4).is_none());

@@ -35,7 +35,7 @@ pub struct Processed {
 
 mod logbook;
 mod persist;
-pub use persist::{BookSummary, StateRecord, StateSummary};
+pub use persist::{BookSummary, Drained, StateRecord, StateSummary};
 
 /// An account's cooldown: no new decision before `until_s` (event time, seconds). The decision
 /// that started it (when, which cell) is kept for the changelog, from which a restore replays

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::core::changelog::{batch_entries, parse_key, Key};
+use crate::core::changelog::{parse_key, Key};
 use crate::core::Engine;
 use crate::telemetry::Metrics;
 
@@ -67,8 +67,8 @@ pub fn send_changes(
     metrics: &Metrics,
 ) -> Result<usize, TxnError> {
     let mut failed: Option<TxnError> = None;
-    let (mut batches, mut accounts, mut tombstones, mut watermarks, mut states, mut bytes) = (0, 0, 0, 0, 0, 0u64);
-    let sent = engine.drain_changes(|p, key, value| {
+    let (mut batches, mut accounts, mut tombstones, mut watermarks, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let drained = engine.drain_changes(|p, key, value| {
         if failed.is_some() || !owned.contains(&p) {
             return;
         }
@@ -78,15 +78,9 @@ pub fn send_changes(
         }
         match (parse_key(key), value) {
             (_, None) => tombstones += 1,
-            (Key::Batch(_), Some(v)) => {
-                batches += 1;
-                states += batch_entries(v).count() as u64;
-            }
+            (Key::Batch(_), Some(_)) => batches += 1,
             (Key::Watermark, Some(_)) => watermarks += 1,
-            (_, Some(_)) => {
-                accounts += 1;
-                states += 1;
-            }
+            (_, Some(_)) => accounts += 1,
         }
         bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
         if let Err(e) = writer.send(record) {
@@ -100,9 +94,9 @@ pub fn send_changes(
     metrics.changelog_records.with_label_values(&["account"]).inc_by(accounts);
     metrics.changelog_records.with_label_values(&["tombstone"]).inc_by(tombstones);
     metrics.changelog_records.with_label_values(&["watermark"]).inc_by(watermarks);
-    metrics.changelog_account_states.inc_by(states);
+    metrics.changelog_account_states.inc_by(drained.states);
     metrics.changelog_bytes.inc_by(bytes);
-    Ok(sent)
+    Ok(drained.records)
 }
 
 /// Applies one changelog record (partition, key, value or `None` for a tombstone); false if it

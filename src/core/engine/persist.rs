@@ -44,6 +44,15 @@ struct OpenBatch {
 }
 
 impl Changes {
+    /// Size at which a batch record is cut.
+    fn cut(&self) -> usize {
+        if self.batch_bytes == 0 {
+            logbook::BATCH_BYTES
+        } else {
+            self.batch_bytes
+        }
+    }
+
     pub(super) fn clear(&mut self) {
         self.partitions.iter_mut().for_each(|p| *p = false);
     }
@@ -82,6 +91,15 @@ pub struct BookSummary {
     pub compacting: bool,
 }
 
+/// What one [`Engine::drain_changes`] emitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Kafka records (batches, per-account records, tombstones, watermarks).
+    pub records: usize,
+    /// Account states (an account's whole state, or that it is gone), in whatever records.
+    pub states: u64,
+}
+
 /// One changelog record: partition, key, value (`None`: a tombstone).
 pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
@@ -101,10 +119,7 @@ impl Engine {
 
     /// Size at which a batch record is cut (before compression).
     pub fn changelog_batch_bytes(&self) -> usize {
-        match self.changes.as_ref().map_or(0, |c| c.batch_bytes) {
-            0 => logbook::BATCH_BYTES,
-            n => n,
-        }
+        self.changes.as_ref().map_or(logbook::BATCH_BYTES, Changes::cut)
     }
 
     /// Cuts batch records at `bytes` from now on (a changelog topic or producer that refuses
@@ -138,16 +153,17 @@ impl Engine {
     }
 
     /// Emits the state of every account changed since the last call and one watermark record
-    /// per partition that moved, then forgets them. Returns how many records were emitted.
+    /// per partition that moved, then forgets them. Returns how many records and account
+    /// states were emitted.
     ///
     /// Record format 3 (the default): per partition, batch records of the accounts' whole
     /// states (or that they are gone), a step of the running compaction (see
     /// [`super::logbook`]), tombstones of the batches it is done with, and a tombstone of an
     /// account's own record (formats 1 and 2) before its first batch entry. Formats 1 and 2:
     /// one record per account, a tombstone when it is gone.
-    pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
-        let Some(mut c) = self.changes.take() else { return 0 };
-        let mut n = if c.version == changelog::BATCHED {
+    pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> Drained {
+        let Some(mut c) = self.changes.take() else { return Drained::default() };
+        let (mut n, states) = if c.version == changelog::BATCHED {
             self.drain_batches(&mut c, &mut emit)
         } else {
             self.drain_accounts(&mut c, &mut emit)
@@ -162,14 +178,14 @@ impl Engine {
         }
         c.clear();
         self.changes = Some(c);
-        n
+        Drained { records: n, states }
     }
 
     /// Formats 1 and 2: one record per changed account.
     /// An account that goes while its newest copy is in a batch (a log written in format 3
     /// before, and now format 1 or 2 again) also gets a "gone" entry in a batch: its tombstone
     /// alone would let that copy come back once Kafka drops the tombstone.
-    fn drain_accounts(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
+    fn drain_accounts(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> (usize, u64) {
         let mut n = 0;
         let mut gone: Vec<(u32, u64)> = Vec::new();
         for shard in &mut self.shards {
@@ -189,6 +205,8 @@ impl Engine {
             }
             shard.changed.clear();
         }
+        // One state per account (the "gone" entries below repeat tombstones).
+        let states = n as u64;
         gone.sort_unstable();
         for part in gone.chunk_by(|a, b| a.0 == b.0) {
             let p = part[0].0;
@@ -201,12 +219,12 @@ impl Engine {
             book.live(-(part.len() as i64));
             n += 1;
         }
-        n
+        (n, states)
     }
 
     /// Format 3: batch records per partition, with the compaction's steps and tombstones.
-    fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> usize {
-        let mut n = 0;
+    fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> (usize, u64) {
+        let (mut n, mut states) = (0, 0);
         for i in 0..self.shards.len() {
             let mut changed = std::mem::take(&mut self.shards[i].changed);
             // The partition is the one of the account's last change (as its state says).
@@ -244,6 +262,7 @@ impl Engine {
             }
         }
         for mut o in c.open.drain(..) {
+            states += o.written as u64;
             let book = self.books.entry(o.partition).or_default();
             if o.w.entries() > 0 {
                 emit(o.partition, &changelog::batch_key(o.number), Some(o.w.value()));
@@ -262,7 +281,7 @@ impl Engine {
                 }
             }
         }
-        n
+        (n, states)
     }
 
     /// Writes `key`'s state (or that it is gone) into partition `p`'s open batch, `before`
@@ -283,6 +302,7 @@ impl Engine {
             emit(p, &changelog::account_key(key), None);
             n += 1;
         }
+        let cut = c.cut();
         // Few partitions per drain: a short search, the last one used first.
         let o = match c.open.iter().rposition(|o| o.partition == p) {
             Some(at) => &mut c.open[at],
@@ -313,7 +333,6 @@ impl Engine {
             return n;
         }
         o.written += 1;
-        let cut = if c.batch_bytes == 0 { logbook::BATCH_BYTES } else { c.batch_bytes };
         if o.w.bytes() >= cut {
             let book = self.books.entry(p).or_default();
             emit(p, &changelog::batch_key(o.number), Some(o.w.value()));
@@ -596,10 +615,8 @@ fn apply_record(
                 kinds_cur: kinds(&w.kinds_cur),
                 kinds_prev: kinds(&w.kinds_prev),
             };
-            shard
-                .accounts
-                .put(key, AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s });
-            shard.accounts.set_copy(key, copy);
+            let view = AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s };
+            shard.accounts.put(key, view, copy);
             // Its new evidence ids reached the dedupe memory in `load_state`.
         }
         None => {
