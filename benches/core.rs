@@ -651,7 +651,8 @@ fn restore_group(c: &mut Criterion) {
 }
 
 /// The changelog's write side: draining 10,000 changed accounts (3 events each) into records,
-/// as batch records (format 3, the default) and as one record per account (format 2).
+/// as batch records with name tables (format 4, the default), without (format 3) and as one
+/// record per account (format 2). Prints the bytes each format writes per account.
 fn changelog_group(c: &mut Criterion) {
     if !wanted("changelog") {
         return;
@@ -664,7 +665,18 @@ fn changelog_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("changelog");
     g.throughput(Throughput::Elements(ACCOUNTS as u64));
     g.sample_size(20);
-    for (name, format) in [("drain_10k_batches", 3u8), ("drain_10k_per_account", 2)] {
+    let formats = [("drain_10k_named_batches", 4u8), ("drain_10k_batches", 3), ("drain_10k_per_account", 2)];
+    for (name, format) in formats {
+        let mut e = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+        e.track_changes_as(format);
+        for ev in &events {
+            e.process(ev, 0, wall);
+        }
+        let mut bytes = 0usize;
+        e.drain_changes(|_, k, v| bytes += k.len() + v.map_or(0, <[u8]>::len));
+        eprintln!("changelog format {format}: {:.1} bytes per account", bytes as f64 / ACCOUNTS as f64);
+    }
+    for (name, format) in formats {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::faults::*;
 use common::kafka::{unique_name, Isolation, KafkaBroker, Record};
 use common::service::*;
-use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
+use resetguard::core::changelog::{parse_key, read_batch, BatchEntry, Key};
 
 const READY: Duration = Duration::from_secs(120);
 
@@ -116,12 +116,14 @@ fn an_upgrade_restores_from_the_input_once_then_from_the_changelog_with_equal_st
 }
 
 /// An upgrade in place from one changelog record per account (record format 2, what versions
-/// before 2026-12-02 wrote) to batch records (format 3, the default):
+/// before 2026-12-02 wrote) to batch records (format 3), then to batches with name tables
+/// (format 4, the default):
 /// 1. format 2 decides batch 1: the changelog holds account records, no batch;
 /// 2. restarted on format 3: it restores the same state from those records;
 /// 3. SIGKILLed and restarted: the same state again;
 /// 4. a second batch that needs the restored state decides exactly as expected, writing batches
-///    (and tombstones for the records of the accounts it changes).
+///    (and tombstones for the records of the accounts it changes);
+/// 5. restarted on format 4: the same state from both kinds of records.
 #[test]
 fn an_upgrade_from_one_record_per_account_to_batches_keeps_the_state() {
     let broker = KafkaBroker::shared();
@@ -167,6 +169,11 @@ fn an_upgrade_from_one_record_per_account_to_batches_keeps_the_state() {
     assert_eq!(metric_with(&m, "resetguard_changelog_records_total", "kind=\"account\""), 0.0, "{m}");
     let after = summary(&mut svc);
     assert!(after["accounts"].as_f64().unwrap() >= accounts, "{after}");
+    svc.terminate_ok();
+    format(4);
+    let mut svc = Service::spawn(&cfg, &log);
+    svc.wait_ready(READY);
+    assert_eq!(summary(&mut svc), after, "format 4 restores what formats 2 and 3 wrote");
     svc.terminate_ok();
 }
 
@@ -393,7 +400,7 @@ fn state_changes_travel_before_their_transaction_commits() {
         for r in records {
             let (Some(k), Some(v)) = (r.key, r.payload) else { continue };
             if let Key::Batch(_) = parse_key(&k) {
-                for e in batch_entries(&v) {
+                for e in read_batch(&v).entries() {
                     if let Ok(BatchEntry::Put(account, _)) = e {
                         keys.insert(account);
                     }

@@ -23,7 +23,7 @@ use common::events::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use resetguard::core::breaker::HeldReason;
-use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
+use resetguard::core::changelog::{parse_key, read_batch, BatchEntry, Key};
 use resetguard::core::outcome::{Outcome, OutcomeKind};
 use resetguard::core::{Engine, Policy, TimeMode};
 
@@ -235,7 +235,7 @@ fn entries(log: &[(u32, Vec<u8>, Option<Vec<u8>>)]) -> (usize, usize) {
         match parse_key(&k) {
             Key::Account(_) => puts += 1,
             Key::Batch(_) => {
-                for e in batch_entries(&v) {
+                for e in read_batch(&v).entries() {
                     match e.unwrap() {
                         BatchEntry::Put(..) => puts += 1,
                         BatchEntry::Gone(_) => gone += 1,
@@ -326,15 +326,17 @@ fn the_batched_log_stays_within_twice_the_live_state() {
     }
 }
 
-/// A rolling upgrade writes one record per account (`pipeline.changelog_record_version = 1` or
-/// `2`): all formats restore the same state, and version 1's evidence ids are text.
+/// A rolling upgrade writes an older record format (`pipeline.changelog_record_version` 1 or 2:
+/// one record per account, 3: batches without name tables): all formats restore the same
+/// state, version 1's evidence ids are text, and format 4 writes each name once per batch.
 #[test]
 fn every_record_format_restores_the_same_state() {
     let policy = Policy::default_with_version("changelog-v1");
-    let (mut v1, mut v2, mut v3) = (engine(&policy), engine(&policy), engine(&policy));
+    let (mut v1, mut v2, mut v3, mut v4) = (engine(&policy), engine(&policy), engine(&policy), engine(&policy));
     v1.track_changes_as(1);
     v2.track_changes_as(2);
-    let (mut log1, mut log2, mut log3) = (Vec::new(), Vec::new(), Vec::new());
+    v3.track_changes_as(3);
+    let (mut log1, mut log2, mut log3, mut log4) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..500 {
         // UUID-shaped ids (packed in version 2) and others, three events on some accounts.
         let id = if i % 2 == 0 { format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7) } else { format!("ev-{i}") };
@@ -344,10 +346,12 @@ fn every_record_format_restores_the_same_state() {
         let o = v1.process(&ev, p, T0 + 5_000).outcome;
         assert_eq!(o, v2.process(&ev, p, T0 + 5_000).outcome);
         assert_eq!(o, v3.process(&ev, p, T0 + 5_000).outcome);
+        assert_eq!(o, v4.process(&ev, p, T0 + 5_000).outcome);
     }
     drain(&mut v1, &mut log1);
     drain(&mut v2, &mut log2);
     drain(&mut v3, &mut log3);
+    drain(&mut v4, &mut log4);
     let version = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter()
             .filter(|(_, k, _)| matches!(parse_key(k), Key::Account(_)))
@@ -357,13 +361,28 @@ fn every_record_format_restores_the_same_state() {
     assert_eq!(version(&log1), HashSet::from([1]));
     assert_eq!(version(&log2), HashSet::from([2]));
     assert_eq!(version(&log3), HashSet::new());
+    let batch_version = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
+        log.iter()
+            .filter(|(_, k, _)| matches!(parse_key(k), Key::Batch(_)))
+            .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
+            .collect::<HashSet<u8>>()
+    };
+    assert_eq!((batch_version(&log3), batch_version(&log4)), (HashSet::from([1]), HashSet::from([2])));
     let bytes = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter().map(|(_, _, v)| v.as_ref().map_or(0, Vec::len)).sum::<usize>()
     };
     assert!(bytes(&log2) < bytes(&log1), "packed ids are smaller: {} vs {}", bytes(&log2), bytes(&log1));
+    // Each record of format 3 names its signal and source (~20 bytes of its ~90); format 4 once
+    // per batch.
+    assert!(
+        bytes(&log4) * 5 < bytes(&log3) * 4,
+        "names once per batch are smaller: {} vs {}",
+        bytes(&log4),
+        bytes(&log3)
+    );
     // 200 accounts and 3 watermarks: 200 records of their own, or one batch per partition.
-    assert_eq!((log2.len(), log3.len()), (203, 6));
-    for log in [&log1, &log2, &log3] {
+    assert_eq!((log2.len(), log3.len(), log4.len()), (203, 6, 6));
+    for log in [&log1, &log2, &log3, &log4] {
         assert_eq!(restore(&policy, log, Read::Compacted).state_dump(), v2.state_dump());
     }
 }
@@ -425,6 +444,51 @@ fn per_account_records_move_into_batches() {
     drain(&mut new, &mut log);
     assert_eq!(new.tracked_accounts(), 1);
     assert_eq!(own(&log), 0);
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
+    }
+}
+
+/// An upgrade from batches without name tables (format 3) to format 4: both batch versions in
+/// one log restore the same state, before and after every account but one expired.
+#[test]
+fn batches_of_both_versions_in_one_log_restore_the_same_state() {
+    let policy = Policy::default_with_version("changelog-v1");
+    let mut old = engine(&policy);
+    old.track_changes_as(3);
+    let mut log = Vec::new();
+    let wall = T0 + 5_000;
+    for i in 0..300 {
+        let signal = ["credential_stuffing", "new_device", "failed_login"][i % 3];
+        old.process(
+            &event(&format!("o{i}"), &format!("acct-{i}"), T0 + i as i64, "s", signal, 0.6),
+            (i % 2) as u32,
+            wall,
+        );
+    }
+    drain(&mut old, &mut log);
+    let mut new = restore(&policy, &log, Read::Whole);
+    new.track_changes();
+    for i in 0..100 {
+        new.process(
+            &event(&format!("n{i}"), &format!("acct-{i}"), T0 + 400 + i as i64, "t", "new_device", 0.2),
+            (i % 2) as u32,
+            wall,
+        );
+    }
+    drain(&mut new, &mut log);
+    let versions: Vec<u8> = log
+        .iter()
+        .filter(|(_, k, _)| matches!(parse_key(k), Key::Batch(_)))
+        .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
+        .collect();
+    assert_eq!(versions, [1, 1, 2, 2]);
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
+    }
+    expire_all_but_a_new_one(&mut new);
+    drain(&mut new, &mut log);
+    assert_eq!(new.tracked_accounts(), 1);
     for read in [Read::Compacted, Read::Whole, Read::Standby] {
         assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
     }

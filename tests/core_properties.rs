@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use resetguard::core::accounts::{quantise_risk, AccountStore, Entry};
 use resetguard::core::breaker::HeldReason;
-use resetguard::core::changelog::{batch_entries, parse_key, BatchEntry, Key};
+use resetguard::core::changelog::{self, parse_key, read_batch, BatchEntry, Key};
 use resetguard::core::event::RejectReason;
 use resetguard::core::outcome::{Outcome, OutcomeKind, WindowKind};
 use resetguard::core::{Engine, Policy, Processed, TimeMode};
@@ -867,7 +867,8 @@ fn keyed_calls(steps: &[Step]) -> Vec<Call> {
 type Log = Vec<(u32, Vec<u8>, Option<Vec<u8>>)>;
 
 /// The records of one drain, sorted; a batch record's entries as records of their own (keyed
-/// `e` + account hash), since the order of accounts in a batch follows the shard's hash order.
+/// `e` + account hash, the account record as version 2 writes it), since the order of accounts
+/// in a batch (and so of its name tables) follows the shard's hash order.
 fn drain_sorted(e: &mut Engine, log: &mut Log) -> Log {
     let mut out: Log = Vec::new();
     e.drain_changes(|p, k, v| out.push((p, k.to_vec(), v.map(<[u8]>::to_vec))));
@@ -876,9 +877,13 @@ fn drain_sorted(e: &mut Engine, log: &mut Log) -> Log {
     for (p, k, v) in out {
         match (parse_key(&k), &v) {
             (Key::Batch(_), Some(v)) => {
-                for entry in batch_entries(v) {
+                for entry in read_batch(v).entries() {
                     let (key, value) = match entry.expect("a batch this engine wrote decodes") {
-                        BatchEntry::Put(key, rec) => (key, Some(rec.to_vec())),
+                        BatchEntry::Put(key, rec) => {
+                            let mut v2 = Vec::new();
+                            changelog::encode(&rec.decode().expect("a record this engine wrote decodes"), 2, &mut v2);
+                            (key, Some(v2))
+                        }
                         BatchEntry::Gone(key) => (key, None),
                     };
                     flat.push((p, [&b"e"[..], &key.to_be_bytes()].concat(), value));

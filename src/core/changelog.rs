@@ -1,7 +1,8 @@
 //! The changelog record format: what one account's state looks like on the compacted changelog
-//! topic, and each input partition's watermark. Binary, little-endian, versioned; names (signals,
-//! breaker cells) are written as strings once per record, so a record means the same after a
-//! policy change reorders signals or another instance interned its cells in another order. Pure.
+//! topic, and each input partition's watermark. Binary, little-endian, versioned; signals and
+//! breaker cells are written by name (once per batch, or once per record), so a record means the
+//! same after a policy change reorders signals or another instance interned its cells in another
+//! order. Pure.
 //!
 //! Layout (documented for operators in `docs/changelog.md`):
 //!
@@ -10,12 +11,20 @@
 //!       b'a' ++ account hash (u64, big-endian)     account record, or a tombstone (no value)
 //!       b'w'                                      the partition's watermark record
 //!
-//! batch record, version 1 (record format 3, the default): many accounts' states in one record
+//! batch record, version 2 (record format 4, the default): many accounts' states in one record
+//!   u8  batch version = 2
+//!   then entries: u64 account hash, varint len (LEB128; 0: the account is gone),
+//!                 len bytes account record of version 3 (below)
+//!   then the name tables: u16 n, n × (u8 len, len bytes UTF-8)   signals
+//!                         u16 n, n × (u8 len, len bytes UTF-8)   breaker cells
+//!   u32 where the name tables begin (byte offset in the value)
+//!
+//! batch record, version 1 (record format 3)
 //!   u8  batch version = 1
 //!   then entries to the end: u64 account hash, u32 len (0xFFFF_FFFF: the account is gone),
-//!                            len bytes account record (below)
+//!                            len bytes account record of version 2 (below)
 //!
-//! account record, version 2 (version 1 is still read)
+//! account record, version 2 (formats 2 and 3; version 1 is still read)
 //!   u8  version = 2
 //!   u8  flags: 1 = window state follows, 2 = cooldown follows
 //!   u8  n, then n × (u8 len, len bytes UTF-8)       names the record refers to by index
@@ -28,6 +37,10 @@
 //!                                   ids as text joined by '\n')
 //!   cooldown: u32 until_s (event time), i64 decided_at_ms (engine clock), u8 cell name
 //!
+//! account record, version 3 (only inside a batch of version 2): version 2 without the version
+//! byte and the names; a signal is an index into the batch's signal table, a cell into its cell
+//! table, and the evidence ids' length is a varint
+//!
 //! watermark record, version 1
 //!   u8 version = 1, i64 newest event time of the partition (ms)
 //! ```
@@ -36,21 +49,34 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
+use super::accounts::AccountView;
 use super::evidence;
 
 /// Version of the account records written.
 pub const VERSION: u8 = 2;
 /// The first version: evidence ids as text.
 const VERSION_1: u8 = 1;
-/// Record format 3: account records of version 2 inside batch records (the default written).
+/// Record format 3: account records of version 2 inside batch records of version 1.
 pub const BATCHED: u8 = 3;
+/// Record format 4 (the default written): batch records of version 2, whose account records
+/// (version 3) name signals and cells by index into the batch's name tables.
+pub const NAMED_BATCHES: u8 = 4;
 /// Record formats that can be written (`pipeline.changelog_record_version`; every one is read):
-/// 1 and 2 one Kafka record per account, 3 batches of them.
-pub const WRITABLE_VERSIONS: [u8; 3] = [VERSION_1, VERSION, BATCHED];
-/// Version of the batch records.
+/// 1 and 2 one Kafka record per account, 3 and 4 batches of them.
+pub const WRITABLE_VERSIONS: [u8; 4] = [VERSION_1, VERSION, BATCHED, NAMED_BATCHES];
+/// Version of the account records inside batches of version 2 (never a record of its own).
+const NAMED_RECORD: u8 = 3;
+/// Version of the batch records of format 3.
 const BATCH_VERSION: u8 = 1;
-/// An entry's length that says the account is gone.
+/// Version of the batch records of format 4 (name tables at the end).
+const NAMED_BATCH_VERSION: u8 = 2;
+/// An entry's length that says the account is gone (batch version 1).
 const GONE: u32 = u32::MAX;
+
+/// Whether record format `version` writes batch records.
+pub fn batched(version: u8) -> bool {
+    version >= BATCHED
+}
 /// Version of the watermark records.
 const WATERMARK_VERSION: u8 = 1;
 const HAS_WINDOW: u8 = 1;
@@ -156,6 +182,8 @@ pub enum DecodeError {
     Name(u8),
     #[error("changelog record's evidence ids are not well-formed")]
     Evidence,
+    #[error("changelog record has bytes left over at byte {0}")]
+    Trailing(usize),
 }
 
 /// Appends the record to `out` as `version` (one of [`WRITABLE_VERSIONS`]; version 1 writes the
@@ -228,6 +256,17 @@ impl<'a> Reader<'a> {
     fn str(&mut self, n: usize) -> Result<&'a str, DecodeError> {
         std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Utf8)
     }
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Truncated(self.at))
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
@@ -242,8 +281,40 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
         let n = r.u8()? as usize;
         rec.names.push(r.str(n)?);
     }
-    let names = rec.names.len();
-    let check = |i: u8| if (i as usize) < names { Ok(i) } else { Err(DecodeError::Name(i)) };
+    decode_state(&mut r, version, flags, None, rec)
+}
+
+/// Reads an account record of version 3 with its batch's name tables; the result names what it
+/// refers to in a table of its own, as version 2 does.
+fn decode_named<'a>(bytes: &'a [u8], signals: &[&'a str], cells: &[&'a str]) -> Result<AccountRecord<'a>, DecodeError> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let flags = r.u8()?;
+    let rec = decode_state(&mut r, NAMED_RECORD, flags, Some((signals, cells)), AccountRecord::default())?;
+    if r.at != bytes.len() {
+        return Err(DecodeError::Trailing(r.at));
+    }
+    Ok(rec)
+}
+
+/// Reads the window state and the cooldown of an account record of `version` after its header.
+/// A name index refers to `rec`'s own table (`tables` none, versions 1 and 2), or to the batch's
+/// signal or cell table (version 3), whose names join `rec`'s table as they are read.
+fn decode_state<'a>(
+    r: &mut Reader<'a>,
+    version: u8,
+    flags: u8,
+    tables: Option<(&[&'a str], &[&'a str])>,
+    mut rec: AccountRecord<'a>,
+) -> Result<AccountRecord<'a>, DecodeError> {
+    // 0: a signal, 1: a cell.
+    let name = |rec: &mut AccountRecord<'a>, kind: usize, i: u8| match tables {
+        None if (i as usize) < rec.names.len() => Ok(i),
+        None => Err(DecodeError::Name(i)),
+        Some(t) => {
+            let table = if kind == 0 { t.0 } else { t.1 };
+            table.get(i as usize).map(|n| rec.name(n)).ok_or(DecodeError::Name(i))
+        }
+    };
     if flags & HAS_WINDOW != 0 {
         let touched_s = u32::from_le_bytes(r.arr()?);
         let slow_cur = f32::from_le_bytes(r.arr()?);
@@ -252,7 +323,8 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
         let mut kinds = [SmallVec::new(), SmallVec::new()];
         for k in &mut kinds {
             for _ in 0..r.u8()? {
-                k.push(check(r.u8()?)?);
+                let i = r.u8()?;
+                k.push(name(&mut rec, 0, i)?);
             }
         }
         let [kinds_cur, kinds_prev] = kinds;
@@ -260,11 +332,16 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
         for _ in 0..r.u8()? {
             let t = u32::from_le_bytes(r.arr()?);
             let risk_q = u16::from_le_bytes(r.arr()?);
-            let signal = check(r.u8()?)?;
-            let cell = check(r.u8()?)?;
+            let (s, c) = (r.u8()?, r.u8()?);
+            let signal = name(&mut rec, 0, s)?;
+            let cell = name(&mut rec, 1, c)?;
             entries.push(RecEntry { t, risk_q, signal, cell });
         }
-        let n = u16::from_le_bytes(r.arr()?) as usize;
+        let n = if version == NAMED_RECORD {
+            usize::try_from(r.varint()?).map_err(|_| DecodeError::Truncated(r.at))?
+        } else {
+            u16::from_le_bytes(r.arr()?) as usize
+        };
         let ids = if version == VERSION_1 {
             Cow::Owned(evidence::from_joined(r.str(n)?))
         } else {
@@ -280,21 +357,110 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
     if flags & HAS_COOLDOWN != 0 {
         let until_s = u32::from_le_bytes(r.arr()?);
         let decided_at_ms = i64::from_le_bytes(r.arr()?);
-        let cell = check(r.u8()?)?;
+        let c = r.u8()?;
+        let cell = name(&mut rec, 1, c)?;
         rec.cooldown = Some(CooldownRecord { until_s, decided_at_ms, cell });
     }
     Ok(rec)
 }
 
 /// A batch record being written: entries are appended in place (no copy per account).
+/// [`BatchWriter::named`] writes batch version 2 (record format 4), else version 1.
 #[derive(Debug, Default)]
 pub struct BatchWriter {
     buf: Vec<u8>,
     entries: u32,
+    /// The name tables (batch version 2).
+    names: Option<Box<BatchNames>>,
+    /// The name tables are written at the end of `buf`.
+    finished: bool,
+}
+
+/// The name tables of a batch being written: the engine's signal and cell ids to indices in
+/// the batch's tables, each name written once.
+#[derive(Debug)]
+pub struct BatchNames {
+    /// Engine id to table index + 1 (0: not in the table yet).
+    signals: [u16; 256],
+    cells: [u16; 256],
+    /// `u8 len, bytes` per name, in index order.
+    signal_table: Vec<u8>,
+    cell_table: Vec<u8>,
+    signal_count: u16,
+    cell_count: u16,
+}
+
+impl Default for BatchNames {
+    fn default() -> Self {
+        BatchNames {
+            signals: [0; 256],
+            cells: [0; 256],
+            signal_table: Vec::new(),
+            cell_table: Vec::new(),
+            signal_count: 0,
+            cell_count: 0,
+        }
+    }
+}
+
+impl BatchNames {
+    /// The table index of the engine's signal `id` (named by `name` if new).
+    pub fn signal<'n>(&mut self, id: u8, name: impl FnOnce(u8) -> &'n str) -> u8 {
+        Self::index(&mut self.signals[id as usize], &mut self.signal_table, &mut self.signal_count, || name(id))
+    }
+
+    /// The table index of the engine's cell `id` (named by `name` if new).
+    pub fn cell<'n>(&mut self, id: u8, name: impl FnOnce(u8) -> &'n str) -> u8 {
+        Self::index(&mut self.cells[id as usize], &mut self.cell_table, &mut self.cell_count, || name(id))
+    }
+
+    fn index<'n>(slot: &mut u16, table: &mut Vec<u8>, count: &mut u16, name: impl FnOnce() -> &'n str) -> u8 {
+        if *slot == 0 {
+            let n = name();
+            let b = &n.as_bytes()[..floor_char_boundary(n, 255)];
+            table.push(b.len() as u8);
+            table.extend_from_slice(b);
+            // At most 256 ids of each kind: the index fits a byte.
+            *count += 1;
+            *slot = *count;
+        }
+        (*slot - 1) as u8
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        for (count, table) in [(self.signal_count, &self.signal_table), (self.cell_count, &self.cell_table)] {
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(table);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.signals.fill(0);
+        self.cells.fill(0);
+        self.signal_table.clear();
+        self.cell_table.clear();
+        self.signal_count = 0;
+        self.cell_count = 0;
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    (0..=max.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 impl BatchWriter {
-    /// Appends an account's record, written by `record` into the buffer.
+    /// A writer of batch version 2 (record format 4): names once per batch.
+    pub fn named() -> Self {
+        BatchWriter { names: Some(Box::default()), ..Default::default() }
+    }
+
+    /// Whether it writes batch version 2.
+    pub fn is_named(&self) -> bool {
+        self.names.is_some()
+    }
+
+    /// Appends an account's record, written by `record` into the buffer (batch version 1).
     pub fn put(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>)) {
         self.put_if(key, |out| {
             record(out);
@@ -302,8 +468,10 @@ impl BatchWriter {
         });
     }
 
-    /// Appends an account's record if `record` writes one (returns true); else appends nothing.
+    /// Appends an account's record (version 2) if `record` writes one (returns true); else
+    /// appends nothing. Batch version 1 only.
     pub fn put_if(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        debug_assert!(self.names.is_none(), "a named batch takes records of version 3 (put_named)");
         let (start, entries) = (self.buf.len(), self.entries);
         self.start_entry(key);
         let at = self.buf.len();
@@ -318,15 +486,41 @@ impl BatchWriter {
         true
     }
 
+    /// Appends an account's record of version 3 ([`encode_named`]) if `record` writes one
+    /// (returns true); else appends nothing. Batch version 2 only.
+    pub fn put_named(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>, &mut BatchNames) -> bool) -> bool {
+        let (start, entries) = (self.buf.len(), self.entries);
+        self.start_entry(key);
+        let at = self.buf.len();
+        // The length as a varint: one byte reserved, more made room for when it is longer.
+        self.buf.push(0);
+        let names = self.names.get_or_insert_with(Box::default);
+        if !record(&mut self.buf, names) {
+            self.buf.truncate(start);
+            self.entries = entries;
+            return false;
+        }
+        let len = (self.buf.len() - at - 1) as u64;
+        let mut v = [0u8; 10];
+        let n = varint(len, &mut v);
+        self.buf.splice(at..at + 1, v[..n].iter().copied());
+        true
+    }
+
     /// Appends that the account is gone.
     pub fn gone(&mut self, key: u64) {
         self.start_entry(key);
-        self.buf.extend_from_slice(&GONE.to_le_bytes());
+        if self.names.is_some() {
+            self.buf.push(0);
+        } else {
+            self.buf.extend_from_slice(&GONE.to_le_bytes());
+        }
     }
 
     fn start_entry(&mut self, key: u64) {
+        debug_assert!(!self.finished, "an entry after the batch's value was taken");
         if self.buf.is_empty() {
-            self.buf.push(BATCH_VERSION);
+            self.buf.push(if self.names.is_some() { NAMED_BATCH_VERSION } else { BATCH_VERSION });
         }
         self.buf.extend_from_slice(&key.to_le_bytes());
         self.entries += 1;
@@ -336,12 +530,20 @@ impl BatchWriter {
         self.entries
     }
 
+    /// Bytes written so far (the entries; a named batch's tables come on top).
     pub fn bytes(&self) -> usize {
         self.buf.len()
     }
 
-    /// The record's value so far.
-    pub fn value(&self) -> &[u8] {
+    /// The record's value: its entries, then (batch version 2) its name tables. No entry may
+    /// follow until [`BatchWriter::clear`].
+    pub fn finish(&mut self) -> &[u8] {
+        if let (Some(names), false) = (&self.names, self.finished) {
+            let at = self.buf.len() as u32;
+            names.write(&mut self.buf);
+            self.buf.extend_from_slice(&at.to_le_bytes());
+            self.finished = true;
+        }
         &self.buf
     }
 
@@ -349,45 +551,191 @@ impl BatchWriter {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.entries = 0;
+        self.finished = false;
+        if let Some(names) = &mut self.names {
+            names.clear();
+        }
+    }
+}
+
+/// LEB128: 7 bits per byte, low first, the high bit set on all but the last. Returns the bytes
+/// used.
+fn varint(mut v: u64, out: &mut [u8; 10]) -> usize {
+    let mut n = 0;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[n] = b;
+            return n + 1;
+        }
+        out[n] = b | 0x80;
+        n += 1;
+    }
+}
+
+fn put_varint(v: u64, out: &mut Vec<u8>) {
+    let mut b = [0u8; 10];
+    let n = varint(v, &mut b);
+    out.extend_from_slice(&b[..n]);
+}
+
+/// Appends an account's state as an account record of version 3 (inside a batch of version 2):
+/// signals and cells, given by the engine's ids, are written as indices into `names`. `signal`
+/// and `cell` name the engine's ids.
+pub fn encode_named<'n>(
+    window: Option<&AccountView<'_>>,
+    cooldown: Option<&CooldownRecord>,
+    names: &mut BatchNames,
+    signal: &dyn Fn(u8) -> &'n str,
+    cell: &dyn Fn(u8) -> &'n str,
+    out: &mut Vec<u8>,
+) {
+    let flags = if window.is_some() { HAS_WINDOW } else { 0 } | if cooldown.is_some() { HAS_COOLDOWN } else { 0 };
+    out.push(flags);
+    if let Some(w) = window {
+        out.extend_from_slice(&w.touched_s.to_le_bytes());
+        out.extend_from_slice(&w.slow.cur.to_le_bytes());
+        out.extend_from_slice(&w.slow.prev.to_le_bytes());
+        out.extend_from_slice(&w.slow.bucket.to_le_bytes());
+        for bits in [w.slow.kinds_cur, w.slow.kinds_prev] {
+            out.push(bits.count_ones() as u8);
+            for b in (0..32u8).filter(|b| bits & (1 << b) != 0) {
+                out.push(names.signal(b, signal));
+            }
+        }
+        out.push(w.ring.len().min(255) as u8);
+        for e in w.ring.iter().take(255) {
+            out.extend_from_slice(&e.t.to_le_bytes());
+            out.extend_from_slice(&e.risk_q.to_le_bytes());
+            out.push(names.signal(e.signal, signal));
+            out.push(names.cell(e.cell, cell));
+        }
+        let ids = w.ids.unwrap_or_default();
+        put_varint(ids.len() as u64, out);
+        out.extend_from_slice(ids);
+    }
+    if let Some(c) = cooldown {
+        out.extend_from_slice(&c.until_s.to_le_bytes());
+        out.extend_from_slice(&c.decided_at_ms.to_le_bytes());
+        out.push(names.cell(c.cell, cell));
+    }
+}
+
+/// A batch record being read ([`read_batch`]).
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// The entries (after the version byte, before a version 2 batch's tables).
+    body: &'a [u8],
+    named: bool,
+    signals: SmallVec<[&'a str; 16]>,
+    cells: SmallVec<[&'a str; 16]>,
+    /// The record cannot be read at all.
+    failed: Option<DecodeError>,
+}
+
+/// Reads a batch record's header (and a version 2 batch's name tables); its entries come from
+/// [`Batch::entries`].
+pub fn read_batch(v: &[u8]) -> Batch<'_> {
+    let mut b = Batch { body: &[], named: false, signals: SmallVec::new(), cells: SmallVec::new(), failed: None };
+    match v.first() {
+        None => b.failed = Some(DecodeError::Truncated(0)),
+        Some(&BATCH_VERSION) => b.body = &v[1..],
+        Some(&NAMED_BATCH_VERSION) => {
+            b.named = true;
+            if let Err(e) = b.read_tables(v) {
+                b.failed = Some(e);
+            }
+        }
+        Some(&other) => b.failed = Some(DecodeError::Version(other)),
+    }
+    b
+}
+
+impl<'a> Batch<'a> {
+    fn read_tables(&mut self, v: &'a [u8]) -> Result<(), DecodeError> {
+        let tail = v.len().checked_sub(4).filter(|&t| t >= 1).ok_or(DecodeError::Truncated(v.len()))?;
+        let at = u32::from_le_bytes(v[tail..].try_into().unwrap_or_default()) as usize;
+        if at < 1 || at > tail {
+            return Err(DecodeError::Truncated(v.len()));
+        }
+        self.body = &v[1..at];
+        let mut r = Reader { b: &v[..tail], at };
+        for table in [&mut self.signals, &mut self.cells] {
+            for _ in 0..u16::from_le_bytes(r.arr()?) {
+                let n = r.u8()? as usize;
+                table.push(r.str(n)?);
+            }
+        }
+        if r.at != tail {
+            return Err(DecodeError::Trailing(r.at));
+        }
+        Ok(())
+    }
+
+    /// The entries, in order; an error ends them (what came before is good).
+    pub fn entries(&self) -> impl Iterator<Item = Result<BatchEntry<'_>, DecodeError>> + '_ {
+        let mut r = Reader { b: self.body, at: 0 };
+        let mut failed = self.failed.clone();
+        let names = self.named.then_some((&self.signals[..], &self.cells[..]));
+        std::iter::from_fn(move || {
+            if let Some(e) = failed.take() {
+                r.at = r.b.len();
+                return Some(Err(e));
+            }
+            if r.at >= r.b.len() {
+                return None;
+            }
+            let entry = (|| {
+                let key = u64::from_le_bytes(r.arr()?);
+                let len = match names {
+                    Some(_) => match r.varint()? {
+                        0 => return Ok(BatchEntry::Gone(key)),
+                        n => usize::try_from(n).map_err(|_| DecodeError::Truncated(r.at))?,
+                    },
+                    None => match u32::from_le_bytes(r.arr()?) {
+                        GONE => return Ok(BatchEntry::Gone(key)),
+                        n => n as usize,
+                    },
+                };
+                Ok(BatchEntry::Put(key, Stored { bytes: r.take(len)?, names }))
+            })();
+            if entry.is_err() {
+                r.at = r.b.len();
+            }
+            Some(entry)
+        })
     }
 }
 
 /// One entry of a batch record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchEntry<'a> {
-    /// The account's state: an account record ([`decode`]).
-    Put(u64, &'a [u8]),
+    /// The account's state.
+    Put(u64, Stored<'a>),
     Gone(u64),
 }
 
-/// The entries of a batch record, in order; an error ends them (what came before is good).
-pub fn batch_entries(v: &[u8]) -> impl Iterator<Item = Result<BatchEntry<'_>, DecodeError>> + '_ {
-    let mut r = Reader { b: v, at: 0 };
-    let mut failed = match r.u8() {
-        Ok(BATCH_VERSION) => None,
-        Ok(other) => Some(DecodeError::Version(other)),
-        Err(e) => Some(e),
-    };
-    std::iter::from_fn(move || {
-        if let Some(e) = failed.take() {
-            r.at = r.b.len();
-            return Some(Err(e));
+/// An account record as stored in a batch: version 2 (batch version 1), or version 3 with the
+/// batch's name tables (batch version 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    bytes: &'a [u8],
+    names: Option<(&'a [&'a str], &'a [&'a str])>,
+}
+
+impl<'a> Stored<'a> {
+    pub fn decode(&self) -> Result<AccountRecord<'a>, DecodeError> {
+        match self.names {
+            Some((signals, cells)) => decode_named(self.bytes, signals, cells),
+            None => decode(self.bytes),
         }
-        if r.at >= r.b.len() {
-            return None;
-        }
-        let entry = (|| {
-            let key = u64::from_le_bytes(r.arr()?);
-            match u32::from_le_bytes(r.arr()?) {
-                GONE => Ok(BatchEntry::Gone(key)),
-                n => Ok(BatchEntry::Put(key, r.take(n as usize)?)),
-            }
-        })();
-        if entry.is_err() {
-            r.at = r.b.len();
-        }
-        Some(entry)
-    })
+    }
+
+    /// The record's bytes as stored.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
 }
 
 pub fn encode_watermark(newest_event_ms: i64) -> [u8; 9] {
@@ -411,6 +759,7 @@ pub fn decode_watermark(v: &[u8]) -> Result<i64, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::accounts::{Entry, Slow};
 
     fn sample<'a>() -> AccountRecord<'a> {
         let mut r = AccountRecord::default();
@@ -497,6 +846,18 @@ mod tests {
         assert_eq!(decode(&buf), Err(DecodeError::Name(9)));
     }
 
+    /// The entries as (key, stored bytes or gone).
+    fn entries(v: &[u8]) -> Vec<Result<(u64, Option<Vec<u8>>), DecodeError>> {
+        let b = read_batch(v);
+        let e = b.entries().map(|e| {
+            e.map(|e| match e {
+                BatchEntry::Put(k, s) => (k, Some(s.bytes().to_vec())),
+                BatchEntry::Gone(k) => (k, None),
+            })
+        });
+        e.collect()
+    }
+
     #[test]
     fn a_batch_round_trips_and_a_damaged_one_stops_at_the_damage() {
         let mut w = BatchWriter::default();
@@ -510,32 +871,174 @@ mod tests {
             false
         }));
         assert_eq!(w.entries(), 3);
-        let v = w.value().to_vec();
-        let got: Vec<_> = batch_entries(&v).collect();
+        let v = w.finish().to_vec();
         assert_eq!(
-            got,
-            vec![
-                Ok(BatchEntry::Put(7, &one[..])),
-                Ok(BatchEntry::Gone(9)),
-                Ok(BatchEntry::Put(u64::MAX - 1, &b"x"[..]))
-            ]
+            entries(&v),
+            vec![Ok((7, Some(one.clone()))), Ok((9, None)), Ok((u64::MAX - 1, Some(b"x".to_vec())))]
         );
-        assert_eq!(decode(&one).unwrap(), sample());
+        let b = read_batch(&v);
+        let first = b.entries().next().unwrap().unwrap();
+        let BatchEntry::Put(_, s) = first else { panic!("{first:?}") };
+        assert_eq!(s.decode().unwrap(), sample());
         // Every truncation yields the entries before it, then one error (unless it falls
         // between two entries), never a panic.
         let ends = [1, 1 + 12 + one.len(), 1 + 12 + one.len() + 12];
         for n in 1..v.len() {
-            let got: Vec<_> = batch_entries(&v[..n]).collect();
+            let got = entries(&v[..n]);
             let ok = got.iter().take_while(|e| e.is_ok()).count();
             match ends.iter().position(|&e| e == n) {
                 Some(whole) => assert!(got.len() == whole && ok == whole, "prefix of {n} bytes: {got:?}"),
                 None => assert!(ok < 3 && got.len() == ok + 1, "prefix of {n} bytes: {got:?}"),
             }
         }
-        assert_eq!(batch_entries(&[]).count(), 1);
-        assert_eq!(batch_entries(&[2, 0]).collect::<Vec<_>>(), vec![Err(DecodeError::Version(2))]);
+        assert_eq!(entries(&[]).len(), 1);
+        assert_eq!(entries(&[3, 0]), vec![Err(DecodeError::Version(3))]);
         w.clear();
         assert_eq!((w.entries(), w.bytes()), (0, 0));
+    }
+
+    fn view<'a>(ring: &'a [Entry], ids: &'a [u8]) -> AccountView<'a> {
+        AccountView {
+            partition: 0,
+            ring,
+            ids: Some(ids),
+            slow: Slow { cur: 0.75, prev: 0.25, bucket: 19_675, kinds_cur: 0b1001, kinds_prev: 0b1000 },
+            touched_s: 1_700_000_000,
+        }
+    }
+
+    /// A batch of version 2 writes each name once, and its records read back as the same
+    /// account records a version 2 record holds.
+    #[test]
+    fn a_named_batch_writes_each_name_once_and_reads_back_the_same_records() {
+        let signals = ["credential_stuffing", "x1", "x2", "new_device"];
+        let cells = ["auth-service", "device-intel"];
+        let signal = |i: u8| signals[i as usize];
+        let cell = |i: u8| cells[i as usize];
+        let ids = evidence::from_joined("e-1\ne-2");
+        let ring = [
+            Entry { t: 1_699_999_000, risk_q: 65535, signal: 0, cell: 0 },
+            Entry { t: 1_699_999_100, risk_q: 12, signal: 3, cell: 0 },
+        ];
+        let cooldown = CooldownRecord { until_s: 1_700_086_400, decided_at_ms: 1_700_000_000_123, cell: 0 };
+        let mut w = BatchWriter::named();
+        for key in [7, 8] {
+            assert!(w.put_named(key, |out, names| {
+                encode_named(Some(&view(&ring, &ids)), Some(&cooldown), names, &signal, &cell, out);
+                true
+            }));
+        }
+        w.gone(9);
+        // A cooldown of another cell only; a long record (its length takes two bytes).
+        let long_ids: Vec<u8> = (0..10)
+            .flat_map(|i| {
+                let mut b = Vec::new();
+                evidence::push(&mut b, &format!("{i:0>40}"));
+                b
+            })
+            .collect();
+        let other = CooldownRecord { cell: 1, ..cooldown };
+        w.put_named(10, |out, names| {
+            encode_named(None, Some(&other), names, &signal, &cell, out);
+            true
+        });
+        w.put_named(11, |out, names| {
+            encode_named(Some(&view(&ring, &long_ids)), None, names, &signal, &cell, out);
+            true
+        });
+        assert!(!w.put_named(12, |out, _| {
+            out.push(1);
+            false
+        }));
+        assert_eq!(w.entries(), 5);
+        let v = w.finish().to_vec();
+        assert_eq!(w.finish(), &v[..], "finishing twice adds nothing");
+        for name in ["credential_stuffing", "new_device", "auth-service", "device-intel"] {
+            assert_eq!(v.windows(name.len()).filter(|b| *b == name.as_bytes()).count(), 1, "{name}");
+        }
+        let b = read_batch(&v);
+        let got: Vec<_> = b.entries().map(|e| e.unwrap()).collect();
+        let keys: Vec<u64> = got
+            .iter()
+            .map(|e| match e {
+                BatchEntry::Put(k, _) | BatchEntry::Gone(k) => *k,
+            })
+            .collect();
+        assert_eq!(keys, [7, 8, 9, 10, 11]);
+        let rec = |i: usize| match got[i] {
+            BatchEntry::Put(_, s) => s.decode().unwrap(),
+            gone => panic!("{gone:?}"),
+        };
+        assert_eq!(resolved(&rec(0)), resolved(&sample()));
+        assert_eq!(resolved(&rec(1)), resolved(&sample()));
+        let mut cooldown_only = AccountRecord::default();
+        let c = cooldown_only.name("device-intel");
+        cooldown_only.cooldown = Some(CooldownRecord { cell: c, ..cooldown });
+        assert_eq!(rec(3), cooldown_only);
+        assert_eq!(rec(4).window.unwrap().ids.as_ref(), &long_ids[..]);
+        // The same record as version 2 is larger by its version byte, its names, and the
+        // second byte of its ids' length.
+        let mut v2 = Vec::new();
+        encode(&sample(), VERSION, &mut v2);
+        let BatchEntry::Put(_, s) = got[0] else { unreachable!() };
+        assert_eq!(v2.len() - s.bytes().len(), 1 + 1 + (1 + 19) + (1 + 12) + (1 + 10) + 1);
+        // Any truncation, and any damaged table offset, is an error, never a panic.
+        for n in 0..v.len() {
+            let _ = entries(&v[..n]);
+        }
+        let mut bad = v.clone();
+        let at = bad.len() - 4;
+        bad[at..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        assert!(entries(&bad).iter().any(Result::is_err));
+        // A record naming an index past its batch's table is refused.
+        let mut w = BatchWriter::named();
+        w.put_named(1, |out, names| {
+            encode_named(Some(&view(&ring, &ids)), None, names, &signal, &cell, out);
+            true
+        });
+        let mut v = w.finish().to_vec();
+        let at = 1 + 8 + 1 + 1 + 16 + 1; // the first kind's index
+        v[at] = 9;
+        let b = read_batch(&v);
+        let BatchEntry::Put(_, s) = b.entries().next().unwrap().unwrap() else { unreachable!() };
+        assert_eq!(s.decode(), Err(DecodeError::Name(9)));
+    }
+
+    /// The record with its names in place of their indices (the order of a record's name table
+    /// means nothing).
+    fn resolved(r: &AccountRecord<'_>) -> String {
+        let n = |i: u8| r.name_of(i).unwrap_or("?");
+        let mut out = String::new();
+        if let Some(w) = &r.window {
+            let kinds = |k: &[u8]| k.iter().map(|&i| n(i)).collect::<Vec<_>>();
+            let entries: Vec<_> = w.entries.iter().map(|e| (e.t, e.risk_q, n(e.signal), n(e.cell))).collect();
+            out += &format!(
+                "{} {} {} {} {:?} {:?} {entries:?} {:?}",
+                w.touched_s,
+                w.slow_cur,
+                w.slow_prev,
+                w.slow_bucket,
+                kinds(&w.kinds_cur),
+                kinds(&w.kinds_prev),
+                w.ids
+            );
+        }
+        if let Some(c) = &r.cooldown {
+            out += &format!(" cooldown {} {} {}", c.until_s, c.decided_at_ms, n(c.cell));
+        }
+        out
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(v, &mut out);
+            let mut r = Reader { b: &out, at: 0 };
+            assert_eq!(r.varint(), Ok(v));
+            assert_eq!(r.at, out.len());
+        }
+        assert!(Reader { b: &[0x80; 11], at: 0 }.varint().is_err());
     }
 
     #[test]

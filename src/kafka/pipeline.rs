@@ -1381,7 +1381,7 @@ impl Pipeline {
             }
             TxnError::Poison { ref topic, code, .. }
                 if *topic == self.settings.topics.changelog
-                    && self.settings.changelog_record_version == crate::core::changelog::BATCHED =>
+                    && crate::core::changelog::batched(self.settings.changelog_record_version) =>
             {
                 // A batch record larger than the topic (`max.message.bytes`) or the producer
                 // accepts: the transaction is redone with smaller batches, down to

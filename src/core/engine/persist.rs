@@ -10,7 +10,7 @@ use super::logbook::{self, LogBook};
 use super::*;
 use crate::core::accounts::{AccountView, Slow, LEGACY_COPY};
 use crate::core::changelog::{
-    self, AccountRecord, BatchEntry, BatchWriter, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord,
+    self, AccountRecord, BatchEntry, BatchNames, BatchWriter, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord,
 };
 use crate::core::evidence;
 
@@ -105,14 +105,14 @@ pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
 impl Engine {
     /// Starts tracking what changes, for [`Engine::drain_changes`], which writes batch records
-    /// (record format 3, the default).
+    /// with name tables (record format 4, the default).
     pub fn track_changes(&mut self) {
-        self.track_changes_as(changelog::BATCHED);
+        self.track_changes_as(changelog::NAMED_BATCHES);
     }
 
     /// [`Engine::track_changes`], writing record format `version` (1 or 2: one record per
-    /// account, for a rolling upgrade from a version that reads only those; see
-    /// [`changelog::WRITABLE_VERSIONS`]).
+    /// account, 3: batches without name tables, for a rolling upgrade from a version that reads
+    /// only those; see [`changelog::WRITABLE_VERSIONS`]).
     pub fn track_changes_as(&mut self, version: u8) {
         self.changes.get_or_insert_with(Changes::default).version = version;
     }
@@ -163,7 +163,7 @@ impl Engine {
     /// one record per account, a tombstone when it is gone.
     pub fn drain_changes(&mut self, mut emit: impl FnMut(u32, &[u8], Option<&[u8]>)) -> Drained {
         let Some(mut c) = self.changes.take() else { return Drained::default() };
-        let (mut n, states) = if c.version == changelog::BATCHED {
+        let (mut n, states) = if changelog::batched(c.version) {
             self.drain_batches(&mut c, &mut emit)
         } else {
             self.drain_accounts(&mut c, &mut emit)
@@ -214,7 +214,7 @@ impl Engine {
             part.iter().for_each(|&(_, key)| w.gone(key));
             let book = self.books.entry(p).or_default();
             let number = book.next_batch();
-            emit(p, &changelog::batch_key(number), Some(w.value()));
+            emit(p, &changelog::batch_key(number), Some(w.finish()));
             book.batch(number, w.entries());
             book.live(-(part.len() as i64));
             n += 1;
@@ -222,7 +222,7 @@ impl Engine {
         (n, states)
     }
 
-    /// Format 3: batch records per partition, with the compaction's steps and tombstones.
+    /// Formats 3 and 4: batch records per partition, with the compaction's steps and tombstones.
     fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> (usize, u64) {
         let (mut n, mut states) = (0, 0);
         for i in 0..self.shards.len() {
@@ -265,7 +265,7 @@ impl Engine {
             states += o.written as u64;
             let book = self.books.entry(o.partition).or_default();
             if o.w.entries() > 0 {
-                emit(o.partition, &changelog::batch_key(o.number), Some(o.w.value()));
+                emit(o.partition, &changelog::batch_key(o.number), Some(o.w.finish()));
                 book.batch(o.number, o.w.entries());
                 n += 1;
             }
@@ -308,7 +308,12 @@ impl Engine {
             Some(at) => &mut c.open[at],
             None => {
                 let number = self.books.entry(p).or_default().next_batch();
-                let w = c.spare.pop().unwrap_or_default();
+                let named = c.version == changelog::NAMED_BATCHES;
+                let w = match c.spare.pop() {
+                    Some(w) if w.is_named() == named => w,
+                    _ if named => BatchWriter::named(),
+                    _ => BatchWriter::default(),
+                };
                 c.open.push(OpenBatch { partition: p, number, w, live: 0, written: 0 });
                 let last = c.open.len() - 1;
                 &mut c.open[last]
@@ -323,7 +328,12 @@ impl Engine {
             &*c
         });
         let (policy, breaker) = (&self.policy, &self.breaker);
-        if o.w.put_if(key, |out| encode_state(policy, breaker, account, cooldown, changelog::VERSION, out)) {
+        let written = if o.w.is_named() {
+            o.w.put_named(key, |out, names| encode_named_state(policy, breaker, account, cooldown, names, out))
+        } else {
+            o.w.put_if(key, |out| encode_state(policy, breaker, account, cooldown, changelog::VERSION, out))
+        };
+        if written {
             o.live += i64::from(before == NO_COPY);
         } else if before != NO_COPY {
             o.w.gone(key);
@@ -335,7 +345,7 @@ impl Engine {
         o.written += 1;
         if o.w.bytes() >= cut {
             let book = self.books.entry(p).or_default();
-            emit(p, &changelog::batch_key(o.number), Some(o.w.value()));
+            emit(p, &changelog::batch_key(o.number), Some(o.w.finish()));
             book.batch(o.number, o.w.entries());
             o.w.clear();
             o.number = book.next_batch();
@@ -382,7 +392,9 @@ impl Engine {
                 if value.is_some() {
                     self.books.entry(partition).or_default().legacy_record();
                 }
-                self.load_account(partition, k, value, LEGACY_COPY)
+                let rec = value.map(changelog::decode).transpose()?;
+                self.load_account(partition, k, rec, LEGACY_COPY);
+                Ok(())
             }
             Key::Batch(b) => {
                 let Some(v) = value else {
@@ -390,10 +402,16 @@ impl Engine {
                     return Ok(());
                 };
                 let (mut entries, mut failed) = (0, None);
-                for e in changelog::batch_entries(v) {
+                let batch = changelog::read_batch(v);
+                for e in batch.entries() {
                     let done = match e {
-                        Ok(BatchEntry::Put(k, rec)) => self.load_account(partition, k, Some(rec), LogBook::copy(b)),
-                        Ok(BatchEntry::Gone(k)) => self.load_account(partition, k, None, LogBook::copy(b)),
+                        Ok(BatchEntry::Put(k, stored)) => {
+                            stored.decode().map(|rec| self.load_account(partition, k, Some(rec), LogBook::copy(b)))
+                        }
+                        Ok(BatchEntry::Gone(k)) => {
+                            self.load_account(partition, k, None, LogBook::copy(b));
+                            Ok(())
+                        }
                         Err(e) => Err(e),
                     };
                     entries += 1;
@@ -409,20 +427,19 @@ impl Engine {
 
     /// Applies one account's state (`None`: it is gone) read from a changelog record whose copy
     /// is `copy` ([`LEGACY_COPY`] for a record of its own, else its batch's).
-    fn load_account(&mut self, partition: u32, k: u64, value: Option<&[u8]>, copy: u32) -> Result<(), DecodeError> {
+    fn load_account(&mut self, partition: u32, k: u64, rec: Option<AccountRecord<'_>>, copy: u32) {
         let p = partition.min(u32::from(u16::MAX)) as u16;
         let i = self.shard_index(partition);
         let shard = &mut self.shards[i];
         let had = shard.accounts.get(k).is_some() || shard.ledger.contains_key(&k);
-        let Some(v) = value else {
+        let Some(rec) = rec else {
             shard.accounts.remove(k);
             shard.ledger.remove(&k);
             if had {
                 self.books.entry(partition).or_default().live(-1);
             }
-            return Ok(());
+            return;
         };
-        let rec = changelog::decode(v)?;
         if let Some(w) = &rec.window {
             // Its ids that the account's previous record did not hold join the dedupe
             // memory, at the time the record was written.
@@ -434,7 +451,6 @@ impl Engine {
         if had != has {
             self.books.entry(partition).or_default().live(if has { 1 } else { -1 });
         }
-        Ok(())
     }
 
     /// A warm standby's engine for one changelog partition: fed only by [`Engine::load_state`]
@@ -680,6 +696,26 @@ fn encode_state(
         r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
     }
     changelog::encode(&r, version, out);
+    true
+}
+
+/// Writes an account's record of version 3 (its window state, its cooldown) into `out`, its
+/// names into the batch's `names`; false if both are missing.
+fn encode_named_state(
+    policy: &Policy,
+    breaker: &Breaker,
+    account: Option<AccountView<'_>>,
+    cooldown: Option<&Cooldown>,
+    names: &mut BatchNames,
+    out: &mut Vec<u8>,
+) -> bool {
+    if account.is_none() && cooldown.is_none() {
+        return false;
+    }
+    let signal = |i: u8| policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
+    let cell = |c: u8| breaker.cell_name(c);
+    let cooldown = cooldown.map(|c| CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell: c.cell });
+    changelog::encode_named(account.as_ref(), cooldown.as_ref(), names, &signal, &cell, out);
     true
 }
 
