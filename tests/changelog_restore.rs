@@ -307,6 +307,8 @@ fn the_batched_log_stays_within_twice_the_live_state() {
         drain(&mut e, &mut log);
         let (puts, gone) = entries(&log);
         most = most.max(puts + gone);
+        // What Kafka keeps restores the live state at every point of the compactions.
+        assert_eq!(restore(&policy, &log, Read::Compacted).state_dump(), e.state_dump(), "after round {round}");
     }
     let live = e.tracked_accounts();
     assert_eq!(live, 6_000);
