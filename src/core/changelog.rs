@@ -15,8 +15,8 @@
 //!   u8  batch version = 2
 //!   then entries: u64 account hash, varint len (LEB128; 0: the account is gone),
 //!                 len bytes account record of version 3 (below)
-//!   then the name tables: u16 n, n × (u8 len, len bytes UTF-8)   signals
-//!                         u16 n, n × (u8 len, len bytes UTF-8)   breaker cells
+//!   then the name tables: u16 n, n × (varint len, len bytes UTF-8)   signals
+//!                         u16 n, n × (varint len, len bytes UTF-8)   breaker cells
 //!   u32 where the name tables begin (byte offset in the value)
 //!
 //! batch record, version 1 (record format 3)
@@ -241,7 +241,8 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let s = self.b.get(self.at..self.at + n).ok_or(DecodeError::Truncated(self.at))?;
+        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated(self.at))?;
+        let s = self.b.get(self.at..end).ok_or(DecodeError::Truncated(self.at))?;
         self.at += n;
         Ok(s)
     }
@@ -312,7 +313,14 @@ fn decode_state<'a>(
         None => Err(DecodeError::Name(i)),
         Some(t) => {
             let table = if kind == 0 { t.0 } else { t.1 };
-            table.get(i as usize).map(|n| rec.name(n)).ok_or(DecodeError::Name(i))
+            let n = table.get(i as usize).ok_or(DecodeError::Name(i))?;
+            // A record's own table holds 256 names: one more would wrap its index.
+            let at = rec.name(n);
+            if rec.name_of(at) == Some(*n) {
+                Ok(at)
+            } else {
+                Err(DecodeError::Name(i))
+            }
         }
     };
     if flags & HAS_WINDOW != 0 {
@@ -383,7 +391,7 @@ pub struct BatchNames {
     /// Engine id to table index + 1 (0: not in the table yet).
     signals: [u16; 256],
     cells: [u16; 256],
-    /// `u8 len, bytes` per name, in index order.
+    /// `varint len, bytes` per name, in index order.
     signal_table: Vec<u8>,
     cell_table: Vec<u8>,
     signal_count: u16,
@@ -417,9 +425,8 @@ impl BatchNames {
     fn index<'n>(slot: &mut u16, table: &mut Vec<u8>, count: &mut u16, name: impl FnOnce() -> &'n str) -> u8 {
         if *slot == 0 {
             let n = name();
-            let b = &n.as_bytes()[..floor_char_boundary(n, 255)];
-            table.push(b.len() as u8);
-            table.extend_from_slice(b);
+            put_varint(n.len() as u64, table);
+            table.extend_from_slice(n.as_bytes());
             // At most 256 ids of each kind: the index fits a byte.
             *count += 1;
             *slot = *count;
@@ -442,11 +449,6 @@ impl BatchNames {
         self.signal_count = 0;
         self.cell_count = 0;
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    (0..=max.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 impl BatchWriter {
@@ -489,6 +491,7 @@ impl BatchWriter {
     /// Appends an account's record of version 3 ([`encode_named`]) if `record` writes one
     /// (returns true); else appends nothing. Batch version 2 only.
     pub fn put_named(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>, &mut BatchNames) -> bool) -> bool {
+        debug_assert!(self.names.is_some(), "a batch of version 1 takes records of version 2 (put_if)");
         let (start, entries) = (self.buf.len(), self.entries);
         self.start_entry(key);
         let at = self.buf.len();
@@ -530,9 +533,14 @@ impl BatchWriter {
         self.entries
     }
 
-    /// Bytes written so far (the entries; a named batch's tables come on top).
+    /// Bytes of the record so far (with a named batch's tables and their offset).
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        match (&self.names, self.finished) {
+            (Some(n), false) if !self.buf.is_empty() => {
+                self.buf.len() + 2 + n.signal_table.len() + 2 + n.cell_table.len() + 4
+            }
+            _ => self.buf.len(),
+        }
     }
 
     /// The record's value: its entries, then (batch version 2) its name tables. No entry may
@@ -663,7 +671,7 @@ impl<'a> Batch<'a> {
         let mut r = Reader { b: &v[..tail], at };
         for table in [&mut self.signals, &mut self.cells] {
             for _ in 0..u16::from_le_bytes(r.arr()?) {
-                let n = r.u8()? as usize;
+                let n = usize::try_from(r.varint()?).map_err(|_| DecodeError::Truncated(r.at))?;
                 table.push(r.str(n)?);
             }
         }
@@ -982,10 +990,37 @@ mod tests {
         encode(&sample(), VERSION, &mut v2);
         let BatchEntry::Put(_, s) = got[0] else { unreachable!() };
         assert_eq!(v2.len() - s.bytes().len(), 1 + 1 + (1 + 19) + (1 + 12) + (1 + 10) + 1);
-        // Any truncation, and any damaged table offset, is an error, never a panic.
+        // Any truncation of the whole value loses its tables: an error, never a panic.
         for n in 0..v.len() {
-            let _ = entries(&v[..n]);
+            assert!(entries(&v[..n]).iter().any(Result::is_err), "prefix of {n} bytes");
         }
+        // The entries cut anywhere, with the tables and their offset intact: the whole entries
+        // before the cut decode as written, then one error (or nothing, at an entry's end).
+        let at = u32::from_le_bytes(v[v.len() - 4..].try_into().unwrap()) as usize;
+        let whole: Vec<_> = entries(&v).into_iter().map(Result::unwrap).collect();
+        for cut in 1..at {
+            let mut c = v[..cut].to_vec();
+            c.extend_from_slice(&v[at..v.len() - 4]);
+            c.extend_from_slice(&(cut as u32).to_le_bytes());
+            let got = entries(&c);
+            let ok: Vec<_> = got.iter().take_while(|e| e.is_ok()).map(|e| e.clone().unwrap()).collect();
+            assert_eq!(ok[..], whole[..ok.len()], "cut at {cut}");
+            assert!(got.len() <= ok.len() + 1, "cut at {cut}: {got:?}");
+            let b = read_batch(&c);
+            for e in b.entries().flatten() {
+                if let BatchEntry::Put(_, s) = e {
+                    let _ = s.decode();
+                }
+            }
+        }
+        // A length near u64::MAX is an error, not an overflow.
+        let mut huge = vec![NAMED_BATCH_VERSION];
+        huge.extend_from_slice(&[0; 8]);
+        huge.extend_from_slice(&[0xFF; 9]);
+        huge.push(0x01);
+        huge.extend_from_slice(&[0, 0, 0, 0]);
+        huge.extend_from_slice(&(huge.len() as u32 - 4).to_le_bytes());
+        assert!(entries(&huge).iter().any(Result::is_err), "{huge:?}");
         let mut bad = v.clone();
         let at = bad.len() - 4;
         bad[at..].copy_from_slice(&(v.len() as u32).to_le_bytes());
@@ -1027,6 +1062,43 @@ mod tests {
             out += &format!(" cooldown {} {} {}", c.until_s, c.decided_at_ms, n(c.cell));
         }
         out
+    }
+
+    /// A source name of 64 four-byte characters (256 bytes) is written whole; a record that
+    /// names more than 256 distinct names is refused instead of wrapping its indices.
+    #[test]
+    fn long_names_are_kept_and_too_many_names_refused() {
+        let long = "\u{1F600}".repeat(64);
+        let cells: Vec<String> = (0..251).map(|i| if i == 0 { long.clone() } else { format!("source-{i}") }).collect();
+        let signal = |_: u8| "new_device";
+        let cell = |i: u8| cells[i as usize].as_str();
+        let ring: Vec<Entry> = (0..251).map(|i| Entry { t: 10, risk_q: 1, signal: 0, cell: i as u8 }).collect();
+        let ids = evidence::from_joined("e-1");
+        let mut w = BatchWriter::named();
+        w.put_named(1, |out, names| {
+            encode_named(Some(&view(&ring[..1], &ids)), None, names, &signal, &cell, out);
+            true
+        });
+        let v = w.finish().to_vec();
+        let b = read_batch(&v);
+        let Some(Ok(BatchEntry::Put(_, s))) = b.entries().next() else { panic!("{v:?}") };
+        let rec = s.decode().unwrap();
+        let cell_of_entry = rec.window.as_ref().unwrap().entries[0].cell;
+        assert_eq!(rec.name_of(cell_of_entry), Some(long.as_str()));
+        // 251 cells and 32 signals in one record: more than a record's 256 names.
+        let signals: Vec<String> = (0..32).map(|i| format!("signal-{i}")).collect();
+        let signal = |i: u8| signals[i as usize].as_str();
+        let ring: Vec<Entry> =
+            (0..251).map(|i| Entry { t: 10, risk_q: 1, signal: (i % 32) as u8, cell: i as u8 }).collect();
+        let mut w = BatchWriter::named();
+        w.put_named(1, |out, names| {
+            encode_named(Some(&view(&ring, &ids)), None, names, &signal, &cell, out);
+            true
+        });
+        let v = w.finish().to_vec();
+        let b = read_batch(&v);
+        let Some(Ok(BatchEntry::Put(_, s))) = b.entries().next() else { panic!("{v:?}") };
+        assert!(matches!(s.decode(), Err(DecodeError::Name(_))), "{:?}", s.decode().map(|r| r.names.len()));
     }
 
     #[test]

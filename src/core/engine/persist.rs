@@ -23,12 +23,13 @@ pub(super) struct Changes {
     /// Scratch for the sweep (kept to reuse its allocation).
     pub(super) freed: Vec<(u64, u16, u32)>,
     buf: Vec<u8>,
-    /// Batch records being written, one per partition (record format 3), and spare writers.
+    /// Batch records being written, one per partition (record formats 3 and 4), and spare
+    /// writers.
     open: Vec<OpenBatch>,
     spare: Vec<BatchWriter>,
     /// A batch record is cut at this size (0: [`logbook::BATCH_BYTES`]).
     batch_bytes: usize,
-    /// Account record version written ([`changelog::WRITABLE_VERSIONS`]; 0: the current one).
+    /// Record format written ([`changelog::WRITABLE_VERSIONS`]).
     version: u8,
 }
 
