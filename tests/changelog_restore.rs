@@ -413,42 +413,55 @@ fn an_account_gone_under_format_2_does_not_come_back_from_a_batch() {
     assert_eq!(restored.state_dump(), back.state_dump());
 }
 
+/// Every read of `log` (compacted, whole, warm standbys) restores `live`'s state.
+fn assert_every_read_restores(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<u8>>)], live: &Engine, when: &str) {
+    for read in [Read::Compacted, Read::Whole, Read::Standby] {
+        assert_eq!(restore(policy, log, read).state_dump(), live.state_dump(), "{read:?}, {when}");
+    }
+}
+
+/// An upgrade in place: 300 accounts written in record format `old` (two partitions, three
+/// signals), restored by the new version (format 4), which goes on with 100 of them. Returns the
+/// new version's engine and the log.
+fn upgrade_from(policy: &Policy, old: u8) -> (Engine, Vec<(u32, Vec<u8>, Option<Vec<u8>>)>) {
+    let mut before = engine(policy);
+    before.track_changes_as(old);
+    let mut log = Vec::new();
+    let wall = T0 + 5_000;
+    for i in 0..300 {
+        let signal = ["credential_stuffing", "new_device", "failed_login"][i % 3];
+        let ev = event(&format!("o{i}"), &format!("acct-{i}"), T0 + i as i64, "s", signal, 0.6);
+        before.process(&ev, (i % 2) as u32, wall);
+    }
+    drain(&mut before, &mut log);
+    let mut new = restore(policy, &log, Read::Whole);
+    new.track_changes();
+    for i in 0..100 {
+        let ev = event(&format!("n{i}"), &format!("acct-{i}"), T0 + 400 + i as i64, "t", "new_device", 0.2);
+        new.process(&ev, (i % 2) as u32, wall);
+    }
+    drain(&mut new, &mut log);
+    (new, log)
+}
+
 /// An upgrade from one record per account: each account's record gets a tombstone just before
 /// its first batch entry (or its "gone"), so what compaction keeps never brings back an older
 /// state, and the log ends up with no per-account record of a live account.
 #[test]
 fn per_account_records_move_into_batches() {
     let policy = Policy::default_with_version("changelog-v1");
-    let mut old = engine(&policy);
-    old.track_changes_as(2);
-    let mut log = Vec::new();
-    let wall = T0 + 5_000;
-    for i in 0..300 {
-        old.process(&event(&format!("o{i}"), &format!("acct-{i}"), T0 + i, "s", "new_device", 0.2), 0, wall);
-    }
-    drain(&mut old, &mut log);
-    // The new version restores and goes on: accounts 0..100 change.
-    let mut new = restore(&policy, &log, Read::Whole);
-    new.track_changes();
-    for i in 0..100 {
-        new.process(&event(&format!("n{i}"), &format!("acct-{i}"), T0 + 400 + i, "s", "new_device", 0.2), 0, wall);
-    }
-    drain(&mut new, &mut log);
+    let (mut new, mut log) = upgrade_from(&policy, 2);
     let own = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         compacted(log).keys().filter(|(_, k)| matches!(parse_key(k), Key::Account(_))).count()
     };
     assert_eq!(own(&log), 200, "the changed accounts' own records have tombstones");
-    for read in [Read::Compacted, Read::Whole, Read::Standby] {
-        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
-    }
+    assert_every_read_restores(&policy, &log, &new, "after the upgrade");
     // Everything expires: the other 200 go too, and nothing comes back.
     expire_all_but_a_new_one(&mut new);
     drain(&mut new, &mut log);
     assert_eq!(new.tracked_accounts(), 1);
     assert_eq!(own(&log), 0);
-    for read in [Read::Compacted, Read::Whole, Read::Standby] {
-        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
-    }
+    assert_every_read_restores(&policy, &log, &new, "after every account but one expired");
 }
 
 /// An upgrade from batches without name tables (format 3) to format 4: both batch versions in
@@ -456,44 +469,18 @@ fn per_account_records_move_into_batches() {
 #[test]
 fn batches_of_both_versions_in_one_log_restore_the_same_state() {
     let policy = Policy::default_with_version("changelog-v1");
-    let mut old = engine(&policy);
-    old.track_changes_as(3);
-    let mut log = Vec::new();
-    let wall = T0 + 5_000;
-    for i in 0..300 {
-        let signal = ["credential_stuffing", "new_device", "failed_login"][i % 3];
-        old.process(
-            &event(&format!("o{i}"), &format!("acct-{i}"), T0 + i as i64, "s", signal, 0.6),
-            (i % 2) as u32,
-            wall,
-        );
-    }
-    drain(&mut old, &mut log);
-    let mut new = restore(&policy, &log, Read::Whole);
-    new.track_changes();
-    for i in 0..100 {
-        new.process(
-            &event(&format!("n{i}"), &format!("acct-{i}"), T0 + 400 + i as i64, "t", "new_device", 0.2),
-            (i % 2) as u32,
-            wall,
-        );
-    }
-    drain(&mut new, &mut log);
+    let (mut new, mut log) = upgrade_from(&policy, 3);
     let versions: Vec<u8> = log
         .iter()
         .filter(|(_, k, _)| matches!(parse_key(k), Key::Batch(_)))
         .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
         .collect();
     assert_eq!(versions, [1, 1, 2, 2]);
-    for read in [Read::Compacted, Read::Whole, Read::Standby] {
-        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
-    }
+    assert_every_read_restores(&policy, &log, &new, "after the upgrade");
     expire_all_but_a_new_one(&mut new);
     drain(&mut new, &mut log);
     assert_eq!(new.tracked_accounts(), 1);
-    for read in [Read::Compacted, Read::Whole, Read::Standby] {
-        assert_eq!(restore(&policy, &log, read).state_dump(), new.state_dump(), "{read:?}");
-    }
+    assert_every_read_restores(&policy, &log, &new, "after every account but one expired");
 }
 
 /// The breaker's history comes back from the cooldowns in the changelog: a restored instance
