@@ -462,51 +462,30 @@ impl BatchWriter {
         self.names.is_some()
     }
 
-    /// Appends an account's record, written by `record` into the buffer (batch version 1).
-    pub fn put(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>)) {
-        self.put_if(key, |out| {
-            record(out);
-            true
-        });
-    }
-
-    /// Appends an account's record (version 2) if `record` writes one (returns true); else
-    /// appends nothing. Batch version 1 only.
-    pub fn put_if(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
-        debug_assert!(self.names.is_none(), "a named batch takes records of version 3 (put_named)");
+    /// Appends an account's record if `record` writes one into the buffer (returns true); else
+    /// appends nothing. `record` gets the batch's name tables when it has them (batch version 2:
+    /// a record of version 3, [`encode_named`]); without them it writes a record of version 2.
+    /// The entry's length goes before it, as the batch's version writes lengths.
+    pub fn put(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>, Option<&mut BatchNames>) -> bool) -> bool {
         let (start, entries) = (self.buf.len(), self.entries);
         self.start_entry(key);
         let at = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_le_bytes());
-        if !record(&mut self.buf) {
+        // Version 2: the length as a varint, one byte reserved and widened when longer.
+        let reserved = if self.names.is_some() { 1 } else { 4 };
+        self.buf.resize(at + reserved, 0);
+        if !record(&mut self.buf, self.names.as_deref_mut()) {
             self.buf.truncate(start);
             self.entries = entries;
             return false;
         }
-        let len = (self.buf.len() - at - 4) as u32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        true
-    }
-
-    /// Appends an account's record of version 3 ([`encode_named`]) if `record` writes one
-    /// (returns true); else appends nothing. Batch version 2 only.
-    pub fn put_named(&mut self, key: u64, record: impl FnOnce(&mut Vec<u8>, &mut BatchNames) -> bool) -> bool {
-        debug_assert!(self.names.is_some(), "a batch of version 1 takes records of version 2 (put_if)");
-        let (start, entries) = (self.buf.len(), self.entries);
-        self.start_entry(key);
-        let at = self.buf.len();
-        // The length as a varint: one byte reserved, more made room for when it is longer.
-        self.buf.push(0);
-        let names = self.names.get_or_insert_with(Box::default);
-        if !record(&mut self.buf, names) {
-            self.buf.truncate(start);
-            self.entries = entries;
-            return false;
+        let len = self.buf.len() - at - reserved;
+        if self.names.is_some() {
+            let mut v = [0u8; 10];
+            let n = varint(len as u64, &mut v);
+            self.buf.splice(at..at + 1, v[..n].iter().copied());
+        } else {
+            self.buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
         }
-        let len = (self.buf.len() - at - 1) as u64;
-        let mut v = [0u8; 10];
-        let n = varint(len, &mut v);
-        self.buf.splice(at..at + 1, v[..n].iter().copied());
         true
     }
 
@@ -871,10 +850,16 @@ mod tests {
         let mut w = BatchWriter::default();
         let mut one = Vec::new();
         encode(&sample(), VERSION, &mut one);
-        w.put(7, |out| encode(&sample(), VERSION, out));
+        w.put(7, |out, _| {
+            encode(&sample(), VERSION, out);
+            true
+        });
         w.gone(9);
-        w.put(u64::MAX - 1, |out| out.extend_from_slice(b"x"));
-        assert!(!w.put_if(5, |out| {
+        w.put(u64::MAX - 1, |out, _| {
+            out.extend_from_slice(b"x");
+            true
+        });
+        assert!(!w.put(5, |out, _| {
             out.extend_from_slice(b"half-written");
             false
         }));
@@ -931,8 +916,8 @@ mod tests {
         let cooldown = CooldownRecord { until_s: 1_700_086_400, decided_at_ms: 1_700_000_000_123, cell: 0 };
         let mut w = BatchWriter::named();
         for key in [7, 8] {
-            assert!(w.put_named(key, |out, names| {
-                encode_named(Some(&view(&ring, &ids)), Some(&cooldown), names, &signal, &cell, out);
+            assert!(w.put(key, |out, names| {
+                encode_named(Some(&view(&ring, &ids)), Some(&cooldown), names.unwrap(), &signal, &cell, out);
                 true
             }));
         }
@@ -946,15 +931,15 @@ mod tests {
             })
             .collect();
         let other = CooldownRecord { cell: 1, ..cooldown };
-        w.put_named(10, |out, names| {
-            encode_named(None, Some(&other), names, &signal, &cell, out);
+        w.put(10, |out, names| {
+            encode_named(None, Some(&other), names.unwrap(), &signal, &cell, out);
             true
         });
-        w.put_named(11, |out, names| {
-            encode_named(Some(&view(&ring, &long_ids)), None, names, &signal, &cell, out);
+        w.put(11, |out, names| {
+            encode_named(Some(&view(&ring, &long_ids)), None, names.unwrap(), &signal, &cell, out);
             true
         });
-        assert!(!w.put_named(12, |out, _| {
+        assert!(!w.put(12, |out, _| {
             out.push(1);
             false
         }));
@@ -1027,8 +1012,8 @@ mod tests {
         assert!(entries(&bad).iter().any(Result::is_err));
         // A record naming an index past its batch's table is refused.
         let mut w = BatchWriter::named();
-        w.put_named(1, |out, names| {
-            encode_named(Some(&view(&ring, &ids)), None, names, &signal, &cell, out);
+        w.put(1, |out, names| {
+            encode_named(Some(&view(&ring, &ids)), None, names.unwrap(), &signal, &cell, out);
             true
         });
         let mut v = w.finish().to_vec();
@@ -1075,8 +1060,8 @@ mod tests {
         let ring: Vec<Entry> = (0..251).map(|i| Entry { t: 10, risk_q: 1, signal: 0, cell: i as u8 }).collect();
         let ids = evidence::from_joined("e-1");
         let mut w = BatchWriter::named();
-        w.put_named(1, |out, names| {
-            encode_named(Some(&view(&ring[..1], &ids)), None, names, &signal, &cell, out);
+        w.put(1, |out, names| {
+            encode_named(Some(&view(&ring[..1], &ids)), None, names.unwrap(), &signal, &cell, out);
             true
         });
         let v = w.finish().to_vec();
@@ -1091,8 +1076,8 @@ mod tests {
         let ring: Vec<Entry> =
             (0..251).map(|i| Entry { t: 10, risk_q: 1, signal: (i % 32) as u8, cell: i as u8 }).collect();
         let mut w = BatchWriter::named();
-        w.put_named(1, |out, names| {
-            encode_named(Some(&view(&ring, &ids)), None, names, &signal, &cell, out);
+        w.put(1, |out, names| {
+            encode_named(Some(&view(&ring, &ids)), None, names.unwrap(), &signal, &cell, out);
             true
         });
         let v = w.finish().to_vec();

@@ -329,12 +329,7 @@ impl Engine {
             &*c
         });
         let (policy, breaker) = (&self.policy, &self.breaker);
-        let written = if o.w.is_named() {
-            o.w.put_named(key, |out, names| encode_named_state(policy, breaker, account, cooldown, names, out))
-        } else {
-            o.w.put_if(key, |out| encode_state(policy, breaker, account, cooldown, changelog::VERSION, out))
-        };
-        if written {
+        if o.w.put(key, |out, names| encode_state(policy, breaker, account, cooldown, changelog::VERSION, names, out)) {
             o.live += i64::from(before == NO_COPY);
         } else if before != NO_COPY {
             o.w.gone(key);
@@ -653,23 +648,32 @@ fn apply_record(
 
 /// Writes the account's record into `out`; false if the engine holds nothing for it.
 fn encode_account(policy: &Policy, breaker: &Breaker, shard: &Shard, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
-    encode_state(policy, breaker, shard.accounts.get(key), shard.ledger.get(&key), version, out)
+    encode_state(policy, breaker, shard.accounts.get(key), shard.ledger.get(&key), version, None, out)
 }
 
-/// Writes an account's record (its window state, its cooldown) into `out`; false if both are
-/// missing.
+/// Writes an account's record (its window state, its cooldown) into `out`: of version 3 with
+/// its names in a batch's `names` (record format 4), else of `version` with names of its own;
+/// false if both are missing.
+#[allow(clippy::too_many_arguments)]
 fn encode_state(
     policy: &Policy,
     breaker: &Breaker,
     account: Option<AccountView<'_>>,
     cooldown: Option<&Cooldown>,
     version: u8,
+    names: Option<&mut BatchNames>,
     out: &mut Vec<u8>,
 ) -> bool {
     if account.is_none() && cooldown.is_none() {
         return false;
     }
     let signal = |i: u8| policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
+    if let Some(names) = names {
+        let cell = |c: u8| breaker.cell_name(c);
+        let cooldown = cooldown.map(|c| CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell: c.cell });
+        changelog::encode_named(account.as_ref(), cooldown.as_ref(), names, &signal, &cell, out);
+        return true;
+    }
     let mut r = AccountRecord::default();
     if let Some(a) = account {
         let mut entries = SmallVec::new();
@@ -697,26 +701,6 @@ fn encode_state(
         r.cooldown = Some(CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell });
     }
     changelog::encode(&r, version, out);
-    true
-}
-
-/// Writes an account's record of version 3 (its window state, its cooldown) into `out`, its
-/// names into the batch's `names`; false if both are missing.
-fn encode_named_state(
-    policy: &Policy,
-    breaker: &Breaker,
-    account: Option<AccountView<'_>>,
-    cooldown: Option<&Cooldown>,
-    names: &mut BatchNames,
-    out: &mut Vec<u8>,
-) -> bool {
-    if account.is_none() && cooldown.is_none() {
-        return false;
-    }
-    let signal = |i: u8| policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
-    let cell = |c: u8| breaker.cell_name(c);
-    let cooldown = cooldown.map(|c| CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell: c.cell });
-    changelog::encode_named(account.as_ref(), cooldown.as_ref(), names, &signal, &cell, out);
     true
 }
 
