@@ -52,7 +52,16 @@
 //!      unchanged to the same partition of a fresh topic, committing offsets with the copies every
 //!      `commit_interval`; no decoding, no state. Rate = N / (first message .. last commit).
 //!
-//!    Ratio = median resetguard rate / median bare rate; also against the bare EOS copy.
+//!    - *resetguard without the changelog* (generator workload; `pipeline.changelog = false`):
+//!      the changelog's cost is the ratio of the two. Every other round runs it first, so that
+//!      the order (the broker still busy after the copy) favours neither.
+//!
+//!    Ratio = median resetguard rate / median bare rate; also against the bare EOS copy. For
+//!    each resetguard run of the generator workload the bench also prints the CPU time it cost
+//!    per event (`common::cpu`, from `/proc`): of the pipeline thread, of librdkafka's threads,
+//!    of the bench's other threads and of the broker (the whole JVM), from the start of the
+//!    service until all offsets were committed. On a shared machine CPU per event varies less
+//!    than a rate does, and it says which part a change moved.
 //! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
 //!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
 //!    (default 30 s), `PIPELINE_BENCH_NOTICES_PER_SEC` (default 20) of them triggering a notice
@@ -98,6 +107,7 @@ use resetguard::core::event::{format_rfc3339_ms, parse_rfc3339_ms};
 use resetguard::kafka::Status;
 use tokio_util::sync::CancellationToken;
 
+use common::cpu::CpuUse;
 use kafka::{unique_name, KafkaBroker};
 
 /// The service binary's allocator (src/main.rs), so resetguard runs here as it runs deployed.
@@ -602,6 +612,8 @@ struct Rg {
     /// (N - first commit) / (first commit .. all committed).
     steady: f64,
     wall: Duration,
+    /// CPU from the start of the service until all offsets were committed.
+    cpu: CpuUse,
     stopped: Stopped,
 }
 
@@ -625,6 +637,7 @@ fn rg_run(
     kafka::warm_up(monitor.client());
     let tpl = partitions_tpl(input, opts.partitions);
     let began = Instant::now();
+    let cpu_before = CpuUse::now(broker.pid());
     let mut svc = Service::start(s);
     let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64)>) = (None, None);
     let deadline = began + Duration::from_secs(900);
@@ -657,11 +670,12 @@ fn rg_run(
         svc.check_alive();
         assert!(now < deadline, "resetguard did not commit {n} offsets in time");
     };
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
     let stopped = svc.stop();
     let fc = first_consumed.unwrap();
     let (t1, c1) = first_commit.unwrap();
     let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
-    Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, stopped }
+    Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, cpu, stopped }
 }
 
 /// The bare exactly-once copy's rates and resetguard's ratio to them, as report lines.
@@ -693,6 +707,13 @@ fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
         median(many),
         median(many) / median(one)
     )
+}
+
+/// The run whose total CPU is the median (the lower middle one of an even count).
+fn median_cpu(v: &[CpuUse]) -> CpuUse {
+    let mut s = v.to_vec();
+    s.sort_by_key(|c| c.pipeline + c.librdkafka + c.other + c.broker);
+    s.get(s.len().saturating_sub(1) / 2).copied().unwrap_or_default()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -962,6 +983,8 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
     let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
+    // CPU per run by part (less noisy than the rates on a shared machine).
+    let (mut cpu_on, mut cpu_off) = (Vec::new(), Vec::new());
     let mut last_rg = None;
     if opts.warmup {
         // The broker JVM is fresh (C1-only JIT): one unmeasured round of each warms it up.
@@ -977,6 +1000,9 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         let copy = copier_run(broker, &bare_settings, &input, n as u64, opts.partitions);
         eprintln!("round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
         copy_rates.push(copy.rate);
+        // Every other round runs without the changelog first, so that what the order does
+        // (the broker still busy with the copy, its JIT warming up) favours neither run.
+        let off_first = (run % 2 == 1).then(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
         let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
         if let Some((k, o)) = sharded(opts) {
             let m = rg_run(broker, dir, &input, &o, n as u64, 200 + run, true, NO_TRIP);
@@ -988,9 +1014,13 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
             );
             shard_rates.push(m.rate);
         }
-        let off = rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP);
+        let off = off_first.unwrap_or_else(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
+        eprintln!("          CPU µs per event, changelog on:  {}", r.cpu.per_event(n as u64));
+        eprintln!("          CPU µs per event, changelog off: {}", off.cpu.per_event(n as u64));
         off_rates.push(off.rate);
+        cpu_on.push(r.cpu);
+        cpu_off.push(off.cpu);
         let bytes = counter_sum(&r.stopped.registry, "resetguard_changelog_bytes_total", &[]);
         changelog_bytes.push(bytes as f64 / n as f64);
         let st = &r.stopped;
@@ -1030,10 +1060,17 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let om = median(&off_rates);
     let _ = writeln!(
         report,
-        "changelog cost: with / without {:.2} (without: median {om:.0} events/s, runs: {}); changelog bytes per input event (key + value, before compression): {:.1}",
+        "changelog cost: with / without {:.2} (per round: {}; without: median {om:.0} events/s, runs: {}); changelog bytes per input event (key + value, before compression): {:.1}",
         rm / om,
+        rg_rates.iter().zip(&off_rates).map(|(a, b)| format!("{:.2}", a / b)).collect::<Vec<_>>().join(", "),
         list(&off_rates),
         median(&changelog_bytes)
+    );
+    let _ = writeln!(
+        report,
+        "CPU µs per event, the round with the median total (from the service's start until all offsets were committed):\n  changelog on:  {}\n  changelog off: {}",
+        median_cpu(&cpu_on).per_event(n as u64),
+        median_cpu(&cpu_off).per_event(n as u64)
     );
     let _ = writeln!(
         report,

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod cpu;
+
 use std::fmt::Write as _;
 
 use std::time::Duration;

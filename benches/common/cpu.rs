@@ -1,0 +1,82 @@
+//! CPU time by part, read from `/proc` (Linux): what a run cost in CPU, which on a shared,
+//! noisy machine varies far less than its rate does.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// CPU time so far of this process's threads by kind, and of another process (the broker).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    /// Threads named `pipeline` (resetguard's consume–decide–produce loop).
+    pub pipeline: Duration,
+    /// librdkafka's threads (`rdk:…`).
+    pub librdkafka: Duration,
+    /// Every other thread of this process.
+    pub other: Duration,
+    /// The other process, ended threads included (in clock ticks, 10 ms).
+    pub broker: Duration,
+}
+
+impl CpuUse {
+    /// Now, for this process and the process `broker`. Threads that ended are not counted:
+    /// take both readings while the threads being measured run.
+    pub fn now(broker: u32) -> CpuUse {
+        let mut u = CpuUse::default();
+        for (name, t) in threads(Path::new("/proc/self/task")) {
+            match name.as_str() {
+                "pipeline" => u.pipeline += t,
+                n if n.starts_with("rdk:") => u.librdkafka += t,
+                _ => u.other += t,
+            }
+        }
+        u.broker = process(broker);
+        u
+    }
+
+    /// What was spent from `earlier` to `self`.
+    pub fn since(&self, earlier: &CpuUse) -> CpuUse {
+        CpuUse {
+            pipeline: self.pipeline.saturating_sub(earlier.pipeline),
+            librdkafka: self.librdkafka.saturating_sub(earlier.librdkafka),
+            other: self.other.saturating_sub(earlier.other),
+            broker: self.broker.saturating_sub(earlier.broker),
+        }
+    }
+
+    /// Microseconds per event for `n` events: `pipeline P, librdkafka L, other O, broker B, all A`.
+    pub fn per_event(&self, n: u64) -> String {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        let all = self.pipeline + self.librdkafka + self.other + self.broker;
+        format!(
+            "pipeline {:.2}, librdkafka {:.2}, other {:.2}, broker {:.2}, all {:.2}",
+            us(self.pipeline),
+            us(self.librdkafka),
+            us(self.other),
+            us(self.broker),
+            us(all)
+        )
+    }
+}
+
+/// User and system time of process `pid` (`/proc/<pid>/stat`, its ended threads included);
+/// zero where it cannot be read.
+fn process(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
+    // The fields after the name (which may hold spaces) start at the state; utime and stime
+    // are the 12th and 13th of them.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// (name, CPU time) of every thread under a `/proc/<pid>/task` directory (`schedstat`: ns on
+/// the CPU); nothing where `/proc` cannot be read.
+fn threads(dir: &Path) -> impl Iterator<Item = (String, Duration)> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| {
+        let p = e.path();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
+        let name = std::fs::read_to_string(p.join("comm")).ok()?.trim_end().to_string();
+        Some((name, Duration::from_nanos(ns)))
+    })
+}
