@@ -73,6 +73,8 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 88);
 
 /// The changelog holds no copy of the account (yet).
 pub const NO_COPY: u32 = u32::MAX;
+/// No slot: [`AccountStore::state_with_copy`] looks the account up.
+pub const NO_SLOT: u32 = u32::MAX;
 /// The changelog's copy is a record of its own (record formats 1 and 2), not in a batch.
 pub const LEGACY_COPY: u32 = 0;
 
@@ -101,6 +103,8 @@ pub struct Scores {
     pub slow_kinds: u32,
     /// The account's changelog copy (see [`AccountStore::copy_of`]).
     pub copy: u32,
+    /// Where the account's state is in the store, a hint for [`AccountStore::state_with_copy`].
+    pub slot: u32,
 }
 
 /// Contribution of one signal kind to a window score (for explanations).
@@ -323,7 +327,7 @@ impl AccountStore {
         let slow = s.cur + s.prev * (1.0 - into);
         let slow_kinds = (s.kinds_cur | if s.prev > 0.0 { s.kinds_prev } else { 0 }).count_ones();
 
-        Scores { short: self.short_score(idx), slow, slow_kinds, copy: self.slots[idx].copy }
+        Scores { short: self.short_score(idx), slow, slow_kinds, copy: self.slots[idx].copy, slot: idx as u32 }
     }
 
     fn contribution(&self, e: Entry) -> f32 {
@@ -420,12 +424,14 @@ impl AccountStore {
     }
 
     /// Records where the changelog's newest copy of the account is, and returns its state
-    /// (`None`: it is not tracked).
-    pub fn state_with_copy(&mut self, key: u64, copy: u32) -> Option<AccountView<'_>> {
+    /// (`None`: it is not tracked). `slot` is where [`Scores::slot`] last said it was
+    /// ([`NO_SLOT`]: unknown); the account is looked up when that slot holds another one.
+    pub fn state_with_copy(&mut self, key: u64, slot: u32, copy: u32) -> Option<AccountView<'_>> {
         let key = if key == FREE { 1 } else { key };
-        let Some(i) = self.find(key) else {
+        let hinted = self.slots.get(slot as usize).is_some_and(|s| s.key == key).then_some(slot as usize);
+        let Some(i) = hinted.or_else(|| self.find(key)) else {
             let a = self.adopted.iter_mut().find(|a| a.find(key).is_some())?;
-            return a.state_with_copy(key, copy);
+            return a.state_with_copy(key, NO_SLOT, copy);
         };
         self.slots[i].copy = copy;
         Some(self.slots[i].view())
@@ -672,6 +678,30 @@ mod tests {
 
     fn sig(p: &Policy, name: &str) -> u8 {
         p.signal_index(name).unwrap()
+    }
+
+    #[test]
+    fn a_slot_hint_is_used_only_while_its_slot_holds_the_account() {
+        let p = Policy::default_with_version("t");
+        let nd = sig(&p, "new_device");
+        let e = |t: u32| Entry { t, risk_q: quantise_risk(0.5), signal: nd, cell: 0 };
+        let mut s = store();
+        let a = s.add(11, e(100), "a1", 10, 0).slot;
+        let b = s.add(22, e(100), "b1", 10, 3).slot;
+        assert_ne!(a, b);
+        // The hint, no hint, and a hint to another account's slot all find the account.
+        for hint in [a, NO_SLOT, b, 1_000_000] {
+            let v = s.state_with_copy(11, hint, 7).unwrap();
+            assert_eq!((v.partition, v.ring.len()), (0, 1), "hint {hint}");
+        }
+        assert_eq!(s.copy_of(11), 7);
+        // Account 11 goes and 33 takes its slot: the old hint now points at 33, not at 11.
+        assert!(s.remove(11));
+        let c = s.add(33, e(100), "c1", 10, 5).slot;
+        assert_eq!(c, a, "the freed slot is reused");
+        assert!(s.state_with_copy(11, a, 8).is_none());
+        assert_eq!(s.state_with_copy(33, a, 9).map(|v| v.partition), Some(5));
+        assert_eq!((s.copy_of(33), s.copy_of(22)), (9, NO_COPY));
     }
 
     #[test]

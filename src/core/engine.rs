@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use super::accounts::{quantise_risk, AccountStore, Entry, WindowView, NO_COPY};
+use super::accounts::{quantise_risk, AccountStore, Entry, WindowView, NO_COPY, NO_SLOT};
 use super::breaker::{Breaker, Transition, Verdict};
 use super::dedupe::Dedupe;
 use super::event::{decode, format_rfc3339_ms, Event, Rejection};
@@ -83,10 +83,33 @@ struct Shard {
     accounts: AccountStore,
     /// Cooldowns per account: until when (event time), and the decision that started it.
     ledger: HashMap<u64, Cooldown, IdentityBuild>,
-    /// Accounts changed since the last drain → the partition their record goes to, and where
-    /// the changelog's copy of the account was before the first change (kept only while
-    /// changes are tracked).
-    changed: HashMap<u64, (u16, u32), IdentityBuild>,
+    /// Accounts changed since the last drain (kept only while changes are tracked).
+    changed: HashMap<u64, Changed, IdentityBuild>,
+}
+
+/// An account changed since the last drain.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    /// The partition its record goes to (of its last change).
+    partition: u16,
+    /// Where the changelog's copy of the account was before the first change.
+    before: u32,
+    /// Its slot in the shard's store at its last change ([`NO_SLOT`]: it has none), so that
+    /// the drain reads its state without a lookup while the slot still holds it.
+    slot: u32,
+}
+
+impl Shard {
+    /// Notes that `key` changed (its state or that it is gone).
+    fn mark_changed(&mut self, key: u64, partition: u16, before: u32, slot: u32) {
+        self.changed
+            .entry(key)
+            .and_modify(|c| {
+                c.partition = partition;
+                c.slot = slot;
+            })
+            .or_insert(Changed { partition, before, slot });
+    }
 }
 
 /// What a shard reads of the engine while it judges: fixed for the length of a batch.
@@ -153,7 +176,7 @@ impl Shard {
                 NO_COPY => self.ledger.get(&key).map_or(NO_COPY, |c| c.copy),
                 copy => copy,
             };
-            self.changed.entry(key).and_modify(|c| c.0 = partition).or_insert((partition, copy));
+            self.mark_changed(key, partition, copy, scores.slot);
         }
 
         let p = v.policy;
@@ -588,7 +611,7 @@ impl Engine {
             }
             if let (Some(c), Some(keys)) = (&mut self.changes, freed_keys.as_mut()) {
                 for &(key, partition, copy) in keys.iter() {
-                    shard.changed.entry(key).and_modify(|c| c.0 = partition).or_insert((partition, copy));
+                    shard.mark_changed(key, partition, copy, NO_SLOT);
                     c.touch_partition(partition);
                 }
                 keys.clear();

@@ -8,11 +8,14 @@ use smallvec::SmallVec;
 
 use super::logbook::{self, LogBook};
 use super::*;
-use crate::core::accounts::{AccountView, Slow, LEGACY_COPY};
+use crate::core::accounts::{AccountView, Slow, LEGACY_COPY, NO_SLOT};
 use crate::core::changelog::{
     self, AccountRecord, BatchEntry, BatchNames, BatchWriter, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord,
 };
 use crate::core::evidence;
+
+/// Where drained records go: (partition, key, value; `None`: a tombstone).
+type Emit<'e> = dyn FnMut(u32, &[u8], Option<&[u8]>) + 'e;
 
 /// Partitions whose watermark moved since the last drain, and the drain's buffers (the accounts
 /// that changed are kept by their shards).
@@ -186,11 +189,11 @@ impl Engine {
     /// An account that goes while its newest copy is in a batch (a log written in format 3
     /// before, and now format 1 or 2 again) also gets a "gone" entry in a batch: its tombstone
     /// alone would let that copy come back once Kafka drops the tombstone.
-    fn drain_accounts(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> (usize, u64) {
+    fn drain_accounts(&mut self, c: &mut Changes, emit: &mut Emit<'_>) -> (usize, u64) {
         let mut n = 0;
         let mut gone: Vec<(u32, u64)> = Vec::new();
         for shard in &mut self.shards {
-            for (&key, &(partition, before)) in &shard.changed {
+            for (&key, &Changed { partition, before, .. }) in &shard.changed {
                 c.buf.clear();
                 let partition = shard.accounts.get(key).map_or(partition, |a| a.partition);
                 let k = changelog::account_key(key);
@@ -224,13 +227,13 @@ impl Engine {
     }
 
     /// Formats 3 and 4: batch records per partition, with the compaction's steps and tombstones.
-    fn drain_batches(&mut self, c: &mut Changes, emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>)) -> (usize, u64) {
+    fn drain_batches(&mut self, c: &mut Changes, emit: &mut Emit<'_>) -> (usize, u64) {
         let (mut n, mut states) = (0, 0);
         for i in 0..self.shards.len() {
             let mut changed = std::mem::take(&mut self.shards[i].changed);
             // The partition is the one of the account's last change (as its state says).
-            for (key, (p, before)) in changed.drain() {
-                n += self.write_entry(c, i, u32::from(p), key, before, emit);
+            for (key, ch) in changed.drain() {
+                n += self.write_entry(c, i, u32::from(ch.partition), key, (ch.before, ch.slot), emit);
             }
             self.shards[i].changed = changed;
         }
@@ -259,7 +262,7 @@ impl Engine {
                     continue;
                 }
                 let before = if book.stale(copy) { copy } else { cooldown };
-                n += self.write_entry(c, i, p, key, before, emit);
+                n += self.write_entry(c, i, p, key, (before, NO_SLOT), emit);
             }
         }
         for mut o in c.open.drain(..) {
@@ -286,16 +289,17 @@ impl Engine {
     }
 
     /// Writes `key`'s state (or that it is gone) into partition `p`'s open batch, `before`
-    /// being where the changelog's copy of it was. Returns the records emitted (the tombstone
-    /// of its own record, a full batch).
+    /// being where the changelog's copy of it was and `slot` where its state may be in the
+    /// store ([`NO_SLOT`]: look it up). Returns the records emitted (the tombstone of its own
+    /// record, a full batch).
     fn write_entry(
         &mut self,
         c: &mut Changes,
         shard: usize,
         p: u32,
         key: u64,
-        before: u32,
-        emit: &mut dyn FnMut(u32, &[u8], Option<&[u8]>),
+        (before, slot): (u32, u32),
+        emit: &mut Emit<'_>,
     ) -> usize {
         let mut n = 0;
         if before == LEGACY_COPY {
@@ -323,7 +327,7 @@ impl Engine {
         let copy = LogBook::copy(o.number);
         let shard = &mut self.shards[shard];
         // Where its copy is from now on, read and set in one lookup each.
-        let account = shard.accounts.state_with_copy(key, copy);
+        let account = shard.accounts.state_with_copy(key, slot, copy);
         let cooldown = shard.ledger.get_mut(&key).map(|c| {
             c.copy = copy;
             &*c
@@ -358,7 +362,7 @@ impl Engine {
         let shard = &mut self.shards[i];
         shard.accounts.remove_partition(p);
         shard.ledger.retain(|_, c| c.partition != p);
-        shard.changed.retain(|_, q| q.0 != p);
+        shard.changed.retain(|_, q| q.partition != p);
         self.books.remove(&partition);
         self.forget_partition(partition);
         if let Some(c) = &mut self.changes {
