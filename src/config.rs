@@ -291,10 +291,11 @@ pub struct PipelineFile {
     /// Default `true`.
     #[serde(default = "default_true")]
     pub changelog: bool,
-    /// Format of the changelog records written: `3` (many accounts' states per Kafka record,
-    /// the default), `2` (one record per account, packed evidence ids) or `1` (one per
-    /// account, ids as text), the older two for a rolling upgrade from a version that reads
-    /// only them (docs/changelog.md, "Upgrading"). All three are always read.
+    /// Format of the changelog records written: `4` (many accounts' states per Kafka record,
+    /// the names they refer to once per record; the default), `3` (many accounts per record,
+    /// each with its names), `2` (one record per account, packed evidence ids) or `1` (one
+    /// per account, ids as text), the older ones for a rolling upgrade from a version that
+    /// reads only them (docs/changelog.md, "Upgrading"). All four are always read.
     #[serde(default = "default_changelog_record_version")]
     pub changelog_record_version: u8,
     /// Send the changelog records of a transaction early, once this many accounts have changed
