@@ -709,6 +709,21 @@ fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
     )
 }
 
+/// CPU per event of the round with the median total, and the ceiling it sets: what the rest
+/// (librdkafka, the broker, the bench's other threads) costs per event bounds the rate on this
+/// machine's cores even if deciding cost nothing.
+fn cpu_lines(label: &str, runs: &[CpuUse], n: u64, bare: f64) -> String {
+    let c = median_cpu(runs);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rest = (c.librdkafka + c.other + c.broker).as_secs_f64() / n.max(1) as f64;
+    let ceiling = if rest > 0.0 { cores as f64 / rest } else { f64::NAN };
+    format!(
+        "CPU µs per event, {label} (the round with the median total, service start .. all committed): {}\n  without the pipeline thread's part: at most {ceiling:.0} events/s on {cores} cores even if deciding were free ({:.2}x the bare consumer)\n",
+        c.per_event(n),
+        ceiling / bare
+    )
+}
+
 /// The run whose total CPU is the median (the lower middle one of an even count).
 fn median_cpu(v: &[CpuUse]) -> CpuUse {
     let mut s = v.to_vec();
@@ -1066,12 +1081,8 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         list(&off_rates),
         median(&changelog_bytes)
     );
-    let _ = writeln!(
-        report,
-        "CPU µs per event, the round with the median total (from the service's start until all offsets were committed):\n  changelog on:  {}\n  changelog off: {}",
-        median_cpu(&cpu_on).per_event(n as u64),
-        median_cpu(&cpu_off).per_event(n as u64)
-    );
+    report.push_str(&cpu_lines("changelog on", &cpu_on, n as u64, bm));
+    report.push_str(&cpu_lines("changelog off", &cpu_off, n as u64, bm));
     let _ = writeln!(
         report,
         "ratio resetguard / bare: {:.2} (per round: {})",
@@ -1256,6 +1267,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
     }
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
+    let mut cpu = Vec::new();
     let mut last = None;
     for run in 0..opts.runs {
         let b = bare_run(&bare_settings, &input, n as u64);
@@ -1267,6 +1279,8 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         let perf = if run == 0 { perf_start(opts) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
         perf_stop(perf);
+        eprintln!("          CPU µs per event: {}", r.cpu.per_event(n as u64));
+        cpu.push(r.cpu);
         let o = RealOutcomes::of(&r.stopped);
         let commit_h = histogram(&r.stopped.registry, "resetguard_transaction_commit_seconds");
         let (cc, cs) = commit_h.as_ref().map_or((0, 0.0), |h| (h.0, h.1));
@@ -1332,6 +1346,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
+    report.push_str(&cpu_lines("resetguard", &cpu, n as u64, bm));
     report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(o) = &last {
         let _ = writeln!(report, "outcomes (last round): {}", o.line());
