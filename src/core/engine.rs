@@ -99,19 +99,6 @@ struct Changed {
     slot: u32,
 }
 
-impl Shard {
-    /// Notes that `key` changed (its state or that it is gone).
-    fn mark_changed(&mut self, key: u64, partition: u16, before: u32, slot: u32) {
-        self.changed
-            .entry(key)
-            .and_modify(|c| {
-                c.partition = partition;
-                c.slot = slot;
-            })
-            .or_insert(Changed { partition, before, slot });
-    }
-}
-
 /// What a shard reads of the engine while it judges: fixed for the length of a batch.
 struct View<'e> {
     policy: &'e Policy,
@@ -159,6 +146,17 @@ impl Shard {
         self.accounts = AccountStore::new(policy);
         self.ledger.clear();
         self.changed.clear();
+    }
+
+    /// Notes that `key` changed (its state or that it is gone).
+    fn mark_changed(&mut self, key: u64, partition: u16, before: u32, slot: u32) {
+        self.changed
+            .entry(key)
+            .and_modify(|c| {
+                c.partition = partition;
+                c.slot = slot;
+            })
+            .or_insert(Changed { partition, before, slot });
     }
 
     /// Everything after dedupe and the watermark: windows, allow-list and cooldown (the ledger
