@@ -57,11 +57,13 @@
 //!      the order (the broker still busy after the copy) favours neither.
 //!
 //!    Ratio = median resetguard rate / median bare rate; also against the bare EOS copy. For
-//!    each resetguard run of the generator workload the bench also prints the CPU time it cost
-//!    per event (`common::cpu`, from `/proc`): of the pipeline thread, of librdkafka's threads,
-//!    of the bench's other threads and of the broker (the whole JVM), from the start of the
-//!    service until all offsets were committed. On a shared machine CPU per event varies less
-//!    than a rate does, and it says which part a change moved.
+//!    every run the bench also prints the CPU time it cost per event (`common::cpu`, from
+//!    `/proc`): of resetguard's pipeline thread, of librdkafka's threads, of the bench's other
+//!    threads (the bare runs' poll loops) and of the broker (the whole JVM), from the start of
+//!    the run until all offsets were committed. On a shared machine CPU per event varies less
+//!    than a rate does, and it says which part a change moved. From what runs outside the
+//!    pipeline thread it prints a ceiling: the rate this machine's cores would allow if
+//!    deciding cost nothing.
 //! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
 //!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
 //!    (default 30 s), `PIPELINE_BENCH_NOTICES_PER_SEC` (default 20) of them triggering a notice
@@ -497,12 +499,15 @@ fn partitions_tpl(topic: &str, partitions: i32) -> TopicPartitionList {
 struct Bare {
     rate: f64,
     wall: Duration,
+    /// CPU from the start until all `n` were read (copied and committed).
+    cpu: CpuUse,
 }
 
 /// A bare `BaseConsumer` with resetguard's consumer configuration reads all `n` messages.
-fn bare_run(settings: &Settings, input: &str, n: u64) -> Bare {
+fn bare_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64) -> Bare {
     let mut cfg = resetguard::kafka::client::consumer_config(settings);
     cfg.set("group.id", unique_name("bench-bare"));
+    let cpu_before = CpuUse::now(broker.pid());
     let c: BaseConsumer = cfg.create().unwrap();
     let began = Instant::now();
     c.subscribe(&[input]).unwrap();
@@ -524,9 +529,10 @@ fn bare_run(settings: &Settings, input: &str, n: u64) -> Bare {
         assert!(Instant::now() < deadline, "bare consumer: only {count} of {n} in time");
     }
     let end = Instant::now();
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
     std::hint::black_box(sum);
     let span = end - first.unwrap();
-    Bare { rate: n as f64 / span.as_secs_f64(), wall: end - began }
+    Bare { rate: n as f64 / span.as_secs_f64(), wall: end - began, cpu }
 }
 
 /// The least an exactly-once pipeline that writes one record per input costs on this broker (as
@@ -537,6 +543,7 @@ fn bare_run(settings: &Settings, input: &str, n: u64) -> Bare {
 fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, partitions: i32) -> Bare {
     let out = unique_name("tp-copy");
     broker.create_topic(&out, partitions);
+    let cpu_before = CpuUse::now(broker.pid());
     let mut ccfg = resetguard::kafka::client::consumer_config(settings);
     ccfg.set("group.id", unique_name("bench-copier"));
     ccfg.remove("group.instance.id");
@@ -603,7 +610,8 @@ fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, pa
         assert!(Instant::now() < deadline, "copier: only {count} of {n} in time");
     }
     let end = Instant::now();
-    Bare { rate: n as f64 / (end - first.unwrap()).as_secs_f64(), wall: end - began }
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
+    Bare { rate: n as f64 / (end - first.unwrap()).as_secs_f64(), wall: end - began, cpu }
 }
 
 struct Rg {
@@ -721,6 +729,15 @@ fn cpu_lines(label: &str, runs: &[CpuUse], n: u64, bare: f64) -> String {
         "CPU µs per event, {label} (the round with the median total, service start .. all committed): {}\n  without the pipeline thread's part: at most {ceiling:.0} events/s on {cores} cores even if deciding were free ({:.2}x the bare consumer)\n",
         c.per_event(n),
         ceiling / bare
+    )
+}
+
+/// CPU per event of the bare consumer and the bare EOS copy (rounds with the median total).
+fn bare_cpu_lines(bare: &[CpuUse], copy: &[CpuUse], n: u64) -> String {
+    format!(
+        "CPU µs per event, bare consumer: {}\nCPU µs per event, bare EOS copy: {}\n",
+        median_cpu(bare).per_event(n),
+        median_cpu(copy).per_event(n)
     )
 }
 
@@ -996,6 +1013,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
+    let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
     let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
     // CPU per run by part (less noisy than the rates on a shared machine).
@@ -1004,17 +1022,19 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     if opts.warmup {
         // The broker JVM is fresh (C1-only JIT): one unmeasured round of each warms it up.
         let t = Instant::now();
-        let _ = bare_run(&bare_settings, &input, n as u64);
+        let _ = bare_run(broker, &bare_settings, &input, n as u64);
         let _ = rg_run(broker, dir, &input, opts, n as u64, usize::MAX, true, NO_TRIP);
         eprintln!("warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     for run in 0..opts.runs {
-        let b = bare_run(&bare_settings, &input, n as u64);
+        let b = bare_run(broker, &bare_settings, &input, n as u64);
         eprintln!("round {}: bare consumer {:>9.0} msgs/s (wall incl. group join {:.1?})", run + 1, b.rate, b.wall);
         bare_rates.push(b.rate);
+        bare_cpu.push(b.cpu);
         let copy = copier_run(broker, &bare_settings, &input, n as u64, opts.partitions);
         eprintln!("round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
         copy_rates.push(copy.rate);
+        copy_cpu.push(copy.cpu);
         // Every other round runs without the changelog first, so that what the order does
         // (the broker still busy with the copy, its JIT warming up) favours neither run.
         let off_first = (run % 2 == 1).then(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
@@ -1090,6 +1110,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
+    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu, n as u64));
     report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(r) = &last_rg {
         let st = &r.stopped;
@@ -1261,21 +1282,24 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
     let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, &policy);
     if warmup {
         let t = Instant::now();
-        let _ = bare_run(&bare_settings, &input, n as u64);
+        let _ = bare_run(broker, &bare_settings, &input, n as u64);
         let _ = rg_run(broker, dir, &input, opts, n as u64, usize::MAX, true, &policy);
         eprintln!("realistic: warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
+    let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
     let mut cpu = Vec::new();
     let mut last = None;
     for run in 0..opts.runs {
-        let b = bare_run(&bare_settings, &input, n as u64);
+        let b = bare_run(broker, &bare_settings, &input, n as u64);
         eprintln!("realistic round {}: bare consumer {:>9.0} msgs/s", run + 1, b.rate);
         bare_rates.push(b.rate);
+        bare_cpu.push(b.cpu);
         let copy = copier_run(broker, &bare_settings, &input, n as u64, opts.partitions);
         eprintln!("realistic round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
         copy_rates.push(copy.rate);
+        copy_cpu.push(copy.cpu);
         let perf = if run == 0 { perf_start(opts) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
         perf_stop(perf);
@@ -1346,6 +1370,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
+    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu, n as u64));
     report.push_str(&cpu_lines("resetguard", &cpu, n as u64, bm));
     report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(o) = &last {
