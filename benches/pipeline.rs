@@ -59,11 +59,12 @@
 //!    Ratio = median resetguard rate / median bare rate; also against the bare EOS copy. For
 //!    every run the bench also prints the CPU time it cost per event (`common::cpu`, from
 //!    `/proc`): of resetguard's pipeline thread, of librdkafka's threads, of the bench's other
-//!    threads (the bare runs' poll loops) and of the broker (the whole JVM), from the start of
-//!    the run until all offsets were committed. On a shared machine CPU per event varies less
-//!    than a rate does, and it says which part a change moved. From what runs outside the
-//!    pipeline thread it prints a ceiling: the rate this machine's cores would allow if
-//!    deciding cost nothing.
+//!    threads (the bare runs' poll loops) and of the broker (the whole JVM), over the steady
+//!    part of the run (resetguard: first to last commit, startup and group join left out; the
+//!    bare runs: first to last message). On a shared machine CPU per event varies less than a
+//!    rate does, and it says which part a change moved. From what runs outside the pipeline
+//!    thread, less the broker's idle CPU (measured once per workload), it prints a ceiling: the
+//!    rate this machine's cores would allow if deciding cost nothing.
 //! 3. **Latency**: a fresh input topic and resetguard instance, then a steady trickle of
 //!    `PIPELINE_BENCH_LATENCY_RATE` events/s (default 200) for `PIPELINE_BENCH_LATENCY_SECS`
 //!    (default 30 s), `PIPELINE_BENCH_NOTICES_PER_SEC` (default 20) of them triggering a notice
@@ -499,7 +500,7 @@ fn partitions_tpl(topic: &str, partitions: i32) -> TopicPartitionList {
 struct Bare {
     rate: f64,
     wall: Duration,
-    /// CPU from the start until all `n` were read (copied and committed).
+    /// CPU from the first message until all `n` were read (copied and committed).
     cpu: CpuUse,
 }
 
@@ -507,18 +508,18 @@ struct Bare {
 fn bare_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64) -> Bare {
     let mut cfg = resetguard::kafka::client::consumer_config(settings);
     cfg.set("group.id", unique_name("bench-bare"));
-    let cpu_before = CpuUse::now(broker.pid());
     let c: BaseConsumer = cfg.create().unwrap();
     let began = Instant::now();
     c.subscribe(&[input]).unwrap();
     let (mut count, mut sum) = (0u64, 0u64);
-    let mut first = None;
+    let (mut first, mut cpu_first) = (None, CpuUse::default());
     let deadline = began + Duration::from_secs(900);
     while count < n {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if first.is_none() {
                     first = Some(Instant::now());
+                    cpu_first = CpuUse::now(broker.pid());
                 }
                 count += 1;
                 sum += m.payload().map_or(0, |p| u64::from(p[0]) + p.len() as u64);
@@ -529,7 +530,7 @@ fn bare_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64) -> B
         assert!(Instant::now() < deadline, "bare consumer: only {count} of {n} in time");
     }
     let end = Instant::now();
-    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_first).of_events(n - 1);
     std::hint::black_box(sum);
     let span = end - first.unwrap();
     Bare { rate: n as f64 / span.as_secs_f64(), wall: end - began, cpu }
@@ -543,7 +544,7 @@ fn bare_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64) -> B
 fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, partitions: i32) -> Bare {
     let out = unique_name("tp-copy");
     broker.create_topic(&out, partitions);
-    let cpu_before = CpuUse::now(broker.pid());
+    let mut cpu_first = CpuUse::default();
     let mut ccfg = resetguard::kafka::client::consumer_config(settings);
     ccfg.set("group.id", unique_name("bench-copier"));
     ccfg.remove("group.instance.id");
@@ -582,6 +583,7 @@ fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, pa
             Some(Ok(m)) => {
                 if first.is_none() {
                     first = Some(Instant::now());
+                    cpu_first = CpuUse::now(broker.pid());
                 }
                 if !open {
                     p.begin_transaction().unwrap();
@@ -610,7 +612,7 @@ fn copier_run(broker: &KafkaBroker, settings: &Settings, input: &str, n: u64, pa
         assert!(Instant::now() < deadline, "copier: only {count} of {n} in time");
     }
     let end = Instant::now();
-    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_first).of_events(n - 1);
     Bare { rate: n as f64 / (end - first.unwrap()).as_secs_f64(), wall: end - began, cpu }
 }
 
@@ -620,7 +622,7 @@ struct Rg {
     /// (N - first commit) / (first commit .. all committed).
     steady: f64,
     wall: Duration,
-    /// CPU from the start of the service until all offsets were committed.
+    /// CPU from the first commit until all offsets were committed (the steady part).
     cpu: CpuUse,
     stopped: Stopped,
 }
@@ -645,9 +647,8 @@ fn rg_run(
     kafka::warm_up(monitor.client());
     let tpl = partitions_tpl(input, opts.partitions);
     let began = Instant::now();
-    let cpu_before = CpuUse::now(broker.pid());
     let mut svc = Service::start(s);
-    let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64)>) = (None, None);
+    let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64, CpuUse)>) = (None, None);
     let deadline = began + Duration::from_secs(900);
     let end = loop {
         std::thread::sleep(Duration::from_millis(10));
@@ -669,7 +670,7 @@ fn rg_run(
             };
             let at = Instant::now();
             if committed > 0 && first_commit.is_none() {
-                first_commit = Some((at, committed));
+                first_commit = Some((at, committed, CpuUse::now(broker.pid())));
             }
             if committed >= n as i64 {
                 break at;
@@ -678,10 +679,10 @@ fn rg_run(
         svc.check_alive();
         assert!(now < deadline, "resetguard did not commit {n} offsets in time");
     };
-    let cpu = CpuUse::now(broker.pid()).since(&cpu_before);
+    let (t1, c1, cpu_first) = first_commit.unwrap();
+    let cpu = CpuUse::now(broker.pid()).since(&cpu_first).of_events((n as i64 - c1).max(0) as u64);
     let stopped = svc.stop();
     let fc = first_consumed.unwrap();
-    let (t1, c1) = first_commit.unwrap();
     let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
     Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, cpu, stopped }
 }
@@ -720,31 +721,34 @@ fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
 /// CPU per event of the round with the median total, and the ceiling it sets: what the rest
 /// (librdkafka, the broker, the bench's other threads) costs per event bounds the rate on this
 /// machine's cores even if deciding cost nothing.
-fn cpu_lines(label: &str, runs: &[CpuUse], n: u64, bare: f64) -> String {
+fn cpu_lines(label: &str, runs: &[CpuUse], bare: f64, idle_cores: f64) -> String {
     let c = median_cpu(runs);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rest = (c.librdkafka + c.other + c.broker).as_secs_f64() / n.max(1) as f64;
+    // The broker's idle work (timers, metadata, the bench's offset monitor) is paid per second,
+    // not per event: left out of the ceiling.
+    let rest = (c.librdkafka + c.other + c.broker_busy(idle_cores)).as_secs_f64() / c.events.max(1) as f64;
     let ceiling = if rest > 0.0 { cores as f64 / rest } else { f64::NAN };
     format!(
-        "CPU µs per event, {label} (the round with the median total, service start .. all committed): {}\n  without the pipeline thread's part: at most {ceiling:.0} events/s on {cores} cores even if deciding were free ({:.2}x the bare consumer)\n",
-        c.per_event(n),
+        "CPU µs per event, {label} (the round with the median total, first .. last commit): {}\n  without the pipeline thread's part and the broker's idle {idle_cores:.2} cores: at most {ceiling:.0} events/s on {cores} cores even if deciding were free ({:.2}x the bare consumer)\n",
+        c.per_event(),
         ceiling / bare
     )
 }
 
 /// CPU per event of the bare consumer and the bare EOS copy (rounds with the median total).
-fn bare_cpu_lines(bare: &[CpuUse], copy: &[CpuUse], n: u64) -> String {
+fn bare_cpu_lines(bare: &[CpuUse], copy: &[CpuUse]) -> String {
     format!(
         "CPU µs per event, bare consumer: {}\nCPU µs per event, bare EOS copy: {}\n",
-        median_cpu(bare).per_event(n),
-        median_cpu(copy).per_event(n)
+        median_cpu(bare).per_event(),
+        median_cpu(copy).per_event()
     )
 }
 
-/// The run whose total CPU is the median (the lower middle one of an even count).
+/// The run whose CPU per event (all parts) is the median (the lower middle one of an even count).
 fn median_cpu(v: &[CpuUse]) -> CpuUse {
     let mut s = v.to_vec();
-    s.sort_by_key(|c| c.pipeline + c.librdkafka + c.other + c.broker);
+    let total = |c: &CpuUse| (c.pipeline + c.librdkafka + c.other + c.broker).as_secs_f64() / c.events.max(1) as f64;
+    s.sort_by(|a, b| total(a).total_cmp(&total(b)));
     s.get(s.len().saturating_sub(1) / 2).copied().unwrap_or_default()
 }
 
@@ -1014,6 +1018,9 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
     let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
+    // What the broker spends doing nothing (per second, not per event).
+    let idle = CpuUse::idle_cores(broker.pid(), Duration::from_secs(3));
+    eprintln!("broker idle: {idle:.2} cores");
     // The same pipeline with `pipeline.changelog = false`, and the changelog's bytes per event.
     let (mut off_rates, mut changelog_bytes) = (Vec::new(), Vec::new());
     // CPU per run by part (less noisy than the rates on a shared machine).
@@ -1051,8 +1058,8 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         }
         let off = off_first.unwrap_or_else(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
-        eprintln!("          CPU µs per event, changelog on:  {}", r.cpu.per_event(n as u64));
-        eprintln!("          CPU µs per event, changelog off: {}", off.cpu.per_event(n as u64));
+        eprintln!("          CPU µs per event, changelog on:  {}", r.cpu.per_event());
+        eprintln!("          CPU µs per event, changelog off: {}", off.cpu.per_event());
         off_rates.push(off.rate);
         cpu_on.push(r.cpu);
         cpu_off.push(off.cpu);
@@ -1101,8 +1108,8 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         list(&off_rates),
         median(&changelog_bytes)
     );
-    report.push_str(&cpu_lines("changelog on", &cpu_on, n as u64, bm));
-    report.push_str(&cpu_lines("changelog off", &cpu_off, n as u64, bm));
+    report.push_str(&cpu_lines("changelog on", &cpu_on, bm, idle));
+    report.push_str(&cpu_lines("changelog off", &cpu_off, bm, idle));
     let _ = writeln!(
         report,
         "ratio resetguard / bare: {:.2} (per round: {})",
@@ -1110,7 +1117,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
-    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu, n as u64));
+    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu));
     report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(r) = &last_rg {
         let st = &r.stopped;
@@ -1289,6 +1296,9 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
     let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
+    // What the broker spends doing nothing (per second, not per event).
+    let idle = CpuUse::idle_cores(broker.pid(), Duration::from_secs(3));
+    eprintln!("broker idle: {idle:.2} cores");
     let mut cpu = Vec::new();
     let mut last = None;
     for run in 0..opts.runs {
@@ -1303,7 +1313,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         let perf = if run == 0 { perf_start(opts) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
         perf_stop(perf);
-        eprintln!("          CPU µs per event: {}", r.cpu.per_event(n as u64));
+        eprintln!("          CPU µs per event: {}", r.cpu.per_event());
         cpu.push(r.cpu);
         let o = RealOutcomes::of(&r.stopped);
         let commit_h = histogram(&r.stopped.registry, "resetguard_transaction_commit_seconds");
@@ -1370,8 +1380,8 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         bare_rates.iter().zip(&rg_rates).map(|(b, r)| format!("{:.2}", r / b)).collect::<Vec<_>>().join(", ")
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
-    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu, n as u64));
-    report.push_str(&cpu_lines("resetguard", &cpu, n as u64, bm));
+    report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu));
+    report.push_str(&cpu_lines("resetguard", &cpu, bm, idle));
     report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
     if let Some(o) = &last {
         let _ = writeln!(report, "outcomes (last round): {}", o.line());

@@ -2,7 +2,7 @@
 //! noisy machine varies far less than its rate does.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// CPU time so far of this process's threads by kind, and of another process (the broker).
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,13 +15,18 @@ pub struct CpuUse {
     pub other: Duration,
     /// The other process, ended threads included (in clock ticks, 10 ms).
     pub broker: Duration,
+    /// Wall time between the two readings ([`CpuUse::since`]).
+    pub wall: Duration,
+    /// Events handled between the two readings ([`CpuUse::of_events`]).
+    pub events: u64,
+    at: Option<Instant>,
 }
 
 impl CpuUse {
     /// Now, for this process and the process `broker`. Threads that ended are not counted:
     /// take both readings while the threads being measured run.
     pub fn now(broker: u32) -> CpuUse {
-        let mut u = CpuUse::default();
+        let mut u = CpuUse { at: Some(Instant::now()), ..CpuUse::default() };
         for (name, t) in threads(Path::new("/proc/self/task")) {
             match name.as_str() {
                 "pipeline" => u.pipeline += t,
@@ -40,12 +45,36 @@ impl CpuUse {
             librdkafka: self.librdkafka.saturating_sub(earlier.librdkafka),
             other: self.other.saturating_sub(earlier.other),
             broker: self.broker.saturating_sub(earlier.broker),
+            wall: match (self.at, earlier.at) {
+                (Some(a), Some(b)) => a.saturating_duration_since(b),
+                _ => Duration::ZERO,
+            },
+            at: None,
+            events: 0,
         }
     }
 
-    /// Microseconds per event for `n` events: `pipeline P, librdkafka L, other O, broker B, all A`.
-    pub fn per_event(&self, n: u64) -> String {
-        let us = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    /// The same, for `events` handled between the readings.
+    pub fn of_events(self, events: u64) -> CpuUse {
+        CpuUse { events, ..self }
+    }
+
+    /// The broker's CPU less what it spends when idle (`idle_cores` × the wall time).
+    pub fn broker_busy(&self, idle_cores: f64) -> Duration {
+        self.broker.saturating_sub(self.wall.mul_f64(idle_cores.max(0.0)))
+    }
+
+    /// Cores the process `broker` uses while nothing is asked of it, over `span`.
+    pub fn idle_cores(broker: u32, span: Duration) -> f64 {
+        let before = CpuUse::now(broker);
+        std::thread::sleep(span);
+        let spent = CpuUse::now(broker).since(&before);
+        spent.broker.as_secs_f64() / spent.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds per event: `pipeline P, librdkafka L, other O, broker B, all A`.
+    pub fn per_event(&self) -> String {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / self.events.max(1) as f64;
         let all = self.pipeline + self.librdkafka + self.other + self.broker;
         format!(
             "pipeline {:.2}, librdkafka {:.2}, other {:.2}, broker {:.2}, all {:.2}",
