@@ -345,9 +345,18 @@ impl Engine {
     pub fn process_batch(&mut self, batch: &[(&[u8], u32)], wall_ms: i64, out: &mut Vec<Processed>) {
         self.live_started = true;
         let Some(pool) = self.pool.clone() else {
-            for &(bytes, partition) in batch {
-                let decoded = decode(bytes, &self.policy, wall_ms);
-                let p = self.process_decoded(decoded, partition, wall_ms);
+            let decoded: Vec<_> = batch.iter().map(|&(bytes, _)| decode(bytes, &self.policy, wall_ms)).collect();
+            // Each event's dedupe entry and account state, read ahead in one short loop: their
+            // cache misses overlap here instead of stalling the in-order work one by one.
+            for (d, &(_, partition)) in decoded.iter().zip(batch) {
+                if let Ok(ev) = d {
+                    self.dedupe.touch(id_hash(self.seed, &ev.event_id));
+                    let shard = &self.shards[self.shard_index(partition)];
+                    shard.accounts.touch(id_hash(self.seed ^ ACCOUNT_SALT, &ev.account_id));
+                }
+            }
+            for (d, &(_, partition)) in decoded.into_iter().zip(batch) {
+                let p = self.process_decoded(d, partition, wall_ms);
                 out.push(p);
             }
             return;
