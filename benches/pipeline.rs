@@ -724,7 +724,7 @@ fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
 fn cpu_lines(label: &str, runs: &[CpuUse], bare: f64, idle_cores: f64) -> String {
     let c = median_cpu(runs);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The broker's idle work (timers, metadata, the bench's offset monitor) is paid per second,
+    // The broker's idle work (its timers, metadata, group heartbeats) is paid per second,
     // not per event: left out of the ceiling.
     let rest = (c.librdkafka + c.other + c.broker_busy(idle_cores)).as_secs_f64() / c.events.max(1) as f64;
     let ceiling = if rest > 0.0 { cores as f64 / rest } else { f64::NAN };

@@ -23,8 +23,8 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// Now, for this process and the process `broker`. Threads that ended are not counted:
-    /// take both readings while the threads being measured run.
+    /// Now, for this process and the process `broker`. This process's threads that ended are
+    /// not counted: take both readings while the threads being measured run.
     pub fn now(broker: u32) -> CpuUse {
         let mut u = CpuUse { at: Some(Instant::now()), ..CpuUse::default() };
         for (name, t) in threads(Path::new("/proc/self/task")) {
