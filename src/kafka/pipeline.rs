@@ -711,7 +711,10 @@ impl Pipeline {
                     self.renew_consumer(&format!("{code:?}: {reason}"))?;
                 }
             }
+            // Whole milliseconds: rust-rdkafka's poll rounds what is left of its timeout down to
+            // whole milliseconds and spins through a remainder below one.
             let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
             let consumer = self.consumer.clone();
             let mut polled = consumer.poll(wait);
             let rewinds = self.rewinds;

@@ -63,6 +63,9 @@ const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between retries of a call that failed at once (not by timing out).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause between looks at what is still in flight ([`TxnWriter::wait_in_flight`]): short
+/// against a commit (~5-15 ms), long against the few microseconds a look costs.
+const IN_FLIGHT_NAP: Duration = Duration::from_micros(200);
 
 /// Errors of a transactional write, each with its disposition (see the module docs).
 #[derive(Debug, thiserror::Error)]
@@ -362,7 +365,7 @@ impl TxnWriter {
         self.produce(record)
     }
 
-    /// Hands one record to librdkafka, draining a full queue first.
+    /// Hands one record to librdkafka, waiting for room in a full queue first.
     fn produce(&self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
         let mut record = record;
         loop {
@@ -370,7 +373,8 @@ impl TxnWriter {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(5));
+                    self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(IN_FLIGHT_NAP);
                 }
                 Err((KafkaError::MessageProduction(code), r)) if is_permanent(code) => {
                     return Err(TxnError::Poison { tag: r.delivery_opaque, topic: r.topic.to_string(), code });
@@ -433,12 +437,20 @@ impl TxnWriter {
         self.check_deliveries()
     }
 
-    /// Serves delivery reports until nothing is in flight or `deadline` passes, in short polls:
-    /// rust-rdkafka's own flush polls in 100 ms steps, which made every commit last 100 ms
-    /// (benches/pipeline.rs: commit 104 -> 4 ms).
+    /// Serves delivery reports until nothing is in flight or `deadline` passes, sleeping
+    /// [`IN_FLIGHT_NAP`] between looks. rust-rdkafka's own flush polls in 100 ms steps, which
+    /// made every commit last 100 ms (benches/pipeline.rs: commit 104 -> 4 ms). A poll with a
+    /// timeout is no way to wait either: it lasts its whole timeout and rounds what is left down
+    /// to whole milliseconds, so a 1 ms poll spins for all of it, taking a core from the broker
+    /// and librdkafka while they finish the very deliveries waited for. Only failed deliveries
+    /// are reported (`delivery.report.only.error`), so there is no report to wait on.
     fn wait_in_flight(&self, deadline: Instant) {
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
+        loop {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == 0 || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(IN_FLIGHT_NAP);
         }
     }
 
