@@ -121,6 +121,12 @@ pub fn producer_config(s: &Settings) -> ClientConfig {
         // The writer acts on failed deliveries only (txn.rs); a success report per record was
         // served on the pipeline thread for nothing (~1 µs per produced record, measured).
         ("delivery.report.only.error", "true"),
+        // The first retry of a transactional request the coordinator refused as
+        // CONCURRENT_TRANSACTIONS (its last state change still being written): librdkafka's
+        // 100 ms default made one commit in ten wait ~100 ms for its offsets
+        // (BENCHMARKS.md, "Commits that waited for a retry"). Retries still back off
+        // exponentially up to retry.backoff.max.ms (1 s).
+        ("retry.backoff.ms", "10"),
     ] {
         if !s.kafka.contains_key(k) {
             c.set(k, v);

@@ -1237,7 +1237,13 @@ impl Pipeline {
         let now = wall_ms();
         let payload = m.payload().unwrap_or(&[]);
         let processed = self.engine.process(payload, self.partitions.global(topic, m.partition()), now);
+        let rewinds = self.rewinds;
         self.emit(m, topic, &processed, now)?;
+        if self.rewinds != rewinds {
+            // The transaction failed and was rewound: the message is fetched again.
+            return Ok(());
+        }
+        lock(&self.shared.offsets).insert((topic, m.partition()), m.offset() + 1);
         self.flush_changelog_early(false)
     }
 
@@ -1264,21 +1270,31 @@ impl Pipeline {
         self.engine.process_batch(&batch, now, &mut processed);
         let rewinds = self.rewinds;
         let mut result = Ok(());
+        // The next offset of each partition, recorded once per burst (a rewind drops them).
+        let mut next: smallvec::SmallVec<[((usize, i32), i64); 8]> = smallvec::SmallVec::new();
         for ((m, &topic), p) in msgs.iter().zip(&topics).zip(&processed) {
             result = self.emit(m, topic, p, now);
             if result.is_err() || self.rewinds != rewinds {
                 break;
             }
+            let at = (topic, m.partition());
+            match next.iter_mut().find(|(k, _)| *k == at) {
+                Some((_, o)) => *o = m.offset() + 1,
+                None => next.push((at, m.offset() + 1)),
+            }
         }
         self.processed = processed;
-        result?;
         if self.rewinds != rewinds {
+            result?;
             return Ok(());
         }
+        lock(&self.shared.offsets).extend(next);
+        result?;
         self.flush_changelog_early(idle)
     }
 
-    /// Counts an input's outcome and sends its output record into the open transaction.
+    /// Counts an input's outcome and sends its output record into the open transaction; the
+    /// caller records its offset unless the transaction was rewound meanwhile.
     fn emit(
         &mut self,
         m: &BorrowedMessage<'_>,
@@ -1322,7 +1338,6 @@ impl Pipeline {
                 Err(e) => return self.on_txn_error(e),
             }
         }
-        lock(&self.shared.offsets).insert((topic, partition), offset + 1);
         self.batch += 1;
         if self.batch % 1024 == 0 {
             lock(&self.shared.writer).poll();
