@@ -642,45 +642,49 @@ fn rg_run(
     let group = unique_name("bench-rg");
     let mut s = settings(broker, dir, input, &out, &group, opts, policy);
     s.changelog = changelog;
-    // Reads the group's committed offsets (require-stable) without joining the group.
-    let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
-    kafka::warm_up(monitor.client());
-    let tpl = partitions_tpl(input, opts.partitions);
     let began = Instant::now();
     let mut svc = Service::start(s);
     let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64, CpuUse)>) = (None, None);
     let deadline = began + Duration::from_secs(900);
+    // Progress is read in-process: the service counts its inputs once their transaction has
+    // committed. Asking the broker for the group's offsets every 10 ms, as this loop once did,
+    // cost the broker ~15 % of what it spent per event on resetguard (BENCHMARKS.md), a load
+    // the bare runs never carried; the broker is asked once, at the end.
     let end = loop {
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
         let now = Instant::now();
-        if first_consumed.is_none() && svc.status.consumed.load(Ordering::Relaxed) > 0 {
+        let committed = svc.status.consumed.load(Ordering::Relaxed) as i64;
+        if committed > 0 && first_commit.is_none() {
             first_consumed = Some(now);
+            first_commit = Some((now, committed, CpuUse::now(broker.pid())));
         }
-        if first_consumed.is_some() {
-            let committed: i64 = match monitor.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-                Ok(got) => got
-                    .elements()
-                    .iter()
-                    .map(|e| match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    })
-                    .sum(),
-                Err(_) => 0,
-            };
-            let at = Instant::now();
-            if committed > 0 && first_commit.is_none() {
-                first_commit = Some((at, committed, CpuUse::now(broker.pid())));
-            }
-            if committed >= n as i64 {
-                break at;
-            }
+        if committed >= n as i64 {
+            break now;
         }
         svc.check_alive();
         assert!(now < deadline, "resetguard did not commit {n} offsets in time");
     };
     let (t1, c1, cpu_first) = first_commit.unwrap();
     let cpu = CpuUse::now(broker.pid()).since(&cpu_first).of_events((n as i64 - c1).max(0) as u64);
+    // What the service counted is what Kafka committed: the group's offsets (require-stable).
+    let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
+    let tpl = partitions_tpl(input, opts.partitions);
+    let committed = |m: &BaseConsumer| -> i64 {
+        m.committed_offsets(tpl.clone(), Duration::from_secs(10)).map_or(0, |got| {
+            got.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum()
+        })
+    };
+    let check_by = Instant::now() + Duration::from_secs(30);
+    while committed(&monitor) < n as i64 {
+        assert!(Instant::now() < check_by, "the service counted {n} inputs committed; the group's offsets say fewer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stopped = svc.stop();
     let fc = first_consumed.unwrap();
     let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
@@ -795,6 +799,11 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
         assert!(Instant::now() < ready_by, "resetguard not ready within 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What resetguard (its loop and clients) and the broker spend while nothing arrives: the
+    // part of the per-event figures that is paid per second, not per event.
+    let idle = CpuUse::now(broker.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!("latency: resetguard ready, no input, for 3 s: {}", CpuUse::now(broker.pid()).since(&idle).cores());
 
     // Trigger send time (= occurred_at) per account; filled before the trigger is sent.
     let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -845,7 +854,11 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     let mut key = String::new();
     let mut triggers = 0usize;
     let start = Instant::now();
+    let mut steady_cpu = None;
     for k in 0..total {
+        if k == warmup_slots {
+            steady_cpu = Some(CpuUse::now(broker.pid()));
+        }
         let at = start + period * k as u32;
         if let Some(d) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
@@ -884,6 +897,11 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     p.flush(Duration::from_secs(30)).unwrap();
     let produce_secs = start.elapsed().as_secs_f64();
     eprintln!("latency: produced {total} events in {produce_secs:.1} s ({:.0}/s)", total as f64 / produce_secs);
+    if let Some(c) = steady_cpu {
+        // "other" holds the bench's own producer and notice reader.
+        let c = CpuUse::now(broker.pid()).since(&c).of_events(total.saturating_sub(warmup_slots) as u64);
+        eprintln!("latency: after the warm-up, {}; per event {}", c.cores(), c.per_event());
+    }
 
     // Wait for the last notices.
     let wait_by = Instant::now() + Duration::from_secs(15);

@@ -87,6 +87,20 @@ impl CpuUse {
     }
 }
 
+impl CpuUse {
+    /// Cores in use between the readings: `pipeline P, librdkafka L, other O, broker B cores`.
+    pub fn cores(&self) -> String {
+        let c = |d: Duration| d.as_secs_f64() / self.wall.as_secs_f64().max(1e-9);
+        format!(
+            "pipeline {:.3}, librdkafka {:.3}, other {:.3}, broker {:.3} cores",
+            c(self.pipeline),
+            c(self.librdkafka),
+            c(self.other),
+            c(self.broker)
+        )
+    }
+}
+
 /// User and system time of process `pid` (`/proc/<pid>/stat`, its ended threads included);
 /// zero where it cannot be read.
 fn process(pid: u32) -> Duration {
