@@ -898,8 +898,9 @@ fn latency_run(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> Latency {
     let produce_secs = start.elapsed().as_secs_f64();
     eprintln!("latency: produced {total} events in {produce_secs:.1} s ({:.0}/s)", total as f64 / produce_secs);
     if let Some(c) = steady_cpu {
-        // "other" holds the bench's own producer and notice reader.
-        let c = CpuUse::now(broker.pid()).since(&c).of_events(total.saturating_sub(warmup_slots) as u64);
+        // The bench's own producer and notice reader run in this process: their librdkafka
+        // threads count under librdkafka, the rest under "other".
+        let c = CpuUse::now(broker.pid()).since(&c).of_events(total.saturating_sub(warmup_slots));
         eprintln!("latency: after the warm-up, {}; per event {}", c.cores(), c.per_event());
     }
 
