@@ -123,8 +123,8 @@ pub fn producer_config(s: &Settings) -> ClientConfig {
         ("delivery.report.only.error", "true"),
         // The first retry of a transactional request the coordinator refused as
         // CONCURRENT_TRANSACTIONS (its last state change still being written): librdkafka's
-        // 100 ms default made one commit in ten wait ~100 ms for its offsets
-        // (BENCHMARKS.md, "Commits that waited for a retry"). Retries still back off
+        // 100 ms default made one commit in ten wait ~100 ms for its offsets (BENCHMARKS.md,
+        // "Commits that spun and commits that waited for a retry"). Retries still back off
         // exponentially up to retry.backoff.max.ms (1 s).
         ("retry.backoff.ms", "10"),
     ] {
