@@ -43,9 +43,10 @@
 //!    - *resetguard*: `resetguard::app::run` in-process (pipeline thread, HTTP server on a
 //!      1-thread tokio runtime) with a fresh group and transactional id, exactly-once,
 //!      `commit_interval` `PIPELINE_BENCH_COMMIT_INTERVAL` (default 100ms). Rate = N / (first
-//!      event consumed, from `Status::consumed` - the moment the group's committed offsets
-//!      (OffsetFetch, require-stable) sum to N). Also printed: the steady-state rate from the
-//!      first committed transaction to the last.
+//!      committed transaction - the moment `Status::consumed`, which counts inputs once their
+//!      transaction has committed, reaches N); afterwards the group's committed offsets
+//!      (OffsetFetch, require-stable) must sum to N. Also printed: the steady-state rate from
+//!      the first committed transaction to the last.
 //!    - *bare EOS copy*: the least any exactly-once pipeline that writes one record per input
 //!      costs on this broker (resetguard writes about one changelog record per input): a consumer
 //!      and a transactional producer with resetguard's client configurations copy each input
@@ -485,14 +486,6 @@ fn preproduce(broker: &KafkaBroker, topic: &str, n: usize) -> (usize, usize, usi
     (bytes, pairs, bad)
 }
 
-fn partitions_tpl(topic: &str, partitions: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    tpl
-}
-
 // ---------------------------------------------------------------------------------------------
 // Throughput
 // ---------------------------------------------------------------------------------------------
@@ -644,7 +637,7 @@ fn rg_run(
     s.changelog = changelog;
     let began = Instant::now();
     let mut svc = Service::start(s);
-    let (mut first_consumed, mut first_commit): (Option<Instant>, Option<(Instant, i64, CpuUse)>) = (None, None);
+    let mut first_commit: Option<(Instant, i64, CpuUse)> = None;
     let deadline = began + Duration::from_secs(900);
     // Progress is read in-process: the service counts its inputs once their transaction has
     // committed. Asking the broker for the group's offsets every 10 ms, as this loop once did,
@@ -655,7 +648,6 @@ fn rg_run(
         let now = Instant::now();
         let committed = svc.status.consumed.load(Ordering::Relaxed) as i64;
         if committed > 0 && first_commit.is_none() {
-            first_consumed = Some(now);
             first_commit = Some((now, committed, CpuUse::now(broker.pid())));
         }
         if committed >= n as i64 {
@@ -667,28 +659,21 @@ fn rg_run(
     let (t1, c1, cpu_first) = first_commit.unwrap();
     let cpu = CpuUse::now(broker.pid()).since(&cpu_first).of_events((n as i64 - c1).max(0) as u64);
     // What the service counted is what Kafka committed: the group's offsets (require-stable).
-    let monitor: BaseConsumer = broker.consumer_config(&group).create().unwrap();
-    let tpl = partitions_tpl(input, opts.partitions);
-    let committed = |m: &BaseConsumer| -> i64 {
-        m.committed_offsets(tpl.clone(), Duration::from_secs(10)).map_or(0, |got| {
-            got.elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                })
-                .sum()
-        })
-    };
+    let committed = || -> i64 { broker.committed_offsets(&group, input).iter().map(|(_, o)| o.unwrap_or(0)).sum() };
     let check_by = Instant::now() + Duration::from_secs(30);
-    while committed(&monitor) < n as i64 {
+    while committed() < n as i64 {
         assert!(Instant::now() < check_by, "the service counted {n} inputs committed; the group's offsets say fewer");
         std::thread::sleep(Duration::from_millis(50));
     }
     let stopped = svc.stop();
-    let fc = first_consumed.unwrap();
-    let steady = if end > t1 { (n as f64 - c1 as f64) / (end - t1).as_secs_f64() } else { f64::NAN };
-    Rg { rate: n as f64 / (end - fc).as_secs_f64(), steady, wall: end - began, cpu, stopped }
+    // A run that committed everything in one transaction has no span to measure a rate over.
+    let (rate, steady) = if end > t1 {
+        let span = (end - t1).as_secs_f64();
+        (n as f64 / span, (n as f64 - c1 as f64) / span)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    Rg { rate, steady, wall: end - began, cpu, stopped }
 }
 
 /// The bare exactly-once copy's rates and resetguard's ratio to them, as report lines.

@@ -72,6 +72,18 @@ impl CpuUse {
         spent.broker.as_secs_f64() / spent.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Cores in use between the readings: `pipeline P, librdkafka L, other O, broker B cores`.
+    pub fn cores(&self) -> String {
+        let c = |d: Duration| d.as_secs_f64() / self.wall.as_secs_f64().max(1e-9);
+        format!(
+            "pipeline {:.3}, librdkafka {:.3}, other {:.3}, broker {:.3} cores",
+            c(self.pipeline),
+            c(self.librdkafka),
+            c(self.other),
+            c(self.broker)
+        )
+    }
+
     /// Microseconds per event: `pipeline P, librdkafka L, other O, broker B, all A`.
     pub fn per_event(&self) -> String {
         let us = |d: Duration| d.as_secs_f64() * 1e6 / self.events.max(1) as f64;
@@ -83,20 +95,6 @@ impl CpuUse {
             us(self.other),
             us(self.broker),
             us(all)
-        )
-    }
-}
-
-impl CpuUse {
-    /// Cores in use between the readings: `pipeline P, librdkafka L, other O, broker B cores`.
-    pub fn cores(&self) -> String {
-        let c = |d: Duration| d.as_secs_f64() / self.wall.as_secs_f64().max(1e-9);
-        format!(
-            "pipeline {:.3}, librdkafka {:.3}, other {:.3}, broker {:.3} cores",
-            c(self.pipeline),
-            c(self.librdkafka),
-            c(self.other),
-            c(self.broker)
         )
     }
 }
