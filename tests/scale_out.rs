@@ -279,3 +279,124 @@ fn a_transaction_whose_offsets_a_rebalance_refused_is_redone_and_committed_once(
     mine.sort_unstable();
     assert_eq!(committed, mine, "the offsets of the partitions `a` kept, and only those");
 }
+
+/// Two members of one group, `a` holding two of four partitions after `b` joined; returns them
+/// with `a`'s group metadata from before `b` joined (an old generation) and offsets (7) for the
+/// partitions `a` kept.
+fn group_moved_on(
+    broker: &KafkaBroker,
+    input: &str,
+    group: &str,
+) -> (BaseConsumer, BaseConsumer, rdkafka::consumer::ConsumerGroupMetadata, TopicPartitionList) {
+    let member = || -> BaseConsumer {
+        let mut cfg = broker.consumer_config(group);
+        cfg.set("partition.assignment.strategy", "cooperative-sticky");
+        let c: BaseConsumer = cfg.create().expect("consumer");
+        c.subscribe(&[input]).expect("subscribe");
+        c
+    };
+    let a = member();
+    settle(&a, None, 4, 4);
+    let before = a.group_metadata().expect("group metadata");
+    let b = member();
+    settle(&a, Some(&b), 2, 4);
+    let mut offsets = TopicPartitionList::new();
+    for e in a.assignment().expect("assignment").elements() {
+        offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(7)).unwrap();
+    }
+    (a, b, before, offsets)
+}
+
+fn keyed<'a>(topic: &'a str, key: &'a str) -> BaseRecord<'a, [u8], [u8], usize> {
+    BaseRecord::with_opaque_to(topic, 0).key(key.as_bytes()).payload(key.as_bytes())
+}
+
+/// Committing ahead (`TxnWriter::commit_ahead`, the pipeline's commit under load): records sent
+/// while a commit runs in the background are kept for the next transaction, never joined to the
+/// one committing. Here that commit is refused (its offsets are of an old generation): until it
+/// is redone or aborted the writer refuses everything else; redone, it commits its own records
+/// only, and the records kept meanwhile commit in the transaction after it, behind them on
+/// every partition. Each record is seen once by a read_committed reader.
+#[test]
+fn records_sent_while_committing_ahead_wait_for_the_next_transaction() {
+    let broker = KafkaBroker::shared();
+    let (input, output, group) = (unique_name("ahead-in"), unique_name("ahead-out"), unique_name("ahead-group"));
+    broker.create_topic(&input, 4);
+    broker.create_topic(&output, 2);
+    let (a, _b, before, offsets) = group_moved_on(broker, &input, &group);
+
+    let mut w = TxnWriter::new(&broker.transactional_producer_config(&unique_name("ahead-txn"))).expect("writer");
+    let first: Vec<String> = (0..30).map(|i| format!("first-{i}")).collect();
+    let later: Vec<String> = (0..30).map(|i| format!("later-{i}")).collect();
+    for k in &first {
+        w.send(keyed(&output, k)).expect("send");
+    }
+    w.commit_ahead(Some((offsets.clone(), before))).expect("the commit starts");
+    assert!(w.is_committing());
+    for k in &later {
+        w.send(keyed(&output, k)).expect("kept for the next transaction");
+    }
+    let refused = w.finish().expect("a result").expect_err("offsets of an old generation must be refused");
+    assert!(refused.refused_by_group(), "refused for another reason: {refused}");
+    assert!(w.finish().is_none(), "a result is handed over once");
+    let again = w.commit(None).expect_err("a failed commit must be aborted or redone first");
+    assert!(again.refused_by_group(), "{again}");
+
+    w.redo(&mut || {}).expect("redo");
+    let now = a.group_metadata().expect("group metadata");
+    w.commit(Some((&offsets, &now))).expect("the redone transaction commits");
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: BTreeSet<String> = seen.iter().filter_map(|r| r.key_str()).map(str::to_string).collect();
+    assert_eq!(keys, first.iter().cloned().collect::<BTreeSet<_>>(), "only the first transaction's records");
+    assert_eq!(seen.len(), first.len());
+
+    assert!(w.is_open(), "the records kept make a transaction");
+    w.commit(None).expect("the next transaction commits");
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: Vec<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(keys.len(), first.len() + later.len(), "each record once: {keys:?}");
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
+    for p in 0..2 {
+        let order: Vec<&str> = seen.iter().filter(|r| r.partition == p).filter_map(|r| r.key_str()).collect();
+        let firsts = order.iter().take_while(|k| k.starts_with("first-")).count();
+        assert!(order[firsts..].iter().all(|k| k.starts_with("later-")), "partition {p}: {order:?}");
+    }
+    let committed: Vec<(i32, Option<i64>)> =
+        broker.committed_offsets(&group, &input).into_iter().filter(|(_, o)| o.is_some()).collect();
+    assert_eq!(committed.len(), 2, "the offsets of the partitions `a` kept: {committed:?}");
+}
+
+/// A commit ahead that fails and is aborted takes the records kept meanwhile with it: they were
+/// decided after the offsets that are now the committed ones, so the caller decides them again
+/// from there. Nothing of either transaction is ever visible; what is sent afterwards is.
+#[test]
+fn an_aborted_commit_ahead_drops_the_records_kept_meanwhile() {
+    let broker = KafkaBroker::shared();
+    let (input, output, group) =
+        (unique_name("ahead-abort-in"), unique_name("ahead-abort-out"), unique_name("ahead-abort-group"));
+    broker.create_topic(&input, 4);
+    broker.create_topic(&output, 2);
+    let (_a, _b, before, offsets) = group_moved_on(broker, &input, &group);
+
+    let mut w = TxnWriter::new(&broker.transactional_producer_config(&unique_name("ahead-abort-txn"))).expect("writer");
+    for i in 0..20 {
+        w.send(keyed(&output, &format!("refused-{i}"))).expect("send");
+    }
+    w.commit_ahead(Some((offsets, before))).expect("the commit starts");
+    for i in 0..20 {
+        w.send(keyed(&output, &format!("kept-{i}"))).expect("kept");
+    }
+    w.begin().expect("asked for while committing");
+    let refused = w.commit(None).expect_err("the commit under way failed");
+    assert!(refused.refused_by_group(), "{refused}");
+    w.abort(&mut || {}).expect("abort");
+    // The result is handed over once, also after another call surfaced it.
+    assert!(matches!(w.finish(), Some(Err(e)) if e.refused_by_group()));
+    assert!(!w.is_open() && !w.is_committing(), "nothing is left open or pending");
+    w.send(keyed(&output, "after")).expect("send after the abort");
+    w.commit(None).expect("commit");
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: Vec<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(keys, vec!["after"]);
+    assert!(broker.committed_offsets(&group, &input).iter().all(|(_, o)| o.is_none()), "no offsets committed");
+}

@@ -144,6 +144,13 @@ impl Shared {
         tpl
     }
 
+    /// The offsets of the open transaction, which are forgotten here: they go with its commit.
+    fn take_offsets(&self) -> TopicPartitionList {
+        let tpl = self.offsets_tpl();
+        lock(&self.offsets).clear();
+        tpl
+    }
+
     fn topic_index(&self, name: &str) -> Option<usize> {
         self.inputs.iter().position(|t| t == name)
     }
@@ -226,7 +233,13 @@ impl ConsumerContext for Ctx {
                 // Finish the open transaction before the partitions go, or abort it if the
                 // assignment was lost (its offsets would be refused anyway). The loop may be in
                 // the middle of an abort itself (it holds the writer): then nothing is open.
-                let event = match s.writer.try_lock() {
+                let mut writer = s.writer.try_lock();
+                if let Ok(w) = &mut writer {
+                    // A commit running in the background ends first: the partitions go only
+                    // once their offsets are committed (or known refused).
+                    w.wait_for_commit();
+                }
+                let event = match writer {
                     Ok(mut w) if w.is_open() => {
                         let unflushed = s.unflushed.load(Ordering::SeqCst);
                         if unflushed {
@@ -443,6 +456,20 @@ enum Phase {
     Live,
 }
 
+/// A transaction committing in the background (`Pipeline::commit_ahead`) and what its commit
+/// makes visible.
+struct Ticket {
+    started: Instant,
+    /// Outcome counts of its inputs.
+    tally: Tally,
+    /// Its records' delivery tags are those below this.
+    tags_end: usize,
+    /// The input offsets it commits.
+    offsets: TopicPartitionList,
+    /// Times it was redone after the group refused its offsets.
+    redos: usize,
+}
+
 /// How many times an input's DLQ record was refused by Kafka as too large; after the first, it
 /// is written without its payload; after the second, the pipeline stops (see `on_poison`).
 type Degraded = HashMap<(usize, i32, i64), u8>;
@@ -483,8 +510,15 @@ struct Pipeline {
     plans: Vec<PartitionPlan>,
     phase: Phase,
     tally: Tally,
-    /// Input coordinates of the records in the open transaction, indexed by delivery tag.
+    /// Input coordinates of the records not yet committed, by delivery tag less `origins_base`.
     origins: Vec<(usize, i32, i64)>,
+    /// Delivery tag of `origins[0]`: tags count on across transactions, so that the records of
+    /// a transaction committing in the background and of the one after it never share one.
+    origins_base: usize,
+    /// The transaction committing in the background (see `commit_ahead`).
+    committing: Option<Ticket>,
+    /// An empty tally, to count the next transaction in while one commits.
+    spare_tally: Tally,
     degraded: Degraded,
     batch: usize,
     /// When the producer was replaced after a fatal error (see `renew_producer`).
@@ -656,6 +690,9 @@ impl Pipeline {
             phase: Phase::Idle,
             tally: Tally::default(),
             origins: Vec::new(),
+            origins_base: 0,
+            committing: None,
+            spare_tally: Tally::default(),
             degraded: Degraded::new(),
             batch: 0,
             renewals: Vec::new(),
@@ -711,9 +748,17 @@ impl Pipeline {
                     self.renew_consumer(&format!("{code:?}: {reason}"))?;
                 }
             }
+            // A commit that ended in the background: its outcomes count, and the next transaction
+            // begins, handing what was decided meanwhile to librdkafka.
+            if self.committing.is_some() && lock(&self.shared.writer).commit_ended() {
+                self.settle()?;
+            }
+            // While a commit runs, the loop looks at least every millisecond whether it ended, so
+            // that the next transaction's records get on their way early.
+            let most = if self.committing.is_some() { Duration::from_millis(1) } else { Duration::from_millis(100) };
             // Whole milliseconds: rust-rdkafka's poll rounds what is left of its timeout down to
             // whole milliseconds and spins through a remainder below one.
-            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let wait = deadline.saturating_duration_since(Instant::now()).min(most);
             let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
             let consumer = self.consumer.clone();
             let mut polled = consumer.poll(wait);
@@ -778,7 +823,7 @@ impl Pipeline {
             }
             let now = Instant::now();
             if now >= deadline || self.batch >= self.settings.max_batch {
-                self.commit()?;
+                self.commit_ahead()?;
                 // The interval counts from the start of this commit, so a notice waits for the
                 // rest of one interval and one commit, not for a commit, an interval and another
                 // commit; but at least half an interval of deciding follows each commit, so
@@ -797,6 +842,12 @@ impl Pipeline {
 
     /// Acts on what the rebalance callback saw; `true` if it saw anything.
     fn on_rebalance_events(&mut self) -> Result<bool, PipelineError> {
+        if self.committing.is_some() && !lock(&self.shared.events).is_empty() {
+            // Partitions come and go only between transactions: the one committing ends first
+            // (and is redone now if the group refused it, while the events that say whether
+            // every partition of it is still owned are still queued).
+            self.settle()?;
+        }
         let events = std::mem::take(&mut *lock(&self.shared.events));
         let any = !events.is_empty();
         let incremental =
@@ -1320,7 +1371,7 @@ impl Pipeline {
             if origin.payload.len() > max && rec.topic == self.settings.topics.dlq {
                 self.tally.truncated += 1;
             }
-            let tag: Tag = self.origins.len();
+            let tag: Tag = self.origins_base + self.origins.len();
             let record = BaseRecord::with_opaque_to(rec.topic, tag)
                 .key(&rec.key[..])
                 .payload(&rec.payload[..])
@@ -1417,7 +1468,7 @@ impl Pipeline {
                 self.recover(&e)
             }
             TxnError::Poison { tag, ref topic, code } => {
-                let Some(&coord) = self.origins.get(tag) else {
+                let Some(&coord) = tag.checked_sub(self.origins_base).and_then(|i| self.origins.get(i)) else {
                     return Err(PipelineError::Fatal(format!("an output record can never be produced: {e}")));
                 };
                 self.degrade(coord, &topic.clone(), code)?;
@@ -1431,6 +1482,7 @@ impl Pipeline {
     /// rewind every partition to its committed offset, and restore.
     fn recover(&mut self, why: &TxnError) -> Result<(), PipelineError> {
         warn!(error = %why, "Transaction aborted; rewinding to the committed offsets and restoring.");
+        self.settle_quietly();
         let aborted = {
             let consumer = &self.consumer;
             let status = &self.status;
@@ -1505,6 +1557,7 @@ impl Pipeline {
             return Err(PipelineError::Fatal(format!("the consumer failed: {why}")));
         }
         warn!(error = why, "Fatal consumer error; replacing the consumer and restoring its assignment.");
+        self.settle_quietly();
         let aborted = lock(&self.shared.writer).abort(&mut || self.status.beat());
         let consumer: BaseConsumer<Ctx> = consumer_config(&self.settings)
             .create_with_context(Ctx { shared: self.shared.clone() })
@@ -1536,6 +1589,8 @@ impl Pipeline {
     /// While Kafka is away the consumer is kept served and the wait goes on: an outage is not
     /// fatal.
     fn new_producer(&mut self) -> Result<(), PipelineError> {
+        // The old producer goes, and with it what a background commit would report.
+        self.settle_quietly();
         let mut fresh = TxnWriter::create(&producer_config(&self.settings)).map_err(|source| {
             PipelineError::Transaction(TxnError::Fatal { what: "creating a new producer", source })
         })?;
@@ -1573,9 +1628,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Outcomes of the open transaction count (it was committed outside `finish_commit`: on
+    /// revoke, by the callback).
     fn after_commit(&mut self) {
         self.tally.publish(&self.metrics, &self.status, &self.engine);
-        self.origins.clear();
+        self.forget_origins();
         self.batch = 0;
         self.metrics.transactions.with_label_values(&["commit"]).inc();
         self.status.commits.fetch_add(1, Ordering::Relaxed);
@@ -1583,12 +1640,19 @@ impl Pipeline {
 
     fn after_abort(&mut self) {
         self.tally.clear();
-        self.origins.clear();
+        self.forget_origins();
         self.batch = 0;
+        // Settled before every abort (`settle_quietly`); one left here would be stale.
+        self.committing = None;
         self.metrics.transactions.with_label_values(&["abort"]).inc();
     }
 
-    /// Commits the open transaction; an error goes through `on_txn_error`.
+    fn forget_origins(&mut self) {
+        self.origins_base += self.origins.len();
+        self.origins.clear();
+    }
+
+    /// Commits everything decided so far and waits for it; an error goes through `on_txn_error`.
     fn commit(&mut self) -> Result<(), PipelineError> {
         match self.try_commit() {
             Ok(()) => Ok(()),
@@ -1596,8 +1660,59 @@ impl Pipeline {
         }
     }
 
-    /// Sends the pending state changes and commits the open transaction (nothing if none is open).
+    /// Starts committing the open transaction in the background, once the commit before it has
+    /// ended; deciding goes on meanwhile, into the next transaction (see `TxnWriter`,
+    /// "Committing ahead"). If this commit fails, the loop rewinds to the last committed offsets
+    /// as after any abort, and what was decided since is redone with it. An error goes through
+    /// `on_txn_error`.
+    fn commit_ahead(&mut self) -> Result<(), PipelineError> {
+        match self.finish_commit().and_then(|()| self.start_commit()) {
+            Ok(()) => Ok(()),
+            Err(e) => self.on_txn_error(e),
+        }
+    }
+
+    /// Commits everything decided so far and waits for it (nothing if no transaction is open).
     fn try_commit(&mut self) -> Result<(), TxnError> {
+        self.finish_commit()?;
+        self.start_commit()?;
+        self.finish_commit()
+    }
+
+    /// Takes in a background commit that ended (or waits for it): see `finish_commit`. An error
+    /// goes through `on_txn_error`; on success, a transaction asked for meanwhile begins.
+    fn settle(&mut self) -> Result<(), PipelineError> {
+        let result = self.finish_commit().and_then(|()| {
+            let mut w = lock(&self.shared.writer);
+            if w.is_open() {
+                w.begin()
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.on_txn_error(e),
+        }
+    }
+
+    /// Takes in a background commit before its transaction's work is given up anyway (an
+    /// abort, a new producer or consumer, shutdown): its outcomes count if it committed; if it
+    /// failed, the rewind that follows redoes its inputs.
+    fn settle_quietly(&mut self) {
+        let Some(t) = self.committing.take() else { return };
+        let result = lock(&self.shared.writer).finish();
+        match result {
+            Some(Err(e)) => {
+                warn!(error = %e, "The transaction committing in the background failed; its inputs are redone.")
+            }
+            _ => self.committed(t),
+        }
+    }
+
+    /// Sends the pending state changes and starts committing the open transaction with its
+    /// offsets (nothing if none is open); `finish_commit` takes the result.
+    fn start_commit(&mut self) -> Result<(), TxnError> {
         let started = Instant::now();
         self.flush_changelog()?;
         {
@@ -1605,24 +1720,83 @@ impl Pipeline {
             if !w.is_open() {
                 return Ok(());
             }
-            let mut redos = 0;
-            loop {
-                match self.shared.commit(&mut w, &self.consumer) {
-                    Ok(()) => break,
-                    Err(e) if e.refused_by_group() && redos < MAX_REDOS && self.still_owns_consumed() => {
-                        redos += 1;
-                        warn!(error = %e, "The group refused the offsets (a rebalance moved its generation on); every partition they are for is still owned: sending the transaction again.");
-                        self.metrics.transactions.with_label_values(&["redo"]).inc();
-                        let status = &self.status;
-                        w.redo(&mut || status.beat())?;
-                    }
-                    Err(e) => return Err(e),
+            let offsets = self.shared.take_offsets();
+            let with = match self.consumer.group_metadata() {
+                Some(cgm) if offsets.count() > 0 => Some((offsets.clone(), cgm)),
+                Some(_) => None,
+                None => {
+                    return Err(TxnError::Abort {
+                        what: "no consumer group metadata (not in a group)",
+                        source: KafkaError::Subscription("not in a group".into()),
+                    })
                 }
+            };
+            w.commit_ahead(with)?;
+            let tally = std::mem::replace(&mut self.tally, std::mem::take(&mut self.spare_tally));
+            let tags_end = self.origins_base + self.origins.len();
+            self.committing = Some(Ticket { started, tally, tags_end, offsets, redos: 0 });
+        }
+        self.batch = 0;
+        Ok(())
+    }
+
+    /// Waits for the commit started by `start_commit` (nothing if none), and redoes it if the
+    /// group refused its offsets while every partition they are for is still owned. Committed:
+    /// its outcomes count.
+    fn finish_commit(&mut self) -> Result<(), TxnError> {
+        let Some(mut t) = self.committing.take() else { return Ok(()) };
+        let result = lock(&self.shared.writer).finish();
+        match result {
+            None | Some(Ok(())) => {}
+            Some(Err(e)) if e.refused_by_group() => self.redo(&mut t, e)?,
+            Some(Err(e)) => return Err(e),
+        }
+        self.committed(t);
+        Ok(())
+    }
+
+    /// A transaction whose offsets the group refused (a rebalance moved its generation on): sent
+    /// again and committed with the consumer's current group metadata, at most [`MAX_REDOS`]
+    /// times, while `still_owns` allows; else the refusal stands (the caller aborts).
+    fn redo(&mut self, t: &mut Ticket, refused: TxnError) -> Result<(), TxnError> {
+        let mut refused = refused;
+        let mut w = lock(&self.shared.writer);
+        loop {
+            if t.redos >= MAX_REDOS || !self.still_owns(&t.offsets) {
+                return Err(refused);
+            }
+            t.redos += 1;
+            warn!(error = %refused, "The group refused the offsets (a rebalance moved its generation on); every partition they are for is still owned: sending the transaction again.");
+            self.metrics.transactions.with_label_values(&["redo"]).inc();
+            let status = &self.status;
+            w.redo(&mut || status.beat())?;
+            let committed = match self.consumer.group_metadata() {
+                Some(cgm) if t.offsets.count() > 0 => w.commit(Some((&t.offsets, &cgm))),
+                Some(_) => w.commit(None),
+                None => Err(TxnError::Abort {
+                    what: "no consumer group metadata (not in a group)",
+                    source: KafkaError::Subscription("not in a group".into()),
+                }),
+            };
+            match committed {
+                Ok(()) => return Ok(()),
+                Err(e) if e.refused_by_group() => refused = e,
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A transaction's commit ended well: its outcomes become visible.
+    fn committed(&mut self, t: Ticket) {
+        let Ticket { started, mut tally, tags_end, .. } = t;
         self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
-        self.after_commit();
-        Ok(())
+        tally.publish(&self.metrics, &self.status, &self.engine);
+        self.spare_tally = tally;
+        let done = tags_end.saturating_sub(self.origins_base).min(self.origins.len());
+        self.origins.drain(..done);
+        self.origins_base += done;
+        self.metrics.transactions.with_label_values(&["commit"]).inc();
+        self.status.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a transaction whose offsets the group refused may be redone with the consumer's
@@ -1631,7 +1805,7 @@ impl Pipeline {
     /// every partition of the offsets assigned and the assignment was not lost, and only if no
     /// revocation of a lost assignment or of everything is waiting for the loop. Then the new
     /// generation is one in which this member owns all of them, as it did while consuming.
-    fn still_owns_consumed(&self) -> bool {
+    fn still_owns(&self, offsets: &TopicPartitionList) -> bool {
         if !self.cooperative || self.consumer.assignment_lost() {
             return false;
         }
@@ -1642,9 +1816,8 @@ impl Pipeline {
             return false;
         }
         let Ok(assigned) = self.consumer.assignment() else { return false };
-        let offsets = lock(&self.shared.offsets);
-        !offsets.is_empty()
-            && offsets.keys().all(|&(t, p)| assigned.find_partition(&self.shared.inputs[t], p).is_some())
+        offsets.count() > 0
+            && offsets.elements().iter().all(|e| assigned.find_partition(e.topic(), e.partition()).is_some())
     }
 
     fn set_ready(&self, ready: bool) {
@@ -1766,6 +1939,7 @@ impl Pipeline {
             Err(e) => Err(e),
         };
         if result.is_err() {
+            self.settle_quietly();
             let _ = lock(&self.shared.writer).abort(&mut || {});
         }
         self.shared.leaving.store(true, Ordering::SeqCst);

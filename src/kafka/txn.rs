@@ -37,7 +37,8 @@
 //! open there; from then on the partitions know the new epoch and refuse any older straggler.
 
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::DefaultClientContext;
@@ -68,7 +69,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const IN_FLIGHT_NAP: Duration = Duration::from_micros(200);
 
 /// Errors of a transactional write, each with its disposition (see the module docs).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TxnError {
     #[error("the transaction must be aborted ({what}): {source}")]
     Abort {
@@ -258,62 +259,36 @@ enum Class {
     Fatal,
 }
 
-/// The transactional producer and the state of its open transaction.
-pub struct TxnWriter {
-    producer: BaseProducer<WriterContext>,
-    open: bool,
+/// The producer itself, shared with the thread that commits in the background
+/// ([`TxnWriter::commit_ahead`]), and what a commit needs of it.
+#[derive(Clone)]
+struct Link {
+    producer: Arc<BaseProducer<WriterContext>>,
     /// Total time a commit may take before the transaction is given up (aborted).
     budget: Duration,
-    /// What the open transaction sent, for [`TxnWriter::redo`] (emptied when one begins).
-    journal: Journal,
 }
 
-impl TxnWriter {
-    /// Creates the producer from `config` (which carries `transactional.id`) and initialises
-    /// transactions, fencing any earlier producer with the same id. Retries a broker that is
-    /// not reachable yet for up to the transaction budget.
-    pub fn new(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
-        let mut w = TxnWriter::create(config)?;
-        let deadline = Instant::now() + w.budget.max(Duration::from_secs(30));
-        w.init(&mut || Instant::now() < deadline)?;
-        Ok(w)
-    }
-
-    /// Creates the producer without initialising transactions (see [`TxnWriter::init`]).
-    pub fn create(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
-        let budget = config
-            .get("transaction.timeout.ms")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
-        let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
-        Ok(TxnWriter { producer, open: false, budget, journal: Journal::default() })
-    }
-
-    /// Initialises transactions, retrying while the broker is unreachable and `go_on` says so
-    /// (it is called between attempts, and may keep the caller's consumer alive).
-    pub fn init(&mut self, go_on: &mut dyn FnMut() -> bool) -> Result<(), KafkaError> {
-        loop {
-            match self.producer.init_transactions(CALL_TIMEOUT) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && go_on() => {
-                    warn!(error = %e, "Initialising transactions failed; retrying.");
-                }
-                Err(e) => return Err(e),
-            }
+impl Link {
+    /// Commits the open transaction: its offsets (when given) first, then whatever is still in
+    /// flight, then `commit_transaction`. Calls that time out are retried until `deadline`;
+    /// after that the transaction must be aborted.
+    fn commit_open(
+        &self,
+        deadline: Instant,
+        offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>,
+    ) -> Result<(), TxnError> {
+        if let Some((tpl, cgm)) = offsets {
+            self.retry(deadline, "send_offsets_to_transaction", |p| {
+                p.send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
+            })?;
         }
-    }
-
-    pub fn producer(&self) -> &BaseProducer<WriterContext> {
-        &self.producer
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
-    /// Serves delivery reports without waiting.
-    pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        // What is still in flight then, `commit_transaction` flushes.
+        self.wait_in_flight(deadline);
+        self.check_deliveries()?;
+        let committed = self.finish_commit(deadline);
+        // A commit refused because a delivery failed: say which record.
+        self.check_deliveries()?;
+        committed
     }
 
     fn classify(&self, e: &KafkaError) -> Class {
@@ -340,29 +315,8 @@ impl TxnWriter {
         }
     }
 
-    /// Opens a transaction unless one is open.
-    pub fn begin(&mut self) -> Result<(), TxnError> {
-        if self.open {
-            return Ok(());
-        }
-        self.failures().clear();
-        self.journal.clear();
-        self.producer.begin_transaction().map_err(|e| self.error("begin_transaction", e))?;
-        self.open = true;
-        Ok(())
-    }
-
     fn failures(&self) -> std::sync::MutexGuard<'_, Vec<Failed>> {
         self.producer.context().failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sends one record in the open transaction (opened if needed). A full local queue is
-    /// drained by polling and the send retried; a record that can never be produced is
-    /// [`TxnError::Poison`] with its tag, and the transaction stays usable.
-    pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
-        self.begin()?;
-        self.journal.record(&record);
-        self.produce(record)
     }
 
     /// Hands one record to librdkafka, waiting for room in a full queue first.
@@ -382,48 +336,6 @@ impl TxnWriter {
                 Err((e, _)) => return Err(self.error("send", e)),
             }
         }
-    }
-
-    /// Commits the open transaction, with the consumed offsets when given. Calls that time out
-    /// are retried until the budget is spent; then the transaction must be aborted.
-    pub fn commit(&mut self, offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>) -> Result<(), TxnError> {
-        if !self.open {
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.budget;
-        if let Some((tpl, cgm)) = offsets {
-            self.retry(deadline, "send_offsets_to_transaction", |p| {
-                p.send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
-            })?;
-        }
-        // What is still in flight then, `commit_transaction` flushes.
-        self.wait_in_flight(deadline);
-        self.check_deliveries()?;
-        let committed = self.finish_commit(deadline);
-        // A commit refused because a delivery failed: say which record.
-        self.check_deliveries()?;
-        committed?;
-        self.open = false;
-        Ok(())
-    }
-
-    /// Sends the open transaction's records again in a new transaction, after the group refused
-    /// its offsets ([`TxnError::refused_by_group`]); the caller then commits with its consumer's
-    /// current group metadata. First every record of it must be delivered, so that none is in
-    /// flight when it is aborted (nothing of it can land after the abort and join the new
-    /// transaction); a delivery that failed or did not end within the budget makes this an
-    /// ordinary abort (the error). The new transaction holds the same records in the same order,
-    /// with the same delivery tags.
-    pub fn redo(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
-        self.deliver_all("records of the transaction to redo not delivered in time")?;
-        let journal = std::mem::take(&mut self.journal);
-        self.abort(keep_alive)?;
-        self.begin()?;
-        self.journal = journal;
-        for i in 0..self.journal.len() {
-            self.produce(self.journal.get(i))?;
-        }
-        Ok(())
     }
 
     /// Waits until every record sent is delivered (or failed), within the transaction budget;
@@ -522,6 +434,253 @@ impl TxnWriter {
             }
         }
     }
+}
+
+/// The transactional producer and the state of its open transaction.
+///
+/// **Committing ahead.** [`TxnWriter::commit_ahead`] commits the open transaction on a thread of
+/// its own while the caller goes on deciding. What the caller sends meanwhile is kept in order
+/// (`pending`) and handed to librdkafka in the next transaction, which begins once that commit
+/// has ended: records of two transactions never mix, and a record sent after a commit started is
+/// never part of it. Every call but [`TxnWriter::send`] and [`TxnWriter::begin`] first waits for
+/// a commit under way to end. [`TxnWriter::finish`] hands its result over, exactly once; if it
+/// failed, the transaction is still open in librdkafka and every call but `finish`, `redo` and
+/// `abort` refuses with that error until it is aborted (which drops `pending` too) or redone.
+pub struct TxnWriter {
+    link: Link,
+    /// A transaction is open in librdkafka (also while it commits in the background).
+    open: bool,
+    /// What the open transaction sent, for [`TxnWriter::redo`] (emptied when one begins).
+    journal: Journal,
+    /// The commit running in the background, if any.
+    committing: Option<JoinHandle<Result<(), TxnError>>>,
+    /// Its result once it ended, until [`TxnWriter::finish`] hands it over.
+    settled: Option<Result<(), TxnError>>,
+    /// The background commit failed: the transaction must be aborted or redone first.
+    failure: Option<TxnError>,
+    /// Records sent while a commit ran in the background, in order: the next transaction's.
+    pending: Journal,
+    /// A transaction was asked for while a commit ran in the background.
+    pending_open: bool,
+}
+
+impl TxnWriter {
+    /// Creates the producer from `config` (which carries `transactional.id`) and initialises
+    /// transactions, fencing any earlier producer with the same id. Retries a broker that is
+    /// not reachable yet for up to the transaction budget.
+    pub fn new(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
+        let mut w = TxnWriter::create(config)?;
+        let deadline = Instant::now() + w.link.budget.max(Duration::from_secs(30));
+        w.init(&mut || Instant::now() < deadline)?;
+        Ok(w)
+    }
+
+    /// Creates the producer without initialising transactions (see [`TxnWriter::init`]).
+    pub fn create(config: &ClientConfig) -> Result<TxnWriter, KafkaError> {
+        let budget = config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
+        let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
+        let link = Link { producer: Arc::new(producer), budget };
+        Ok(TxnWriter {
+            link,
+            open: false,
+            journal: Journal::default(),
+            committing: None,
+            settled: None,
+            failure: None,
+            pending: Journal::default(),
+            pending_open: false,
+        })
+    }
+
+    /// Initialises transactions, retrying while the broker is unreachable and `go_on` says so
+    /// (it is called between attempts, and may keep the caller's consumer alive).
+    pub fn init(&mut self, go_on: &mut dyn FnMut() -> bool) -> Result<(), KafkaError> {
+        loop {
+            match self.link.producer.init_transactions(CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && go_on() => {
+                    warn!(error = %e, "Initialising transactions failed; retrying.");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn producer(&self) -> &BaseProducer<WriterContext> {
+        &self.link.producer
+    }
+
+    /// A transaction is open, or asked for while the previous one commits in the background.
+    pub fn is_open(&self) -> bool {
+        self.open || self.pending_open
+    }
+
+    /// A commit runs in the background, or ended and its result was not handed over yet.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some() || self.settled.is_some()
+    }
+
+    /// A commit running in the background has ended (or none runs): [`TxnWriter::finish`]
+    /// will not wait.
+    pub fn commit_ended(&self) -> bool {
+        self.committing.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Serves delivery reports without waiting (left to the committing thread while one runs).
+    pub fn poll(&self) {
+        if self.committing.is_none() {
+            self.link.producer.poll(Duration::ZERO);
+        }
+    }
+
+    /// Waits for the commit running in the background to end and keeps its result for
+    /// [`TxnWriter::finish`].
+    fn join(&mut self) {
+        let Some(handle) = self.committing.take() else { return };
+        let result = handle.join().unwrap_or_else(|_| {
+            Err(TxnError::Fatal { what: "the committing thread panicked", source: KafkaError::Canceled })
+        });
+        match &result {
+            Ok(()) => self.open = false,
+            Err(e) => self.failure = Some(e.clone()),
+        }
+        self.settled = Some(result);
+    }
+
+    /// Waits for a commit running in the background to end; its result stays for
+    /// [`TxnWriter::finish`].
+    pub fn wait_for_commit(&mut self) {
+        self.join();
+    }
+
+    /// The result of the commit started by [`TxnWriter::commit_ahead`], waiting for it to end;
+    /// `None` if there is none to hand over. Each result is handed over once.
+    pub fn finish(&mut self) -> Option<Result<(), TxnError>> {
+        self.join();
+        self.settled.take()
+    }
+
+    /// Ends a background commit first; refuses while a failed one is not aborted or redone.
+    fn settle(&mut self) -> Result<(), TxnError> {
+        self.join();
+        match &self.failure {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens a transaction unless one is open. While a commit runs in the background, the
+    /// transaction is only asked for: it begins when that commit has ended. The records sent
+    /// meanwhile are handed to librdkafka then, first thing.
+    pub fn begin(&mut self) -> Result<(), TxnError> {
+        if self.committing.is_some() {
+            self.pending_open = true;
+            return Ok(());
+        }
+        self.settle()?;
+        if self.open {
+            return Ok(());
+        }
+        self.link.failures().clear();
+        self.journal.clear();
+        self.link.producer.begin_transaction().map_err(|e| self.link.error("begin_transaction", e))?;
+        self.open = true;
+        if std::mem::take(&mut self.pending_open) {
+            // `journal` is empty: the pending records become this transaction's journal.
+            std::mem::swap(&mut self.journal, &mut self.pending);
+            for i in 0..self.journal.len() {
+                self.link.produce(self.journal.get(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one record in the open transaction (opened if needed). A full local queue is
+    /// drained by polling and the send retried; a record that can never be produced is
+    /// [`TxnError::Poison`] with its tag, and the transaction stays usable. While a commit runs
+    /// in the background the record is kept for the next transaction (see the type's docs).
+    pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
+        if self.committing.is_some() {
+            self.pending_open = true;
+            self.pending.record(&record);
+            return Ok(());
+        }
+        self.begin()?;
+        self.journal.record(&record);
+        self.link.produce(record)
+    }
+
+    /// Commits the open transaction, with the consumed offsets when given, and waits for it.
+    /// A commit under way in the background ends first, and a transaction asked for meanwhile
+    /// begins (with its pending records) and is the one committed. Calls that time out are
+    /// retried until the budget is spent; then the transaction must be aborted.
+    pub fn commit(&mut self, offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>) -> Result<(), TxnError> {
+        self.settle()?;
+        if !self.open && self.pending_open {
+            self.begin()?;
+        }
+        if !self.open {
+            return Ok(());
+        }
+        self.link.commit_open(Instant::now() + self.link.budget, offsets)?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Starts committing the open transaction (as [`TxnWriter::commit`]) on a thread of its own
+    /// and returns at once; [`TxnWriter::finish`] gives the result. A commit under way ends
+    /// first, and a failed one is this call's error.
+    pub fn commit_ahead(
+        &mut self,
+        offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+    ) -> Result<(), TxnError> {
+        self.settle()?;
+        if !self.open && self.pending_open {
+            self.begin()?;
+        }
+        if !self.open {
+            return Ok(());
+        }
+        let link = self.link.clone();
+        let deadline = Instant::now() + link.budget;
+        let handle = std::thread::Builder::new()
+            .name("rg-commit".into())
+            .spawn(move || link.commit_open(deadline, offsets.as_ref().map(|(t, g)| (t, g))))
+            .map_err(|e| TxnError::Fatal {
+                what: "starting the committing thread",
+                source: KafkaError::ClientCreation(e.to_string()),
+            })?;
+        self.committing = Some(handle);
+        Ok(())
+    }
+
+    /// Sends the open transaction's records again in a new transaction, after the group refused
+    /// its offsets ([`TxnError::refused_by_group`]); the caller then commits with its consumer's
+    /// current group metadata. First every record of it must be delivered, so that none is in
+    /// flight when it is aborted (nothing of it can land after the abort and join the new
+    /// transaction); a delivery that failed or did not end within the budget makes this an
+    /// ordinary abort (the error). The new transaction holds the same records in the same order,
+    /// with the same delivery tags. Records sent after its commit started stay pending, for the
+    /// transaction after it.
+    pub fn redo(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
+        self.join();
+        self.link.deliver_all("records of the transaction to redo not delivered in time")?;
+        let journal = std::mem::take(&mut self.journal);
+        let pending = std::mem::take(&mut self.pending);
+        let pending_open = std::mem::take(&mut self.pending_open);
+        self.abort(keep_alive)?;
+        self.begin()?;
+        self.journal = journal;
+        self.pending = pending;
+        self.pending_open = pending_open;
+        for i in 0..self.journal.len() {
+            self.link.produce(self.journal.get(i))?;
+        }
+        Ok(())
+    }
 
     /// Closes whatever an earlier producer with this transactional id left open on `topics` (see
     /// the module docs): one empty record (key and header [`FENCE_MARK`]) to every partition,
@@ -537,7 +696,7 @@ impl TxnWriter {
         offsets: &mut dyn FnMut() -> Option<(TopicPartitionList, ConsumerGroupMetadata)>,
         keep_alive: &mut dyn FnMut(),
     ) -> Result<usize, TxnError> {
-        let offsets_until = Instant::now() + self.budget;
+        let offsets_until = Instant::now() + self.link.budget;
         loop {
             let with = if Instant::now() < offsets_until { offsets() } else { None };
             match self.try_fence(topics, with.as_ref().map(|(t, g)| (t, g))) {
@@ -564,6 +723,7 @@ impl TxnWriter {
         let mut partitions = Vec::new();
         for topic in topics {
             let metadata = self
+                .link
                 .producer
                 .client()
                 .fetch_metadata(Some(topic), CALL_TIMEOUT)
@@ -588,11 +748,12 @@ impl TxnWriter {
             }
         }
         // Delivered, so every partition is part of the transaction before it is aborted.
-        self.deliver_all("fence records not delivered in time")?;
+        self.link.deliver_all("fence records not delivered in time")?;
         if let Some((tpl, cgm)) = offsets.filter(|(tpl, _)| tpl.count() > 0) {
-            self.producer
+            self.link
+                .producer
                 .send_offsets_to_transaction(tpl, cgm, CALL_TIMEOUT)
-                .map_err(|e| self.error("send_offsets_to_transaction (fence)", e))?;
+                .map_err(|e| self.link.error("send_offsets_to_transaction (fence)", e))?;
         }
         Ok(partitions.len())
     }
@@ -604,20 +765,24 @@ impl TxnWriter {
     fn drop_outstanding(&self) {
         // Only what is still queued locally: voiding the acknowledgements of requests in flight
         // would leave the fate of records already on the broker unknown.
-        self.producer.purge(PurgeConfig::default().queue());
-        self.wait_in_flight(Instant::now() + Duration::from_secs(1));
+        self.link.producer.purge(PurgeConfig::default().queue());
+        self.link.wait_in_flight(Instant::now() + Duration::from_secs(1));
     }
 
     /// Aborts the open transaction. A broker that is away is waited for (calling `keep_alive`
     /// between attempts, so the caller can keep its consumer in the group); only a fatal error
     /// ends the wait.
     pub fn abort(&mut self, keep_alive: &mut dyn FnMut()) -> Result<(), TxnError> {
+        self.join();
+        self.failure = None;
+        self.pending.clear();
+        self.pending_open = false;
         if !self.open {
             return Ok(());
         }
         loop {
             self.drop_outstanding();
-            match self.producer.abort_transaction(CALL_TIMEOUT) {
+            match self.link.producer.abort_transaction(CALL_TIMEOUT) {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(t)) if t.code() == RDKafkaErrorCode::State && !t.is_fatal() => {
                     // No transaction in progress any more: nothing to abort.
@@ -628,13 +793,13 @@ impl TxnWriter {
                     // abort ("Conflicting commit_transaction API call is already in progress"):
                     // resume it until it ends, committed or aborted. Either way the transaction
                     // is over, and the caller goes on from the offsets Kafka has committed.
-                    match self.producer.commit_transaction(CALL_TIMEOUT) {
+                    match self.link.producer.commit_transaction(CALL_TIMEOUT) {
                         Ok(()) => {
                             warn!("The transaction to abort had a commit in progress; it committed.");
                             break;
                         }
                         Err(e) => {
-                            if let Class::Fatal = self.classify(&e) {
+                            if let Class::Fatal = self.link.classify(&e) {
                                 return Err(TxnError::Fatal { what: "commit_transaction before an abort", source: e });
                             }
                             warn!(error = %e, "A commit in progress blocks the abort; resuming it.");
@@ -642,7 +807,7 @@ impl TxnWriter {
                         }
                     }
                 }
-                Err(e) => match self.classify(&e) {
+                Err(e) => match self.link.classify(&e) {
                     Class::Fatal => return Err(TxnError::Fatal { what: "abort_transaction", source: e }),
                     _ => {
                         warn!(error = %e, "Aborting the transaction failed; retrying.");
@@ -653,7 +818,7 @@ impl TxnWriter {
             }
         }
         self.open = false;
-        self.failures().clear();
+        self.link.failures().clear();
         Ok(())
     }
 }
