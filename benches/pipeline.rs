@@ -80,8 +80,11 @@
 //! to the bare consumer), e.g. `debug=eos` with `RUST_LOG=librdkafka=debug`.
 //! `PIPELINE_BENCH_PIPELINE="k = v;k = v"` adds `[pipeline]` settings, e.g.
 //! `changelog_flush_accounts = 0` for the commit-time-only changelog send.
-//! `PIPELINE_BENCH_SHARDS=N` runs resetguard a second time in each round with
-//! `pipeline.shards = N` and reports its rate against the one-shard run of the same round.
+//! `PIPELINE_BENCH_VARIANT="k = v;k = v"` runs resetguard a second time in each round, right
+//! after the first, with those `[pipeline]` settings added (e.g. `commit_ahead = false`: every
+//! commit waited for), and reports its rate against the default run of the same round (every
+//! other round runs the variant first);
+//! `PIPELINE_BENCH_SHARDS=N` is the variant `shards = N`.
 //!
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a small smoke run instead
 //! (20,000 events of each workload, one round, 5 s of latency), so the bench cannot rot.
@@ -151,9 +154,10 @@ struct Opts {
     /// Extra `[pipeline]` settings for resetguard, TOML lines joined by `;`
     /// (`PIPELINE_BENCH_PIPELINE="changelog_flush_accounts = 0"`).
     pipeline_extra: String,
-    /// `PIPELINE_BENCH_SHARDS=N`: each round also runs resetguard with `pipeline.shards = N`
-    /// (the parallel engine) right after the one-shard run.
-    shards: Option<usize>,
+    /// A second resetguard run in each round, right after the first, with these `[pipeline]`
+    /// lines added: `PIPELINE_BENCH_VARIANT="commit_ahead = false"`, or
+    /// `PIPELINE_BENCH_SHARDS=N` for `shards = N` (the parallel engine).
+    variant: Option<String>,
     latency_secs: u64,
     latency_rate: u64,
     notices_per_sec: u64,
@@ -186,9 +190,15 @@ impl Opts {
             partitions: env_or("PIPELINE_BENCH_PARTITIONS", 6),
             commit_interval: env_or("PIPELINE_BENCH_COMMIT_INTERVAL", "100ms".to_string()),
             pipeline_extra: std::env::var("PIPELINE_BENCH_PIPELINE").unwrap_or_default().replace(';', "\n"),
-            shards: std::env::var("PIPELINE_BENCH_SHARDS")
+            variant: std::env::var("PIPELINE_BENCH_VARIANT")
                 .ok()
-                .map(|v| v.parse().expect("PIPELINE_BENCH_SHARDS: a count")),
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| v.replace(';', "\n"))
+                .or_else(|| {
+                    let n: usize =
+                        std::env::var("PIPELINE_BENCH_SHARDS").ok()?.parse().expect("PIPELINE_BENCH_SHARDS: a count");
+                    Some(format!("shards = {n}"))
+                }),
             kafka_extra: std::env::var("PIPELINE_BENCH_KAFKA")
                 .unwrap_or_default()
                 .split(';')
@@ -688,22 +698,23 @@ fn copy_lines(copy_rates: &[f64], rg_rates: &[f64]) -> String {
     )
 }
 
-/// The `PIPELINE_BENCH_SHARDS` run of a round: `opts` with `shards = N` added to `[pipeline]`.
-fn sharded(opts: &Opts) -> Option<(usize, Opts)> {
-    let n = opts.shards?;
+/// The variant run of a round (`PIPELINE_BENCH_VARIANT`, `PIPELINE_BENCH_SHARDS`): its label
+/// and `opts` with its lines added to `[pipeline]`.
+fn variant(opts: &Opts) -> Option<(String, Opts)> {
+    let lines = opts.variant.clone()?;
     let mut o = opts.clone();
-    o.pipeline_extra = format!("{}\nshards = {n}", o.pipeline_extra);
-    Some((n, o))
+    o.pipeline_extra = format!("{}\n{lines}", o.pipeline_extra);
+    Some((lines.replace('\n', "; "), o))
 }
 
-/// Report lines of the sharded runs against the one-shard runs of the same rounds.
-fn shard_lines(n: Option<usize>, one: &[f64], many: &[f64]) -> String {
-    let Some(n) = n else { return String::new() };
-    let per = one.iter().zip(many).map(|(a, b)| format!("{:.2}", b / a)).collect::<Vec<_>>().join(", ");
+/// Report lines of the variant runs against the default runs of the same rounds.
+fn variant_lines(label: Option<&str>, default: &[f64], variant: &[f64]) -> String {
+    let Some(label) = label else { return String::new() };
+    let per = default.iter().zip(variant).map(|(a, b)| format!("{:.2}", b / a)).collect::<Vec<_>>().join(", ");
     format!(
-        "shards = {n}: median {:.0} events/s, {:.2}x one shard (per round: {per})\n",
-        median(many),
-        median(many) / median(one)
+        "{label}: median {:.0} events/s, {:.2}x the default (per round: {per})\n",
+        median(variant),
+        median(variant) / median(default)
     )
 }
 
@@ -1020,7 +1031,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     let bare_settings = settings(broker, dir, &input, &probe_out, "unused", opts, NO_TRIP);
 
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
+    let (mut copy_rates, mut variant_rates) = (Vec::new(), Vec::new());
     let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
     // What the broker spends doing nothing (per second, not per event).
     let idle = CpuUse::idle_cores(broker.pid(), Duration::from_secs(3));
@@ -1048,17 +1059,21 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         copy_cpu.push(copy.cpu);
         // Every other round runs without the changelog first, so that what the order does
         // (the broker still busy with the copy, its JIT warming up) favours neither run.
+        // So does the variant's.
         let off_first = (run % 2 == 1).then(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
+        let variant_run = |o: &Opts| rg_run(broker, dir, &input, o, n as u64, 200 + run, true, NO_TRIP);
+        let variant_first = variant(opts).filter(|_| run % 2 == 1).map(|(_, o)| variant_run(&o));
         let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
-        if let Some((k, o)) = sharded(opts) {
-            let m = rg_run(broker, dir, &input, &o, n as u64, 200 + run, true, NO_TRIP);
+        if let Some((k, o)) = variant(opts) {
+            let m = variant_first.unwrap_or_else(|| variant_run(&o));
             eprintln!(
-                "round {}: resetguard, shards = {k} {:>9.0} events/s ({:.2}x one shard)",
+                "round {}: resetguard, {k} {:>9.0} events/s ({:.2}x the default)",
                 run + 1,
                 m.rate,
                 m.rate / r.rate
             );
-            shard_rates.push(m.rate);
+            eprintln!("          CPU µs per event, {k}: {}", m.cpu.per_event());
+            variant_rates.push(m.rate);
         }
         let off = off_first.unwrap_or_else(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
@@ -1122,7 +1137,7 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
     );
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
     report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu));
-    report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
+    report.push_str(&variant_lines(variant(opts).map(|v| v.0).as_deref(), &rg_rates, &variant_rates));
     if let Some(r) = &last_rg {
         let st = &r.stopped;
         let _ = writeln!(
@@ -1298,7 +1313,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         eprintln!("realistic: warm-up round (not counted) in {:.1?}", t.elapsed());
     }
     let (mut bare_rates, mut rg_rates, mut steady_rates) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut copy_rates, mut shard_rates) = (Vec::new(), Vec::new());
+    let (mut copy_rates, mut variant_rates) = (Vec::new(), Vec::new());
     let (mut bare_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
     // What the broker spends doing nothing (per second, not per event).
     let idle = CpuUse::idle_cores(broker.pid(), Duration::from_secs(3));
@@ -1314,6 +1329,9 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
         eprintln!("realistic round {}: bare EOS copy {:>9.0} msgs/s", run + 1, copy.rate);
         copy_rates.push(copy.rate);
         copy_cpu.push(copy.cpu);
+        // The variant runs first in every other round, so that the order favours neither.
+        let variant_run = |o: &Opts| rg_run(broker, dir, &input, o, n as u64, 300 + run, true, &policy);
+        let variant_first = variant(opts).filter(|_| run % 2 == 1).map(|(_, o)| variant_run(&o));
         let perf = if run == 0 { perf_start(opts) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, 100 + run, true, &policy);
         perf_stop(perf);
@@ -1333,18 +1351,19 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
             o.line()
         );
         o.check(&counts, &spec);
-        if let Some((k, opts_k)) = sharded(opts) {
-            let m = rg_run(broker, dir, &input, &opts_k, n as u64, 300 + run, true, &policy);
+        if let Some((k, opts_k)) = variant(opts) {
+            let m = variant_first.unwrap_or_else(|| variant_run(&opts_k));
             let om = RealOutcomes::of(&m.stopped);
             eprintln!(
-                "realistic round {}: resetguard, shards = {k} {:>9.0} events/s ({:.2}x one shard)\n          {}",
+                "realistic round {}: resetguard, {k} {:>9.0} events/s ({:.2}x the default)\n          CPU µs per event: {}\n          {}",
                 run + 1,
                 m.rate,
                 m.rate / r.rate,
+                m.cpu.per_event(),
                 om.line()
             );
             om.check(&counts, &spec);
-            shard_rates.push(m.rate);
+            variant_rates.push(m.rate);
         }
         rg_rates.push(r.rate);
         steady_rates.push(r.steady);
@@ -1386,7 +1405,7 @@ fn realistic_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts, warmup: boo
     report.push_str(&copy_lines(&copy_rates, &rg_rates));
     report.push_str(&bare_cpu_lines(&bare_cpu, &copy_cpu));
     report.push_str(&cpu_lines("resetguard", &cpu, bm, idle));
-    report.push_str(&shard_lines(opts.shards, &rg_rates, &shard_rates));
+    report.push_str(&variant_lines(variant(opts).map(|v| v.0).as_deref(), &rg_rates, &variant_rates));
     if let Some(o) = &last {
         let _ = writeln!(report, "outcomes (last round): {}", o.line());
     }

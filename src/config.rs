@@ -307,6 +307,11 @@ pub struct PipelineFile {
     /// per transaction). `0`: only at the commit. Default 2048.
     #[serde(default = "default_changelog_flush_accounts")]
     pub changelog_flush_accounts: usize,
+    /// Commit each transaction on a thread of its own and go on deciding meanwhile, into the
+    /// next transaction, which begins once that commit has ended (docs/design.md,
+    /// "Exactly-once"). `false`: the loop waits for every commit. Default `true`.
+    #[serde(default = "default_true")]
+    pub commit_ahead: bool,
     /// How often outputs and offsets are committed in one transaction. Default `100ms`
     /// (Kafka Streams' exactly-once default).
     #[serde(default = "default_commit_interval")]
@@ -381,6 +386,7 @@ impl Default for PipelineFile {
             changelog: true,
             changelog_record_version: default_changelog_record_version(),
             changelog_flush_accounts: default_changelog_flush_accounts(),
+            commit_ahead: true,
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
             max_batch: default_max_batch(),
@@ -426,6 +432,8 @@ pub struct Settings {
     pub changelog_record_version: u8,
     /// Changed accounts that trigger an early changelog send (see `[pipeline] changelog_flush_accounts`).
     pub changelog_flush_accounts: usize,
+    /// Commit on a thread of its own while deciding goes on (see `[pipeline] commit_ahead`).
+    pub commit_ahead: bool,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
@@ -838,6 +846,7 @@ impl ConfigFile {
                 changelog: self.pipeline.changelog,
                 changelog_record_version: self.pipeline.changelog_record_version,
                 changelog_flush_accounts: self.pipeline.changelog_flush_accounts,
+                commit_ahead: self.pipeline.commit_ahead,
                 commit_interval,
                 drain_timeout,
                 stall_timeout,

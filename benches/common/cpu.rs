@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// CPU time so far of this process's threads by kind, and of another process (the broker).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuUse {
-    /// Threads named `pipeline` (resetguard's consume–decide–produce loop).
+    /// Threads named `pipeline` (resetguard's consume–decide–produce loop) and `rg-commit` (its
+    /// commits, run beside it: `pipeline.commit_ahead`).
     pub pipeline: Duration,
     /// librdkafka's threads (`rdk:…`).
     pub librdkafka: Duration,
@@ -29,7 +30,7 @@ impl CpuUse {
         let mut u = CpuUse { at: Some(Instant::now()), ..CpuUse::default() };
         for (name, t) in threads(Path::new("/proc/self/task")) {
             match name.as_str() {
-                "pipeline" => u.pipeline += t,
+                "pipeline" | "rg-commit" => u.pipeline += t,
                 n if n.starts_with("rdk:") => u.librdkafka += t,
                 _ => u.other += t,
             }

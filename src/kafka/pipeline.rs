@@ -823,7 +823,11 @@ impl Pipeline {
             }
             let now = Instant::now();
             if now >= deadline || self.batch >= self.settings.max_batch {
-                self.commit_ahead()?;
+                if self.settings.commit_ahead {
+                    self.commit_ahead()?;
+                } else {
+                    self.commit()?;
+                }
                 // The interval counts from the start of this commit, so a notice waits for the
                 // rest of one interval and one commit, not for a commit, an interval and another
                 // commit; but at least half an interval of deciding follows each commit, so

@@ -37,8 +37,8 @@
 //! open there; from then on the partitions know the new epoch and refuse any older straggler.
 
 use std::ops::Range;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::DefaultClientContext;
@@ -436,6 +436,45 @@ impl Link {
     }
 }
 
+/// A commit to run in the background: its deadline and the offsets to commit with it.
+type CommitJob = (Instant, Option<(TopicPartitionList, ConsumerGroupMetadata)>);
+
+/// The thread that runs [`TxnWriter::commit_ahead`]'s commits, one at a time, for as long as its
+/// writer lives (named `rg-commit`, so its CPU time can be told apart).
+struct Committer {
+    jobs: Sender<CommitJob>,
+    results: Receiver<Result<(), TxnError>>,
+}
+
+impl Committer {
+    fn start(link: Link) -> Result<Committer, TxnError> {
+        let (jobs, job_rx) = channel::<CommitJob>();
+        let (result_tx, results) = channel();
+        std::thread::Builder::new()
+            .name("rg-commit".into())
+            .spawn(move || {
+                // Ends when the writer (the sender of jobs) goes.
+                for (deadline, offsets) in job_rx {
+                    let result = link.commit_open(deadline, offsets.as_ref().map(|(t, g)| (t, g)));
+                    if result_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| TxnError::Fatal {
+                what: "starting the committing thread",
+                source: KafkaError::ClientCreation(e.to_string()),
+            })?;
+        Ok(Committer { jobs, results })
+    }
+
+    /// The committing thread is gone (it panicked): what became of its commit is unknown, so
+    /// the producer is replaced, as after any fatal error.
+    fn gone() -> TxnError {
+        TxnError::Fatal { what: "the committing thread ended", source: KafkaError::Canceled }
+    }
+}
+
 /// The transactional producer and the state of its open transaction.
 ///
 /// **Committing ahead.** [`TxnWriter::commit_ahead`] commits the open transaction on a thread of
@@ -452,8 +491,10 @@ pub struct TxnWriter {
     open: bool,
     /// What the open transaction sent, for [`TxnWriter::redo`] (emptied when one begins).
     journal: Journal,
-    /// The commit running in the background, if any.
-    committing: Option<JoinHandle<Result<(), TxnError>>>,
+    /// The thread that commits in the background (started by the first `commit_ahead`).
+    committer: Option<Committer>,
+    /// A commit runs in the background: its result is still to come from `committer`.
+    committing: bool,
     /// Its result once it ended, until [`TxnWriter::finish`] hands it over.
     settled: Option<Result<(), TxnError>>,
     /// The background commit failed: the transaction must be aborted or redone first.
@@ -487,7 +528,8 @@ impl TxnWriter {
             link,
             open: false,
             journal: Journal::default(),
-            committing: None,
+            committer: None,
+            committing: false,
             settled: None,
             failure: None,
             pending: Journal::default(),
@@ -520,18 +562,27 @@ impl TxnWriter {
 
     /// A commit runs in the background, or ended and its result was not handed over yet.
     pub fn is_committing(&self) -> bool {
-        self.committing.is_some() || self.settled.is_some()
+        self.committing || self.settled.is_some()
     }
 
     /// A commit running in the background has ended (or none runs): [`TxnWriter::finish`]
     /// will not wait.
-    pub fn commit_ended(&self) -> bool {
-        self.committing.as_ref().is_none_or(JoinHandle::is_finished)
+    pub fn commit_ended(&mut self) -> bool {
+        if !self.committing {
+            return true;
+        }
+        let result = match self.committer.as_ref().map(|c| c.results.try_recv()) {
+            Some(Ok(result)) => result,
+            Some(Err(TryRecvError::Empty)) => return false,
+            Some(Err(TryRecvError::Disconnected)) | None => Err(Committer::gone()),
+        };
+        self.ended(result);
+        true
     }
 
     /// Serves delivery reports without waiting (left to the committing thread while one runs).
     pub fn poll(&self) {
-        if self.committing.is_none() {
+        if !self.committing {
             self.link.producer.poll(Duration::ZERO);
         }
     }
@@ -539,10 +590,19 @@ impl TxnWriter {
     /// Waits for the commit running in the background to end and keeps its result for
     /// [`TxnWriter::finish`].
     fn join(&mut self) {
-        let Some(handle) = self.committing.take() else { return };
-        let result = handle.join().unwrap_or_else(|_| {
-            Err(TxnError::Fatal { what: "the committing thread panicked", source: KafkaError::Canceled })
-        });
+        if !self.committing {
+            return;
+        }
+        let result = match &self.committer {
+            Some(c) => c.results.recv().unwrap_or_else(|_| Err(Committer::gone())),
+            None => Err(Committer::gone()),
+        };
+        self.ended(result);
+    }
+
+    /// The background commit ended with `result`.
+    fn ended(&mut self, result: Result<(), TxnError>) {
+        self.committing = false;
         match &result {
             Ok(()) => self.open = false,
             Err(e) => self.failure = Some(e.clone()),
@@ -576,7 +636,7 @@ impl TxnWriter {
     /// transaction is only asked for: it begins when that commit has ended. The records sent
     /// meanwhile are handed to librdkafka then, first thing.
     pub fn begin(&mut self) -> Result<(), TxnError> {
-        if self.committing.is_some() {
+        if self.committing {
             self.pending_open = true;
             return Ok(());
         }
@@ -603,7 +663,7 @@ impl TxnWriter {
     /// [`TxnError::Poison`] with its tag, and the transaction stays usable. While a commit runs
     /// in the background the record is kept for the next transaction (see the type's docs).
     pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
-        if self.committing.is_some() {
+        if self.committing {
             self.pending_open = true;
             self.pending.record(&record);
             return Ok(());
@@ -644,16 +704,15 @@ impl TxnWriter {
         if !self.open {
             return Ok(());
         }
-        let link = self.link.clone();
-        let deadline = Instant::now() + link.budget;
-        let handle = std::thread::Builder::new()
-            .name("rg-commit".into())
-            .spawn(move || link.commit_open(deadline, offsets.as_ref().map(|(t, g)| (t, g))))
-            .map_err(|e| TxnError::Fatal {
-                what: "starting the committing thread",
-                source: KafkaError::ClientCreation(e.to_string()),
-            })?;
-        self.committing = Some(handle);
+        if self.committer.is_none() {
+            self.committer = Some(Committer::start(self.link.clone())?);
+        }
+        let deadline = Instant::now() + self.link.budget;
+        let sent = self.committer.as_ref().is_some_and(|c| c.jobs.send((deadline, offsets)).is_ok());
+        if !sent {
+            return Err(Committer::gone());
+        }
+        self.committing = true;
         Ok(())
     }
 
