@@ -218,16 +218,7 @@ fn a_transaction_whose_offsets_a_rebalance_refused_is_redone_and_committed_once(
     let (input, output, group) = (unique_name("redo-in"), unique_name("redo-out"), unique_name("redo-group"));
     broker.create_topic(&input, 4);
     broker.create_topic(&output, 2);
-    let member = || -> BaseConsumer {
-        let mut cfg = broker.consumer_config(&group);
-        cfg.set("partition.assignment.strategy", "cooperative-sticky");
-        let c: BaseConsumer = cfg.create().expect("consumer");
-        c.subscribe(&[&input]).expect("subscribe");
-        c
-    };
-    let a = member();
-    settle(&a, None, 4, 4);
-    let before = a.group_metadata().expect("group metadata");
+    let (a, _b, before, offsets) = group_moved_on(broker, &input, &group);
 
     let mut w = TxnWriter::new(&broker.transactional_producer_config(&unique_name("redo-txn"))).expect("writer");
     const N: usize = 40;
@@ -243,14 +234,6 @@ fn a_transaction_whose_offsets_a_rebalance_refused_is_redone_and_committed_once(
         w.send(record).expect("send");
     }
 
-    // A second member joins; the cooperative protocol moves two partitions to it in two
-    // generations, and `a` keeps the other two throughout.
-    let b = member();
-    settle(&a, Some(&b), 2, 4);
-    let mut offsets = TopicPartitionList::new();
-    for e in a.assignment().expect("assignment").elements() {
-        offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(7)).unwrap();
-    }
     let refused = w.commit(Some((&offsets, &before))).expect_err("offsets of an old generation must be refused");
     assert!(refused.refused_by_group(), "refused for another reason: {refused}");
 
@@ -280,9 +263,10 @@ fn a_transaction_whose_offsets_a_rebalance_refused_is_redone_and_committed_once(
     assert_eq!(committed, mine, "the offsets of the partitions `a` kept, and only those");
 }
 
-/// Two members of one group, `a` holding two of four partitions after `b` joined; returns them
-/// with `a`'s group metadata from before `b` joined (an old generation) and offsets (7) for the
-/// partitions `a` kept.
+/// Two members of one group, `a` holding two of four partitions after `b` joined (the
+/// cooperative protocol moves two partitions to `b` in two generations, and `a` keeps the other
+/// two throughout); returns them with `a`'s group metadata from before `b` joined (an old
+/// generation) and offsets (7) for the partitions `a` kept.
 fn group_moved_on(
     broker: &KafkaBroker,
     input: &str,

@@ -753,12 +753,15 @@ impl Pipeline {
             if self.committing.is_some() && lock(&self.shared.writer).commit_ended() {
                 self.settle()?;
             }
-            // While a commit runs, the loop looks at least every millisecond whether it ended, so
-            // that the next transaction's records get on their way early.
-            let most = if self.committing.is_some() { Duration::from_millis(1) } else { Duration::from_millis(100) };
-            // Whole milliseconds: rust-rdkafka's poll rounds what is left of its timeout down to
-            // whole milliseconds and spins through a remainder below one.
-            let wait = deadline.saturating_duration_since(Instant::now()).min(most);
+            // While a commit runs, the loop looks every millisecond whether it ended, so that the
+            // next transaction's records get on their way early (and the next commit, if due,
+            // starts). Whole milliseconds: rust-rdkafka's poll rounds what is left of its timeout
+            // down to whole milliseconds and spins through a remainder below one.
+            let wait = if self.committing.is_some() {
+                Duration::from_millis(1)
+            } else {
+                deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
+            };
             let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
             let consumer = self.consumer.clone();
             let mut polled = consumer.poll(wait);
@@ -822,7 +825,12 @@ impl Pipeline {
                 }
             }
             let now = Instant::now();
-            if now >= deadline || self.batch >= self.settings.max_batch {
+            // Committing ahead, a commit that comes due while the last one still runs starts when
+            // that one has ended, and the loop goes on deciding meanwhile (this transaction grows),
+            // unless it is full: a slow broker gets fewer, larger transactions, not a loop that
+            // waits for it.
+            let due = now >= deadline && self.committing.is_none();
+            if due || self.batch >= self.settings.max_batch {
                 if self.settings.commit_ahead {
                     self.commit_ahead()?;
                 } else {
