@@ -93,6 +93,14 @@ logger.raftserver.name = kafka.server.KafkaRaftServer
 logger.raftserver.level = INFO
 ";
 
+/// [`LOG4J2_CONFIG`] plus the lines of `RG_BROKER_LOG4J_EXTRA` (`;` separates lines), for a
+/// bench that wants more of the broker's log, e.g. the request log:
+/// `RG_BROKER_LOG4J_EXTRA="logger.req.name = kafka.request.logger;logger.req.level = DEBUG"`.
+fn log4j_config() -> String {
+    let extra = std::env::var("RG_BROKER_LOG4J_EXTRA").unwrap_or_default();
+    format!("{LOG4J2_CONFIG}{}\n", extra.replace(';', "\n"))
+}
+
 /// Watchdog: `$1` = pid file naming the JVM, `$2` = dir to delete. Blocks until its stdin (a pipe
 /// whose only writer is the test process) reaches EOF, i.e. until `Drop` or the death of the test
 /// process, then SIGKILLs the pid in the file (if any) and deletes the dir.
@@ -294,7 +302,7 @@ impl KafkaBroker {
             props = sec.server_properties(&props, port, controller_port);
         }
         write(&props_path, &props)?;
-        write(&log4j_path, LOG4J2_CONFIG)?;
+        write(&log4j_path, &log4j_config())?;
 
         // 1. Lay out the formatted KRaft log dir (static single-voter quorum). Formatting is a
         //    JVM launch of its own; its output does not depend on ports or paths, so it runs
