@@ -17,8 +17,9 @@ use common::service::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
+use rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge;
 use rdkafka::{Offset, TopicPartitionList};
-use resetguard::kafka::txn::TxnWriter;
+use resetguard::kafka::txn::{TxnError, TxnWriter};
 
 const EVENTS: usize = 90_000;
 const PER_SECOND: u64 = 3_000;
@@ -383,4 +384,37 @@ fn an_aborted_commit_ahead_drops_the_records_kept_meanwhile() {
     let keys: Vec<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
     assert_eq!(keys, vec!["after"]);
     assert!(broker.committed_offsets(&group, &input).iter().all(|(_, o)| o.is_none()), "no offsets committed");
+}
+
+/// A record larger than the producer's `message.max.bytes`, sent while a commit runs in the
+/// background, is refused at once with its tag, as librdkafka refuses it when nothing commits:
+/// the caller writes a smaller one in its place within the same transaction (the pipeline's
+/// DLQ degrade) instead of the whole transaction failing when the kept records are replayed.
+#[test]
+fn a_record_too_large_is_refused_when_sent_while_committing_ahead() {
+    let broker = KafkaBroker::shared();
+    let output = unique_name("ahead-large-out");
+    broker.create_topic(&output, 2);
+    let mut config = broker.transactional_producer_config(&unique_name("ahead-large-txn"));
+    config.set("message.max.bytes", "10000");
+    let mut w = TxnWriter::new(&config).expect("writer");
+    let large = vec![b'x'; 20_000];
+    let too_large = |tag: usize| BaseRecord::with_opaque_to(&output, tag).key(&b"large"[..]).payload(&large[..]);
+
+    w.send(keyed(&output, "first")).expect("send");
+    w.commit_ahead(None).expect("the commit starts");
+    assert!(w.is_committing());
+    let refused = w.send(too_large(7)).expect_err("too large while committing");
+    assert!(matches!(&refused, TxnError::Poison { tag: 7, code: MessageSizeTooLarge, .. }), "{refused:?}");
+    w.send(keyed(&output, "in-its-place")).expect("a smaller one is kept");
+    assert!(matches!(w.finish(), Some(Ok(()))), "the commit under way is not touched");
+
+    // The same record is refused the same way when nothing commits (by librdkafka itself).
+    let refused = w.send(too_large(8)).expect_err("too large");
+    assert!(matches!(&refused, TxnError::Poison { tag: 8, code: MessageSizeTooLarge, .. }), "{refused:?}");
+    w.commit(None).expect("the next transaction commits");
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: BTreeSet<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(keys, BTreeSet::from(["first", "in-its-place"]));
+    assert_eq!(seen.len(), 2);
 }

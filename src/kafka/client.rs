@@ -18,6 +18,9 @@ fn base(props: &BTreeMap<String, String>) -> ClientConfig {
     c
 }
 
+/// librdkafka's default `message.max.bytes`.
+pub const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+
 /// Consumer of the input topics: manual offsets committed inside transactions, read_committed.
 pub fn consumer_config(s: &Settings) -> ClientConfig {
     let mut c = base(&s.kafka);

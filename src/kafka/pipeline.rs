@@ -240,6 +240,11 @@ impl ConsumerContext for Ctx {
                     w.wait_for_commit();
                 }
                 let event = match writer {
+                    // The background commit failed: the loop aborts (or replaces the producer)
+                    // when it takes that result in, right after this poll, and the rewind redoes
+                    // every input since the last commit. Aborting here too would report one
+                    // fault twice (a fenced producer: two replacements of the producer).
+                    Ok(w) if w.has_failed() => RebalanceEvent::Revoked { committed: false },
                     Ok(mut w) if w.is_open() => {
                         let unflushed = s.unflushed.load(Ordering::SeqCst);
                         if unflushed {
@@ -1801,7 +1806,10 @@ impl Pipeline {
     /// A transaction's commit ended well: its outcomes become visible.
     fn committed(&mut self, t: Ticket) {
         let Ticket { started, mut tally, tags_end, .. } = t;
-        self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
+        // From the start to the end of the commit itself, not to when the loop took it in.
+        let ended = lock(&self.shared.writer).last_commit_ended().filter(|at| *at >= started);
+        let took = ended.unwrap_or_else(Instant::now).saturating_duration_since(started);
+        self.metrics.transaction_commit_seconds.observe(took.as_secs_f64());
         tally.publish(&self.metrics, &self.status, &self.engine);
         self.spare_tally = tally;
         let done = tags_end.saturating_sub(self.origins_base).min(self.origins.len());

@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Settings;
 
-use super::client::{admin_config, output_topics};
+use super::client::{admin_config, output_topics, PRODUCER_DEFAULT_MAX_BYTES};
 use super::pipeline::PipelineError;
 
 /// Ensures the topics exist. Returns the names of topics created.
@@ -125,9 +125,6 @@ pub fn partition_ids<C: ClientContext>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
-
-/// librdkafka's default `message.max.bytes`.
-const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
 
 /// The largest record `topic` accepts from this service: the smaller of the topic's
 /// `max.message.bytes` (asked from the broker; unknown if the broker does not say) and the

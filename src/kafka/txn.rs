@@ -241,6 +241,15 @@ impl ProducerContext for WriterContext {
     }
 }
 
+/// The bytes of a record's key, value and headers (names and values), without framing.
+fn content_bytes(r: &BaseRecord<'_, [u8], [u8], Tag>) -> usize {
+    let headers = r
+        .headers
+        .as_ref()
+        .map_or(0, |hs| hs.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum::<usize>());
+    r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len) + headers
+}
+
 /// Whether a produce error code means this record can never be written, however often retried.
 pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -266,6 +275,8 @@ struct Link {
     producer: Arc<BaseProducer<WriterContext>>,
     /// Total time a commit may take before the transaction is given up (aborted).
     budget: Duration,
+    /// The producer's `message.max.bytes`: librdkafka refuses a larger record when it is sent.
+    max_message_bytes: usize,
 }
 
 impl Link {
@@ -443,7 +454,8 @@ type CommitJob = (Instant, Option<(TopicPartitionList, ConsumerGroupMetadata)>);
 /// writer lives (named `rg-commit`, so its CPU time can be told apart).
 struct Committer {
     jobs: Sender<CommitJob>,
-    results: Receiver<Result<(), TxnError>>,
+    /// Each commit's result and the moment it ended.
+    results: Receiver<(Result<(), TxnError>, Instant)>,
 }
 
 impl Committer {
@@ -456,7 +468,7 @@ impl Committer {
                 // Ends when the writer (the sender of jobs) goes.
                 for (deadline, offsets) in job_rx {
                     let result = link.commit_open(deadline, offsets.as_ref().map(|(t, g)| (t, g)));
-                    if result_tx.send(result).is_err() {
+                    if result_tx.send((result, Instant::now())).is_err() {
                         break;
                     }
                 }
@@ -503,6 +515,9 @@ pub struct TxnWriter {
     pending: Journal,
     /// A transaction was asked for while a commit ran in the background.
     pending_open: bool,
+    /// When the last commit ended (in the background or not), for its duration: the loop may
+    /// take the result in later.
+    commit_ended_at: Option<Instant>,
 }
 
 impl TxnWriter {
@@ -523,7 +538,11 @@ impl TxnWriter {
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
         let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
-        let link = Link { producer: Arc::new(producer), budget };
+        let max_message_bytes = config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(super::client::PRODUCER_DEFAULT_MAX_BYTES);
+        let link = Link { producer: Arc::new(producer), budget, max_message_bytes };
         Ok(TxnWriter {
             link,
             open: false,
@@ -534,6 +553,7 @@ impl TxnWriter {
             failure: None,
             pending: Journal::default(),
             pending_open: false,
+            commit_ended_at: None,
         })
     }
 
@@ -571,12 +591,12 @@ impl TxnWriter {
         if !self.committing {
             return true;
         }
-        let result = match self.committer.as_ref().map(|c| c.results.try_recv()) {
-            Some(Ok(result)) => result,
+        let (result, at) = match self.committer.as_ref().map(|c| c.results.try_recv()) {
+            Some(Ok(ended)) => ended,
             Some(Err(TryRecvError::Empty)) => return false,
-            Some(Err(TryRecvError::Disconnected)) | None => Err(Committer::gone()),
+            Some(Err(TryRecvError::Disconnected)) | None => (Err(Committer::gone()), Instant::now()),
         };
-        self.ended(result);
+        self.ended(result, at);
         true
     }
 
@@ -593,16 +613,17 @@ impl TxnWriter {
         if !self.committing {
             return;
         }
-        let result = match &self.committer {
-            Some(c) => c.results.recv().unwrap_or_else(|_| Err(Committer::gone())),
-            None => Err(Committer::gone()),
+        let (result, at) = match &self.committer {
+            Some(c) => c.results.recv().unwrap_or_else(|_| (Err(Committer::gone()), Instant::now())),
+            None => (Err(Committer::gone()), Instant::now()),
         };
-        self.ended(result);
+        self.ended(result, at);
     }
 
-    /// The background commit ended with `result`.
-    fn ended(&mut self, result: Result<(), TxnError>) {
+    /// The background commit ended with `result` at `at`.
+    fn ended(&mut self, result: Result<(), TxnError>, at: Instant) {
         self.committing = false;
+        self.commit_ended_at = Some(at);
         match &result {
             Ok(()) => self.open = false,
             Err(e) => self.failure = Some(e.clone()),
@@ -664,6 +685,18 @@ impl TxnWriter {
     /// in the background the record is kept for the next transaction (see the type's docs).
     pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Tag>) -> Result<(), TxnError> {
         if self.committing {
+            // librdkafka would refuse it only at the next `begin`, where the caller could not
+            // write a smaller one in its place; refuse it now, as librdkafka does when it is
+            // sent. What is counted here is less than librdkafka counts (no framing), so no
+            // record librdkafka takes is refused; one within the framing of the limit is still
+            // refused at `begin`, and the transaction is then redone.
+            if content_bytes(&record) > self.link.max_message_bytes {
+                return Err(TxnError::Poison {
+                    tag: record.delivery_opaque,
+                    topic: record.topic.to_string(),
+                    code: RDKafkaErrorCode::MessageSizeTooLarge,
+                });
+            }
             self.pending_open = true;
             self.pending.record(&record);
             return Ok(());
@@ -685,9 +718,21 @@ impl TxnWriter {
         if !self.open {
             return Ok(());
         }
-        self.link.commit_open(Instant::now() + self.link.budget, offsets)?;
+        let committed = self.link.commit_open(Instant::now() + self.link.budget, offsets);
+        self.commit_ended_at = Some(Instant::now());
+        committed?;
         self.open = false;
         Ok(())
+    }
+
+    /// When the last commit ended, whether or not its result was taken in yet.
+    pub fn last_commit_ended(&self) -> Option<Instant> {
+        self.commit_ended_at
+    }
+
+    /// A background commit failed, and the transaction was not aborted or redone since.
+    pub fn has_failed(&self) -> bool {
+        self.failure.is_some()
     }
 
     /// Starts committing the open transaction (as [`TxnWriter::commit`]) on a thread of its own
