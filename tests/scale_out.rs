@@ -418,3 +418,33 @@ fn a_record_too_large_is_refused_when_sent_while_committing_ahead() {
     assert_eq!(keys, BTreeSet::from(["first", "in-its-place"]));
     assert_eq!(seen.len(), 2);
 }
+
+/// A commit ahead whose producer was fenced meanwhile (another instance took over its
+/// transactional id) fails, and the writer stays failed, refusing everything but `abort` and
+/// `redo`, until the caller (the loop) has dealt with it: the rebalance callback asks
+/// `has_failed` to leave that to the loop, so one fault replaces the producer once. Nothing the
+/// fenced writer sent is ever visible; its successor's records are.
+#[test]
+fn a_fenced_commit_ahead_leaves_the_writer_failed_until_the_loop_acts() {
+    let broker = KafkaBroker::shared();
+    let output = unique_name("ahead-fenced-out");
+    broker.create_topic(&output, 1);
+    let id = unique_name("ahead-fenced-txn");
+    let mut w = TxnWriter::new(&broker.transactional_producer_config(&id)).expect("writer");
+    w.send(keyed(&output, "fenced-before")).expect("send");
+    let mut successor = TxnWriter::new(&broker.transactional_producer_config(&id)).expect("the successor fences it");
+    w.commit_ahead(None).expect("the commit starts");
+    w.send(keyed(&output, "fenced-meanwhile")).expect("kept while committing");
+    w.wait_for_commit();
+    assert!(w.has_failed(), "a fenced commit fails");
+    assert!(w.send(keyed(&output, "fenced-after")).is_err(), "refused until aborted or redone");
+    assert!(w.has_failed(), "still failed: the refusal does not clear it");
+    assert!(matches!(w.finish(), Some(Err(_))), "the result is handed over");
+    assert!(w.commit(None).is_err(), "a failed commit must be aborted or redone first");
+
+    successor.send(keyed(&output, "successor")).expect("send");
+    successor.commit(None).expect("the successor commits");
+    let seen = broker.read_all_committed(&output, Duration::from_secs(30));
+    let keys: Vec<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(keys, vec!["successor"]);
+}
