@@ -409,9 +409,12 @@ fn a_record_too_large_is_refused_when_sent_while_committing_ahead() {
     w.send(keyed(&output, "in-its-place")).expect("a smaller one is kept");
     assert!(matches!(w.finish(), Some(Ok(()))), "the commit under way is not touched");
 
-    // The same record is refused the same way when nothing commits (by librdkafka itself).
+    // The same record is refused the same way when nothing commits (by librdkafka itself),
+    // and is no part of the transaction: sending the transaction again (`redo`, after the
+    // group refused its offsets) does not send it again.
     let refused = w.send(too_large(8)).expect_err("too large");
     assert!(matches!(&refused, TxnError::Poison { tag: 8, code: MessageSizeTooLarge, .. }), "{refused:?}");
+    w.redo(&mut || {}).expect("the transaction is sent again without the refused record");
     w.commit(None).expect("the next transaction commits");
     let seen = broker.read_all_committed(&output, Duration::from_secs(30));
     let keys: BTreeSet<&str> = seen.iter().filter_map(|r| r.key_str()).collect();
@@ -420,12 +423,11 @@ fn a_record_too_large_is_refused_when_sent_while_committing_ahead() {
 }
 
 /// A commit ahead whose producer was fenced meanwhile (another instance took over its
-/// transactional id) fails, and the writer stays failed, refusing everything but `abort` and
-/// `redo`, until the caller (the loop) has dealt with it: the rebalance callback asks
-/// `has_failed` to leave that to the loop, so one fault replaces the producer once. Nothing the
-/// fenced writer sent is ever visible; its successor's records are.
+/// transactional id) fails, and the writer stays failed (`has_failed`, which the eager
+/// rebalance callback asks to leave the recovery to the loop), refusing everything but `abort`
+/// and `redo`. Nothing the fenced writer sent is ever visible; its successor's records are.
 #[test]
-fn a_fenced_commit_ahead_leaves_the_writer_failed_until_the_loop_acts() {
+fn a_fenced_commit_ahead_leaves_the_writer_failed_and_nothing_of_it_visible() {
     let broker = KafkaBroker::shared();
     let output = unique_name("ahead-fenced-out");
     broker.create_topic(&output, 1);

@@ -187,6 +187,11 @@ impl Journal {
         }
     }
 
+    /// Forgets the last record kept (its bytes stay until `clear`).
+    fn forget_last(&mut self) {
+        self.records.pop();
+    }
+
     fn clear(&mut self) {
         if self.bytes.capacity() > JOURNAL_KEEP_BYTES {
             *self = Journal::default();
@@ -703,7 +708,13 @@ impl TxnWriter {
         }
         self.begin()?;
         self.journal.record(&record);
-        self.link.produce(record)
+        let sent = self.link.produce(record);
+        if matches!(sent, Err(TxnError::Poison { .. })) {
+            // Refused before it was queued: not part of the transaction, so `redo` must not
+            // send it again (the caller writes a smaller one in its place, or stops).
+            self.journal.forget_last();
+        }
+        sent
     }
 
     /// Commits the open transaction, with the consumed offsets when given, and waits for it.
