@@ -19,7 +19,13 @@ fn base(props: &BTreeMap<String, String>) -> ClientConfig {
 }
 
 /// librdkafka's default `message.max.bytes`.
-pub const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+/// The producer's `message.max.bytes` from its configured value (librdkafka's default if unset
+/// or not a number): the largest record librdkafka takes from this service.
+pub fn producer_max_bytes(configured: Option<&str>) -> usize {
+    configured.and_then(|v| v.parse::<usize>().ok()).unwrap_or(PRODUCER_DEFAULT_MAX_BYTES)
+}
 
 /// Consumer of the input topics: manual offsets committed inside transactions, read_committed.
 pub fn consumer_config(s: &Settings) -> ClientConfig {

@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Settings;
 
-use super::client::{admin_config, output_topics, PRODUCER_DEFAULT_MAX_BYTES};
+use super::client::{admin_config, output_topics, producer_max_bytes};
 use super::pipeline::PipelineError;
 
 /// Ensures the topics exist. Returns the names of topics created.
@@ -130,8 +130,7 @@ pub fn partition_ids<C: ClientContext>(
 /// `max.message.bytes` (asked from the broker; unknown if the broker does not say) and the
 /// producer's `message.max.bytes`.
 pub async fn record_limit(s: &Settings, topic: &str) -> usize {
-    let producer_max =
-        s.kafka.get("message.max.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(PRODUCER_DEFAULT_MAX_BYTES);
+    let producer_max = producer_max_bytes(s.kafka.get("message.max.bytes").map(String::as_str));
     let Ok(admin) = admin_config(s).create::<AdminClient<DefaultClientContext>>() else { return producer_max };
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let topic_max = match admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts).await {

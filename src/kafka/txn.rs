@@ -512,16 +512,17 @@ pub struct TxnWriter {
     committer: Option<Committer>,
     /// A commit runs in the background: its result is still to come from `committer`.
     committing: bool,
-    /// Its result once it ended, until [`TxnWriter::finish`] hands it over.
-    settled: Option<Result<(), TxnError>>,
+    /// Its result and the moment it ended, until [`TxnWriter::finish`] hands it over.
+    settled: Option<(Result<(), TxnError>, Instant)>,
     /// The background commit failed: the transaction must be aborted or redone first.
     failure: Option<TxnError>,
     /// Records sent while a commit ran in the background, in order: the next transaction's.
     pending: Journal,
     /// A transaction was asked for while a commit ran in the background.
     pending_open: bool,
-    /// When the last commit ended (in the background or not), for its duration: the loop may
-    /// take the result in later.
+    /// When the last commit handed over ([`TxnWriter::finish`]) or made ([`TxnWriter::commit`])
+    /// ended, for its duration: the loop may take a background result in later, and a commit of
+    /// its own may run meanwhile (an eager revoke commits what was kept).
     commit_ended_at: Option<Instant>,
 }
 
@@ -543,10 +544,7 @@ impl TxnWriter {
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
         let producer: BaseProducer<WriterContext> = config.create_with_context(WriterContext::default())?;
-        let max_message_bytes = config
-            .get("message.max.bytes")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(super::client::PRODUCER_DEFAULT_MAX_BYTES);
+        let max_message_bytes = super::client::producer_max_bytes(config.get("message.max.bytes"));
         let link = Link { producer: Arc::new(producer), budget, max_message_bytes };
         Ok(TxnWriter {
             link,
@@ -628,12 +626,11 @@ impl TxnWriter {
     /// The background commit ended with `result` at `at`.
     fn ended(&mut self, result: Result<(), TxnError>, at: Instant) {
         self.committing = false;
-        self.commit_ended_at = Some(at);
         match &result {
             Ok(()) => self.open = false,
             Err(e) => self.failure = Some(e.clone()),
         }
-        self.settled = Some(result);
+        self.settled = Some((result, at));
     }
 
     /// Waits for a commit running in the background to end; its result stays for
@@ -646,7 +643,9 @@ impl TxnWriter {
     /// `None` if there is none to hand over. Each result is handed over once.
     pub fn finish(&mut self) -> Option<Result<(), TxnError>> {
         self.join();
-        self.settled.take()
+        let (result, at) = self.settled.take()?;
+        self.commit_ended_at = Some(at);
+        Some(result)
     }
 
     /// Ends a background commit first; refuses while a failed one is not aborted or redone.
@@ -736,7 +735,8 @@ impl TxnWriter {
         Ok(())
     }
 
-    /// When the last commit ended, whether or not its result was taken in yet.
+    /// When the commit whose result was handed over last, or the last one made by
+    /// [`TxnWriter::commit`], ended.
     pub fn last_commit_ended(&self) -> Option<Instant> {
         self.commit_ended_at
     }
