@@ -25,6 +25,11 @@
 //!   standby copy that takes a load to build): `standby_handover`, a warm standby's decoded copy
 //!   taken over (`Engine::adopt_partition`) at 1,000 and at 100,000 accounts, the median of 5
 //!   each, printed.
+//! - `changelog`: the write side of the changelog. `drain_10k_*` drain 10,000 changed accounts
+//!   into records of each format; `decide_500k_untracked` and `decide_500k_tracked` decide the
+//!   end-to-end bench's generator pattern (100,000 accounts, five passes, bursts of 512) without
+//!   and with tracking changes and draining them every 2,048 changed accounts: their ratio is
+//!   what the changelog costs the deciding thread.
 
 mod common;
 
@@ -68,7 +73,9 @@ fn wanted(group: &str) -> bool {
     let names = |n: &str| !g.is_empty() && (n.starts_with(g) || g.starts_with(n));
     // A filter that names no group (a regex, a bench name alone) keeps every group's setup.
     names(group)
-        || !["decode", "rfc3339", "score", "breaker", "engine", "decision", "shards", "restore"].into_iter().any(names)
+        || !["decode", "rfc3339", "score", "breaker", "engine", "decision", "shards", "restore", "changelog"]
+            .into_iter()
+            .any(names)
 }
 
 const DECODE_EVENTS: usize = 10_000;
@@ -699,6 +706,57 @@ fn changelog_group(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+    tracking_cost(c, &policy, &keys);
+}
+
+/// What the changelog costs the deciding thread per event: the generator's pattern of the
+/// end-to-end bench (100,000 accounts, each visited once per pass in a new order, five passes,
+/// 6 partitions, bursts of 512 through `process_batch`) decided without tracking changes
+/// (`pipeline.changelog = false`), and with tracking and a drain whenever 2,048 accounts
+/// changed (the default `changelog_flush_accounts`), as the pipeline does. The ratio of the two
+/// is the pipeline thread's share of the changelog's cost (BENCHMARKS.md, "Changelog cost").
+fn tracking_cost(c: &mut Criterion, policy: &Arc<Policy>, keys: &resetguard::core::hash::Keys) {
+    const ACCOUNTS: usize = 100_000;
+    const EVENTS: usize = 5 * ACCOUNTS;
+    const BURST: usize = 512;
+    const FLUSH_AT: usize = 2048;
+    let events = stream(EVENTS, ACCOUNTS, T0_MS, 2, 21);
+    let partition = |i: usize| (common::mix(i as u64) % 6) as u32;
+    let wall = T0_MS + (EVENTS as i64 * 2) / 1000 + 2_000;
+    let run = |track: bool| {
+        let mut e = Engine::new(policy.clone(), keys.clone(), TimeMode::Wall);
+        if track {
+            e.track_changes();
+        }
+        let mut out = Vec::with_capacity(BURST);
+        let mut bytes = 0usize;
+        let start = Instant::now();
+        for (b, chunk) in events.chunks(BURST).enumerate() {
+            let batch: Vec<(&[u8], u32)> =
+                chunk.iter().enumerate().map(|(i, ev)| (&ev[..], partition(b * BURST + i))).collect();
+            out.clear();
+            e.process_batch(&batch, wall, &mut out);
+            black_box(&out);
+            if track && e.pending_changes() >= FLUSH_AT {
+                e.drain_changes(|_, k, v| bytes += k.len() + v.map_or(0, <[u8]>::len));
+            }
+        }
+        if track {
+            e.drain_changes(|_, k, v| bytes += k.len() + v.map_or(0, <[u8]>::len));
+        }
+        (start.elapsed(), bytes)
+    };
+    let mut g = c.benchmark_group("changelog");
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    g.sample_size(10);
+    for (name, track) in [("decide_500k_untracked", false), ("decide_500k_tracked", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(track).0).sum());
+        });
+    }
+    let (_, bytes) = run(true);
+    eprintln!("changelog/decide_500k_tracked: {:.1} changelog bytes per event", bytes as f64 / EVENTS as f64);
     g.finish();
 }
 

@@ -22,8 +22,10 @@
 //! the rest (~30,000 held records at 1 M). Each round checks that every input had exactly one
 //! outcome and that the outcomes match what was generated (rejected = malformed, duplicate =
 //! re-sent, held only in the incident's cell), so a broken workload fails loudly.
-//! `PIPELINE_BENCH_PERF=<file>` records the first measured resetguard round of the realistic
-//! workload with `perf record -g --call-graph dwarf` (`PERF` names the perf binary).
+//! `PIPELINE_BENCH_PERF=<file>` records the first measured resetguard round of each workload
+//! with `perf record -g --call-graph dwarf` (`PERF` names the perf binary): the realistic one
+//! into `<file>`, the generator's into `<file>.generator` and its first round without the
+//! changelog into `<file>.generator.off`.
 //!
 //! 1. **Input.** One input topic (`PIPELINE_BENCH_PARTITIONS`, default 6 partitions), pre-produced
 //!    with N realistic ~250-byte login-risk events (`benches/common`: six sources, seven signals,
@@ -142,7 +144,8 @@ struct Opts {
     /// Events of the realistic workload (`PIPELINE_BENCH_REALISTIC_EVENTS`).
     realistic_events: usize,
     /// `PIPELINE_BENCH_PERF=<file>`: `perf record` the first measured resetguard round of the
-    /// realistic workload into `<file>`.
+    /// realistic workload into `<file>`, of the generator into `<file>.generator` (and its
+    /// first round without the changelog into `<file>.generator.off`).
     perf: Option<String>,
     runs: usize,
     /// One unmeasured round first.
@@ -1005,6 +1008,11 @@ fn perf_start(opts: &Opts) -> Option<std::process::Child> {
     Some(child)
 }
 
+/// `opts` with `PIPELINE_BENCH_PERF`'s file name extended by `suffix`.
+fn perf_into(opts: &Opts, suffix: &str) -> Opts {
+    Opts { perf: opts.perf.as_ref().map(|f| format!("{f}{suffix}")), ..opts.clone() }
+}
+
 fn perf_stop(child: Option<std::process::Child>) {
     if let Some(mut c) = child {
         let _ = std::process::Command::new("kill").args(["-INT", &c.id().to_string()]).status();
@@ -1063,7 +1071,9 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
         let off_first = (run % 2 == 1).then(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
         let variant_run = |o: &Opts| rg_run(broker, dir, &input, o, n as u64, 200 + run, true, NO_TRIP);
         let variant_first = variant(opts).filter(|_| run % 2 == 1).map(|(_, o)| variant_run(&o));
+        let perf = if run == 0 { perf_start(&perf_into(opts, ".generator")) } else { None };
         let r = rg_run(broker, dir, &input, opts, n as u64, run, true, NO_TRIP);
+        perf_stop(perf);
         if let Some((k, o)) = variant(opts) {
             let m = variant_first.unwrap_or_else(|| variant_run(&o));
             eprintln!(
@@ -1075,7 +1085,12 @@ fn generator_workload(broker: &KafkaBroker, dir: &Path, opts: &Opts) -> String {
             eprintln!("          CPU µs per event, {k}: {}", m.cpu.per_event());
             variant_rates.push(m.rate);
         }
-        let off = off_first.unwrap_or_else(|| rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP));
+        let off = off_first.unwrap_or_else(|| {
+            let perf = if run == 0 { perf_start(&perf_into(opts, ".generator.off")) } else { None };
+            let off = rg_run(broker, dir, &input, opts, n as u64, run, false, NO_TRIP);
+            perf_stop(perf);
+            off
+        });
         eprintln!("round {}: resetguard without the changelog {:>9.0} events/s", run + 1, off.rate);
         eprintln!("          CPU µs per event, changelog on:  {}", r.cpu.per_event());
         eprintln!("          CPU µs per event, changelog off: {}", off.cpu.per_event());

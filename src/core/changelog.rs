@@ -482,7 +482,13 @@ impl BatchWriter {
         if self.names.is_some() {
             let mut v = [0u8; 10];
             let n = varint(len as u64, &mut v);
-            self.buf.splice(at..at + 1, v[..n].iter().copied());
+            if n > 1 {
+                // Longer than the reserved byte (a record of 128 bytes or more): move it along.
+                let end = self.buf.len();
+                self.buf.resize(end + n - 1, 0);
+                self.buf.copy_within(at + 1..end, at + n);
+            }
+            self.buf[at..at + n].copy_from_slice(&v[..n]);
         } else {
             self.buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
         }
@@ -579,33 +585,42 @@ pub fn encode_named<'n>(
     out: &mut Vec<u8>,
 ) {
     let flags = if window.is_some() { HAS_WINDOW } else { 0 } | if cooldown.is_some() { HAS_COOLDOWN } else { 0 };
+    // The fixed-size parts are written a block at a time, into room reserved once.
+    let ids = window.and_then(|w| w.ids).unwrap_or_default();
+    let ring = window.map_or(0, |w| w.ring.len().min(255));
+    out.reserve(1 + 16 + 2 + 64 + 1 + ring * 8 + 10 + ids.len() + 13);
     out.push(flags);
     if let Some(w) = window {
-        out.extend_from_slice(&w.touched_s.to_le_bytes());
-        out.extend_from_slice(&w.slow.cur.to_le_bytes());
-        out.extend_from_slice(&w.slow.prev.to_le_bytes());
-        out.extend_from_slice(&w.slow.bucket.to_le_bytes());
-        for bits in [w.slow.kinds_cur, w.slow.kinds_prev] {
+        let mut head = [0u8; 16];
+        head[0..4].copy_from_slice(&w.touched_s.to_le_bytes());
+        head[4..8].copy_from_slice(&w.slow.cur.to_le_bytes());
+        head[8..12].copy_from_slice(&w.slow.prev.to_le_bytes());
+        head[12..16].copy_from_slice(&w.slow.bucket.to_le_bytes());
+        out.extend_from_slice(&head);
+        for mut bits in [w.slow.kinds_cur, w.slow.kinds_prev] {
             out.push(bits.count_ones() as u8);
-            for b in (0..32u8).filter(|b| bits & (1 << b) != 0) {
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u8;
+                bits &= bits - 1;
                 out.push(names.signal(b, signal));
             }
         }
-        out.push(w.ring.len().min(255) as u8);
+        out.push(ring as u8);
         for e in w.ring.iter().take(255) {
-            out.extend_from_slice(&e.t.to_le_bytes());
-            out.extend_from_slice(&e.risk_q.to_le_bytes());
-            out.push(names.signal(e.signal, signal));
-            out.push(names.cell(e.cell, cell));
+            let t = e.t.to_le_bytes();
+            let r = e.risk_q.to_le_bytes();
+            let entry = [t[0], t[1], t[2], t[3], r[0], r[1], names.signal(e.signal, signal), names.cell(e.cell, cell)];
+            out.extend_from_slice(&entry);
         }
-        let ids = w.ids.unwrap_or_default();
         put_varint(ids.len() as u64, out);
         out.extend_from_slice(ids);
     }
     if let Some(c) = cooldown {
-        out.extend_from_slice(&c.until_s.to_le_bytes());
-        out.extend_from_slice(&c.decided_at_ms.to_le_bytes());
-        out.push(names.cell(c.cell, cell));
+        let mut tail = [0u8; 13];
+        tail[0..4].copy_from_slice(&c.until_s.to_le_bytes());
+        tail[4..12].copy_from_slice(&c.decided_at_ms.to_le_bytes());
+        tail[12] = names.cell(c.cell, cell);
+        out.extend_from_slice(&tail);
     }
 }
 
