@@ -25,6 +25,8 @@ pub(super) struct Changes {
     partitions: Vec<bool>,
     /// Scratch for the sweep (kept to reuse its allocation).
     pub(super) freed: Vec<(u64, u16, u32)>,
+    /// Scratch for the drain: the changed accounts in slot order.
+    order: Vec<(u64, Changed)>,
     buf: Vec<u8>,
     /// Batch records being written, one per partition (record formats 3 and 4), and spare
     /// writers.
@@ -231,10 +233,16 @@ impl Engine {
         let (mut n, mut states) = (0, 0);
         for i in 0..self.shards.len() {
             let mut changed = std::mem::take(&mut self.shards[i].changed);
+            // In the order of their slots, not the map's: the reads of their states then go
+            // one way through the store.
+            let mut order = std::mem::take(&mut c.order);
+            order.extend(changed.drain());
+            order.sort_unstable_by_key(|(_, ch)| ch.slot);
             // The partition is the one of the account's last change (as its state says).
-            for (key, ch) in changed.drain() {
+            for (key, ch) in order.drain(..) {
                 n += self.write_entry(c, i, u32::from(ch.partition), key, (ch.before, ch.slot), emit);
             }
+            c.order = order;
             self.shards[i].changed = changed;
         }
         let mut partitions: Vec<u32> = self.books.keys().copied().collect();
