@@ -362,7 +362,7 @@ fn default_true() -> bool {
     true
 }
 fn default_changelog_record_version() -> u8 {
-    crate::core::changelog::DELTA_BATCHES
+    crate::core::changelog::NAMED_BATCHES
 }
 
 fn default_changelog_flush_accounts() -> usize {
@@ -875,7 +875,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.toml"), "version = \"v\"\n").unwrap();
         let cfg: ConfigFile = toml::from_str(
-            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 6\nshards = 0\nchangelog = false\nstandby = true\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
+            "policy = \"p.toml\"\n[pipeline]\ncommit_interval = \"soon\"\nchangelog_record_version = 5\nshards = 0\nchangelog = false\nstandby = true\n[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n",
         )
         .unwrap();
         let errs = cfg.validate(dir.path()).unwrap_err();

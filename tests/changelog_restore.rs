@@ -318,11 +318,6 @@ fn the_batched_log_stays_within_twice_the_live_state() {
     assert!(most <= 2 * live + 16_384 + 6 * 2_024, "the log held up to {most} entries of {written} written");
     let tombstones = log.iter().filter(|(_, k, v)| v.is_none() && matches!(parse_key(k), Key::Batch(_))).count();
     assert!(tombstones > 100, "old batches got tombstones: {tombstones}");
-    // Record format 5: a hot account is written whole when new and when a compaction takes its
-    // copy's batch away, else as a delta on that copy (one new entry each).
-    // Of 120 rounds, the first and each compaction's first (a handful) write them whole.
-    let (whole, delta) = deltas(&log);
-    assert!(delta >= 110_000, "{whole} whole and {delta} delta records");
     let book = e.changelog_book(0).unwrap();
     assert_eq!(book.live_accounts, 6_000);
     assert_eq!(book.entries as usize, entries(&log).0 + entries(&log).1);
@@ -340,13 +335,10 @@ fn the_batched_log_stays_within_twice_the_live_state() {
 fn every_record_format_restores_the_same_state() {
     let policy = Policy::default_with_version("changelog-v1");
     let (mut v1, mut v2, mut v3, mut v4) = (engine(&policy), engine(&policy), engine(&policy), engine(&policy));
-    let mut v5 = engine(&policy);
     v1.track_changes_as(1);
     v2.track_changes_as(2);
     v3.track_changes_as(3);
-    v4.track_changes_as(4);
     let (mut log1, mut log2, mut log3, mut log4) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut log5 = Vec::new();
     for i in 0..500 {
         // UUID-shaped ids (packed in version 2) and others, three events on some accounts.
         let id = if i % 2 == 0 { format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7) } else { format!("ev-{i}") };
@@ -357,13 +349,11 @@ fn every_record_format_restores_the_same_state() {
         assert_eq!(o, v2.process(&ev, p, T0 + 5_000).outcome);
         assert_eq!(o, v3.process(&ev, p, T0 + 5_000).outcome);
         assert_eq!(o, v4.process(&ev, p, T0 + 5_000).outcome);
-        assert_eq!(o, v5.process(&ev, p, T0 + 5_000).outcome);
     }
     drain(&mut v1, &mut log1);
     drain(&mut v2, &mut log2);
     drain(&mut v3, &mut log3);
     drain(&mut v4, &mut log4);
-    drain(&mut v5, &mut log5);
     let version = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter()
             .filter(|(_, k, _)| matches!(parse_key(k), Key::Account(_)))
@@ -379,12 +369,7 @@ fn every_record_format_restores_the_same_state() {
             .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
             .collect::<HashSet<u8>>()
     };
-    assert_eq!(
-        (batch_version(&log3), batch_version(&log4), batch_version(&log5)),
-        (HashSet::from([1]), HashSet::from([2]), HashSet::from([3]))
-    );
-    // New accounts are written whole.
-    assert_eq!(deltas(&log5), (200, 0));
+    assert_eq!((batch_version(&log3), batch_version(&log4)), (HashSet::from([1]), HashSet::from([2])));
     let bytes = |log: &[(u32, Vec<u8>, Option<Vec<u8>>)]| {
         log.iter().map(|(_, _, v)| v.as_ref().map_or(0, Vec::len)).sum::<usize>()
     };
@@ -397,9 +382,9 @@ fn every_record_format_restores_the_same_state() {
         bytes(&log4),
         bytes(&log3)
     );
-    // 200 accounts and 3 watermarks: 200 records of their own, or one batch per partition
-    assert_eq!((log2.len(), log3.len(), log4.len(), log5.len()), (203, 6, 6, 6));
-    for log in [&log1, &log2, &log3, &log4, &log5] {
+    // 200 accounts and 3 watermarks: 200 records of their own, or one batch per partition.
+    assert_eq!((log2.len(), log3.len(), log4.len()), (203, 6, 6));
+    for log in [&log1, &log2, &log3, &log4] {
         assert_eq!(restore(&policy, log, Read::Compacted).state_dump(), v2.state_dump());
     }
 }
@@ -436,7 +421,7 @@ fn assert_every_read_restores(policy: &Policy, log: &[(u32, Vec<u8>, Option<Vec<
 }
 
 /// An upgrade in place: 300 accounts written in record format `old` (two partitions, three
-/// signals), restored by the new version (format 5), which goes on with 100 of them. Returns the
+/// signals), restored by the new version (format 4), which goes on with 100 of them. Returns the
 /// new version's engine and the log.
 fn upgrade_from(policy: &Policy, old: u8) -> (Engine, Vec<(u32, Vec<u8>, Option<Vec<u8>>)>) {
     let mut before = engine(policy);
@@ -479,87 +464,23 @@ fn per_account_records_move_into_batches() {
     assert_every_read_restores(&policy, &log, &new, "after every account but one expired");
 }
 
-/// Upgrades from batches without name tables (format 3) and from format 4 to format 5: both
-/// batch versions in one log restore the same state, before and after every account but one
-/// expired. The accounts the new version changes are written as deltas on the old batches'
-/// copies.
+/// An upgrade from batches without name tables (format 3) to format 4: both batch versions in
+/// one log restore the same state, before and after every account but one expired.
 #[test]
 fn batches_of_both_versions_in_one_log_restore_the_same_state() {
     let policy = Policy::default_with_version("changelog-v1");
-    for (old, version) in [(3, 1), (4, 2)] {
-        let (mut new, mut log) = upgrade_from(&policy, old);
-        let versions: Vec<u8> = log
-            .iter()
-            .filter(|(_, k, _)| matches!(parse_key(k), Key::Batch(_)))
-            .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
-            .collect();
-        assert_eq!(versions, [version, version, 3, 3], "from format {old}");
-        assert_eq!(deltas(&log), (0, 100), "from format {old}: (whole, delta) records of the new version");
-        assert_every_read_restores(&policy, &log, &new, "after the upgrade");
-        expire_all_but_a_new_one(&mut new);
-        drain(&mut new, &mut log);
-        assert_eq!(new.tracked_accounts(), 1);
-        assert_every_read_restores(&policy, &log, &new, "after every account but one expired");
-    }
-}
-
-/// Delta records (format 5) replay what the short window did: entries leaving it by time as
-/// newer ones come, by its cap of 16, late entries pushed behind newer ones, events too late for
-/// it (only the slow window moves), more new entries than ids kept (written whole), and
-/// decisions with their cooldowns. After every drain, each way of reading the log restores the
-/// live state.
-#[test]
-fn delta_records_replay_what_the_window_did() {
-    let policy = Policy::default_with_version("changelog-v1");
-    let mut e = engine(&policy);
-    let mut log = Vec::new();
-    let mut n = 0;
-    let signals = ["new_device", "failed_login", "credential_stuffing"];
-    for round in 0..80i64 {
-        let clock = T0 + round * 2 * MINUTE;
-        // Per round: 1 event, or a late one within the window, or one too late for it, or a
-        // burst of 3, or (every 20th round) a burst of 12: more than the ids kept. Mostly one
-        // account, whose ring reaches its cap.
-        let offsets: Vec<i64> = match round % 5 {
-            _ if round % 20 == 19 => (0..12).map(|k| k * 1_000).collect(),
-            0 | 1 => vec![0],
-            2 => vec![0, -5 * MINUTE],
-            3 => vec![-40 * MINUTE],
-            _ => vec![0, 1_000, 2_000],
-        };
-        for (k, off) in offsets.iter().enumerate() {
-            n += 1;
-            let acct = if k % 3 == 2 && offsets.len() < 12 { "acct-1" } else { "acct-0" };
-            let risk = if n % 7 == 0 { 0.95 } else { 0.2 };
-            let ev = event(&format!("d{n}"), acct, clock + off, "s", signals[n % 3], risk);
-            e.process(&ev, 0, clock + 2_000);
-        }
-        drain(&mut e, &mut log);
-        assert_every_read_restores(&policy, &log, &e, &format!("after round {round}"));
-    }
-    let (whole, delta) = deltas(&log);
-    // Whole: the two accounts' first records and the four bursts.
-    assert!(delta >= 60 && whole >= 6, "{whole} whole and {delta} delta records");
-}
-
-/// Account records in batches of version 3 (record format 5): (whole, delta).
-fn deltas(log: &[(u32, Vec<u8>, Option<Vec<u8>>)]) -> (usize, usize) {
-    let (mut whole, mut delta) = (0, 0);
-    for (_, k, v) in log {
-        let (Key::Batch(_), Some(v)) = (parse_key(k), v) else { continue };
-        if v.first() != Some(&3) {
-            continue;
-        }
-        for e in read_batch(v).entries() {
-            if let BatchEntry::Put(_, stored) = e.unwrap() {
-                match stored.decode().unwrap().window {
-                    Some(w) if w.delta => delta += 1,
-                    _ => whole += 1,
-                }
-            }
-        }
-    }
-    (whole, delta)
+    let (mut new, mut log) = upgrade_from(&policy, 3);
+    let versions: Vec<u8> = log
+        .iter()
+        .filter(|(_, k, _)| matches!(parse_key(k), Key::Batch(_)))
+        .filter_map(|(_, _, v)| v.as_ref()?.first().copied())
+        .collect();
+    assert_eq!(versions, [1, 1, 2, 2]);
+    assert_every_read_restores(&policy, &log, &new, "after the upgrade");
+    expire_all_but_a_new_one(&mut new);
+    drain(&mut new, &mut log);
+    assert_eq!(new.tracked_accounts(), 1);
+    assert_every_read_restores(&policy, &log, &new, "after every account but one expired");
 }
 
 /// The breaker's history comes back from the cooldowns in the changelog: a restored instance

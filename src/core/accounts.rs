@@ -63,16 +63,11 @@ struct Slot {
     /// Input partition of the account's last event: where its changelog record lives.
     partition: u16,
     /// Where the changelog's newest copy of the account is ([`NO_COPY`], [`LEGACY_COPY`], or
-    /// the low 32 bits of its batch's number; kept for the changelog's compaction). With delta
-    /// records (record format 5), the copy the account's deltas since build on.
+    /// the low 32 bits of its batch's number; kept for the changelog's compaction).
     copy: u32,
-    /// Short-window entries added since the changelog last wrote the account, each the newest
-    /// of the ring and with its evidence id ([`WHOLE`]: its next record must be whole).
-    fresh: u8,
 }
 
-// The changelog copy's 4 bytes and `fresh` sit in what was padding: the slot stays 88 bytes
-// (64-bit).
+// The changelog copy's 4 bytes sit in what was padding: the slot stays 88 bytes (64-bit).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Slot>() == 88);
 
@@ -82,10 +77,6 @@ pub const NO_COPY: u32 = u32::MAX;
 pub const NO_SLOT: u32 = u32::MAX;
 /// The changelog's copy is a record of its own (record formats 1 and 2), not in a batch.
 pub const LEGACY_COPY: u32 = 0;
-/// [`AccountStore::copy_and_fresh`]: the account's next changelog record must hold its whole
-/// state (a new account; one that moved partitions; one whose window lost an entry the
-/// changelog has not seen, or dropped old entries without adding one).
-pub const WHOLE: u8 = u8::MAX;
 
 /// One account's window state, borrowed from the store (for the changelog and state dumps).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -287,14 +278,32 @@ impl AccountStore {
         let contrib = self.contribution(entry);
         let slot = &mut self.slots[idx];
         slot.touched_s = now_s;
-        // Its changelog copy is in the partition it came from.
-        let moved = slot.partition != partition;
         slot.partition = partition;
 
-        let newest =
-            push_short(slot, entry, window_s, max_events, &mut self.scratch, |out| evidence::push(out, event_id));
-        if moved {
-            slot.fresh = WHOLE;
+        // Short window: evict what fell out (relative to the newest event time), then push.
+        let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0).max(entry.t);
+        let cutoff = newest.saturating_sub(window_s);
+        // An event that arrives after newer ones and is already outside the window (possible when
+        // allowed lateness exceeds the window) counts only in the slow window.
+        let in_short = entry.t >= cutoff;
+        let old_len = slot.ring.len();
+        let old_ids = slot.ids.take();
+        let mut kept_flags: SmallVec<[bool; 16]> = SmallVec::new();
+        if slot.ring.iter().any(|e| e.t < cutoff) {
+            kept_flags.extend(slot.ring.iter().map(|e| e.t >= cutoff));
+            slot.ring.retain(|e| e.t >= cutoff);
+        }
+        if in_short {
+            let mut drop_oldest = false;
+            if slot.ring.len() >= max_events {
+                slot.ring.remove(0);
+                drop_oldest = true;
+            }
+            slot.ring.push(entry);
+            rebuild_ids(&mut self.scratch, old_ids.as_deref(), old_len, &kept_flags, drop_oldest, event_id);
+            slot.ids = Some(store_ids(old_ids, &self.scratch));
+        } else {
+            slot.ids = old_ids;
         }
 
         // Slow window.
@@ -414,31 +423,6 @@ impl AccountStore {
         slot.touched_s = v.touched_s;
         slot.partition = v.partition;
         slot.copy = copy;
-        slot.fresh = 0;
-    }
-
-    /// Applies a delta record (restore): `entries`, each with its packed evidence id, are added
-    /// to the account's short window as [`AccountStore::add`] added them, and the slow window and
-    /// the touch time are set. The changelog copy stays the one the delta builds on. Returns
-    /// false, changing nothing, if the account is not tracked.
-    pub fn append<'i>(
-        &mut self,
-        key: u64,
-        entries: impl IntoIterator<Item = (Entry, &'i [u8])>,
-        slow: Slow,
-        touched_s: u32,
-    ) -> bool {
-        let key = if key == FREE { 1 } else { key };
-        let Some(idx) = self.find_or_pull(key) else { return false };
-        let (window_s, max_events) = (self.window_s, self.max_events);
-        let slot = &mut self.slots[idx];
-        for (entry, id) in entries {
-            push_short(slot, entry, window_s, max_events, &mut self.scratch, |out| out.extend_from_slice(id));
-        }
-        slot.slow = slow;
-        slot.touched_s = touched_s;
-        slot.fresh = 0;
-        true
     }
 
     /// Where the changelog's newest copy of the account is ([`NO_COPY`] if it is not tracked).
@@ -451,9 +435,8 @@ impl AccountStore {
     }
 
     /// Records where the changelog's newest copy of the account is, and returns its state
-    /// (`None`: it is not tracked); nothing is fresh any more. `slot` is where [`Scores::slot`]
-    /// last said it was ([`NO_SLOT`]: unknown); the account is looked up when that slot holds
-    /// another one.
+    /// (`None`: it is not tracked). `slot` is where [`Scores::slot`] last said it was
+    /// ([`NO_SLOT`]: unknown); the account is looked up when that slot holds another one.
     pub fn state_with_copy(&mut self, key: u64, slot: u32, copy: u32) -> Option<AccountView<'_>> {
         let key = if key == FREE { 1 } else { key };
         let hinted = self.slots.get(slot as usize).is_some_and(|s| s.key == key).then_some(slot as usize);
@@ -461,22 +444,8 @@ impl AccountStore {
             let a = self.adopted.iter_mut().find(|a| a.find(key).is_some())?;
             return a.state_with_copy(key, NO_SLOT, copy);
         };
-        let s = &mut self.slots[i];
-        s.copy = copy;
-        s.fresh = 0;
-        Some(s.view())
-    }
-
-    /// The account's changelog copy and how many of its short-window entries are newer than it
-    /// (the ring's last ones, with their ids; [`WHOLE`]: a delta cannot say what changed).
-    /// `None`: it is not tracked. `slot` as in [`AccountStore::state_with_copy`].
-    pub fn copy_and_fresh(&self, key: u64, slot: u32) -> Option<(u32, u8)> {
-        let key = if key == FREE { 1 } else { key };
-        let hinted = self.slots.get(slot as usize).is_some_and(|s| s.key == key).then_some(slot as usize);
-        match hinted.or_else(|| self.find(key)) {
-            Some(i) => Some((self.slots[i].copy, self.slots[i].fresh)),
-            None => self.adopted.iter().find_map(|a| a.copy_and_fresh(key, NO_SLOT)),
-        }
+        self.slots[i].copy = copy;
+        Some(self.slots[i].view())
     }
 
     /// Key and changelog copy of every account whose last event came from `partition`.
@@ -658,85 +627,19 @@ impl Slot {
     }
 
     fn empty(key: u64) -> Slot {
-        Slot {
-            key,
-            ring: SmallVec::new(),
-            ids: None,
-            slow: Slow::default(),
-            touched_s: 0,
-            partition: 0,
-            copy: NO_COPY,
-            fresh: WHOLE,
-        }
+        Slot { key, ring: SmallVec::new(), ids: None, slow: Slow::default(), touched_s: 0, partition: 0, copy: NO_COPY }
     }
-}
-
-/// Adds one entry to the short window: evicts what fell out (relative to the newest event time),
-/// then pushes it with its id (`push_id` appends it, packed), unless it is already outside the
-/// window. Keeps `slot.fresh` (entries the changelog has not seen) and returns the newest event
-/// time. Live events ([`AccountStore::add`]) and a delta record's entries on restore
-/// ([`AccountStore::append`]) go through here, so a restore replays exactly what happened.
-fn push_short(
-    slot: &mut Slot,
-    entry: Entry,
-    window_s: u32,
-    max_events: usize,
-    scratch: &mut Vec<u8>,
-    push_id: impl FnOnce(&mut Vec<u8>),
-) -> u32 {
-    let newest = slot.ring.iter().map(|e| e.t).max().unwrap_or(0).max(entry.t);
-    let cutoff = newest.saturating_sub(window_s);
-    // An event that arrives after newer ones and is already outside the window (possible when
-    // allowed lateness exceeds the window) counts only in the slow window.
-    let in_short = entry.t >= cutoff;
-    let old_len = slot.ring.len();
-    // The fresh entries are the ring's last `fresh`.
-    let first_fresh = if slot.fresh == WHOLE { 0 } else { old_len.saturating_sub(usize::from(slot.fresh)) };
-    let old_ids = slot.ids.take();
-    let mut kept_flags: SmallVec<[bool; 16]> = SmallVec::new();
-    if slot.ring.iter().any(|e| e.t < cutoff) {
-        kept_flags.extend(slot.ring.iter().map(|e| e.t >= cutoff));
-        slot.ring.retain(|e| e.t >= cutoff);
-        // A delta could not say which entries left: a fresh one, or any without an entry whose
-        // replay would evict them.
-        if !in_short || kept_flags[first_fresh..].iter().any(|k| !k) {
-            slot.fresh = WHOLE;
-        }
-    }
-    if in_short {
-        let mut drop_oldest = false;
-        if slot.ring.len() >= max_events {
-            slot.ring.remove(0);
-            drop_oldest = true;
-            // The oldest was fresh when every entry (before it left) was.
-            if slot.fresh != WHOLE && usize::from(slot.fresh) > slot.ring.len() {
-                slot.fresh = WHOLE;
-            }
-        }
-        slot.ring.push(entry);
-        rebuild_ids(scratch, old_ids.as_deref(), old_len, &kept_flags, drop_oldest, push_id);
-        slot.ids = Some(store_ids(old_ids, scratch));
-        // Each fresh entry's id must still be among the ids kept.
-        slot.fresh = match slot.fresh {
-            WHOLE => WHOLE,
-            f if usize::from(f) + 1 > MAX_EVIDENCE => WHOLE,
-            f => f + 1,
-        };
-    } else {
-        slot.ids = old_ids;
-    }
-    newest
 }
 
 /// Keeps the evidence ids aligned with the ring: writes into `out` the packed ids of surviving
-/// entries (at most `MAX_EVIDENCE - 1` of them) plus the new one (`push_id` appends it).
+/// entries (at most `MAX_EVIDENCE - 1` of them) plus the new one.
 fn rebuild_ids(
     out: &mut Vec<u8>,
     old: Option<&[u8]>,
     old_len: usize,
     kept_flags: &[bool],
     drop_oldest: bool,
-    push_id: impl FnOnce(&mut Vec<u8>),
+    new_id: &str,
 ) {
     out.clear();
     if let Some(old) = old {
@@ -760,7 +663,7 @@ fn rebuild_ids(
             out.extend_from_slice(id);
         }
     }
-    push_id(out);
+    evidence::push(out, new_id);
 }
 
 /// The account's new evidence ids, reusing the old allocation when the length is unchanged (the
@@ -932,53 +835,6 @@ mod tests {
         assert!((sc.short - 0.3).abs() < 1e-3, "old entry left the 15 min window: {sc:?}");
         assert_eq!(s.view(7).unwrap().evidence, vec!["new".to_string()]);
         assert!(sc.slow > 0.8, "slow window still has both: {sc:?}");
-    }
-
-    #[test]
-    fn fresh_entries_are_counted_until_a_delta_could_not_say_what_changed() {
-        let mut p = Policy::default_with_version("t");
-        p.max_events_per_account = 4;
-        let nd = sig(&p, "new_device");
-        let e = |t: u32| Entry { t, risk_q: 1000, signal: nd, cell: 0 };
-        let window = p.window.as_secs() as u32;
-        let mut s = AccountStore::new(&p);
-        // New: whole. Written: nothing fresh. Two events: two fresh, the ring's last two.
-        s.add(7, e(5000), "a", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((NO_COPY, WHOLE)));
-        s.state_with_copy(7, NO_SLOT, 5);
-        s.add(7, e(5001), "b", 0, 0);
-        s.add(7, e(5002), "c", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((5, 2)));
-        // An event too late for the short window changes only the slow window.
-        s.add(7, e(5002 - window - 10), "late", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((5, 2)));
-        // The cap drops the oldest, which was written: still a delta.
-        s.add(7, e(5003), "d", 0, 0);
-        s.add(7, e(5004), "e", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((5, 4)));
-        assert_eq!(s.get(7).unwrap().ring.len(), 4);
-        // Now every entry is fresh: the cap drops a fresh one.
-        s.add(7, e(5005), "f", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((5, WHOLE)));
-        // Time drops a fresh one.
-        s.state_with_copy(7, NO_SLOT, 6);
-        s.add(7, e(6000), "g", 0, 0);
-        s.add(7, e(6000 + window + 1), "h", 0, 0);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((6, WHOLE)));
-        // Another partition: its copy is in another log.
-        s.state_with_copy(7, NO_SLOT, 8);
-        s.add(7, e(6000 + window + 2), "i", 0, 1);
-        assert_eq!(s.copy_and_fresh(7, NO_SLOT), Some((8, WHOLE)));
-        // More fresh entries than ids kept.
-        let mut big = AccountStore::new(&Policy::default_with_version("t"));
-        big.add(9, e(5000), "x", 0, 0);
-        big.state_with_copy(9, NO_SLOT, 3);
-        for i in 0..MAX_EVIDENCE as u32 {
-            big.add(9, e(5001 + i), &format!("y{i}"), 0, 0);
-        }
-        assert_eq!(big.copy_and_fresh(9, NO_SLOT), Some((3, MAX_EVIDENCE as u8)));
-        big.add(9, e(6000), "z", 0, 0);
-        assert_eq!(big.copy_and_fresh(9, NO_SLOT), Some((3, WHOLE)));
     }
 
     #[test]

@@ -49,7 +49,7 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use super::accounts::{AccountView, Entry};
+use super::accounts::AccountView;
 use super::evidence;
 
 /// Version of the account records written.
@@ -61,23 +61,15 @@ pub const BATCHED: u8 = 3;
 /// Record format 4 (the default written): batch records of version 2, whose account records
 /// (version 3) name signals and cells by index into the batch's name tables.
 pub const NAMED_BATCHES: u8 = 4;
-/// Record format 5 (the default written): batch records of version 3, as version 2 but an
-/// account record (version 4) may be a delta, holding only what changed since the account's
-/// previous record in the partition's log.
-pub const DELTA_BATCHES: u8 = 5;
 /// Record formats that can be written (`pipeline.changelog_record_version`; every one is read):
-/// 1 and 2 one Kafka record per account, 3, 4 and 5 batches of them.
-pub const WRITABLE_VERSIONS: [u8; 5] = [VERSION_1, VERSION, BATCHED, NAMED_BATCHES, DELTA_BATCHES];
+/// 1 and 2 one Kafka record per account, 3 and 4 batches of them.
+pub const WRITABLE_VERSIONS: [u8; 4] = [VERSION_1, VERSION, BATCHED, NAMED_BATCHES];
 /// Version of the account records inside batches of version 2 (never a record of its own).
 const NAMED_RECORD: u8 = 3;
-/// Version of the account records inside batches of version 3: version 3 or a delta.
-const DELTA_RECORD: u8 = 4;
 /// Version of the batch records of format 3.
 const BATCH_VERSION: u8 = 1;
 /// Version of the batch records of format 4 (name tables at the end).
 const NAMED_BATCH_VERSION: u8 = 2;
-/// Version of the batch records of format 5 (as version 2, with delta records).
-const DELTA_BATCH_VERSION: u8 = 3;
 /// An entry's length that says the account is gone (batch version 1).
 const GONE: u32 = u32::MAX;
 
@@ -89,8 +81,6 @@ pub fn batched(version: u8) -> bool {
 const WATERMARK_VERSION: u8 = 1;
 const HAS_WINDOW: u8 = 1;
 const HAS_COOLDOWN: u8 = 2;
-/// The window state is a delta (account record version 4 only).
-const DELTA: u8 = 4;
 pub const WATERMARK_KEY: &[u8] = b"w";
 
 /// What a changelog key names.
@@ -147,9 +137,6 @@ pub struct WindowRecord<'a> {
     pub entries: SmallVec<[RecEntry; 4]>,
     /// Evidence ids, packed ([`evidence`]).
     pub ids: Cow<'a, [u8]>,
-    /// A delta: `entries` (each with its id in `ids`, in the same order) were added to the
-    /// short window of the account's previous record, and the other fields replace its own.
-    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,10 +184,6 @@ pub enum DecodeError {
     Evidence,
     #[error("changelog record has bytes left over at byte {0}")]
     Trailing(usize),
-    #[error(
-        "changelog delta record outside a batch of version 3, or without a window, or with an id per entry missing"
-    )]
-    Delta,
 }
 
 /// Appends the record to `out` as `version` (one of [`WRITABLE_VERSIONS`]; version 1 writes the
@@ -302,17 +285,12 @@ pub fn decode(bytes: &[u8]) -> Result<AccountRecord<'_>, DecodeError> {
     decode_state(&mut r, version, flags, None, rec)
 }
 
-/// Reads an account record of `version` 3 or 4 with its batch's name tables; the result names
-/// what it refers to in a table of its own, as version 2 does.
-fn decode_named<'a>(
-    bytes: &'a [u8],
-    version: u8,
-    signals: &[&'a str],
-    cells: &[&'a str],
-) -> Result<AccountRecord<'a>, DecodeError> {
+/// Reads an account record of version 3 with its batch's name tables; the result names what it
+/// refers to in a table of its own, as version 2 does.
+fn decode_named<'a>(bytes: &'a [u8], signals: &[&'a str], cells: &[&'a str]) -> Result<AccountRecord<'a>, DecodeError> {
     let mut r = Reader { b: bytes, at: 0 };
     let flags = r.u8()?;
-    let rec = decode_state(&mut r, version, flags, Some((signals, cells)), AccountRecord::default())?;
+    let rec = decode_state(&mut r, NAMED_RECORD, flags, Some((signals, cells)), AccountRecord::default())?;
     if r.at != bytes.len() {
         return Err(DecodeError::Trailing(r.at));
     }
@@ -345,10 +323,6 @@ fn decode_state<'a>(
             }
         }
     };
-    let delta = flags & DELTA != 0;
-    if delta && (version != DELTA_RECORD || flags & HAS_WINDOW == 0) {
-        return Err(DecodeError::Delta);
-    }
     if flags & HAS_WINDOW != 0 {
         let touched_s = u32::from_le_bytes(r.arr()?);
         let slow_cur = f32::from_le_bytes(r.arr()?);
@@ -371,7 +345,7 @@ fn decode_state<'a>(
             let cell = name(&mut rec, 1, c)?;
             entries.push(RecEntry { t, risk_q, signal, cell });
         }
-        let n = if version >= NAMED_RECORD {
+        let n = if version == NAMED_RECORD {
             usize::try_from(r.varint()?).map_err(|_| DecodeError::Truncated(r.at))?
         } else {
             u16::from_le_bytes(r.arr()?) as usize
@@ -383,22 +357,10 @@ fn decode_state<'a>(
             if evidence::items(packed).map(<[u8]>::len).sum::<usize>() != n {
                 return Err(DecodeError::Evidence);
             }
-            if delta && evidence::count(packed) != entries.len() {
-                return Err(DecodeError::Delta);
-            }
             Cow::Borrowed(packed)
         };
-        rec.window = Some(WindowRecord {
-            touched_s,
-            slow_cur,
-            slow_prev,
-            slow_bucket,
-            kinds_cur,
-            kinds_prev,
-            entries,
-            ids,
-            delta,
-        });
+        rec.window =
+            Some(WindowRecord { touched_s, slow_cur, slow_prev, slow_bucket, kinds_cur, kinds_prev, entries, ids });
     }
     if flags & HAS_COOLDOWN != 0 {
         let until_s = u32::from_le_bytes(r.arr()?);
@@ -411,14 +373,11 @@ fn decode_state<'a>(
 }
 
 /// A batch record being written: entries are appended in place (no copy per account).
-/// [`BatchWriter::for_format`] 5 writes batch version 3, 4 ([`BatchWriter::named`]) version 2,
-/// else version 1.
+/// [`BatchWriter::named`] writes batch version 2 (record format 4), else version 1.
 #[derive(Debug, Default)]
 pub struct BatchWriter {
     buf: Vec<u8>,
     entries: u32,
-    /// Batch version 3: its records may be deltas ([`encode_delta`]).
-    deltas: bool,
     /// The name tables (batch version 2).
     names: Option<Box<BatchNames>>,
     /// The name tables are written at the end of `buf`.
@@ -498,22 +457,9 @@ impl BatchWriter {
         BatchWriter { names: Some(Box::default()), ..Default::default() }
     }
 
-    /// A writer of record format `format` (3, 4 or 5).
-    pub fn for_format(format: u8) -> Self {
-        match format {
-            DELTA_BATCHES => BatchWriter { deltas: true, ..Self::named() },
-            NAMED_BATCHES => Self::named(),
-            _ => Self::default(),
-        }
-    }
-
-    /// The record format it writes (3, 4 or 5).
-    pub fn format(&self) -> u8 {
-        match (&self.names, self.deltas) {
-            (Some(_), true) => DELTA_BATCHES,
-            (Some(_), false) => NAMED_BATCHES,
-            (None, _) => BATCHED,
-        }
+    /// Whether it writes batch version 2.
+    pub fn is_named(&self) -> bool {
+        self.names.is_some()
     }
 
     /// Appends an account's record if `record` writes one into the buffer (returns true); else
@@ -562,11 +508,7 @@ impl BatchWriter {
     fn start_entry(&mut self, key: u64) {
         debug_assert!(!self.finished, "an entry after the batch's value was taken");
         if self.buf.is_empty() {
-            self.buf.push(match (&self.names, self.deltas) {
-                (Some(_), true) => DELTA_BATCH_VERSION,
-                (Some(_), false) => NAMED_BATCH_VERSION,
-                (None, _) => BATCH_VERSION,
-            });
+            self.buf.push(if self.names.is_some() { NAMED_BATCH_VERSION } else { BATCH_VERSION });
         }
         self.buf.extend_from_slice(&key.to_le_bytes());
         self.entries += 1;
@@ -631,9 +573,9 @@ fn put_varint(v: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&b[..n]);
 }
 
-/// Appends an account's state as an account record of version 3 (inside a batch of version 2
-/// or 3): signals and cells, given by the engine's ids, are written as indices into `names`.
-/// `signal` and `cell` name the engine's ids.
+/// Appends an account's state as an account record of version 3 (inside a batch of version 2):
+/// signals and cells, given by the engine's ids, are written as indices into `names`. `signal`
+/// and `cell` name the engine's ids.
 pub fn encode_named<'n>(
     window: Option<&AccountView<'_>>,
     cooldown: Option<&CooldownRecord>,
@@ -642,47 +584,11 @@ pub fn encode_named<'n>(
     cell: &dyn Fn(u8) -> &'n str,
     out: &mut Vec<u8>,
 ) {
-    encode_v3(window, None, cooldown, names, signal, cell, out);
-}
-
-/// Appends a delta record of version 4 (inside a batch of version 3): as [`encode_named`], but
-/// of the short window only its newest `fresh` entries and their evidence ids, which the
-/// account's previous record lacks (a restore adds them to it, see
-/// `AccountStore::append`). `fresh` must be at most the ring's length and its ids' count.
-pub fn encode_delta<'n>(
-    window: &AccountView<'_>,
-    fresh: u8,
-    cooldown: Option<&CooldownRecord>,
-    names: &mut BatchNames,
-    signal: &dyn Fn(u8) -> &'n str,
-    cell: &dyn Fn(u8) -> &'n str,
-    out: &mut Vec<u8>,
-) {
-    encode_v3(Some(window), Some(fresh), cooldown, names, signal, cell, out);
-}
-
-fn encode_v3<'n>(
-    window: Option<&AccountView<'_>>,
-    fresh: Option<u8>,
-    cooldown: Option<&CooldownRecord>,
-    names: &mut BatchNames,
-    signal: &dyn Fn(u8) -> &'n str,
-    cell: &dyn Fn(u8) -> &'n str,
-    out: &mut Vec<u8>,
-) {
-    let flags = if window.is_some() { HAS_WINDOW } else { 0 }
-        | if cooldown.is_some() { HAS_COOLDOWN } else { 0 }
-        | if fresh.is_some() { DELTA } else { 0 };
-    let (ring, ids): (&[Entry], &[u8]) = match (window, fresh) {
-        (None, _) => (&[], &[]),
-        (Some(w), None) => (&w.ring[..w.ring.len().min(255)], w.ids.unwrap_or_default()),
-        (Some(w), Some(f)) => {
-            let f = usize::from(f).min(w.ring.len());
-            (&w.ring[w.ring.len() - f..], evidence::newest(w.ids.unwrap_or_default(), f))
-        }
-    };
+    let flags = if window.is_some() { HAS_WINDOW } else { 0 } | if cooldown.is_some() { HAS_COOLDOWN } else { 0 };
     // The fixed-size parts are written a block at a time, into room reserved once.
-    out.reserve(1 + 16 + 2 + 64 + 1 + ring.len() * 8 + 10 + ids.len() + 13);
+    let ids = window.and_then(|w| w.ids).unwrap_or_default();
+    let ring = window.map_or(0, |w| w.ring.len().min(255));
+    out.reserve(1 + 16 + 2 + 64 + 1 + ring * 8 + 10 + ids.len() + 13);
     out.push(flags);
     if let Some(w) = window {
         let mut head = [0u8; 16];
@@ -699,8 +605,8 @@ fn encode_v3<'n>(
                 out.push(names.signal(b, signal));
             }
         }
-        out.push(ring.len() as u8);
-        for e in ring {
+        out.push(ring as u8);
+        for e in w.ring.iter().take(255) {
             let t = e.t.to_le_bytes();
             let r = e.risk_q.to_le_bytes();
             let entry = [t[0], t[1], t[2], t[3], r[0], r[1], names.signal(e.signal, signal), names.cell(e.cell, cell)];
@@ -723,9 +629,7 @@ fn encode_v3<'n>(
 pub struct Batch<'a> {
     /// The entries (after the version byte, before a version 2 batch's tables).
     body: &'a [u8],
-    /// Version of its account records: 2 (batch version 1), 3 or 4 (batch versions 2 and 3,
-    /// with name tables).
-    records: u8,
+    named: bool,
     signals: SmallVec<[&'a str; 16]>,
     cells: SmallVec<[&'a str; 16]>,
     /// The record cannot be read at all.
@@ -735,12 +639,12 @@ pub struct Batch<'a> {
 /// Reads a batch record's header (and a version 2 batch's name tables); its entries come from
 /// [`Batch::entries`].
 pub fn read_batch(v: &[u8]) -> Batch<'_> {
-    let mut b = Batch { body: &[], records: VERSION, signals: SmallVec::new(), cells: SmallVec::new(), failed: None };
+    let mut b = Batch { body: &[], named: false, signals: SmallVec::new(), cells: SmallVec::new(), failed: None };
     match v.first() {
         None => b.failed = Some(DecodeError::Truncated(0)),
         Some(&BATCH_VERSION) => b.body = &v[1..],
-        Some(&version @ (NAMED_BATCH_VERSION | DELTA_BATCH_VERSION)) => {
-            b.records = if version == DELTA_BATCH_VERSION { DELTA_RECORD } else { NAMED_RECORD };
+        Some(&NAMED_BATCH_VERSION) => {
+            b.named = true;
             if let Err(e) = b.read_tables(v) {
                 b.failed = Some(e);
             }
@@ -775,8 +679,7 @@ impl<'a> Batch<'a> {
     pub fn entries(&self) -> impl Iterator<Item = Result<BatchEntry<'_>, DecodeError>> + '_ {
         let mut r = Reader { b: self.body, at: 0 };
         let mut failed = self.failed.clone();
-        let names = (self.records != VERSION).then_some((&self.signals[..], &self.cells[..]));
-        let version = self.records;
+        let names = self.named.then_some((&self.signals[..], &self.cells[..]));
         std::iter::from_fn(move || {
             if let Some(e) = failed.take() {
                 r.at = r.b.len();
@@ -797,7 +700,7 @@ impl<'a> Batch<'a> {
                         n => n as usize,
                     },
                 };
-                Ok(BatchEntry::Put(key, Stored { bytes: r.take(len)?, version, names }))
+                Ok(BatchEntry::Put(key, Stored { bytes: r.take(len)?, names }))
             })();
             if entry.is_err() {
                 r.at = r.b.len();
@@ -815,20 +718,18 @@ pub enum BatchEntry<'a> {
     Gone(u64),
 }
 
-/// An account record as stored in a batch: version 2 (batch version 1), or version 3 or 4 with
-/// the batch's name tables (batch versions 2 and 3).
+/// An account record as stored in a batch: version 2 (batch version 1), or version 3 with the
+/// batch's name tables (batch version 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored<'a> {
     bytes: &'a [u8],
-    /// Its version: 2, or 3 or 4 with the batch's name tables.
-    version: u8,
     names: Option<(&'a [&'a str], &'a [&'a str])>,
 }
 
 impl<'a> Stored<'a> {
     pub fn decode(&self) -> Result<AccountRecord<'a>, DecodeError> {
         match self.names {
-            Some((signals, cells)) => decode_named(self.bytes, self.version, signals, cells),
+            Some((signals, cells)) => decode_named(self.bytes, signals, cells),
             None => decode(self.bytes),
         }
     }
@@ -879,7 +780,6 @@ mod tests {
                 RecEntry { t: 1_699_999_100, risk_q: 12, signal: d, cell: c },
             ]),
             ids: Cow::Owned(evidence::from_joined("e-1\ne-2")),
-            delta: false,
         });
         r.cooldown = Some(CooldownRecord { until_s: 1_700_086_400, decided_at_ms: 1_700_000_000_123, cell: c });
         r
@@ -1000,7 +900,7 @@ mod tests {
             }
         }
         assert_eq!(entries(&[]).len(), 1);
-        assert_eq!(entries(&[4, 0]), vec![Err(DecodeError::Version(4))]);
+        assert_eq!(entries(&[3, 0]), vec![Err(DecodeError::Version(3))]);
         w.clear();
         assert_eq!((w.entries(), w.bytes()), (0, 0));
     }
@@ -1017,73 +917,6 @@ mod tests {
 
     /// A batch of version 2 writes each name once, and its records read back as the same
     /// account records a version 2 record holds.
-    #[test]
-    fn a_delta_holds_the_newest_entries_and_their_ids_and_only_a_version_3_batch_holds_one() {
-        let (signals, cells) = (["credential_stuffing", "new_device", "x2", "x3"], ["auth-service"]);
-        let signal = |i: u8| signals[i as usize];
-        let cell = |i: u8| cells[i as usize];
-        let ids = evidence::from_joined("e-1\ne-2\n6f1c0a4e-2b7d-4c1e-9a3b-5d8e7f6a1b2c");
-        let ring = [
-            Entry { t: 1_699_999_000, risk_q: 65535, signal: 0, cell: 0 },
-            Entry { t: 1_699_999_100, risk_q: 12, signal: 1, cell: 0 },
-            Entry { t: 1_699_999_200, risk_q: 13, signal: 0, cell: 0 },
-        ];
-        let cooldown = CooldownRecord { until_s: 1_700_086_400, decided_at_ms: 1_700_000_000_123, cell: 0 };
-        let mut w = BatchWriter::for_format(DELTA_BATCHES);
-        assert_eq!(w.format(), DELTA_BATCHES);
-        w.put(7, |out, names| {
-            encode_delta(&view(&ring, &ids), 2, Some(&cooldown), names.unwrap(), &signal, &cell, out);
-            true
-        });
-        w.put(8, |out, names| {
-            encode_named(Some(&view(&ring, &ids)), None, names.unwrap(), &signal, &cell, out);
-            true
-        });
-        let v = w.finish().to_vec();
-        assert_eq!(v[0], DELTA_BATCH_VERSION);
-        let b = read_batch(&v);
-        let got: Vec<AccountRecord<'_>> = b
-            .entries()
-            .map(|e| match e.unwrap() {
-                BatchEntry::Put(_, s) => s.decode().unwrap(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let delta = got[0].window.as_ref().unwrap();
-        assert!(delta.delta);
-        assert_eq!(
-            delta.entries.iter().map(|e| (e.t, e.risk_q)).collect::<Vec<_>>(),
-            [(1_699_999_100, 12), (1_699_999_200, 13)]
-        );
-        assert_eq!(evidence::to_strings(&delta.ids), ["e-2", "6f1c0a4e-2b7d-4c1e-9a3b-5d8e7f6a1b2c"]);
-        assert_eq!((delta.touched_s, delta.slow_cur, delta.slow_bucket), (1_700_000_000, 0.75, 19_675));
-        assert_eq!(got[0].cooldown.map(|c| c.until_s), Some(1_700_086_400));
-        let whole = got[1].window.as_ref().unwrap();
-        assert!(!whole.delta);
-        assert_eq!((whole.entries.len(), evidence::count(&whole.ids)), (3, 3));
-        // The same bytes in a batch of version 2 (whose readers would take it for the whole
-        // state) are refused; so is a delta whose ids do not match its entries.
-        let mut old = v.clone();
-        old[0] = NAMED_BATCH_VERSION;
-        let first = |v: &[u8]| match read_batch(v).entries().next() {
-            Some(Ok(BatchEntry::Put(_, s))) => s.decode().map(|_| ()),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(first(&old), Err(DecodeError::Delta));
-        let mut w = BatchWriter::for_format(DELTA_BATCHES);
-        w.put(7, |out, names| {
-            encode_delta(&view(&ring, &ids), 2, None, names.unwrap(), &signal, &cell, out);
-            // Drop the last id (17 bytes) and fix the ids' length (the byte before the 4 left).
-            out.truncate(out.len() - 17);
-            let at = out.len() - 4 - 1;
-            assert_eq!(out[at], 21);
-            out[at] = 4;
-            true
-        });
-        let v = w.finish().to_vec();
-        assert_eq!(first(&v), Err(DecodeError::Delta));
-    }
-
     #[test]
     fn a_named_batch_writes_each_name_once_and_reads_back_the_same_records() {
         let signals = ["credential_stuffing", "x1", "x2", "new_device"];

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::logbook::{self, LogBook};
 use super::*;
-use crate::core::accounts::{AccountView, Entry, Slow, LEGACY_COPY, NO_SLOT, WHOLE};
+use crate::core::accounts::{AccountView, Slow, LEGACY_COPY, NO_SLOT};
 use crate::core::changelog::{
     self, AccountRecord, BatchEntry, BatchNames, BatchWriter, CooldownRecord, DecodeError, Key, RecEntry, WindowRecord,
 };
@@ -111,9 +111,9 @@ pub type StateRecord = (u32, Vec<u8>, Option<Vec<u8>>);
 
 impl Engine {
     /// Starts tracking what changes, for [`Engine::drain_changes`], which writes batch records
-    /// with name tables and delta records (record format 5, the default).
+    /// with name tables (record format 4, the default).
     pub fn track_changes(&mut self) {
-        self.track_changes_as(changelog::DELTA_BATCHES);
+        self.track_changes_as(changelog::NAMED_BATCHES);
     }
 
     /// [`Engine::track_changes`], writing record format `version` (1 or 2: one record per
@@ -321,46 +321,27 @@ impl Engine {
             Some(at) => &mut c.open[at],
             None => {
                 let number = self.books.entry(p).or_default().next_batch();
+                let named = c.version == changelog::NAMED_BATCHES;
                 let w = match c.spare.pop() {
-                    Some(w) if w.format() == c.version => w,
-                    _ => BatchWriter::for_format(c.version),
+                    Some(w) if w.is_named() == named => w,
+                    _ if named => BatchWriter::named(),
+                    _ => BatchWriter::default(),
                 };
                 c.open.push(OpenBatch { partition: p, number, w, live: 0, written: 0 });
                 let last = c.open.len() - 1;
                 &mut c.open[last]
             }
         };
+        let copy = LogBook::copy(o.number);
         let shard = &mut self.shards[shard];
-        // Record format 5: only what changed, when the account's copy is in this partition's
-        // log, not about to be compacted away, and its window only gained entries since.
-        let fresh = match (c.version, shard.accounts.copy_and_fresh(key, slot)) {
-            (changelog::DELTA_BATCHES, Some((base, fresh)))
-                if fresh != WHOLE
-                    && !matches!(base, NO_COPY | LEGACY_COPY)
-                    && self.books.get(&p).is_some_and(|b| !b.stale(base)) =>
-            {
-                Some((base, fresh))
-            }
-            _ => None,
-        };
-        // Where its copy is from now on (a delta's base: the copy it builds on), read and set in
-        // one lookup each.
-        let copy = fresh.map_or(LogBook::copy(o.number), |(base, _)| base);
+        // Where its copy is from now on, read and set in one lookup each.
         let account = shard.accounts.state_with_copy(key, slot, copy);
         let cooldown = shard.ledger.get_mut(&key).map(|c| {
             c.copy = copy;
             &*c
         });
         let (policy, breaker) = (&self.policy, &self.breaker);
-        let put = match (fresh, account) {
-            (Some((_, f)), Some(a)) => {
-                o.w.put(key, |out, names| encode_delta(policy, breaker, &a, f, cooldown, names, out))
-            }
-            (_, account) => o.w.put(key, |out, names| {
-                encode_state(policy, breaker, account, cooldown, changelog::VERSION, names, out)
-            }),
-        };
-        if put {
+        if o.w.put(key, |out, names| encode_state(policy, breaker, account, cooldown, changelog::VERSION, names, out)) {
             o.live += i64::from(before == NO_COPY);
         } else if before != NO_COPY {
             o.w.gone(key);
@@ -420,7 +401,8 @@ impl Engine {
                     self.books.entry(partition).or_default().legacy_record();
                 }
                 let rec = value.map(changelog::decode).transpose()?;
-                self.load_account(partition, k, rec, LEGACY_COPY)
+                self.load_account(partition, k, rec, LEGACY_COPY);
+                Ok(())
             }
             Key::Batch(b) => {
                 let Some(v) = value else {
@@ -432,9 +414,12 @@ impl Engine {
                 for e in batch.entries() {
                     let done = match e {
                         Ok(BatchEntry::Put(k, stored)) => {
-                            stored.decode().and_then(|rec| self.load_account(partition, k, Some(rec), LogBook::copy(b)))
+                            stored.decode().map(|rec| self.load_account(partition, k, Some(rec), LogBook::copy(b)))
                         }
-                        Ok(BatchEntry::Gone(k)) => self.load_account(partition, k, None, LogBook::copy(b)),
+                        Ok(BatchEntry::Gone(k)) => {
+                            self.load_account(partition, k, None, LogBook::copy(b));
+                            Ok(())
+                        }
                         Err(e) => Err(e),
                     };
                     entries += 1;
@@ -449,15 +434,8 @@ impl Engine {
     }
 
     /// Applies one account's state (`None`: it is gone) read from a changelog record whose copy
-    /// is `copy` ([`LEGACY_COPY`] for a record of its own, else its batch's). A delta record
-    /// applies to the state loaded before it, whose copy stays the account's.
-    fn load_account(
-        &mut self,
-        partition: u32,
-        k: u64,
-        rec: Option<AccountRecord<'_>>,
-        copy: u32,
-    ) -> Result<(), DecodeError> {
+    /// is `copy` ([`LEGACY_COPY`] for a record of its own, else its batch's).
+    fn load_account(&mut self, partition: u32, k: u64, rec: Option<AccountRecord<'_>>, copy: u32) {
         let p = partition.min(u32::from(u16::MAX)) as u16;
         let i = self.shard_index(partition);
         let shard = &mut self.shards[i];
@@ -468,25 +446,8 @@ impl Engine {
             if had {
                 self.books.entry(partition).or_default().live(-1);
             }
-            return Ok(());
+            return;
         };
-        if let Some(w) = rec.window.as_ref().filter(|w| w.delta) {
-            // No state to add to: its base went with a compaction's tombstones, which come only
-            // after the account was written whole again later in the log (tombstones take a
-            // prefix, so nothing older than the base is left either). That record restores it.
-            let Some((base, _)) = shard.accounts.copy_and_fresh(k, NO_SLOT) else { return Ok(()) };
-            remember_new_ids(&mut self.dedupe, self.seed, None, &w.ids, i64::from(w.touched_s) * 1000);
-            let (policy, breaker) = (&self.policy, &mut self.breaker);
-            let entries: SmallVec<[(Entry, &[u8]); 4]> = w
-                .entries
-                .iter()
-                .zip(evidence::items(&w.ids))
-                .filter_map(|(e, id)| Some((entry_of(policy, breaker, &rec, e)?, id)))
-                .collect();
-            shard.accounts.append(k, entries, slow_of(policy, &rec, w), w.touched_s);
-            set_cooldown(breaker, shard, k, p, &rec, base);
-            return Ok(());
-        }
         if let Some(w) = &rec.window {
             // Its ids that the account's previous record did not hold join the dedupe
             // memory, at the time the record was written.
@@ -498,7 +459,6 @@ impl Engine {
         if had != has {
             self.books.entry(partition).or_default().live(if has { 1 } else { -1 });
         }
-        Ok(())
     }
 
     /// A warm standby's engine for one changelog partition: fed only by [`Engine::load_state`]
@@ -657,9 +617,28 @@ fn apply_record(
 ) {
     match &rec.window {
         Some(w) => {
-            let ring: SmallVec<[Entry; 8]> =
-                w.entries.iter().filter_map(|e| entry_of(policy, breaker, rec, e)).collect();
-            let slow = slow_of(policy, rec, w);
+            let mut ring: SmallVec<[Entry; 8]> = SmallVec::new();
+            for e in &w.entries {
+                // A signal the running policy no longer has counts no more.
+                let Some(signal) = rec.name_of(e.signal).and_then(|n| policy.signal_index(n)) else {
+                    continue;
+                };
+                let cell = breaker.cell_for(rec.name_of(e.cell).unwrap_or_default());
+                ring.push(Entry { t: e.t, risk_q: e.risk_q, signal, cell });
+            }
+            let kinds = |names: &[u8]| {
+                names
+                    .iter()
+                    .filter_map(|&i| rec.name_of(i).and_then(|n| policy.signal_index(n)))
+                    .fold(0u32, |bits, s| bits | 1 << (u32::from(s) % 32))
+            };
+            let slow = Slow {
+                cur: w.slow_cur,
+                prev: w.slow_prev,
+                bucket: w.slow_bucket,
+                kinds_cur: kinds(&w.kinds_cur),
+                kinds_prev: kinds(&w.kinds_prev),
+            };
             let view = AccountView { partition: p, ring: &ring, ids: Some(&w.ids), slow, touched_s: w.touched_s };
             shard.accounts.put(key, view, copy);
             // Its new evidence ids reached the dedupe memory in `load_state`.
@@ -668,36 +647,6 @@ fn apply_record(
             shard.accounts.remove(key);
         }
     }
-    set_cooldown(breaker, shard, key, p, rec, copy);
-}
-
-/// A record's short-window entry under the running policy (`None`: a signal it no longer has,
-/// which counts no more).
-fn entry_of(policy: &Policy, breaker: &mut Breaker, rec: &AccountRecord<'_>, e: &RecEntry) -> Option<Entry> {
-    let signal = rec.name_of(e.signal).and_then(|n| policy.signal_index(n))?;
-    let cell = breaker.cell_for(rec.name_of(e.cell).unwrap_or_default());
-    Some(Entry { t: e.t, risk_q: e.risk_q, signal, cell })
-}
-
-/// A record's slow window under the running policy.
-fn slow_of(policy: &Policy, rec: &AccountRecord<'_>, w: &WindowRecord<'_>) -> Slow {
-    let kinds = |names: &[u8]| {
-        names
-            .iter()
-            .filter_map(|&i| rec.name_of(i).and_then(|n| policy.signal_index(n)))
-            .fold(0u32, |bits, s| bits | 1 << (u32::from(s) % 32))
-    };
-    Slow {
-        cur: w.slow_cur,
-        prev: w.slow_prev,
-        bucket: w.slow_bucket,
-        kinds_cur: kinds(&w.kinds_cur),
-        kinds_prev: kinds(&w.kinds_prev),
-    }
-}
-
-/// Sets the account's cooldown as the record says (none: removed), its copy being `copy`.
-fn set_cooldown(breaker: &mut Breaker, shard: &mut Shard, key: u64, p: u16, rec: &AccountRecord<'_>, copy: u32) {
     match rec.cooldown {
         Some(c) => {
             let cell = breaker.cell_for(rec.name_of(c.cell).unwrap_or_default());
@@ -712,25 +661,6 @@ fn set_cooldown(breaker: &mut Breaker, shard: &mut Shard, key: u64, p: u16, rec:
 /// Writes the account's record into `out`; false if the engine holds nothing for it.
 fn encode_account(policy: &Policy, breaker: &Breaker, shard: &Shard, key: u64, version: u8, out: &mut Vec<u8>) -> bool {
     encode_state(policy, breaker, shard.accounts.get(key), shard.ledger.get(&key), version, None, out)
-}
-
-/// Writes an account's delta record (record format 5, [`changelog::encode_delta`]): its newest
-/// `fresh` short-window entries, the rest of its window state and its cooldown.
-fn encode_delta(
-    policy: &Policy,
-    breaker: &Breaker,
-    account: &AccountView<'_>,
-    fresh: u8,
-    cooldown: Option<&Cooldown>,
-    names: Option<&mut BatchNames>,
-    out: &mut Vec<u8>,
-) -> bool {
-    let Some(names) = names else { return false };
-    let signal = |i: u8| policy.signals.get(i as usize).map_or("", |s| s.name.as_str());
-    let cell = |c: u8| breaker.cell_name(c);
-    let cooldown = cooldown.map(|c| CooldownRecord { until_s: c.until_s, decided_at_ms: c.at_ms, cell: c.cell });
-    changelog::encode_delta(account, fresh, cooldown.as_ref(), names, &signal, &cell, out);
-    true
 }
 
 /// Writes an account's record (its window state, its cooldown) into `out`: of version 3 with
@@ -776,7 +706,6 @@ fn encode_state(
             kinds_prev,
             entries,
             ids: Cow::Borrowed(a.ids.unwrap_or_default()),
-            delta: false,
         });
     }
     if let Some(c) = cooldown {
